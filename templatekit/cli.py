@@ -1,0 +1,447 @@
+"""The `templatekit` command: patch, check and report on chat templates.
+
+    templatekit patch SOURCE [-o OUT] [--diff] [--train-role R ...] [--only-last-turn] [--retag]
+    templatekit check SOURCE...
+    templatekit report PATH... [--summary] [--train-role R ...]
+
+Exit codes: 0 success, 1 a template cannot be patched or fails its check, 2 bad usage or unreadable input.
+`patch` writes the patched template to stdout (or to `-o`); its verification summary and messages go to
+stderr, and the diff goes to stdout when `-o` is given, to stderr otherwise. Colour and tables are used only
+when the stream is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from templatekit.errors import PatchError, TemplateSourceError
+from templatekit.sources import (
+    LoadedTemplate,
+    NoChatTemplateError,
+    find_template_files,
+    load_templates,
+    write_text_atomic,
+)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+# Any generation tag, including forms TRL cannot see ({%+ generation %}): those templates count as tagged.
+_TAG = re.compile(r"\{%[-+]?\s*(?:end)?generation\b")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][\w.-]*$")
+
+_STATUS_STYLE = {
+    "patched": "green",
+    "retagged": "green",
+    "already_tagged": "cyan",
+    "already tagged": "cyan",
+    "not patchable": "yellow",
+    "wrong": "bold red",
+    "ok": "green",
+    "FAILED": "bold red",
+}
+
+
+class _Out:
+    """One output stream: rich text and tables on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        try:
+            self.tty = bool(stream.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._console = None
+        if self.tty:
+            from rich.console import Console
+
+            self._console = Console(file=stream, highlight=False, soft_wrap=True)
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self._console is not None:
+            from rich.text import Text
+
+            self._console.print(Text(text, style=style or ""))
+        else:
+            self.stream.write(text + "\n")
+
+    def raw(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def diff(self, text: str) -> None:
+        if self._console is None:
+            self.raw(text)
+            return
+        for line in text.splitlines():
+            if line.startswith(("+++", "---")):
+                style = "bold"
+            elif line.startswith("+"):
+                style = "green"
+            elif line.startswith("-"):
+                style = "red"
+            elif line.startswith("@@"):
+                style = "cyan"
+            else:
+                style = None
+            self.line(line, style)
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], status_column: int) -> None:
+        if self._console is not None:
+            from rich.table import Table
+
+            table = Table(*headers, show_lines=False)
+            for row in rows:
+                cells = list(row)
+                style = _STATUS_STYLE.get(cells[status_column])
+                cells[status_column] = f"[{style}]{cells[status_column]}[/]" if style else cells[status_column]
+                table.add_row(*cells)
+            self._console.print(table)
+            return
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+        for row in [list(headers), *rows]:
+            cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths)] + [row[-1]]
+            self.stream.write("  ".join(cells).rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _core():
+    """The core API, imported on first use so that `--help` and usage errors stay fast."""
+    import templatekit
+
+    return templatekit
+
+
+def _located(exc: TemplateSourceError, template: LoadedTemplate) -> TemplateSourceError:
+    """The error with the template's file named, when the core only knew the text."""
+    if exc.source not in (None, "", "<template>"):
+        return exc
+    label = template.label
+    return TemplateSourceError(exc.message, source=label, line=exc.line, column=exc.column)
+
+
+def _reason_of(exc: TemplateSourceError) -> str:
+    """The error without its file name: `line:col: message`."""
+    where = ":".join(str(part) for part in (exc.line, exc.column) if part is not None)
+    return f"{where}: {exc.message}" if where else exc.message
+
+
+def _train_roles(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.train_roles) if args.train_roles else ("assistant",)
+
+
+# ------------------------------------------------------------------------------------------------------ patch
+
+
+def _targets(args: argparse.Namespace, templates: list[LoadedTemplate]) -> list[Path]:
+    """Where each patched template goes: one file, or a model-folder layout when OUT is a folder or several
+    templates come out (`chat_template.jinja` and `additional_chat_templates/NAME.jinja`)."""
+    out = Path(args.output)
+    if len(templates) == 1 and not out.is_dir():
+        return [out]
+    targets = []
+    for template in templates:
+        if template.name == "default":
+            targets.append(out / "chat_template.jinja")
+        elif _SAFE_NAME.match(template.name):
+            targets.append(out / "additional_chat_templates" / f"{template.name}.jinja")
+        else:
+            raise TemplateSourceError(
+                f"template name {template.name!r} cannot be used as a file name; pick it with --name",
+                source=template.label,
+            )
+    return targets
+
+
+def _is_input(target: Path, templates: list[LoadedTemplate]) -> bool:
+    if not target.exists():
+        return False
+    for template in templates:
+        try:
+            if template.origin is not None and target.samefile(template.origin):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    try:
+        templates = load_templates(args.source)
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    if args.name:
+        chosen = [t for t in templates if t.name == args.name]
+        if not chosen:
+            names = ", ".join(t.name for t in templates)
+            err.line(f"error: {args.source}: no template named {args.name!r} (found: {names})", "red")
+            return EXIT_USAGE
+        templates = chosen
+    if len(templates) > 1 and not args.output:
+        names = ", ".join(t.name for t in templates)
+        err.line(
+            f"error: {args.source} holds {len(templates)} templates ({names}); pass -o FOLDER to write them all "
+            "or --name NAME to pick one",
+            "red",
+        )
+        return EXIT_USAGE
+    targets: list[Path] = []
+    if args.output:
+        try:
+            targets = _targets(args, templates)
+        except TemplateSourceError as exc:
+            err.line(f"error: {exc}", "red")
+            return EXIT_USAGE
+        clobbered = [t for t in targets if _is_input(t, templates)]
+        if clobbered and not args.force:
+            err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
+            return EXIT_USAGE
+
+    core = _core()
+    options = {"train_roles": _train_roles(args), "only_last_turn": args.only_last_turn, "retag": args.retag}
+    results = []
+    failed = False
+    for template in templates:
+        try:
+            results.append(core.patch_template(template.text, **options))
+        except TemplateSourceError as exc:
+            err.line(f"error: {_located(exc, template)}", "red")
+            return EXIT_USAGE
+        except PatchError as exc:
+            failed = True
+            err.line(f"{template.label}: cannot patch", "bold red")
+            for reason in exc.reasons:
+                err.line(f"  - {reason}")
+    if failed:
+        err.line("nothing written" if args.output else "no template printed", "red")
+        return EXIT_FAIL
+
+    diff_out = out if args.output else err
+    for template, result in zip(templates, results):
+        err.line(f"{template.label}: {result.status.replace('_', ' ')}", _STATUS_STYLE.get(result.status))
+        err.line(f"  verification {result.report.summary()}")
+        for note in result.report.notes:
+            err.line(f"  note: {note}", "dim")
+        if args.diff:
+            err.flush()
+            diff_out.diff(result.diff or "(no changes)\n")
+            diff_out.flush()
+    err.flush()
+
+    if args.output:
+        for target, result in zip(targets, results):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, result.template)
+            err.line(f"wrote {target}")
+    else:
+        template = results[0].template
+        # A terminal gets a final newline so the prompt does not glue onto the last line; a pipe gets the exact text.
+        out.raw(template + "\n" if out.tty and not template.endswith("\n") else template)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------------ check
+
+
+def _cmd_check(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    code = EXIT_OK
+    core = None
+    for source in args.sources:
+        try:
+            templates = load_templates(source)
+        except TemplateSourceError as exc:
+            err.line(f"error: {exc}", "red")
+            code = max(code, EXIT_USAGE)
+            continue
+        core = core or _core()
+        for template in templates:
+            try:
+                report = core.check_template(template.text)
+            except TemplateSourceError as exc:
+                err.line(f"error: {_located(exc, template)}", "red")
+                code = max(code, EXIT_USAGE)
+                continue
+            verdict = "ok" if report.ok else "FAILED"
+            out.line(f"{template.label}: {verdict} ({report.summary()})", _STATUS_STYLE[verdict])
+            if not report.ok:
+                code = max(code, EXIT_FAIL)
+                for reason in report.reasons or ["no generation tags" if not report.tagged else "failed"]:
+                    out.line(f"  - {reason}")
+    return code
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+
+_STATUSES = ("patched", "already tagged", "not patchable", "wrong")
+
+
+@dataclass
+class _Row:
+    label: str
+    status: str  # "patched", "already tagged", "not patchable" or "wrong"
+    reason: str = ""
+
+
+def _first(reasons: Sequence[str]) -> str:
+    if not reasons:
+        return ""
+    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return reasons[0] + more
+
+
+def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...]) -> _Row:
+    row = _Row(template.label, "not patchable")
+    try:
+        if _TAG.search(template.text):
+            report = core.check_template(template.text)
+            if report.ok:
+                row.status = "already tagged"
+                return row
+            row.status = "wrong"
+            row.reason = _first(report.reasons) or "generation tags fail verification"
+            try:
+                core.patch_template(template.text, train_roles=train_roles, retag=True)
+                row.reason += "; --retag fixes it"
+            except PatchError as exc:
+                row.reason += f"; --retag fails too: {_first(exc.reasons)}"
+            return row
+        result = core.patch_template(template.text, train_roles=train_roles, retag=True)
+        row.status = {"already_tagged": "already tagged", "retagged": "wrong"}.get(result.status, "patched")
+        if result.status == "retagged":
+            row.reason = "generation tags fail verification; --retag fixes it"
+    except PatchError as exc:
+        row.reason = _first(exc.reasons)
+    except TemplateSourceError as exc:
+        row.reason = _reason_of(exc)
+    except Exception as exc:  # noqa: BLE001 - one broken template must not stop a report over hundreds
+        row.reason = f"internal error: {type(exc).__name__}: {exc}"
+    return row
+
+
+def _cmd_report(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    try:
+        files = find_template_files(args.paths)
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    core = _core()
+    train_roles = _train_roles(args)
+    rows: list[_Row] = []
+    for path in files:
+        try:
+            templates = load_templates(path)
+        except NoChatTemplateError:
+            continue  # a tokenizer_config.json without a chat template is not a template
+        except TemplateSourceError as exc:
+            rows.append(_Row(str(path), "not patchable", _reason_of(exc)))
+            continue
+        rows.extend(_classify(core, template, train_roles) for template in templates)
+
+    shown = [r for r in rows if r.status in ("not patchable", "wrong")] if args.summary else rows
+    if shown:
+        out.table(["template", "status", "reason"], [(r.label, r.status, r.reason) for r in shown], status_column=1)
+    counts = {status: sum(r.status == status for r in rows) for status in _STATUSES}
+    out.line(
+        f"{counts['patched']} patched, {counts['already tagged']} already tagged, "
+        f"{counts['not patchable']} not patchable, {counts['wrong']} wrong (of {len(rows)})"
+    )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for the `templatekit` command."""
+    parser = argparse.ArgumentParser(
+        prog="templatekit",
+        description="Make chat templates trainable: insert verified {% generation %} tags around assistant output.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def train_role(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--train-role",
+            dest="train_roles",
+            action="append",
+            metavar="ROLE",
+            help="a role whose messages are trained (repeat for several; default: assistant)",
+        )
+
+    patch = commands.add_parser(
+        "patch",
+        help="insert generation tags and verify the result",
+        description="Patch a template (a .jinja file, tokenizer_config.json, chat_template.json or model folder) "
+        "and verify it renders byte-identically. Prints the patched template, or writes it with -o.",
+    )
+    patch.add_argument("source", metavar="SOURCE")
+    patch.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="write the patched template here (a folder: chat_template.jinja + additional_chat_templates/)",
+    )
+    patch.add_argument("--diff", action="store_true", help="show the unified diff from the original")
+    patch.add_argument("--name", help="patch only the named template (e.g. tool_use)")
+    train_role(patch)
+    patch.add_argument("--only-last-turn", action="store_true", help="train only the last assistant turn")
+    patch.add_argument("--retag", action="store_true", help="replace generation tags that fail verification")
+    patch.add_argument("--force", action="store_true", help="allow -o to overwrite the input file")
+    patch.set_defaults(func=_cmd_patch)
+
+    check = commands.add_parser(
+        "check",
+        help="exit 0 only if every template carries generation tags that pass verification",
+        description="Check templates for CI: exit 0 when every template is tagged and verified, 1 otherwise.",
+    )
+    check.add_argument("sources", nargs="+", metavar="SOURCE")
+    check.set_defaults(func=_cmd_check)
+
+    report = commands.add_parser(
+        "report",
+        help="classify every template under the given paths",
+        description="Find every *.jinja, tokenizer_config.json and chat_template.json under PATH and classify each "
+        "as patched, already tagged, not patchable or wrong.",
+    )
+    report.add_argument("paths", nargs="+", metavar="PATH")
+    report.add_argument("--summary", action="store_true", help="list only the templates that are not ok")
+    train_role(report)
+    report.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    Example:
+        >>> main(["check", "chat_template.jinja"])  # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    out, err = _Out(sys.stdout), _Out(sys.stderr)
+    try:
+        return args.func(args, out, err)
+    except BrokenPipeError:  # `templatekit patch x.jinja | head`
+        return EXIT_OK
+    finally:
+        try:
+            out.flush()
+            err.flush()
+        except (BrokenPipeError, ValueError):
+            pass

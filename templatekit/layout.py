@@ -1,0 +1,105 @@
+"""Where each trained turn should begin and end in one rendered probe: the ground truth for plan and verify.
+
+A trained turn starts after its header (the generation prompt, as the template writes it for this turn)
+and runs over everything the speaker generates (framing such as `<think>` or `<tool_call>`, reasoning,
+content, tool calls) up to and including the end-of-turn marker. The marker is what the template writes
+for this message after the last generated text, less trailing whitespace: the model never generates
+the newline that separates turns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .analysis import Emission
+from .probes import Probe
+
+GENERATED_KINDS = ("content", "reasoning", "tool_call")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A trained message's expected span `[start, end)` in the rendered text."""
+
+    message: int
+    start: int
+    end: int
+    first_generated: int
+    last_generated: int
+
+
+@dataclass
+class Layout:
+    """Expected trained turns, and the character ranges that must never be trained."""
+
+    text: str
+    turns: list[Turn]
+    forbidden: list[tuple[int, int, str]]  # (start, end, what)
+    header: str
+    trained: set = None
+
+
+def generation_prompt(text_without: str, text_with: str) -> str:
+    """The text `add_generation_prompt=True` appends, or "" when the renders do not nest.
+
+    Example:
+        >>> generation_prompt("a<u>", "a<u><asst>")
+        '<asst>'
+    """
+    return text_with[len(text_without) :] if text_with.startswith(text_without) else ""
+
+
+def _header_end(text: str, window_start: int, first_generated: int, header: str) -> int:
+    """Where the header ends before `first_generated`, judged from the generation prompt's text."""
+    window = text[window_start:first_generated]
+    core = header.strip()
+    for candidate in (header, header.lstrip(), core):
+        if candidate and (found := window.rfind(candidate)) >= 0:
+            return window_start + found + len(candidate)
+    # The turn's header may be a prefix of the prompt (a prompt that also opens `<think>`, say).
+    for length in range(len(core) - 1, 2, -1):
+        if (found := window.rfind(core[:length])) >= 0:
+            return window_start + found + length
+    return first_generated
+
+
+def trained_messages(probe: Probe, train_roles: tuple[str, ...], only_last_turn: bool) -> list[int]:
+    """Indices of the probe's messages that are to be trained."""
+    indices = [i for i, message in enumerate(probe.messages) if message["role"] in train_roles]
+    return indices[-1:] if only_last_turn else indices
+
+
+def layout_probe(
+    probe: Probe,
+    text: str,
+    emissions: list[Emission],
+    header: str,
+    trained: list[int],
+) -> Layout:
+    """Compute the expected trained turns of `probe` rendered as `text`."""
+    turns: list[Turn] = []
+    for index in trained:
+        positions = [
+            (found, found + len(s.text))
+            for s in probe.sentinels
+            if s.index == index and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
+        ]
+        if not positions:
+            continue  # the template does not render this message
+        first = min(start for start, _ in positions)
+        last = max(end for _, end in positions)
+        own = [e for e in emissions if e.message == index and e.text]
+        window_start = min([e.start for e in own if e.start <= first], default=first)
+        turn_end = max([e.end for e in own], default=last)
+        start = _header_end(text, window_start, first, header)
+        end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
+        turns.append(Turn(index, start, end, first, last))
+    forbidden = []
+    for sentinel in probe.sentinels:
+        if sentinel.index in trained and sentinel.kind in GENERATED_KINDS:
+            continue
+        start = text.find(sentinel.text)
+        while start >= 0:
+            forbidden.append((start, start + len(sentinel.text), f"{sentinel.role} {sentinel.kind}"))
+            start = text.find(sentinel.text, start + 1)
+    return Layout(text, turns, forbidden, header)

@@ -1,0 +1,214 @@
+"""The public entry points: patch a template, check a template, patch a tokenizer.
+
+source text ─parse─▶ flow ─trace probes─▶ layouts ─plan─▶ regions ─rewrite─▶ patched text ─verify─▶ report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jinja2 import nodes
+
+from .analysis import Flow, Tracer, build_flow
+from .errors import PatchError, TemplateSourceError
+from .layout import Layout, generation_prompt, layout_probe, trained_messages
+from .plan import PlanError, Region, plan_regions
+from .probes import ASSISTANT, Probe, build_probes
+from .report import PatchResult, Report
+from .rewrite import apply_edits, has_generation_tags, region_edits, strip_generation_tags
+from .syntax import ParsedTemplate, line_column, parse_template
+from .verify import render_probe, verify
+
+
+
+def _refuse_unsafe(parsed: ParsedTemplate, name: str | None) -> None:
+    # Templates are untrusted code: reaching for dunder attributes is how sandbox escapes start.
+    for node in parsed.ast.find_all((nodes.Getattr, nodes.Getitem)):
+        key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(key, str) and key.startswith("__"):
+            line, column = line_column(parsed.source, getattr(node.lineno, "offset", 0))
+            raise TemplateSourceError(
+                f"refusing a template that accesses the private attribute {key!r} (a sandbox-escape pattern)",
+                source=name,
+                line=line,
+                column=column,
+            )
+
+
+@dataclass
+class Analysis:
+    """A template traced over the probe battery: what every later step reads."""
+
+    parsed: ParsedTemplate
+    flow: Flow
+    probes: list[Probe]
+    layouts: dict[str, Layout]
+    traces: list[tuple[Layout, list]]
+    notes: list[str]
+
+
+def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, name: str | None = None) -> Analysis:
+    """Parse and trace `source` (which must carry no generation tags) over the probe battery."""
+    parsed = parse_template(source, name)
+    _refuse_unsafe(parsed, name)
+    flow = build_flow(parsed)
+    tracer = Tracer(flow)
+    speakers = tuple(train_roles) if train_roles else (ASSISTANT,)
+    best: Analysis | None = None
+    for blocks in (False, True):
+        probes = build_probes(speakers, blocks=blocks)
+        rendered: dict[str, tuple[str, list]] = {}
+        errors: list[str] = []
+        for probe in probes:
+            try:
+                rendered[probe.name] = tracer.trace(probe.messages, **probe.render_kwargs())
+            except Exception as error:  # the template rejects this probe; verification skips it too
+                errors.append(f"{probe.name}: {type(error).__name__}: {error}")
+        header = ""
+        if "generation_prompt" in rendered and "ends_on_user" in rendered:
+            header = generation_prompt(rendered["ends_on_user"][0], rendered["generation_prompt"][0])
+        layouts, traces = {}, []
+        for probe in probes:
+            if probe.name not in rendered:
+                continue
+            text, emissions = rendered[probe.name]
+            trained = trained_messages(probe, speakers, only_last_turn)
+            layout = layout_probe(probe, text, emissions, header, trained)
+            layout.trained = set(trained)
+            layouts[probe.name] = layout
+            traces.append((layout, emissions))
+        analysis = Analysis(parsed, flow, probes, layouts, traces, [f"probe rejected: {e}" for e in errors])
+        if any(layout.turns for layout in layouts.values()):
+            return analysis
+        best = best or analysis
+    if len(best.layouts) == 0:
+        raise PatchError(["the template rejects every probe conversation"] + best.notes[:3])
+    raise PatchError(["no trained message is rendered: the template has no message loop that writes their content"])
+
+
+def _condition(region: Region, train_roles: tuple[str, ...], only_last_turn: bool) -> str:
+    if len(region.targets) != 1:
+        raise PlanError("a region shared with untrained messages has no single message variable to test")
+    target = next(iter(region.targets))
+    roles = "[" + ", ".join(f'"{role}"' for role in train_roles) + "]"
+    condition = f"{target}.role in {roles}"
+    if only_last_turn:
+        condition += f' and {target} is sameas (messages | selectattr("role", "in", {roles}) | list | last)'
+    return condition
+
+
+def _patch(analysis: Analysis, train_roles, only_last_turn) -> tuple[str | None, Report]:
+    source = analysis.parsed.source
+    try:
+        regions = plan_regions(analysis.flow, analysis.traces, lambda layout: layout.trained)
+    except PlanError as error:
+        return None, Report(ok=False, reasons=[str(error)])
+    if not regions:
+        return None, Report(ok=False, reasons=["no trained turn was found in any probe rendering"])
+    attempts = [False, True] if not only_last_turn else [True]
+    last_report = None
+    for guard_all in attempts:
+        try:
+            edits = []
+            for region in regions:
+                guarded = region.guard or (guard_all and bool(region.targets))
+                condition = _condition(region, train_roles, only_last_turn) if guarded else None
+                edits += region_edits(analysis.parsed, region, condition)
+            patched = apply_edits(source, edits)
+        except PlanError as error:
+            last_report = Report(ok=False, reasons=[str(error)])
+            continue
+        report = verify(source, patched, analysis.probes, analysis.layouts)
+        if report.ok:
+            return patched, report
+        last_report = report
+    return None, last_report
+
+
+def check_template(
+    template: str, *, train_roles: tuple[str, ...] = (ASSISTANT,), only_last_turn: bool = False
+) -> Report:
+    """Verify a template's own generation tags.
+
+    `ok` only when the template carries tags, renders exactly like itself without them, and trains exactly
+    the trained turns on every probe.
+
+    Example:
+        >>> check_template("{% for m in messages %}{{ m.content }}{% endfor %}").reasons
+        ['the template carries no {% generation %} tags']
+    """
+    if not has_generation_tags(template):
+        parse_template(template)
+        return Report(ok=False, reasons=["the template carries no {% generation %} tags"])
+    untagged = strip_generation_tags(template)
+    analysis = analyse(untagged, tuple(train_roles), only_last_turn)
+    report = verify(untagged, template, analysis.probes, analysis.layouts)
+    report.tagged = True
+    return report
+
+
+def patch_template(
+    template: str,
+    *,
+    train_roles: tuple[str, ...] = (ASSISTANT,),
+    only_last_turn: bool = False,
+    retag: bool = False,
+) -> PatchResult:
+    """Insert verified `{% generation %}` tags around everything the trained speakers generate.
+
+    Raises `PatchError` (with `.reasons`) when no patch passes verification, and `TemplateSourceError`
+    for malformed or unsafe templates. A template that already carries correct tags is returned as is;
+    wrong tags raise unless `retag=True`, which strips them and patches again.
+
+    Example:
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        ... )
+        >>> result = patch_template(template)
+        >>> "{% generation %}" in result.template, result.report.ok
+        (True, True)
+    """
+    train_roles = tuple(train_roles)
+    status = "patched"
+    source = template
+    if has_generation_tags(template):
+        existing = check_template(template, train_roles=train_roles, only_last_turn=only_last_turn)
+        if existing.ok:
+            return PatchResult(template, template, existing, "already_tagged")
+        if not retag:
+            raise PatchError(
+                ["the template already carries generation tags that fail verification (use retag=True)"]
+                + existing.reasons[:5],
+                report=existing,
+            )
+        source = strip_generation_tags(template)
+        status = "retagged"
+    analysis = analyse(source, train_roles, only_last_turn)
+    if status == "retagged":
+        for probe in analysis.probes:
+            a, b = render_probe(template, probe), render_probe(source, probe)
+            if a.text != b.text:
+                raise PatchError([f"removing the existing tags changes the rendering (probe {probe.name!r})"])
+    patched, report = _patch(analysis, train_roles, only_last_turn)
+    report.notes = analysis.notes + report.notes
+    if patched is None:
+        raise PatchError(report.reasons[:8], report=report)
+    return PatchResult(patched, template, report, status)
+
+
+def patch_tokenizer(tokenizer, **options):
+    """Patch `tokenizer.chat_template` in place (each named template when it is a dict) and return it.
+
+    Example:
+        >>> # tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+        >>> # tokenizer = patch_tokenizer(tokenizer); SFTConfig(assistant_only_loss=True)
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise PatchError(["the tokenizer has no chat_template"])
+    if isinstance(template, dict):
+        tokenizer.chat_template = {name: patch_template(text, **options).template for name, text in template.items()}
+    else:
+        tokenizer.chat_template = patch_template(template, **options).template
+    return tokenizer

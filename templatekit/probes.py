@@ -1,0 +1,163 @@
+"""Probe conversations whose every text is a unique sentinel, so a rendering can be read back.
+
+A sentinel tells whose text a character is (system, user, tool, a trained or untrained speaker) and what it
+is (content, reasoning, a tool call's arguments). Probes cover a single turn, several turns, a system
+message, a conversation ending on a user turn with and without the generation prompt, a tool call with
+its result and `tools=` schemas, content plus a tool call, and reasoning. Each comes in two content
+shapes: plain strings, and lists of `{"type": "text"}` blocks for templates that only read blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ASSISTANT = "assistant"
+# What apply_chat_template passes along; many templates concatenate these and fail when undefined.
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+@dataclass(frozen=True)
+class Sentinel:
+    """One sentinel string: whose it is (`role`, message `index`) and what it is (`kind`)."""
+
+    text: str
+    role: str
+    index: int
+    kind: str  # "content", "reasoning", "tool_call", "tool_schema"
+
+
+@dataclass
+class Probe:
+    """A conversation plus render options, and the sentinels its messages carry."""
+
+    name: str
+    messages: list[dict]
+    tools: list[dict] | None = None
+    add_generation_prompt: bool = False
+    sentinels: list[Sentinel] = field(default_factory=list)
+
+    def render_kwargs(self) -> dict:
+        """Keyword arguments for a chat-template render of this probe."""
+        return {"add_generation_prompt": self.add_generation_prompt, "tools": self.tools, **SPECIAL_TOKENS}
+
+
+class _Builder:
+    def __init__(self, name: str, blocks: bool):
+        self.probe = Probe(name, [])
+        self.blocks = blocks
+
+    def _sentinel(self, role: str, kind: str) -> str:
+        index = len(self.probe.messages)
+        slug = "".join(ch for ch in role if ch.isalnum())[:6]
+        text = f"tk{slug}{kind[:3]}{index}q"
+        self.probe.sentinels.append(Sentinel(text, role, index, kind))
+        return text
+
+    def say(self, role: str, *, reasoning: bool = False, tool_call: bool = False, content: bool = True) -> _Builder:
+        message: dict = {"role": role}
+        text = self._sentinel(role, "content") if content else ""
+        message["content"] = [{"type": "text", "text": text}] if self.blocks and content else text
+        if reasoning:
+            thought = self._sentinel(role, "reasoning")
+            # transformers passes reasoning under both names; templates read either.
+            message["reasoning_content"] = thought
+            message["thinking"] = thought
+        if tool_call:
+            argument = self._sentinel(role, "tool_call")
+            message["tool_calls"] = [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": argument}},
+                }
+            ]
+        self.probe.messages.append(message)
+        return self
+
+    def tool_result(self) -> _Builder:
+        text = self._sentinel("tool", "content")
+        content = [{"type": "text", "text": text}] if self.blocks else text
+        self.probe.messages.append({"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": content})
+        return self
+
+    def with_tools(self) -> _Builder:
+        description = f"tkschema{len(self.probe.sentinels)}q"
+        self.probe.sentinels.append(Sentinel(description, "tool_schema", -1, "tool_schema"))
+        self.probe.tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": description,
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string", "description": "The city"}},
+                        "required": ["city"],
+                    },
+                },
+            }
+        ]
+        return self
+
+    def generation_prompt(self) -> _Builder:
+        self.probe.add_generation_prompt = True
+        return self
+
+
+def build_probes(speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = False) -> list[Probe]:
+    """The probe battery, with each trained speaker in the assistant's seat.
+
+    Example:
+        >>> probes = build_probes()
+        >>> [m["role"] for m in probes[0].messages]
+        ['user', 'assistant']
+        >>> probes[0].sentinels[1].text
+        'tkassistcon1q'
+    """
+    probes: list[Probe] = []
+    for speaker in speakers:
+        tag = "" if speaker == ASSISTANT else f"[{speaker}]"
+
+        def new(name: str) -> _Builder:
+            return _Builder(name + tag, blocks)
+
+        probes += [
+            new("single_turn").say("user").say(speaker).probe,
+            new("system_single_turn").say("system").say("user").say(speaker).probe,
+            new("multi_turn").say("system").say("user").say(speaker).say("user").say(speaker).probe,
+            new("multi_turn_no_system").say("user").say(speaker).say("user").say(speaker).probe,
+            new("ends_on_user").say("system").say("user").say(speaker).say("user").probe,
+            new("generation_prompt").say("system").say("user").say(speaker).say("user").generation_prompt().probe,
+            new("generation_prompt_first").say("user").generation_prompt().probe,
+        ]
+        if speaker == ASSISTANT:
+            probes += [
+                new("tool_call")
+                .with_tools()
+                .say("system")
+                .say("user")
+                .say(speaker, tool_call=True, content=False)
+                .tool_result()
+                .say(speaker)
+                .probe,
+                new("tool_call_with_content")
+                .with_tools()
+                .say("user")
+                .say(speaker, tool_call=True)
+                .tool_result()
+                .say(speaker)
+                .say("user")
+                .probe,
+                new("reasoning").say("user").say(speaker, reasoning=True).probe,
+                new("reasoning_multi_turn")
+                .say("system")
+                .say("user")
+                .say(speaker, reasoning=True)
+                .say("user")
+                .say(speaker, reasoning=True)
+                .probe,
+            ]
+    if ASSISTANT not in speakers:
+        # The usual assistant speaks too, and must stay untrained.
+        probes.append(_Builder("untrained_assistant", blocks).say("user").say(speakers[0]).say("user").say(ASSISTANT).probe)
+    return probes

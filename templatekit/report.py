@@ -1,0 +1,62 @@
+"""What verification found, and what a patch produced: plain data handed to the CLI and callers."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Report:
+    """The verdict on one template.
+
+    `ok` is True only when the template carries generation tags and every probe passed.
+    `reasons` holds one readable line per failure; `notes` holds facts worth knowing that are not failures.
+
+    Example:
+        >>> report = Report(ok=False, reasons=["probe 'single_turn': rendering differs at char 12"])
+        >>> report.ok, len(report.reasons)
+        (False, 1)
+    """
+
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    probes_passed: int = 0
+    probes_skipped: int = 0
+    tagged: bool = False
+
+    def summary(self) -> str:
+        """One line: the verdict and the probe counts."""
+        verdict = "ok" if self.ok else "FAILED"
+        return f"{verdict}: {self.probes_passed} probes passed, {self.probes_skipped} skipped, {len(self.reasons)} problems"
+
+
+@dataclass
+class PatchResult:
+    """A verified patched template.
+
+    `status` is "patched" (tags inserted), "already_tagged" (the input's own tags verified) or
+    "retagged" (wrong tags stripped and the template patched again).
+
+    Example:
+        >>> result = PatchResult(template="a{% generation %}b{% endgeneration %}", original="ab", report=Report(ok=True))
+        >>> "+a{% generation %}b{% endgeneration %}" in result.diff
+        True
+    """
+
+    template: str
+    original: str
+    report: Report
+    status: str = "patched"
+
+    @property
+    def diff(self) -> str:
+        """A unified diff from the original to the patched template."""
+        lines = difflib.unified_diff(
+            self.original.splitlines(keepends=True),
+            self.template.splitlines(keepends=True),
+            fromfile="original",
+            tofile="patched",
+        )
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)

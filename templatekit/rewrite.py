@@ -1,0 +1,145 @@
+"""Turn planned regions into text edits, apply edits, and strip existing generation tags.
+
+Tags are inserted so that the rendered text cannot change: a tag put where a `{{-`/`{%-` stood takes over
+its `-`; a tag put after `-}}`/`-%}` takes over that `-`; a tag that would swallow a rendered newline
+(trim_blocks) is followed by an extra newline for it to swallow; a tag that lstrip_blocks would strip
+indentation for is put before the indentation instead. Verification then proves the result.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .analysis import Stmt, Unit
+from .plan import END_TAG, Cut, Edit, PlanError, Region
+from .syntax import ParsedTemplate
+
+TAG_PATTERN = re.compile(r"\{%[-+]?\s*(end)?generation\s*[-+]?%\}")
+
+
+def apply_edits(source: str, edits: list[Edit]) -> str:
+    """Apply non-overlapping edits to `source`.
+
+    Example:
+        >>> apply_edits("abcd", [Edit(1, 1, "X"), Edit(2, 3, "Y")])
+        'aXbYd'
+    """
+    out, cursor = [], 0
+    for edit in sorted(edits, key=lambda e: (e.start, e.end)):
+        if edit.start < cursor:
+            raise PlanError(f"overlapping edits at offset {edit.start}")
+        out.append(source[cursor : edit.start])
+        out.append(edit.text)
+        cursor = edit.end
+    out.append(source[cursor:])
+    return "".join(out)
+
+
+class _Writer:
+    def __init__(self, parsed: ParsedTemplate):
+        self.source = parsed.source
+        self.data_ending_at = {t.end: t for t in parsed.tokens if t.type == "data"}
+        self.data_tokens = [t for t in parsed.tokens if t.type == "data"]
+
+    def _indent_start(self, position: int) -> int:
+        """Where rendered indentation before `position` begins, if lstrip_blocks would eat it; else position."""
+        token = next((t for t in self.data_tokens if t.start < position <= t.end), None)
+        if token is None:
+            return position
+        line_start = self.source.rfind("\n", 0, position) + 1
+        prefix_start = max(line_start, token.start)
+        prefix = self.source[prefix_start:position]
+        if prefix and not prefix.strip(" \t") and (prefix_start == line_start):
+            return prefix_start
+        return position
+
+    def open_position(self, cut: Cut) -> tuple[int, int, str, str]:
+        """(edit start, edit end, text before the opening tags, left marker) for a region's start."""
+        if cut.operator is not None:
+            return cut.operator[0], cut.operator[1], cut.operator[2] + " }}", ""
+        position = cut.offset
+        if self.source.startswith(("{{-", "{%-"), position):
+            return position, position, "", "-"
+        if isinstance(cut.item, Stmt):
+            return position, position, "", ""
+        position = self._indent_start(position)
+        return position, position, "", ""
+
+    def close_position(self, cut: Cut) -> tuple[int, int, str, str]:
+        """(edit start, edit end, text after the closing tags, right marker) for a region's end."""
+        if cut.operator is not None:
+            return cut.operator[0], cut.operator[1], "{{ " + cut.operator[3], ""
+        position = cut.offset
+        if self.source[:position].endswith(("-}}", "-%}")):
+            return position, position, "", "-"
+        if cut.side == "split":
+            position = self._indent_start(position)
+        trailer = "\n" if self.source.startswith("\n", position) and not isinstance(cut.item, Stmt) else ""
+        return position, position, trailer, ""
+
+    def region_text(self, region: Region, open_end: int, close_start: int) -> str:
+        text = self.source[open_end:close_start]
+        if region.start.operator is not None:
+            text = "{{ " + region.start.operator[3] + text
+        if region.end.operator is not None:
+            text = text + region.end.operator[2] + " }}"
+        return text
+
+
+def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) -> list[Edit]:
+    """The edits that wrap `region` in generation tags, guarded by `condition` when given."""
+    writer = _Writer(parsed)
+    open_start, open_end, before, left = writer.open_position(region.start)
+    close_start, close_end, after, right = writer.close_position(region.end)
+    start_tag = "{%" + left + " generation %}"
+    if condition is None:
+        end_tag = "{% endgeneration " + right + "%}"
+        return [
+            Edit(open_start, open_end, before + start_tag + ("{{ " + region.start.operator[3] if region.start.operator else "")),
+            Edit(close_start, close_end, (region.end.operator[2] + " }}" if region.end.operator else "") + end_tag + after),
+        ]
+    if open_start >= close_start:
+        raise PlanError("a guarded region must not start and end inside one output")
+    body = writer.region_text(region, open_end, close_start)
+    text = (
+        before
+        + "{%" + left + " if " + condition + " %}"
+        + START_TAG_PLAIN
+        + body
+        + END_TAG
+        + "{% else %}"
+        + body
+        + "{% endif " + right + "%}"
+        + after
+    )
+    return [Edit(open_start, close_end, text)]
+
+
+START_TAG_PLAIN = "{% generation %}"
+
+
+def strip_generation_tags(source: str) -> str:
+    """Remove every `{% generation %}` / `{% endgeneration %}` tag, keeping their whitespace markers' effect.
+
+    A tag with a `-` marker stripped whitespace next to it; an empty `{%- if true -%}`-like stand-in would
+    keep that, but a bare removal is what a reader expects, so the caller verifies the result renders alike.
+
+    Example:
+        >>> strip_generation_tags("a{% generation %}b{%- endgeneration %}c")
+        'abc'
+    """
+    return TAG_PATTERN.sub("", source)
+
+
+def has_generation_tags(source: str) -> bool:
+    """True when the text carries a generation tag in any form.
+
+    Example:
+        >>> has_generation_tags("{%- generation -%}x{% endgeneration %}")
+        True
+    """
+    return TAG_PATTERN.search(source) is not None
+
+
+def unit_is_expression(item) -> bool:
+    return isinstance(item, Unit) and item.kind == "expr"

@@ -1,0 +1,347 @@
+"""Load chat templates from files and folders, and write patched templates back safely.
+
+Every source goes through `load_templates`, which decides the source's kind (`source_kind`) and hands it to the
+loader registered for that kind in `LOADERS`. New kinds (Hub ids, GGUF files) plug in with `register_loader`
+without touching the callers. Every failure is a `TemplateSourceError` that names the file, and the line and
+column where that means something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from templatekit.errors import TemplateSourceError
+
+__all__ = [
+    "LOADERS",
+    "LoadedTemplate",
+    "NoChatTemplateError",
+    "find_template_files",
+    "load_templates",
+    "register_loader",
+    "source_kind",
+    "write_text_atomic",
+]
+
+#: File names `find_template_files` picks up besides `*.jinja`.
+CONFIG_NAMES = ("tokenizer_config.json", "chat_template.json")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2", ".txt", ".tmpl")
+
+
+@dataclass(frozen=True)
+class LoadedTemplate:
+    """One chat template and where it came from.
+
+    `name` is the template's name as transformers knows it ("default" for the main template, "tool_use",
+    "rag", … for named ones), `origin` the file it was read from, `kind` the kind of that file
+    ("jinja", "tokenizer_config" or "chat_template_json").
+
+    Example:
+        >>> t = LoadedTemplate(name="tool_use", text="{{ x }}", origin=Path("tokenizer_config.json"),
+        ...                    kind="tokenizer_config")
+        >>> t.label
+        'tokenizer_config.json#tool_use'
+    """
+
+    name: str
+    text: str
+    origin: Path | None
+    kind: str
+
+    @property
+    def label(self) -> str:
+        """A short human name: the file, plus `#name` for a named template that shares its file with others."""
+        where = str(self.origin) if self.origin is not None else "<template>"
+        if self.kind in ("tokenizer_config", "chat_template_json") and self.name != "default":
+            return f"{where}#{self.name}"
+        return where
+
+
+class NoChatTemplateError(TemplateSourceError):
+    """A config file or folder was read fine but holds no chat template."""
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decoded as strict UTF-8 with its newlines kept exactly as they are."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TemplateSourceError("no such file", source=str(path)) from None
+    except IsADirectoryError:
+        raise TemplateSourceError("is a folder, expected a file", source=str(path)) from None
+    except OSError as exc:
+        raise TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+        line_start = data.rfind(b"\n", 0, start) + 1
+        line = data.count(b"\n", 0, start) + 1
+        column = start - line_start + 1
+        raise TemplateSourceError(
+            f"not valid UTF-8: byte 0x{data[start]:02x} at byte offset {start}",
+            source=str(path),
+            line=line,
+            column=column,
+        ) from None
+
+
+def _checked(text: str, *, path: Path, name: str) -> str:
+    if not text.strip():
+        what = "empty chat template" if name == "default" else f"empty chat template {name!r}"
+        raise TemplateSourceError(what, source=str(path))
+    return text
+
+
+def _read_json(path: Path) -> object:
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TemplateSourceError(
+            f"invalid JSON: {exc.msg}", source=str(path), line=exc.lineno, column=exc.colno
+        ) from None
+
+
+def _templates_from_field(value: object, *, path: Path, kind: str) -> list[LoadedTemplate]:
+    """Templates from a `chat_template` field: a string, or a list of `{"name": ..., "template": ...}`."""
+    if isinstance(value, str):
+        return [LoadedTemplate("default", _checked(value, path=path, name="default"), path, kind)]
+    if isinstance(value, list):
+        if not value:
+            raise NoChatTemplateError("'chat_template' is an empty list", source=str(path))
+        found: list[LoadedTemplate] = []
+        seen: set[str] = set()
+        for index, entry in enumerate(value):
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+                raise TemplateSourceError(
+                    f"'chat_template'[{index}] must be an object with a string 'name' and 'template'", source=str(path)
+                )
+            name, template = entry["name"], entry.get("template")
+            if not isinstance(template, str):
+                raise TemplateSourceError(f"chat template {name!r} is not a string", source=str(path))
+            if name in seen:
+                raise TemplateSourceError(f"chat template {name!r} appears twice", source=str(path))
+            seen.add(name)
+            found.append(LoadedTemplate(name, _checked(template, path=path, name=name), path, kind))
+        return found
+    if value is None:
+        raise NoChatTemplateError("no chat template ('chat_template' is null)", source=str(path))
+    raise TemplateSourceError(
+        f"'chat_template' must be a string or a list of {{name, template}} objects, not {type(value).__name__}",
+        source=str(path),
+    )
+
+
+def _load_json_config(path: Path, kind: str) -> list[LoadedTemplate]:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise TemplateSourceError(f"expected a JSON object, found {type(data).__name__}", source=str(path))
+    if "chat_template" not in data:
+        raise NoChatTemplateError("no chat template (no 'chat_template' field)", source=str(path))
+    return _templates_from_field(data["chat_template"], path=path, kind=kind)
+
+
+def _load_jinja_file(source: str | Path) -> list[LoadedTemplate]:
+    path = Path(source)
+    return [LoadedTemplate("default", _checked(_read_text(path), path=path, name="default"), path, "jinja")]
+
+
+def _load_tokenizer_config(source: str | Path) -> list[LoadedTemplate]:
+    return _load_json_config(Path(source), "tokenizer_config")
+
+
+def _load_chat_template_json(source: str | Path) -> list[LoadedTemplate]:
+    return _load_json_config(Path(source), "chat_template_json")
+
+
+def _load_model_folder(source: str | Path) -> list[LoadedTemplate]:
+    """A saved model or tokenizer folder, read the way transformers reads it.
+
+    `chat_template.jinja` (plus every `additional_chat_templates/*.jinja`) wins over the `chat_template` field
+    of `tokenizer_config.json`, which wins over a processor's `chat_template.json`.
+    """
+    folder = Path(source)
+    main = folder / "chat_template.jinja"
+    extra_dir = folder / "additional_chat_templates"
+    extras = sorted(extra_dir.glob("*.jinja")) if extra_dir.is_dir() else []
+    if main.is_file() or extras:
+        found = _load_jinja_file(main) if main.is_file() else []
+        for path in extras:
+            text = _checked(_read_text(path), path=path, name=path.stem)
+            found.append(LoadedTemplate(path.stem, text, path, "jinja"))
+        return found
+    for name, loader in (
+        ("tokenizer_config.json", _load_tokenizer_config),
+        ("chat_template.json", _load_chat_template_json),
+    ):
+        path = folder / name
+        if path.is_file():
+            try:
+                return loader(path)
+            except NoChatTemplateError:
+                continue
+    raise NoChatTemplateError(
+        "no chat template found (looked for chat_template.jinja, additional_chat_templates/*.jinja, "
+        "'chat_template' in tokenizer_config.json and chat_template.json)",
+        source=str(folder),
+    )
+
+
+def _load_hub_id(source: str | Path) -> list[LoadedTemplate]:
+    raise TemplateSourceError(
+        "no such file or folder (loading Hugging Face Hub ids is not supported yet; "
+        "download the model and pass its folder)",
+        source=str(source),
+    )
+
+
+def _load_gguf(source: str | Path) -> list[LoadedTemplate]:
+    raise TemplateSourceError("reading GGUF files is not supported yet", source=str(source))
+
+
+#: Loader for each source kind; `load_templates` dispatches on `source_kind(source)`.
+LOADERS: dict[str, Callable[[str | Path], list[LoadedTemplate]]] = {
+    "jinja": _load_jinja_file,
+    "tokenizer_config": _load_tokenizer_config,
+    "chat_template_json": _load_chat_template_json,
+    "folder": _load_model_folder,
+    "hub": _load_hub_id,
+    "gguf": _load_gguf,
+}
+
+
+def register_loader(kind: str, loader: Callable[[str | Path], list[LoadedTemplate]]) -> None:
+    """Install (or replace) the loader for one source kind.
+
+    Example:
+        >>> register_loader("gguf", lambda source: [LoadedTemplate("default", "{{ x }}", Path(source), "gguf")])
+        >>> register_loader("gguf", _load_gguf)  # put the original back
+    """
+    LOADERS[kind] = loader
+
+
+def source_kind(source: str | Path) -> str:
+    """Which loader a source goes to: "folder", "gguf", "chat_template_json", "tokenizer_config", "jinja" or "hub".
+
+    An existing file whose kind is not recognised by name is read as raw Jinja text; a path that does not
+    exist and looks like `owner/name` is taken for a Hugging Face Hub id.
+
+    Example:
+        >>> source_kind("chat_template.json"), source_kind("any/tokenizer_config.json"), source_kind("x.jinja")
+        ('chat_template_json', 'tokenizer_config', 'jinja')
+    """
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() == ".gguf":
+        return "gguf"
+    if path.name == "chat_template.json":
+        return "chat_template_json"
+    if path.suffix.lower() == ".json":
+        return "tokenizer_config"
+    if (
+        not path.exists()
+        and isinstance(source, str)
+        and _HUB_ID.match(source)
+        and path.suffix.lower() not in _TEMPLATE_SUFFIXES
+    ):
+        return "hub"
+    return "jinja"
+
+
+def load_templates(source: str | Path) -> list[LoadedTemplate]:
+    """Every chat template a source holds: a `.jinja` file, a `tokenizer_config.json`, a processor's
+    `chat_template.json` or a saved model folder.
+
+    Raises `TemplateSourceError` (naming the file, and line/column where known) for a missing or unreadable
+    file, bytes that are not UTF-8, invalid JSON, a config without a chat template, or an empty template;
+    `NoChatTemplateError` (a subclass) when the source is readable but holds no template.
+
+    Example:
+        >>> [(t.name, t.kind) for t in load_templates("tokenizer_config.json")]  # doctest: +SKIP
+        [('default', 'tokenizer_config'), ('tool_use', 'tokenizer_config')]
+    """
+    return LOADERS[source_kind(source)](source)
+
+
+def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The template files under `paths`: each file given, and, in each folder (recursively, skipping hidden
+    folders), every `*.jinja`, `tokenizer_config.json` and `chat_template.json`, sorted.
+
+    Raises `TemplateSourceError` for a path that does not exist.
+
+    Example:
+        >>> find_template_files(["corpus/"])  # doctest: +SKIP
+        [PosixPath('corpus/trl/llama3_1.jinja'), PosixPath('corpus/trl/qwen2_5.jinja')]
+    """
+    found: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_file():
+            found.append(entry)
+        elif entry.is_dir():
+            matches = []
+            for root, dirs, files in os.walk(entry):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                matches += [Path(root, f) for f in files if f.endswith(".jinja") or f in CONFIG_NAMES]
+            found.extend(sorted(matches))
+        else:
+            raise TemplateSourceError("no such file or folder", source=str(entry))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8, newlines untouched) to `path` so that readers see the old file or the new one,
+    never a half-written one: a temporary file in the same folder, fsync, then `os.replace`.
+
+    An existing file keeps its permission bits; a new one gets the usual `0o666 & ~umask`.
+
+    Example:
+        >>> write_text_atomic("patched.jinja", "{{ messages }}")  # doctest: +SKIP
+    """
+    path = Path(path)
+    folder = path.parent
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable; not every platform lets a folder be opened
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

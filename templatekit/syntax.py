@@ -1,0 +1,195 @@
+"""Parse a chat template into a jinja2 AST whose nodes know their exact source offsets.
+
+jinja2 nodes carry line numbers only. We lex the source ourselves, find each token's offset, and hand the
+parser tokens whose `lineno` is an `int` subclass (`Pos`) that also carries the offset. Every node the
+parser builds from a token therefore remembers where it came from, and edits become text insertions into
+the untouched original.
+
+The environment mirrors the one transformers renders with (sandboxed, trim_blocks, lstrip_blocks,
+loopcontrols, a `generation` tag, a non-escaping `tojson`), so whitespace and tags mean the same thing here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import jinja2
+import jinja2.ext
+from jinja2 import nodes
+from jinja2.lexer import TokenStream
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import TemplateSourceError
+
+GENERATION_TAG = "generation"
+
+
+class Pos(int):
+    """A line number (the int value, as jinja2 expects) that also knows its source offset."""
+
+    offset: int
+
+    def __new__(cls, lineno: int, offset: int) -> Pos:
+        pos = super().__new__(cls, lineno)
+        pos.offset = offset
+        return pos
+
+    def __getnewargs__(self) -> tuple[int, int]:  # keeps the offset through copy.deepcopy
+        return (int(self), self.offset)
+
+
+class GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: renders its body unchanged, like transformers' tracker."""
+
+    tags = {GENERATION_TAG}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_render_body"), [], [], body).set_lineno(lineno)
+
+    def _render_body(self, caller) -> str:
+        return caller()
+
+
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    # transformers' filter: no HTML escaping, unlike jinja2's own tojson.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    """A sandboxed environment with transformers' chat-template settings.
+
+    Example:
+        >>> make_environment().from_string("{{ x | tojson }}").render(x="<b>")
+        '"<b>"'
+    """
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = jinja2.utils.Namespace
+    env.globals["dict"] = dict
+    return env
+
+
+@dataclass(frozen=True)
+class RawToken:
+    """One lexer token with its place in the source: `source[start:end]` is its text."""
+
+    type: str
+    value: str
+    start: int
+    end: int
+
+    @property
+    def tag_end(self) -> int:
+        """For a closing tag, the offset just after `}}`/`%}`, before any whitespace the lexer swallowed."""
+        return self.start + self.value.index("}") + 2 if self.type in ("block_end", "variable_end") else self.end
+
+
+@dataclass
+class ParsedTemplate:
+    """A template's source, its raw tokens (with offsets) and its AST (with `Pos` line numbers)."""
+
+    source: str
+    tokens: list[RawToken]
+    ast: nodes.Template
+
+    def token_index_at(self, offset: int) -> int:
+        """Index of the token that starts at `offset`."""
+        return self._starts[offset]
+
+    def __post_init__(self) -> None:
+        self._starts = {token.start: index for index, token in enumerate(self.tokens)}
+
+
+def line_column(source: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset.
+
+    Example:
+        >>> line_column("ab\\ncd", 4)
+        (2, 2)
+    """
+    line = source.count("\n", 0, offset) + 1
+    column = offset - (source.rfind("\n", 0, offset) + 1) + 1
+    return line, column
+
+
+def _lex(env: ImmutableSandboxedEnvironment, source: str, name: str | None) -> list[RawToken]:
+    tokens: list[RawToken] = []
+    cursor = 0
+    try:
+        for _lineno, kind, value in env.lexer.tokeniter(source, name):
+            start = source.find(value, cursor)
+            # Stripped whitespace (lstrip_blocks, `-` markers) is the only text the lexer skips.
+            if start < 0 or source[cursor:start].strip():
+                line, column = line_column(source, cursor)
+                raise TemplateSourceError(f"cannot locate token {value!r}", source=name, line=line, column=column)
+            tokens.append(RawToken(kind, value, start, start + len(value)))
+            cursor = start + len(value)
+    except jinja2.TemplateSyntaxError as error:
+        line, column = line_column(source, cursor)
+        if error.lineno and error.lineno != line:
+            line, column = error.lineno, 1
+        raise TemplateSourceError(error.message or str(error), source=name, line=line, column=column) from None
+    return tokens
+
+
+def parse_template(source: str, name: str | None = None) -> ParsedTemplate:
+    """Parse `source` with transformers' settings, keeping offsets.
+
+    Raises `TemplateSourceError` naming line and column for malformed Jinja or an empty template.
+
+    Example:
+        >>> parsed = parse_template("{{ a }}{% if b %}x{% endif %}")
+        >>> parsed.ast.body[1].lineno.offset  # the `if` keyword
+        10
+    """
+    if not isinstance(source, str):
+        raise TemplateSourceError(f"a template must be text, not {type(source).__name__}", source=name)
+    if not source.strip():
+        raise TemplateSourceError("the template is empty", source=name, line=1, column=1)
+    env = make_environment()
+    tokens = _lex(env, source, name)
+    stream_tokens = (
+        (Pos(line_column(source, token.start)[0], token.start), token.type, token.value) for token in tokens
+    )
+    parser = Parser(env, source, name)
+    parser.stream = TokenStream(env.lexer.wrap(stream_tokens, name), name, None)
+    try:
+        ast = parser.parse()
+    except jinja2.TemplateSyntaxError as error:
+        current = parser.stream.current
+        offset = getattr(current.lineno, "offset", None)
+        if offset is not None and current.type != "eof":
+            line, column = line_column(source, offset)
+        else:
+            line, column = line_column(source, len(source))
+        raise TemplateSourceError(error.message or str(error), source=name, line=line, column=column) from None
+    return ParsedTemplate(source, tokens, ast)
+
+
+def node_start(node: nodes.Node) -> int | None:
+    """Smallest source offset recorded anywhere in `node`'s subtree (None if none is known)."""
+    offsets = [n.lineno.offset for n in _walk(node) if isinstance(getattr(n, "lineno", None), Pos)]
+    return min(offsets) if offsets else None
+
+
+def _walk(node: nodes.Node):
+    yield node
+    for child in node.iter_child_nodes():
+        yield from _walk(child)

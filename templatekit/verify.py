@@ -1,0 +1,116 @@
+"""Prove a tagged template: same text as the original on every probe, and spans that train exactly the turns.
+
+Rendering goes through transformers' own `render_jinja_template`, the code that TRL's masks come from, so
+what passes here is what training sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from .layout import Layout
+from .probes import Probe
+from .report import Report
+
+
+@dataclass
+class Rendered:
+    """One probe rendered by transformers: text and generation spans, or the error it raised."""
+
+    text: str | None
+    spans: list[tuple[int, int]]
+    error: str | None = None
+
+
+def render_probe(template: str, probe: Probe, *, spans: bool = False) -> Rendered:
+    """Render `probe` with transformers (sandboxed); errors are returned, not raised."""
+    try:
+        texts, indices = render_jinja_template(
+            conversations=[probe.messages],
+            chat_template=template,
+            return_assistant_tokens_mask=spans,
+            **probe.render_kwargs(),
+        )
+    except Exception as error:  # any template error is a finding, not a crash
+        return Rendered(None, [], f"{type(error).__name__}: {error}")
+    return Rendered(texts[0], [tuple(span) for span in indices[0]] if spans else [])
+
+
+def _excerpt(text: str, start: int, end: int) -> str:
+    snippet = text[start:end]
+    return repr(snippet if len(snippet) <= 40 else snippet[:18] + "…" + snippet[-18:])
+
+
+def check_spans(layout: Layout, spans: list[tuple[int, int]]) -> list[str]:
+    """Reasons the spans do not train exactly the expected turns (empty when they do)."""
+    text, reasons = layout.text, []
+    for start, end in spans:
+        if end <= start:
+            reasons.append(f"an empty generation span at character {start}")
+    for turn in layout.turns:
+        holder = next(((s, e) for s, e in spans if s <= turn.start and e >= turn.end), None)
+        if holder is None:
+            got = [(s, e) for s, e in spans if s < turn.end and e > turn.start]
+            reasons.append(
+                f"message {turn.message}: expected {_excerpt(text, turn.start, turn.end)} trained, "
+                + (f"got {', '.join(_excerpt(text, s, e) for s, e in got)}" if got else "nothing of it is trained")
+            )
+            continue
+        lead, tail = text[holder[0] : turn.start], text[turn.end : holder[1]]
+        if lead.strip():
+            reasons.append(f"message {turn.message}: the header {lead!r} is trained")
+        if tail:
+            reasons.append(f"message {turn.message}: {tail!r} after the end of the turn is trained")
+    for start, end, what in layout.forbidden:
+        if any(s < end and e > start for s, e in spans):
+            reasons.append(f"{what} text {_excerpt(text, start, end)} is trained")
+    for s, e in spans:
+        if e > s and not any(s < turn.end and e > turn.start for turn in layout.turns):
+            reasons.append(f"{_excerpt(text, s, e)} is trained outside any trained turn")
+    return reasons
+
+
+def verify(
+    original: str,
+    tagged: str,
+    probes: list[Probe],
+    layouts: dict[str, Layout],
+) -> Report:
+    """Render every probe with both templates and check the tagged one's spans against `layouts`.
+
+    A probe the original rejects is skipped; one only the tagged template rejects fails.
+    """
+    report = Report(ok=True, tagged=True)
+    for probe in probes:
+        before = render_probe(original, probe)
+        if before.error is not None:
+            report.probes_skipped += 1
+            continue
+        after = render_probe(tagged, probe, spans=True)
+        if after.error is not None:
+            report.reasons.append(f"probe {probe.name!r}: the tagged template raises {after.error}")
+            continue
+        if after.text != before.text:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(before.text, after.text)) if a != b),
+                min(len(before.text), len(after.text)),
+            )
+            report.reasons.append(
+                f"probe {probe.name!r}: rendering differs at character {at}: "
+                f"original {_excerpt(before.text, at, at + 30)}, tagged {_excerpt(after.text, at, at + 30)}"
+            )
+            continue
+        layout = layouts.get(probe.name)
+        if layout is None or layout.text != before.text:
+            report.probes_skipped += 1
+            report.notes.append(f"probe {probe.name!r}: no reference layout; checked rendering only")
+            continue
+        problems = check_spans(layout, after.spans)
+        report.reasons.extend(f"probe {probe.name!r}: {problem}" for problem in problems)
+        report.probes_passed += not problems
+    if report.probes_passed == 0 and not report.reasons:
+        report.reasons.append("no probe could be checked: the original template rejected every probe conversation")
+    report.ok = not report.reasons
+    return report

@@ -1,0 +1,301 @@
+"""The `templatekit` command line, run in-process through `templatekit.cli.main` (and once as `python -m`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _paths import REPO_ROOT, corpus_dir, corpus_file
+
+import templatekit
+from templatekit import cli
+from templatekit.errors import PatchError
+
+# How TRL decides a template has generation tags.
+TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+SUMMARY_LINE = re.compile(r"^(\d+) patched, (\d+) already tagged, (\d+) not patchable, (\d+) wrong \(of (\d+)\)$")
+CHATML = (REPO_ROOT / "examples" / "chatml_example.jinja").read_text(encoding="utf-8")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summary_counts(out: str) -> tuple[int, ...]:
+    last = out.strip().splitlines()[-1]
+    match = SUMMARY_LINE.match(last)
+    assert match, f"no summary line in {out!r}"
+    return tuple(int(n) for n in match.groups())
+
+
+# ------------------------------------------------------------------------------------------------------- patch
+
+
+@pytest.mark.parametrize("name", ["trl/qwen2_5.jinja", "trl/llama3_1.jinja"])
+def test_patch_corpus_template_prints_the_verified_template(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    source = corpus_file(name)
+    code, out, err = run(capsys, "patch", source)
+    assert code == 0, err
+    assert TRL_TAG.search(out) and "endgeneration" in out
+    assert out == templatekit.patch_template(source.read_text(encoding="utf-8")).template
+    assert f"{source}: patched" in err
+    assert "verification ok" in err
+
+
+def test_patch_diff_shows_inserted_tags(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "patch", REPO_ROOT / "examples" / "chatml_example.jinja", "--diff")
+    assert code == 0, err
+    assert "--- original" in err and "+++ patched" in err
+    added = [line for line in err.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert any("generation" in line for line in added)
+    assert TRL_TAG.search(out)  # the template itself still goes to stdout
+
+
+def test_patch_output_file_is_written_atomically(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    source = corpus_file("trl/qwen2_5.jinja")
+    target = tmp_path / "patched.jinja"
+    code, out, err = run(capsys, "patch", source, "-o", target, "--diff")
+    assert code == 0, err
+    patched = target.read_text(encoding="utf-8")
+    assert patched == templatekit.patch_template(source.read_text(encoding="utf-8")).template
+    assert sorted(os.listdir(tmp_path)) == ["patched.jinja"]  # no temporary file left behind
+    assert "+++ patched" in out  # with -o, stdout carries the diff, not the template
+    assert patched not in out
+    assert f"wrote {target}" in err
+
+
+def test_patch_refuses_to_overwrite_its_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    source = tmp_path / "chat.jinja"
+    source.write_text(CHATML, encoding="utf-8")
+    code, _, err = run(capsys, "patch", source, "-o", source)
+    assert code == 2
+    assert "refusing to overwrite" in err and "--force" in err
+    assert source.read_text(encoding="utf-8") == CHATML
+    code, _, err = run(capsys, "patch", source, "-o", source, "--force")
+    assert code == 0, err
+    assert TRL_TAG.search(source.read_text(encoding="utf-8"))
+
+
+def test_patch_error_exits_1_with_reasons(capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
+    def cannot_patch(template: str, **options: object) -> None:
+        raise PatchError(["assistant content is emitted inside a macro the patcher cannot split"])
+
+    monkeypatch.setattr(templatekit, "patch_template", cannot_patch)
+    target = tmp_path / "out.jinja"
+    code, out, err = run(capsys, "patch", REPO_ROOT / "examples" / "chatml_example.jinja", "-o", target)
+    assert code == 1
+    assert "cannot patch" in err and "inside a macro the patcher cannot split" in err
+    assert not target.exists() and out == ""
+
+
+def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    seen: dict[str, object] = {}
+    real = templatekit.patch_template
+
+    def spy(template: str, **options: object):
+        seen.update(options)
+        return real(template, **options)
+
+    monkeypatch.setattr(templatekit, "patch_template", spy)
+    example = REPO_ROOT / "examples" / "chatml_example.jinja"
+    code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool", "--retag")
+    assert code in (0, 1), err
+    assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True}
+    run(capsys, "patch", example, "--only-last-turn")
+    assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False}
+
+
+def test_patch_malformed_template_exits_2_with_line_and_column(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    source = tmp_path / "broken.jinja"
+    source.write_text("{% for message in messages %}\n{{ message['content'] + }}\n{% endfor %}", encoding="utf-8")
+    code, out, err = run(capsys, "patch", source)
+    assert code == 2
+    assert re.search(rf"{re.escape(str(source))}:2:\d+: ", err), err
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty chat template"), (b"{{ 'caf\xe9' }}", "not valid UTF-8")],
+)
+def test_patch_unreadable_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, content, message) -> None:
+    source = tmp_path / "bad.jinja"
+    source.write_bytes(content)
+    code, _, err = run(capsys, "patch", source)
+    assert code == 2
+    assert f"{source}" in err and message in err
+
+
+def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    default = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    config = tmp_path / "model" / "tokenizer_config.json"
+    config.parent.mkdir()
+    config.write_text(
+        json.dumps(
+            {"chat_template": [{"name": "default", "template": default}, {"name": "tool_use", "template": CHATML}]}
+        ),
+        encoding="utf-8",
+    )
+    code, _, err = run(capsys, "patch", config)
+    assert code == 2 and "holds 2 templates (default, tool_use)" in err
+
+    code, out, err = run(capsys, "patch", config, "--name", "tool_use")
+    assert code == 0, err
+    assert out == templatekit.patch_template(CHATML).template
+    assert f"{config}#tool_use: patched" in err
+
+    code, _, err = run(capsys, "patch", config, "--name", "rag")
+    assert code == 2 and "no template named 'rag'" in err
+
+    out_dir = tmp_path / "patched"
+    code, _, err = run(capsys, "patch", config, "-o", out_dir)
+    assert code == 0, err
+    assert (out_dir / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.patch_template(default).template
+    assert TRL_TAG.search((out_dir / "additional_chat_templates" / "tool_use.jinja").read_text(encoding="utf-8"))
+    # the folder just written loads back as the same two templates, and both pass the check
+    code, out, err = run(capsys, "check", out_dir)
+    assert code == 0, out + err
+    assert out.count(": ok") == 2
+
+
+# ------------------------------------------------------------------------------------------------------- check
+
+
+def test_check_untagged_template_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    source = corpus_file("trl/qwen2_5.jinja")
+    code, out, _ = run(capsys, "check", source)
+    assert code == 1
+    assert f"{source}: FAILED" in out
+    assert "\n  - " in out  # at least one reason
+
+
+def test_check_patched_template_exits_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "patched.jinja"
+    assert run(capsys, "patch", corpus_file("trl/llama3_1.jinja"), "-o", target)[0] == 0
+    code, out, err = run(capsys, "check", target)
+    assert code == 0, out + err
+    assert f"{target}: ok" in out
+
+
+def test_check_mixed_sources_reports_each(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "patched.jinja"
+    assert run(capsys, "patch", REPO_ROOT / "examples" / "chatml_example.jinja", "-o", target)[0] == 0
+    untagged = REPO_ROOT / "examples" / "chatml_example.jinja"
+    code, out, _ = run(capsys, "check", target, untagged)
+    assert code == 1
+    assert f"{target}: ok" in out and f"{untagged}: FAILED" in out
+    code, _, err = run(capsys, "check", target, tmp_path / "missing.jinja")
+    assert code == 2 and "missing.jinja: no such file" in err
+
+
+def test_check_malformed_template_exits_2_with_line_and_column(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    source = tmp_path / "broken.jinja"
+    source.write_text("{% if messages %}\n{{ messages[0]['content'] }}\n{% endfor %}\n", encoding="utf-8")
+    code, _, err = run(capsys, "check", source)
+    assert code == 2
+    assert re.search(rf"{re.escape(str(source))}:3:\d+: ", err), err
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def test_report_classifies_templates_and_prints_the_summary_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for name in ("trl/qwen2_5.jinja", "trl/llama3_1.jinja", "axolotl/chatml.jinja"):
+        source = corpus_file(name)
+        shutil.copy(source, tmp_path / source.name.replace(".jinja", f"_{source.parent.name}.jinja"))
+    assert (
+        run(capsys, "patch", corpus_file("trl/qwen2_5.jinja"), "-o", tmp_path / "tagged" / "chat_template.jinja")[0]
+        == 0
+    )
+    (tmp_path / "tagged" / "tokenizer_config.json").write_text('{"bos_token": null}', encoding="utf-8")  # no template
+    (tmp_path / "broken.jinja").write_text("{% if x %}", encoding="utf-8")
+
+    code, out, err = run(capsys, "report", tmp_path)
+    assert code == 0, err
+    patched, tagged, not_patchable, wrong, total = summary_counts(out)
+    assert total == 5 == patched + tagged + not_patchable + wrong
+    assert tagged >= 1 and not_patchable >= 1
+    assert patched == 3
+    for label in ("qwen2_5_trl.jinja", "llama3_1_trl.jinja", "chatml_axolotl.jinja", "broken.jinja"):
+        assert label in out
+    assert re.search(r"broken\.jinja\s+not patchable\s+1:\d+: ", out), out
+
+    code, out, _ = run(capsys, "report", tmp_path, "--summary")
+    assert code == 0
+    assert "broken.jinja" in out and "qwen2_5_trl.jinja" not in out
+    assert summary_counts(out) == (patched, tagged, not_patchable, wrong, total)
+
+
+def test_report_flags_wrong_tags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Tags around the whole conversation train user and system text too: that must be caught as wrong.
+    (tmp_path / "wrong.jinja").write_text("{% generation %}" + CHATML + "{% endgeneration %}", encoding="utf-8")
+    code, out, _ = run(capsys, "report", tmp_path)
+    assert code == 0
+    assert re.search(r"wrong\.jinja\s+wrong\s+\S", out), out
+    assert summary_counts(out) == (0, 0, 0, 1, 1)
+
+
+def test_report_on_named_templates_and_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(
+        json.dumps({"chat_template": [{"name": "default", "template": CHATML}, {"name": "rag", "template": CHATML}]})
+    )
+    code, out, _ = run(capsys, "report", config)
+    assert code == 0
+    assert f"{config}#rag" in out
+    assert summary_counts(out) == (2, 0, 0, 0, 2)
+    code, _, err = run(capsys, "report", tmp_path / "missing")
+    assert code == 2 and "no such file or folder" in err
+
+
+# ------------------------------------------------------------------------------------------------------- usage
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["patch"], ["check"], ["patch", "x.jinja", "--bogus"]])
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert run(capsys, *argv)[0] == 2
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "patch" in out and "check" in out and "report" in out
+
+
+def test_python_dash_m_templatekit(tmp_path: Path) -> None:
+    source = corpus_file("trl/qwen2_5.jinja")
+    target = tmp_path / "out.jinja"
+    result = subprocess.run(
+        [sys.executable, "-m", "templatekit", "patch", str(source), "-o", str(target)],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert TRL_TAG.search(target.read_text(encoding="utf-8"))
+    assert "\x1b[" not in result.stderr  # not a terminal: plain text, no colour codes
+
+
+def test_report_on_whole_corpus_is_fast_and_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    if not corpus_dir().is_dir():
+        pytest.skip("corpus not found")
+    started = time.perf_counter()
+    code, out, _ = run(capsys, "report", corpus_dir(), "--summary")
+    elapsed = time.perf_counter() - started
+    assert code == 0
+    counts = summary_counts(out)
+    assert counts[-1] == len(list(corpus_dir().rglob("*.jinja")))
+    assert elapsed < 60, f"report over the corpus took {elapsed:.1f}s"
