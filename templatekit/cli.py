@@ -322,7 +322,7 @@ def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...]) -> _
         row.reason = _first(exc.reasons)
     except TemplateSourceError as exc:
         row.reason = _reason_of(exc)
-    except Exception as exc:  # noqa: BLE001 - one broken template must not stop a report over hundreds
+    except Exception as exc:  # one broken template must not stop a report over hundreds
         row.reason = f"internal error: {type(exc).__name__}: {exc}"
     return row
 

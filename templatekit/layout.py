@@ -26,6 +26,7 @@ class Turn:
     end: int
     first_generated: int
     last_generated: int
+    optional: bool = False  # rendered without any generated text (say, only tool calls the template drops)
 
 
 @dataclass
@@ -56,9 +57,10 @@ def _header_end(text: str, window_start: int, first_generated: int, header: str)
     for candidate in (header, header.lstrip(), core):
         if candidate and (found := window.rfind(candidate)) >= 0:
             return window_start + found + len(candidate)
-    # The turn's header may be a prefix of the prompt (a prompt that also opens `<think>`, say).
+    # The turn's header may be a prefix of the prompt (a prompt that also opens `<think>`, say); only
+    # prefixes that end where a marker or line ends count.
     for length in range(len(core) - 1, 2, -1):
-        if (found := window.rfind(core[:length])) >= 0:
+        if core[length - 1] in ">]:\n" and (found := window.rfind(core[:length])) >= 0:
             return window_start + found + length
     return first_generated
 
@@ -84,11 +86,18 @@ def layout_probe(
             for s in probe.sentinels
             if s.index == index and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
         ]
+        own = [e for e in emissions if e.message == index and e.text]
         if not positions:
-            continue  # the template does not render this message
+            # Nothing generated is rendered; what the turn still writes after its header (an end-of-turn
+            # marker) may be trained, but need not be.
+            if own:
+                turn_start, turn_end = own[0].start, len(text[: own[-1].end].rstrip())
+                start = _header_end(text, turn_start, turn_end, header)
+                if start < turn_end:
+                    turns.append(Turn(index, start, turn_end, start, start, optional=True))
+            continue
         first = min(start for start, _ in positions)
         last = max(end for _, end in positions)
-        own = [e for e in emissions if e.message == index and e.text]
         window_start = min([e.start for e in own if e.start <= first], default=first)
         turn_end = max([e.end for e in own], default=last)
         start = _header_end(text, window_start, first, header)

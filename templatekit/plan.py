@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from jinja2 import nodes
 
-from .analysis import Body, Emission, Flow, Item, Unit
+from .analysis import Body, Emission, Flow, Item, Stmt, Unit
 from .layout import Layout
 
 START_TAG = "{% generation %}"
@@ -133,25 +133,59 @@ def _emission_at(emissions: list[Emission], char: int) -> Emission:
     raise PlanError(f"no output unit wrote character {char}")
 
 
-def region_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int) -> Region:
-    """The region whose tags would produce the span `[start, end)` in this render."""
+def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int) -> list[Region]:
+    """Regions whose tags produce the span `[start, end)` in this render, as adjacent pieces.
+
+    A generation block opens and closes in one statement list. When the span starts deeper than it ends
+    (content written inside an `if`, the end-of-turn marker after it), the span is cut into pieces: from
+    the start to the end of its body, then on from after each enclosing statement, up to the common body;
+    the end side mirrors this. Adjacent spans train the same characters as one.
+    """
     first = _emission_at(emissions, start)
     last = _emission_at(emissions, end - 1)
     first_unit, last_unit = flow.units[first.uid], flow.units[last.uid]
     start_bodies = first_unit.body.ancestors()
     common = next(body for body in last_unit.body.ancestors() if body in start_bodies)
-    first_item, last_item = first_unit.lift_to(common), last_unit.lift_to(common)
-    if first_item is first_unit:
-        start_cut = _cut_at(flow, first, start - first.start, "before")
-    else:
-        start_cut = Cut(first_item, "before", first_item.start)
-    if last_item is last_unit:
-        end_cut = _cut_at(flow, last, end - last.start, "after")
-    else:
-        end_cut = Cut(last_item, "after", last_item.end)
-    if first_item.index > last_item.index or (first_item is last_item and start_cut.offset >= end_cut.offset):
-        raise PlanError(f"the span starting at {_where(flow, start_cut.offset)} ends before it starts")
-    return Region(common, first_item.index, last_item.index, start_cut, end_cut)
+    regions: list[Region] = []
+
+    start_cut: Cut | None = _cut_at(flow, first, start - first.start, "before")
+    item, index = first_unit, first_unit.index
+    while item.body is not common:
+        body = item.body
+        if index < len(body.items):
+            head, tail = body.items[index], body.items[-1]
+            regions.append(Region(body, index, tail.index, start_cut or _before(head), _after(tail)))
+        item, start_cut = body.parent, None
+        index = item.index + 1
+    start_index = index
+
+    end_cut: Cut | None = _cut_at(flow, last, end - last.start, "after")
+    item, index, end_pieces = last_unit, last_unit.index, []
+    while item.body is not common:
+        body = item.body
+        if index >= 0:
+            head, tail = body.items[0], body.items[index]
+            end_pieces.append(Region(body, 0, index, _before(head), end_cut or _after(tail)))
+        item, end_cut = body.parent, None
+        index = item.index - 1
+    end_index = index
+
+    if start_index <= end_index:
+        head, tail = common.items[start_index], common.items[end_index]
+        start_cut, end_cut = start_cut or _before(head), end_cut or _after(tail)
+        if head is tail and start_cut.offset >= end_cut.offset:
+            raise PlanError(f"the span starting at {_where(flow, start_cut.offset)} ends before it starts")
+        regions.append(Region(common, start_index, end_index, start_cut, end_cut))
+    regions.extend(reversed(end_pieces))
+    return regions
+
+
+def _before(item: Item) -> Cut:
+    return Cut(item, "before", item.start)
+
+
+def _after(item: Item) -> Cut:
+    return Cut(item, "after", item.end)
 
 
 def units_in(region: Region) -> list[Unit]:
@@ -203,6 +237,25 @@ def _where_region(region: Region) -> str:
     return f"offset {region.start.offset}"
 
 
+def _silent(item: Item) -> bool:
+    return isinstance(item, Stmt) and not item.bodies
+
+
+def _trim(region: Region) -> Region:
+    """Leave statements that write nothing (`set`, `do`, macros) outside the region's ends.
+
+    A generation block is a call block: a variable set inside it does not outlive it.
+    """
+    items = region.body.items
+    while region.first < region.last and _silent(items[region.first]) and region.start.item is items[region.first]:
+        region.first += 1
+        region.start = _before(items[region.first])
+    while region.last > region.first and _silent(items[region.last]) and region.end.item is items[region.last]:
+        region.last -= 1
+        region.end = _after(items[region.last])
+    return region
+
+
 def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
@@ -211,10 +264,10 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
     regions: list[Region] = []
     for layout, emissions in traces:
         for turn in layout.turns:
-            if turn.end <= turn.start:
+            if turn.end <= turn.start or turn.optional:
                 continue
-            regions.append(region_for_turn(flow, emissions, turn.start, turn.end))
-    regions = merge_regions(regions)
+            regions.extend(regions_for_turn(flow, emissions, turn.start, turn.end))
+    regions = merge_regions([_trim(region) for region in regions])
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
         for layout, emissions in traces:

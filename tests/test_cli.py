@@ -20,7 +20,9 @@ from templatekit.errors import PatchError
 # How TRL decides a template has generation tags.
 TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 SUMMARY_LINE = re.compile(r"^(\d+) patched, (\d+) already tagged, (\d+) not patchable, (\d+) wrong \(of (\d+)\)$")
-CHATML = (REPO_ROOT / "examples" / "chatml_example.jinja").read_text(encoding="utf-8")
+# Corpus templates the core patches; the tests of CLI plumbing use these.
+PATCHABLE = "trl/qwen2_5.jinja"
+PATCHABLE_2 = "trl/llama3_2.jinja"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -39,9 +41,8 @@ def summary_counts(out: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------------------- patch
 
 
-@pytest.mark.parametrize("name", ["trl/qwen2_5.jinja", "trl/llama3_1.jinja"])
-def test_patch_corpus_template_prints_the_verified_template(capsys: pytest.CaptureFixture[str], name: str) -> None:
-    source = corpus_file(name)
+def test_patch_corpus_template_prints_the_verified_template(capsys: pytest.CaptureFixture[str]) -> None:
+    source = corpus_file(PATCHABLE)
     code, out, err = run(capsys, "patch", source)
     assert code == 0, err
     assert TRL_TAG.search(out) and "endgeneration" in out
@@ -50,8 +51,36 @@ def test_patch_corpus_template_prints_the_verified_template(capsys: pytest.Captu
     assert "verification ok" in err
 
 
-def test_patch_diff_shows_inserted_tags(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "name", ["trl/qwen2_5.jinja", "trl/llama3_1.jinja", "trl/gemma.jinja", "axolotl/chatml.jinja", "trl/qwen3.jinja"]
+)
+def test_patch_exit_code_matches_the_api(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """Whatever the core makes of a real template, the CLI reports it faithfully: 0 and the template, or 1 and
+    every reason."""
+    source = corpus_file(name)
+    code, out, err = run(capsys, "patch", source)
+    try:
+        expected = templatekit.patch_template(source.read_text(encoding="utf-8"))
+    except PatchError as exc:
+        assert code == 1, err
+        assert out == ""
+        assert f"{source}: cannot patch" in err
+        for reason in exc.reasons:
+            assert f"  - {reason}" in err
+    else:
+        assert code == 0, err
+        assert out == expected.template
+
+
+def test_demo_example_patches(capsys: pytest.CaptureFixture[str]) -> None:
+    """`make demo` runs exactly this; it must succeed and show a diff."""
     code, out, err = run(capsys, "patch", REPO_ROOT / "examples" / "chatml_example.jinja", "--diff")
+    assert code == 0, err
+    assert "+++ patched" in err and TRL_TAG.search(out)
+
+
+def test_patch_diff_shows_inserted_tags(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "patch", corpus_file(PATCHABLE), "--diff")
     assert code == 0, err
     assert "--- original" in err and "+++ patched" in err
     added = [line for line in err.splitlines() if line.startswith("+") and not line.startswith("+++")]
@@ -60,7 +89,7 @@ def test_patch_diff_shows_inserted_tags(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_patch_output_file_is_written_atomically(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    source = corpus_file("trl/qwen2_5.jinja")
+    source = corpus_file(PATCHABLE)
     target = tmp_path / "patched.jinja"
     code, out, err = run(capsys, "patch", source, "-o", target, "--diff")
     assert code == 0, err
@@ -73,12 +102,13 @@ def test_patch_output_file_is_written_atomically(capsys: pytest.CaptureFixture[s
 
 
 def test_patch_refuses_to_overwrite_its_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    original = corpus_file(PATCHABLE).read_text(encoding="utf-8")
     source = tmp_path / "chat.jinja"
-    source.write_text(CHATML, encoding="utf-8")
+    source.write_text(original, encoding="utf-8")
     code, _, err = run(capsys, "patch", source, "-o", source)
     assert code == 2
     assert "refusing to overwrite" in err and "--force" in err
-    assert source.read_text(encoding="utf-8") == CHATML
+    assert source.read_text(encoding="utf-8") == original
     code, _, err = run(capsys, "patch", source, "-o", source, "--force")
     assert code == 0, err
     assert TRL_TAG.search(source.read_text(encoding="utf-8"))
@@ -105,7 +135,7 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
         return real(template, **options)
 
     monkeypatch.setattr(templatekit, "patch_template", spy)
-    example = REPO_ROOT / "examples" / "chatml_example.jinja"
+    example = corpus_file(PATCHABLE)
     code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool", "--retag")
     assert code in (0, 1), err
     assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True}
@@ -135,12 +165,13 @@ def test_patch_unreadable_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    default = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    default = corpus_file(PATCHABLE).read_text(encoding="utf-8")
+    tool_use = corpus_file(PATCHABLE_2).read_text(encoding="utf-8")
     config = tmp_path / "model" / "tokenizer_config.json"
     config.parent.mkdir()
     config.write_text(
         json.dumps(
-            {"chat_template": [{"name": "default", "template": default}, {"name": "tool_use", "template": CHATML}]}
+            {"chat_template": [{"name": "default", "template": default}, {"name": "tool_use", "template": tool_use}]}
         ),
         encoding="utf-8",
     )
@@ -149,7 +180,7 @@ def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixtu
 
     code, out, err = run(capsys, "patch", config, "--name", "tool_use")
     assert code == 0, err
-    assert out == templatekit.patch_template(CHATML).template
+    assert out == templatekit.patch_template(tool_use).template
     assert f"{config}#tool_use: patched" in err
 
     code, _, err = run(capsys, "patch", config, "--name", "rag")
@@ -179,7 +210,7 @@ def test_check_untagged_template_exits_1(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_check_patched_template_exits_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "patched.jinja"
-    assert run(capsys, "patch", corpus_file("trl/llama3_1.jinja"), "-o", target)[0] == 0
+    assert run(capsys, "patch", corpus_file(PATCHABLE_2), "-o", target)[0] == 0
     code, out, err = run(capsys, "check", target)
     assert code == 0, out + err
     assert f"{target}: ok" in out
@@ -187,8 +218,8 @@ def test_check_patched_template_exits_0(capsys: pytest.CaptureFixture[str], tmp_
 
 def test_check_mixed_sources_reports_each(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "patched.jinja"
-    assert run(capsys, "patch", REPO_ROOT / "examples" / "chatml_example.jinja", "-o", target)[0] == 0
-    untagged = REPO_ROOT / "examples" / "chatml_example.jinja"
+    assert run(capsys, "patch", corpus_file(PATCHABLE), "-o", target)[0] == 0
+    untagged = corpus_file(PATCHABLE)
     code, out, _ = run(capsys, "check", target, untagged)
     assert code == 1
     assert f"{target}: ok" in out and f"{untagged}: FAILED" in out
@@ -210,35 +241,44 @@ def test_check_malformed_template_exits_2_with_line_and_column(capsys: pytest.Ca
 def test_report_classifies_templates_and_prints_the_summary_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    for name in ("trl/qwen2_5.jinja", "trl/llama3_1.jinja", "axolotl/chatml.jinja"):
+    shutil.copy(corpus_file(PATCHABLE), tmp_path / "qwen2_5.jinja")  # patched
+    tagged = tmp_path / "tagged" / "chat_template.jinja"
+    assert run(capsys, "patch", corpus_file(PATCHABLE), "-o", tagged)[0] == 0  # already tagged
+    (tmp_path / "tagged" / "tokenizer_config.json").write_text('{"bos_token": null}', encoding="utf-8")  # skipped
+    (tmp_path / "broken.jinja").write_text("{% if x %}", encoding="utf-8")  # not patchable
+    wrong = "{% generation %}" + corpus_file(PATCHABLE).read_text(encoding="utf-8") + "{% endgeneration %}"
+    (tmp_path / "wrong.jinja").write_text(wrong, encoding="utf-8")  # trains every role: wrong
+    expected = [1, 1, 1, 1]
+    for name in ("trl/llama3_1.jinja", "axolotl/chatml.jinja"):  # whatever the core makes of them
         source = corpus_file(name)
-        shutil.copy(source, tmp_path / source.name.replace(".jinja", f"_{source.parent.name}.jinja"))
-    assert (
-        run(capsys, "patch", corpus_file("trl/qwen2_5.jinja"), "-o", tmp_path / "tagged" / "chat_template.jinja")[0]
-        == 0
-    )
-    (tmp_path / "tagged" / "tokenizer_config.json").write_text('{"bos_token": null}', encoding="utf-8")  # no template
-    (tmp_path / "broken.jinja").write_text("{% if x %}", encoding="utf-8")
+        shutil.copy(source, tmp_path / f"{source.parent.name}_{source.name}")
+        try:
+            templatekit.patch_template(source.read_text(encoding="utf-8"), retag=True)
+            expected[0] += 1
+        except PatchError:
+            expected[2] += 1
 
     code, out, err = run(capsys, "report", tmp_path)
     assert code == 0, err
-    patched, tagged, not_patchable, wrong, total = summary_counts(out)
-    assert total == 5 == patched + tagged + not_patchable + wrong
-    assert tagged >= 1 and not_patchable >= 1
-    assert patched == 3
-    for label in ("qwen2_5_trl.jinja", "llama3_1_trl.jinja", "chatml_axolotl.jinja", "broken.jinja"):
-        assert label in out
+    assert summary_counts(out) == (*expected, 6)
+    assert re.search(r"qwen2_5\.jinja\s+patched", out), out
+    assert re.search(r"chat_template\.jinja\s+already tagged", out), out
     assert re.search(r"broken\.jinja\s+not patchable\s+1:\d+: ", out), out
+    assert re.search(r"wrong\.jinja\s+wrong\s+\S", out), out
+    assert "trl_llama3_1.jinja" in out and "axolotl_chatml.jinja" in out
+    assert "tokenizer_config.json" not in out
 
     code, out, _ = run(capsys, "report", tmp_path, "--summary")
     assert code == 0
-    assert "broken.jinja" in out and "qwen2_5_trl.jinja" not in out
-    assert summary_counts(out) == (patched, tagged, not_patchable, wrong, total)
+    assert "broken.jinja" in out and "wrong.jinja" in out
+    assert "qwen2_5.jinja" not in out and "chat_template.jinja" not in out
+    assert summary_counts(out) == (*expected, 6)
 
 
 def test_report_flags_wrong_tags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # Tags around the whole conversation train user and system text too: that must be caught as wrong.
-    (tmp_path / "wrong.jinja").write_text("{% generation %}" + CHATML + "{% endgeneration %}", encoding="utf-8")
+    wrong = "{% generation %}" + corpus_file(PATCHABLE).read_text(encoding="utf-8") + "{% endgeneration %}"
+    (tmp_path / "wrong.jinja").write_text(wrong, encoding="utf-8")
     code, out, _ = run(capsys, "report", tmp_path)
     assert code == 0
     assert re.search(r"wrong\.jinja\s+wrong\s+\S", out), out
@@ -246,9 +286,10 @@ def test_report_flags_wrong_tags(capsys: pytest.CaptureFixture[str], tmp_path: P
 
 
 def test_report_on_named_templates_and_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    text = corpus_file(PATCHABLE).read_text(encoding="utf-8")
     config = tmp_path / "tokenizer_config.json"
     config.write_text(
-        json.dumps({"chat_template": [{"name": "default", "template": CHATML}, {"name": "rag", "template": CHATML}]})
+        json.dumps({"chat_template": [{"name": "default", "template": text}, {"name": "rag", "template": text}]})
     )
     code, out, _ = run(capsys, "report", config)
     assert code == 0
