@@ -41,13 +41,19 @@ class Layout:
 
 
 def generation_prompt(text_without: str, text_with: str) -> str:
-    """The text `add_generation_prompt=True` appends, or "" when the renders do not nest.
+    """The text `add_generation_prompt=True` writes where the render without it ends (some templates end
+    a prompt-less render with an end-of-sequence token instead).
 
     Example:
         >>> generation_prompt("a<u>", "a<u><asst>")
         '<asst>'
+        >>> generation_prompt("a<u></s>", "a<u><asst>")
+        '<asst>'
     """
-    return text_with[len(text_without) :] if text_with.startswith(text_without) else ""
+    common = 0
+    while common < min(len(text_with), len(text_without)) and text_with[common] == text_without[common]:
+        common += 1
+    return text_with[common:]
 
 
 def _header_end(text: str, window_start: int, first_generated: int, header: str) -> int:
@@ -60,7 +66,7 @@ def _header_end(text: str, window_start: int, first_generated: int, header: str)
     # The turn's header may be a prefix of the prompt (a prompt that also opens `<think>`, say); only
     # prefixes that end where a marker or line ends count.
     for length in range(len(core) - 1, 2, -1):
-        if core[length - 1] in ">]:\n" and (found := window.rfind(core[:length])) >= 0:
+        if core[: length].endswith(("\n", "|>", "｜>", "]", ":")) and (found := window.rfind(core[:length])) >= 0:
             return window_start + found + length
     return first_generated
 

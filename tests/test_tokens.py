@@ -168,38 +168,41 @@ def test_qwen_straddling_token_at_content_start(qwen_tokenizer, qwen_patched, wi
     assert rendered[s:e] == "\n\n\n" and mask[straddling[0]] == 1
 
 
-def test_qwen_tool_calls(qwen_tokenizer, qwen_patched, with_template):
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+OSLO_CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+OSLO_CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("preamble", ["", "Let me look that up."], ids=["call_only", "content_then_call"])
+def test_qwen_tool_calls(qwen_tokenizer, qwen_patched, with_template, preamble):
+    """A tool-calling turn is trained from the first generated character (not the header's "\n")
+    through <|im_end|>; the tool result is not trained."""
     original, patched = qwen_patched
     with_template(qwen_tokenizer, original)
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Weather for a city.",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-            },
-        }
-    ]
     messages = [
         {"role": "system", "content": "You answer weather questions."},
         {"role": "user", "content": "How warm is Oslo now?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
-        },
+        {"role": "assistant", "content": preamble, "tool_calls": [OSLO_CALL]},
         {"role": "tool", "content": '{"celsius": 3}'},
         {"role": "assistant", "content": "It is 3 degrees Celsius in Oslo."},
     ]
     turns = [
-        Turn('<tool_call>\n{"name": "get_weather"', QWEN_HEADER, QWEN_EOT),
+        Turn(preamble or '<tool_call>\n{"name": "get_weather"', QWEN_HEADER, QWEN_EOT),
         Turn("It is 3 degrees Celsius in Oslo.", QWEN_HEADER, QWEN_EOT),
     ]
-    rendered, enc, mask, trained = check_mask(qwen_tokenizer, original, patched, messages, turns, tools=tools)
-    joined = "".join(trained)
-    assert joined.startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>')
-    assert_outside(rendered, enc, mask, '{"celsius": 3}', "<tool_response>", "get_weather\", \"description")
+    rendered, enc, mask, trained = check_mask(
+        qwen_tokenizer, original, patched, messages, turns, tools=[WEATHER_TOOL]
+    )
+    first_turn = (preamble + "\n" if preamble else "") + OSLO_CALL_TEXT + "<|im_end|>"
+    assert "".join(trained) == first_turn + "It is 3 degrees Celsius in Oslo.<|im_end|>"
+    assert_outside(rendered, enc, mask, '{"celsius": 3}', "<tool_response>", '"description"', "<|im_start|>assistant\n")
 
 
 def test_qwen_only_last_turn(qwen_tokenizer, with_template):
