@@ -162,8 +162,16 @@ class _FlowBuilder:
                 close_index += 1
             open_tag, close_tag = self.tokens[open_index], self.tokens[close_index]
             unit = Unit(
-                body, len(body.items), open_tag.start, close_tag.tag_end, uid=uid, kind="expr", node=child,
-                loop_targets=targets, open_tag=open_tag, close_tag=close_tag,
+                body,
+                len(body.items),
+                open_tag.start,
+                close_tag.tag_end,
+                uid=uid,
+                kind="expr",
+                node=child,
+                loop_targets=targets,
+                open_tag=open_tag,
+                close_tag=close_tag,
             )
             unit.parts = self._parts(child, open_index)
         unit.loop_targets = targets
@@ -317,7 +325,11 @@ class Tracer:
                 if unit.parts:
                     operands = _chain(copied_child)
                     for position, operand in enumerate(operands):
-                        _replace(copied_child, operand, _call("_tk_part", nodes.Const(unit.uid), nodes.Const(position), operand))
+                        _replace(
+                            copied_child,
+                            operand,
+                            _call("_tk_part", nodes.Const(unit.uid), nodes.Const(position), operand),
+                        )
                 targets = nodes.Tuple([nodes.Name(name, "load") for name in unit.loop_targets], "load")
                 copied.nodes[index] = _call("_tk_emit", nodes.Const(unit.uid), copied_child, targets)
 

@@ -269,8 +269,7 @@ def _cmd_check(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 err.line(f"error: {_located(exc, template)}", "red")
                 code = max(code, EXIT_USAGE)
                 continue
-            verdict = "ok" if report.ok else "FAILED"
-            out.line(f"{template.label}: {verdict} ({report.summary()})", _STATUS_STYLE[verdict])
+            out.line(f"{template.label}: {report.summary()}", _STATUS_STYLE["ok" if report.ok else "FAILED"])
             if not report.ok:
                 code = max(code, EXIT_FAIL)
                 for reason in report.reasons or ["no generation tags" if not report.tagged else "failed"]:

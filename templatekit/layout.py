@@ -66,7 +66,7 @@ def _header_end(text: str, window_start: int, first_generated: int, header: str)
     # The turn's header may be a prefix of the prompt (a prompt that also opens `<think>`, say); only
     # prefixes that end where a marker or line ends count.
     for length in range(len(core) - 1, 2, -1):
-        if core[: length].endswith(("\n", "|>", "｜>", "]", ":")) and (found := window.rfind(core[:length])) >= 0:
+        if core[:length].endswith(("\n", "|>", "｜>", "]", ":")) and (found := window.rfind(core[:length])) >= 0:
             return window_start + found + length
     return first_generated
 

@@ -20,7 +20,6 @@ from .syntax import ParsedTemplate, line_column, parse_template
 from .verify import render_probe, verify
 
 
-
 def _refuse_unsafe(parsed: ParsedTemplate, name: str | None) -> None:
     # Templates are untrusted code: reaching for dunder attributes is how sandbox escapes start.
     for node in parsed.ast.find_all((nodes.Getattr, nodes.Getitem)):

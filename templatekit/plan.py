@@ -77,7 +77,9 @@ def _cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> C
             raise PlanError(f"literal text at {_where(flow, unit.start)} does not match its source")
         return Cut(unit, "split", unit.start + offset_in_unit)
     if unit.parts and emission.parts and all(isinstance(part, str) for part in emission.parts):
-        operands = [(node, (op_start, op_end), value) for (node, op_start, op_end), value in zip(unit.parts, emission.parts)]
+        operands = [
+            (node, (op_start, op_end), value) for (node, op_start, op_end), value in zip(unit.parts, emission.parts)
+        ]
     else:
         operands = [(unit.node, None, emission.text)]
     boundary = 0
@@ -222,9 +224,7 @@ def merge_regions(regions: list[Region]) -> list[Region]:
                 outer.guard |= region.guard
                 continue
             if region.body is not outer.body:
-                raise PlanError(
-                    f"spans overlap without nesting at {_where_region(outer)} and {_where_region(region)}"
-                )
+                raise PlanError(f"spans overlap without nesting at {_where_region(outer)} and {_where_region(region)}")
             outer.last, outer.end = region.last, region.end
             outer.targets |= region.targets
             outer.guard |= region.guard

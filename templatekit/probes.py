@@ -77,7 +77,9 @@ class _Builder:
     def tool_result(self) -> _Builder:
         text = self._sentinel("tool", "content")
         content = [{"type": "text", "text": text}] if self.blocks else text
-        self.probe.messages.append({"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": content})
+        self.probe.messages.append(
+            {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": content}
+        )
         return self
 
     def with_tools(self) -> _Builder:
@@ -159,5 +161,7 @@ def build_probes(speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = Fal
             ]
     if ASSISTANT not in speakers:
         # The usual assistant speaks too, and must stay untrained.
-        probes.append(_Builder("untrained_assistant", blocks).say("user").say(speakers[0]).say("user").say(ASSISTANT).probe)
+        probes.append(
+            _Builder("untrained_assistant", blocks).say("user").say(speakers[0]).say("user").say(ASSISTANT).probe
+        )
     return probes

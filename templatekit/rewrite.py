@@ -95,21 +95,35 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
     if condition is None:
         end_tag = "{% endgeneration " + right + "%}"
         return [
-            Edit(open_start, open_end, before + start_tag + ("{{ " + region.start.operator[3] if region.start.operator else "")),
-            Edit(close_start, close_end, (region.end.operator[2] + " }}" if region.end.operator else "") + end_tag + after),
+            Edit(
+                open_start,
+                open_end,
+                before + start_tag + ("{{ " + region.start.operator[3] if region.start.operator else ""),
+            ),
+            Edit(
+                close_start,
+                close_end,
+                (region.end.operator[2] + " }}" if region.end.operator else "") + end_tag + after,
+            ),
         ]
     if open_start >= close_start:
         raise PlanError("a guarded region must not start and end inside one output")
     body = writer.region_text(region, open_end, close_start)
     text = (
         before
-        + "{%" + left + " if " + condition + " %}"
+        + "{%"
+        + left
+        + " if "
+        + condition
+        + " %}"
         + START_TAG_PLAIN
         + body
         + END_TAG
         + "{% else %}"
         + body
-        + "{% endif " + right + "%}"
+        + "{% endif "
+        + right
+        + "%}"
         + after
     )
     return [Edit(open_start, close_end, text)]

@@ -181,9 +181,9 @@ def test_offsets_survive_parsing():
     loop = parsed.ast.body[0]
     assert source[loop.lineno.offset : loop.lineno.offset + 3] == "for"
     add = loop.body[0].nodes[0]
-    assert source[add.right.lineno.offset :].startswith("m.content") or source[add.right.node.lineno.offset :].startswith(
-        "m.content"
-    )
+    assert source[add.right.lineno.offset :].startswith("m.content") or source[
+        add.right.node.lineno.offset :
+    ].startswith("m.content")
 
 
 def test_patched_templates_render_like_the_originals():

@@ -22,7 +22,10 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 
 def corpus(name: str) -> str:
-    return (CORPUS / name).read_text(encoding="utf-8")
+    path = CORPUS / name
+    if not path.is_file():
+        pytest.skip(f"corpus template {name} not found under {CORPUS}")
+    return path.read_text(encoding="utf-8")
 
 
 @dataclass
@@ -90,7 +93,9 @@ def check_mask(tokenizer, original, patched, messages, turns, **kwargs):
     spans = expected_spans(rendered, turns)
     expected = overlap_mask(offsets, spans)
     got = list(out["assistant_masks"])
-    assert got == expected, "\n" + rendered + "\n" + describe(tokenizer, enc["input_ids"], offsets, got, expected, rendered)
+    assert got == expected, (
+        "\n" + rendered + "\n" + describe(tokenizer, enc["input_ids"], offsets, got, expected, rendered)
+    )
     trained = [tokenizer.decode([i]) for i, m in zip(enc["input_ids"], got) if m]
     return rendered, enc, got, trained
 
@@ -134,7 +139,7 @@ def test_qwen_multi_turn(qwen_tokenizer, qwen_patched, with_template):
     assert "".join(trained) == "Paris is the capital of France.<|im_end|>Rome.<|im_end|>"
     assert_outside(rendered, enc, mask, "<|im_start|>assistant\n", "\n<|im_start|>", "terse", "Italy?")
     # the "\n" after each assistant <|im_end|> is its own, untrained token
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    offsets = enc["offset_mapping"]
     for i, (s, e) in enumerate(offsets[:-1]):
         if rendered[s:e] == "<|im_end|>" and mask[i]:
             assert rendered[offsets[i + 1][0] : offsets[i + 1][1]] == "\n" and mask[i + 1] == 0
@@ -160,7 +165,9 @@ def test_qwen_straddling_token_at_content_start(qwen_tokenizer, qwen_patched, wi
     with_template(qwen_tokenizer, original)
     content = "\n\n- first point\n- second point"
     messages = [{"role": "user", "content": "List two points."}, {"role": "assistant", "content": content}]
-    rendered, enc, mask, _ = check_mask(qwen_tokenizer, original, patched, messages, [Turn(content, QWEN_HEADER, QWEN_EOT)])
+    rendered, enc, mask, _ = check_mask(
+        qwen_tokenizer, original, patched, messages, [Turn(content, QWEN_HEADER, QWEN_EOT)]
+    )
     start = rendered.index(content)
     straddling = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < start < e]
     assert len(straddling) == 1, "expected one token spanning header and content"
@@ -193,16 +200,21 @@ def test_qwen_tool_calls(qwen_tokenizer, qwen_patched, with_template, preamble):
         {"role": "tool", "content": '{"celsius": 3}'},
         {"role": "assistant", "content": "It is 3 degrees Celsius in Oslo."},
     ]
+    # Documented behaviour: Qwen2.5 writes the newline after the header inside the tool-call loop
+    # ('\n<tool_call>'), where it is generated text whenever content precedes the call; with no content
+    # that same newline is trained too (whitespace only; the header's own characters stay outside).
     turns = [
-        Turn(preamble or '<tool_call>\n{"name": "get_weather"', QWEN_HEADER, QWEN_EOT),
+        Turn(
+            preamble or '<tool_call>\n{"name": "get_weather"',
+            QWEN_HEADER if preamble else "<|im_start|>assistant",
+            QWEN_EOT,
+        ),
         Turn("It is 3 degrees Celsius in Oslo.", QWEN_HEADER, QWEN_EOT),
     ]
-    rendered, enc, mask, trained = check_mask(
-        qwen_tokenizer, original, patched, messages, turns, tools=[WEATHER_TOOL]
-    )
-    first_turn = (preamble + "\n" if preamble else "") + OSLO_CALL_TEXT + "<|im_end|>"
+    rendered, enc, mask, trained = check_mask(qwen_tokenizer, original, patched, messages, turns, tools=[WEATHER_TOOL])
+    first_turn = (preamble if preamble else "") + "\n" + OSLO_CALL_TEXT + "<|im_end|>"
     assert "".join(trained) == first_turn + "It is 3 degrees Celsius in Oslo.<|im_end|>"
-    assert_outside(rendered, enc, mask, '{"celsius": 3}', "<tool_response>", '"description"', "<|im_start|>assistant\n")
+    assert_outside(rendered, enc, mask, '{"celsius": 3}', "<tool_response>", '"description"', "<|im_start|>assistant")
 
 
 def test_qwen_only_last_turn(qwen_tokenizer, with_template):

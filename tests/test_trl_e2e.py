@@ -21,6 +21,9 @@ torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("datasets")
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+QWEN_TEMPLATE = CORPUS / "trl" / "qwen2_5.jinja"
+if not QWEN_TEMPLATE.is_file():
+    pytest.skip(f"corpus template not found: {QWEN_TEMPLATE}", allow_module_level=True)
 HEADER, EOT = "<|im_start|>assistant\n", "<|im_end|>"
 
 SYSTEMS = ["You are a concise assistant.", "You answer like a pirate.", "Reply in plain English."]
@@ -76,7 +79,7 @@ def expected_labels(tokenizer, input_ids: list[int]) -> list[int]:
 @pytest.fixture
 def patched_qwen(qwen_tokenizer):
     tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = (CORPUS / "trl" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer.chat_template = QWEN_TEMPLATE.read_text(encoding="utf-8")
     original = tokenizer.chat_template
     patched = templatekit.patch_tokenizer(tokenizer)
     assert patched.chat_template != original and "generation" in patched.chat_template
@@ -177,7 +180,7 @@ def test_trl_reports_an_untrained_end_of_turn(qwen_tokenizer, tmp_path, caplog):
     from trl import SFTTrainer
 
     tokenizer = copy.deepcopy(qwen_tokenizer)
-    original = (CORPUS / "trl" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    original = QWEN_TEMPLATE.read_text(encoding="utf-8")
     line = "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
     assert line in original
     bad = (
