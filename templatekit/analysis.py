@@ -80,7 +80,6 @@ class Stmt(Item):
 
     node: nodes.Node | None = None
     bodies: list[Body] = field(default_factory=list)
-    loop_target: str | None = None
 
 
 @dataclass
@@ -216,7 +215,6 @@ class _FlowBuilder:
             return
         inner_targets = targets
         if isinstance(statement, nodes.For) and isinstance(statement.target, nodes.Name):
-            stmt.loop_target = statement.target.name
             inner_targets = (statement.target.name, *targets)
         for statements, scope in _sub_bodies(statement, inner_targets, targets):
             sub = Body(parent=stmt)

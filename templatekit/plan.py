@@ -207,7 +207,7 @@ def units_in(region: Region) -> list[Unit]:
     return found
 
 
-def merge_regions(regions: list[Region]) -> list[Region]:
+def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
     """Drop duplicates and regions nested in others; merge overlapping regions of one body."""
     unique: dict[tuple[int, int], Region] = {}
     for region in regions:
@@ -224,17 +224,15 @@ def merge_regions(regions: list[Region]) -> list[Region]:
                 outer.guard |= region.guard
                 continue
             if region.body is not outer.body:
-                raise PlanError(f"spans overlap without nesting at {_where_region(outer)} and {_where_region(region)}")
+                raise PlanError(
+                    f"spans overlap without nesting at {_where(flow, outer.start.offset)} and {_where(flow, region.start.offset)}"
+                )
             outer.last, outer.end = region.last, region.end
             outer.targets |= region.targets
             outer.guard |= region.guard
             continue
         merged.append(region)
     return merged
-
-
-def _where_region(region: Region) -> str:
-    return f"offset {region.start.offset}"
 
 
 def _silent(item: Item) -> bool:
@@ -267,7 +265,7 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
             if turn.end <= turn.start or turn.optional:
                 continue
             regions.extend(regions_for_turn(flow, emissions, turn.start, turn.end))
-    regions = merge_regions([_trim(region) for region in regions])
+    regions = merge_regions(flow, [_trim(region) for region in regions])
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
         for layout, emissions in traces:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .analysis import Stmt, Unit
-from .plan import END_TAG, Cut, Edit, PlanError, Region
+from .analysis import Stmt
+from .plan import END_TAG, START_TAG, Cut, Edit, PlanError, Region
 from .syntax import ParsedTemplate
 
 TAG_PATTERN = re.compile(r"\{%[-+]?\s*(end)?generation\s*[-+]?%\}")
@@ -116,7 +116,7 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         + " if "
         + condition
         + " %}"
-        + START_TAG_PLAIN
+        + START_TAG
         + body
         + END_TAG
         + "{% else %}"
@@ -127,9 +127,6 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         + after
     )
     return [Edit(open_start, close_end, text)]
-
-
-START_TAG_PLAIN = "{% generation %}"
 
 
 def strip_generation_tags(source: str) -> str:
@@ -153,7 +150,3 @@ def has_generation_tags(source: str) -> bool:
         True
     """
     return TAG_PATTERN.search(source) is not None
-
-
-def unit_is_expression(item) -> bool:
-    return isinstance(item, Unit) and item.kind == "expr"
