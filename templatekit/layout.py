@@ -53,6 +53,10 @@ def generation_prompt(text_without: str, text_with: str) -> str:
     common = 0
     while common < min(len(text_with), len(text_without)) and text_with[common] == text_without[common]:
         common += 1
+    if common < len(text_without):
+        # The renders part inside a marker (`</s>` vs `<|assistant|>` share `<`): back up to where one ends.
+        while common and not (text_with[common - 1].isspace() or text_with[common - 1] in ">]"):
+            common -= 1
     return text_with[common:]
 
 
