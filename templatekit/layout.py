@@ -75,6 +75,45 @@ def _header_end(text: str, window_start: int, first_generated: int, header: str)
     return first_generated
 
 
+def _split_at_gaps(
+    turn: Turn,
+    text: str,
+    emissions: list[Emission],
+    forbidden: list[tuple[int, int, str]],
+    generated: list[tuple[int, int]],
+) -> list[Turn]:
+    """The turn in pieces around text that is not the speaker's but that the template writes inside it.
+
+    Some templates write a tool's result into the assistant's turn, between its tool call and its reply.
+    The outputs that wrote such text are left out whole; what remains on either side is trained. A piece
+    without generated text (an end-of-turn marker after a tool result) may be trained but need not be.
+    """
+    gaps: list[list[int]] = []
+    for start, end, _ in sorted(forbidden):
+        if not turn.start < start < end <= turn.end:
+            continue
+        covering = [e for e in emissions if e.start < end and e.end > start]
+        gap = [min(e.start for e in covering), max(e.end for e in covering)]
+        if any(gap[0] < g_end and g_start < gap[1] for g_start, g_end in generated):
+            return [turn]  # the speaker's own text shares an output with it: nothing to split
+        if gaps and gap[0] <= gaps[-1][1]:
+            gaps[-1][1] = max(gaps[-1][1], gap[1])
+        else:
+            gaps.append(gap)
+    if not gaps:
+        return [turn]
+    pieces, start = [], turn.start
+    for gap_start, gap_end in [*gaps, [turn.end, turn.end]]:
+        inside = [(s, e) for s, e in generated if start <= s and e <= gap_start]
+        end = max(len(text[:gap_start].rstrip()), max((e for _, e in inside), default=start))
+        if end > start:
+            first = min((s for s, _ in inside), default=start)
+            last = max((e for _, e in inside), default=start)
+            pieces.append(Turn(turn.message, start, end, first, last, optional=not inside))
+        start = gap_end
+    return pieces
+
+
 def trained_messages(probe: Probe, train_roles: tuple[str, ...], only_last_turn: bool) -> list[int]:
     """Indices of the probe's messages that are to be trained."""
     indices = [i for i, message in enumerate(probe.messages) if message["role"] in train_roles]
@@ -89,6 +128,19 @@ def layout_probe(
     trained: list[int],
 ) -> Layout:
     """Compute the expected trained turns of `probe` rendered as `text`."""
+    forbidden = []
+    for sentinel in probe.sentinels:
+        if sentinel.index in trained and sentinel.kind in GENERATED_KINDS:
+            continue
+        start = text.find(sentinel.text)
+        while start >= 0:
+            forbidden.append((start, start + len(sentinel.text), f"{sentinel.role} {sentinel.kind}"))
+            start = text.find(sentinel.text, start + 1)
+    others = [
+        (found, s.index)
+        for s in probe.sentinels
+        if s.index in trained and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
+    ]
     turns: list[Turn] = []
     for index in trained:
         positions = [
@@ -109,16 +161,15 @@ def layout_probe(
         first = min(start for start, _ in positions)
         last = max(end for _, end in positions)
         window_start = min([e.start for e in own if e.start <= first], default=first)
-        turn_end = max([e.end for e in own], default=last)
+        # The turn ends before anything that is not this speaker's: a tool result or the next message
+        # that the template writes while still looping over this one.
+        stop = min(
+            [start for start, _, _ in forbidden if start >= last]
+            + [found for found, other in others if other != index and found >= last],
+            default=len(text),
+        )
+        turn_end = max([e.end for e in own if e.end <= stop], default=last)
         start = _header_end(text, window_start, first, header)
         end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
-        turns.append(Turn(index, start, end, first, last))
-    forbidden = []
-    for sentinel in probe.sentinels:
-        if sentinel.index in trained and sentinel.kind in GENERATED_KINDS:
-            continue
-        start = text.find(sentinel.text)
-        while start >= 0:
-            forbidden.append((start, start + len(sentinel.text), f"{sentinel.role} {sentinel.kind}"))
-            start = text.find(sentinel.text, start + 1)
+        turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))
     return Layout(text, turns, forbidden, header)

@@ -16,6 +16,7 @@ from jinja2 import nodes
 
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
 from .layout import Layout
+from .syntax import Pos
 
 START_TAG = "{% generation %}"
 END_TAG = "{% endgeneration %}"
@@ -192,19 +193,13 @@ def _after(item: Item) -> Cut:
 
 def units_in(region: Region) -> list[Unit]:
     """Every unit inside the region, nested statements included."""
-    found: list[Unit] = []
+    return [unit for item in region.body.items[region.first : region.last + 1] for unit in _units_of(item)]
 
-    def collect(item: Item) -> None:
-        if isinstance(item, Unit):
-            found.append(item)
-        else:
-            for body in item.bodies:
-                for inner in body.items:
-                    collect(inner)
 
-    for item in region.body.items[region.first : region.last + 1]:
-        collect(item)
-    return found
+def _units_of(item: Item) -> list[Unit]:
+    if isinstance(item, Unit):
+        return [item]
+    return [unit for body in item.bodies for inner in body.items for unit in _units_of(inner)]
 
 
 def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
@@ -254,6 +249,85 @@ def _trim(region: Region) -> Region:
     return region
 
 
+def _assigned_names(item: Item) -> set[str]:
+    """Variables that `item` sets in the scope it runs in: `set` statements, also inside `if` branches.
+
+    Loops, macros and call blocks have scopes of their own, so what they set never leaks out of them;
+    attribute sets (`ns.x = ...`) change an object and leak nowhere either.
+    """
+    if not isinstance(item, Stmt):
+        return set()
+    if isinstance(item.node, (nodes.Assign, nodes.AssignBlock)):
+        return {name.name for name in item.node.target.find_all(nodes.Name)} | (
+            {item.node.target.name} if isinstance(item.node.target, nodes.Name) else set()
+        )
+    if isinstance(item.node, nodes.If):
+        return {name for body in item.bodies for inner in body.items for name in _assigned_names(inner)}
+    return set()
+
+
+def _names_read_outside(flow: Flow, start: int, end: int) -> set[str]:
+    return {
+        name.name
+        for name in flow.parsed.ast.find_all(nodes.Name)
+        if name.ctx == "load" and isinstance(name.lineno, Pos) and not start <= name.lineno.offset < end
+    }
+
+
+def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
+    """`region` split around what must stay outside a generation block.
+
+    Two things must: a `set` whose variable is read after the region (a generation block is a call block,
+    so a variable set inside it vanishes when the block ends), and an output that writes someone else's
+    text in some probe (a tool result the template puts inside the assistant's turn): `foreign` holds
+    their unit ids. An `if` or loop holding one is entered and its bodies are wrapped one by one.
+    Adjacent pieces train the same characters as the whole region. Pieces that write nothing are dropped.
+    """
+    read_outside = _names_read_outside(flow, region.start.offset, region.end.offset)
+
+    def excluded(item: Item) -> bool:
+        if isinstance(item, Unit):
+            return item.uid in foreign
+        return bool(_assigned_names(item) & read_outside) or any(unit.uid in foreign for unit in _units_of(item))
+
+    def pieces(body: Body, first: int, last: int, start: Cut | None, end: Cut | None) -> list[Region]:
+        found: list[Region] = []
+        run: list[Item] = []
+
+        def close_run(end_cut: Cut | None) -> None:
+            if any(unit for item in run for unit in _units_of(item)):
+                head = start if run[0].index == first and start is not None else _before(run[0])
+                tail = end_cut if end_cut is not None else _after(run[-1])
+                found.append(Region(body, run[0].index, run[-1].index, head, tail, set(region.targets)))
+            run.clear()
+
+        for item in body.items[first : last + 1]:
+            if excluded(item):
+                if run:
+                    close_run(None)
+                for sub in getattr(item, "bodies", []):
+                    if sub.items:
+                        found += pieces(sub, 0, len(sub.items) - 1, None, None)
+            else:
+                run.append(item)
+        if run:
+            close_run(end if run[-1].index == last else None)
+        return found
+
+    return pieces(region.body, region.first, region.last, region.start, region.end)
+
+
+def _foreign_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
+    """Units that, while writing a trained message, wrote someone else's text (a tool result, say)."""
+    return {
+        emission.uid
+        for layout, emissions in traces
+        for emission in emissions
+        if emission.message in layout.trained
+        and any(emission.start < end and start < emission.end for start, end, _ in layout.forbidden)
+    }
+
+
 def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
@@ -266,6 +340,8 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
                 continue
             regions.extend(regions_for_turn(flow, emissions, turn.start, turn.end))
     regions = merge_regions(flow, [_trim(region) for region in regions])
+    foreign = _foreign_units(traces)
+    regions = [piece for region in regions for piece in _pieces(flow, region, foreign)]
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
         for layout, emissions in traces:

@@ -6,11 +6,11 @@ what passes here is what training sees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .layout import Layout
+from .layout import Layout, Turn
 from .probes import Probe
 from .report import Report
 
@@ -59,12 +59,24 @@ def merge_adjacent(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def _joined(turns: list[Turn]) -> list[Turn]:
+    """Turns that touch (two replies the template writes back to back) checked as one span."""
+    joined: list[Turn] = []
+    for turn in sorted(turns, key=lambda t: t.start):
+        previous = joined[-1] if joined else None
+        if previous is not None and not (turn.optional or previous.optional) and turn.start == previous.end:
+            joined[-1] = replace(previous, end=turn.end, last_generated=turn.last_generated)
+        else:
+            joined.append(turn)
+    return joined
+
+
 def check_spans(layout: Layout, spans: list[tuple[int, int]]) -> list[str]:
     """Reasons the spans do not train exactly the expected turns (empty when they do)."""
     # Empty spans (a tagged region that rendered nothing, e.g. empty content) mark no characters.
     text, reasons = layout.text, []
     spans = merge_adjacent(spans)
-    for turn in layout.turns:
+    for turn in _joined(layout.turns):
         holder = next(((s, e) for s, e in spans if s <= turn.start and e >= turn.end), None)
         if holder is None and turn.optional:
             continue
