@@ -1,12 +1,14 @@
 """The `templatekit` command: patch, check and report on chat templates.
 
-    templatekit patch SOURCE [-o OUT] [--diff] [--train-role R ...] [--only-last-turn] [--retag]
+    templatekit patch SOURCE [--revision REV] [-o OUT | --stdout | --in-place] [--diff] [--train-role R ...]
+                      [--only-last-turn] [--retag]
     templatekit check SOURCE...
     templatekit report PATH... [--summary] [--train-role R ...]
 
 Exit codes: 0 success, 1 a template cannot be patched or fails its check, 2 bad usage or unreadable input.
-`patch` writes the patched template to stdout (or to `-o`); its verification summary and messages go to
-stderr, and the diff goes to stdout when `-o` is given, to stderr otherwise. Colour and tables are used only
+`patch` writes the patched template to stdout (or to `-o`, or back into a local model with `--in-place`); its
+verification summary and messages go to stderr, and the diff goes to stdout when `-o` or `--in-place` is given,
+to stderr otherwise. Colour and tables are used only
 when the stream is a terminal.
 """
 
@@ -26,6 +28,7 @@ from templatekit.sources import (
     NoChatTemplateError,
     find_template_files,
     load_templates,
+    source_kind,
     write_text_atomic,
 )
 
@@ -172,29 +175,91 @@ def _is_input(target: Path, templates: list[LoadedTemplate]) -> bool:
     return False
 
 
-def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    try:
-        templates = load_templates(args.source)
-    except TemplateSourceError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
+def _output_problem(args: argparse.Namespace, kind: str) -> str | None:
+    """Why the chosen output does not fit this kind of source (checked before anything is fetched or read)."""
+    if args.revision is not None and kind != "hub":
+        return f"--revision applies only to a Hugging Face Hub id; {args.source} is a local {kind}"
+    if args.in_place and kind == "hub":
+        return (
+            f"--in-place updates a local model folder or file; {args.source} is a Hugging Face Hub id "
+            "(write the result with -o FOLDER or --stdout)"
+        )
+    if args.in_place and kind == "gguf":
+        return "--in-place never modifies a GGUF file; write a new one with -o NEW.gguf"
+    if args.output and Path(args.output).suffix.lower() == ".gguf" and kind != "gguf":
+        return f"-o {args.output}: a GGUF file can only be written from a GGUF source"
+    return None
+
+
+def _chosen(args: argparse.Namespace, templates: list[LoadedTemplate], err: _Out) -> list[LoadedTemplate] | None:
+    """The templates to patch (all, or the one --name picks); None after printing why there is no good choice."""
     if args.name:
         chosen = [t for t in templates if t.name == args.name]
         if not chosen:
             names = ", ".join(t.name for t in templates)
             err.line(f"error: {args.source}: no template named {args.name!r} (found: {names})", "red")
-            return EXIT_USAGE
+            return None
         templates = chosen
-    if len(templates) > 1 and not args.output:
+    if len(templates) > 1 and not (args.output or args.in_place):
         names = ", ".join(t.name for t in templates)
         err.line(
-            f"error: {args.source} holds {len(templates)} templates ({names}); pass -o FOLDER to write them all "
-            "or --name NAME to pick one",
+            f"error: {args.source} holds {len(templates)} templates ({names}); pass -o FOLDER (or --in-place) to "
+            "write them all or --name NAME to pick one",
             "red",
         )
+        return None
+    return templates
+
+
+def _write_gguf(args: argparse.Namespace, templates: list[LoadedTemplate], results: list, err: _Out) -> int:
+    from templatekit.gguf_file import write_gguf_templates
+
+    target = Path(args.output)
+    try:
+        write_gguf_templates(args.source, target, {t.name: r.template for t, r in zip(templates, results)})
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
         return EXIT_USAGE
+    err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
+    return EXIT_OK
+
+
+def _write_in_place(templates: list[LoadedTemplate], results: list, err: _Out) -> int:
+    from templatekit.writing import update_in_place
+
+    try:
+        updates = update_in_place(templates, [r.template for r in results])
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    except OSError as exc:
+        err.line(f"error: {exc.filename or ''}: cannot write: {exc.strerror or exc}; the files are unchanged", "red")
+        return EXIT_USAGE
+    for update in updates:
+        if update.changed:
+            err.line(f"updated {update.path} (backup: {update.backup})")
+        else:
+            err.line(f"{update.path}: unchanged, already verified")
+    return EXIT_OK
+
+
+def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    kind = source_kind(args.source)
+    problem = _output_problem(args, kind)
+    if problem:
+        err.line(f"error: {problem}", "red")
+        return EXIT_USAGE
+    try:
+        templates = load_templates(args.source, revision=args.revision)
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    templates = _chosen(args, templates, err)
+    if templates is None:
+        return EXIT_USAGE
+    gguf_out = bool(args.output) and Path(args.output).suffix.lower() == ".gguf"
     targets: list[Path] = []
-    if args.output:
+    if args.output and not gguf_out:
         try:
             targets = _targets(args, templates)
         except TemplateSourceError as exc:
@@ -220,11 +285,12 @@ def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             err.line(f"{template.label}: cannot patch", "bold red")
             for reason in exc.reasons:
                 err.line(f"  - {reason}")
+    writes = args.output or args.in_place
     if failed:
-        err.line("nothing written" if args.output else "no template printed", "red")
+        err.line("nothing written" if writes else "no template printed", "red")
         return EXIT_FAIL
 
-    diff_out = out if args.output else err
+    diff_out = out if writes else err
     for template, result in zip(templates, results):
         err.line(f"{template.label}: {result.status.replace('_', ' ')}", _STATUS_STYLE.get(result.status))
         err.line(f"  verification {result.report.summary()}")
@@ -236,6 +302,10 @@ def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             diff_out.flush()
     err.flush()
 
+    if gguf_out:
+        return _write_gguf(args, templates, results, err)
+    if args.in_place:
+        return _write_in_place(templates, results, err)
     if args.output:
         for target, result in zip(targets, results):
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -379,15 +449,25 @@ def build_parser() -> argparse.ArgumentParser:
     patch = commands.add_parser(
         "patch",
         help="insert generation tags and verify the result",
-        description="Patch a template (a .jinja file, tokenizer_config.json, chat_template.json or model folder) "
-        "and verify it renders byte-identically. Prints the patched template, or writes it with -o.",
+        description="Patch a template (a .jinja file, tokenizer_config.json, chat_template.json, model folder, GGUF "
+        "file or Hugging Face Hub model id) and verify it renders byte-identically. Prints the patched template "
+        "(--stdout, the default), writes it with -o, or updates a local model in place with --in-place.",
     )
     patch.add_argument("source", metavar="SOURCE")
-    patch.add_argument(
+    patch.add_argument("--revision", metavar="REV", help="for a Hub id: the branch, tag or commit (default: main)")
+    written = patch.add_mutually_exclusive_group()
+    written.add_argument(
         "-o",
         "--output",
         metavar="OUT",
-        help="write the patched template here (a folder: chat_template.jinja + additional_chat_templates/)",
+        help="write the patched template here (a folder: chat_template.jinja + additional_chat_templates/; "
+        "NEW.gguf from a GGUF source: a new GGUF file with the patched templates)",
+    )
+    written.add_argument("--stdout", action="store_true", help="print the patched template (the default)")
+    written.add_argument(
+        "--in-place",
+        action="store_true",
+        help="update the local model folder or file where it keeps its template, with a .bak backup",
     )
     patch.add_argument("--diff", action="store_true", help="show the unified diff from the original")
     patch.add_argument("--name", help="patch only the named template (e.g. tool_use)")

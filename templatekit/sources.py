@@ -12,9 +12,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from templatekit.errors import TemplateSourceError
 
@@ -22,10 +24,12 @@ __all__ = [
     "LOADERS",
     "LoadedTemplate",
     "NoChatTemplateError",
+    "atomic_output",
     "find_template_files",
     "load_templates",
     "register_loader",
     "source_kind",
+    "write_bytes_atomic",
     "write_text_atomic",
 ]
 
@@ -34,6 +38,8 @@ CONFIG_NAMES = ("tokenizer_config.json", "chat_template.json")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2", ".txt", ".tmpl")
+# Kinds of file that can hold several named templates at once.
+_SHARED_FILE_KINDS = ("tokenizer_config", "chat_template_json", "gguf")
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class LoadedTemplate:
 
     `name` is the template's name as transformers knows it ("default" for the main template, "tool_use",
     "rag", … for named ones), `origin` the file it was read from, `kind` the kind of that file
-    ("jinja", "tokenizer_config" or "chat_template_json").
+    ("jinja", "tokenizer_config", "chat_template_json" or "gguf"). `display`, when set, is how a person knows
+    that file better than by its path (a Hub file is `org/model@rev/tokenizer_config.json`, not a cache path).
 
     Example:
         >>> t = LoadedTemplate(name="tool_use", text="{{ x }}", origin=Path("tokenizer_config.json"),
@@ -55,12 +62,13 @@ class LoadedTemplate:
     text: str
     origin: Path | None
     kind: str
+    display: str | None = None
 
     @property
     def label(self) -> str:
         """A short human name: the file, plus `#name` for a named template that shares its file with others."""
-        where = str(self.origin) if self.origin is not None else "<template>"
-        if self.kind in ("tokenizer_config", "chat_template_json") and self.name != "default":
+        where = self.display or (str(self.origin) if self.origin is not None else "<template>")
+        if self.kind in _SHARED_FILE_KINDS and self.name != "default":
             return f"{where}#{self.name}"
         return where
 
@@ -199,16 +207,17 @@ def _load_model_folder(source: str | Path) -> list[LoadedTemplate]:
     )
 
 
-def _load_hub_id(source: str | Path) -> list[LoadedTemplate]:
-    raise TemplateSourceError(
-        "no such file or folder (loading Hugging Face Hub ids is not supported yet; "
-        "download the model and pass its folder)",
-        source=str(source),
-    )
+def _load_hub_id(source: str | Path, revision: str | None = None) -> list[LoadedTemplate]:
+    # Imported here: huggingface_hub is only needed (and only paid for) when a Hub id is given.
+    from templatekit.hub import load_hub_templates
+
+    return load_hub_templates(str(source), revision=revision)
 
 
 def _load_gguf(source: str | Path) -> list[LoadedTemplate]:
-    raise TemplateSourceError("reading GGUF files is not supported yet", source=str(source))
+    from templatekit.gguf_file import read_gguf_templates
+
+    return read_gguf_templates(source)
 
 
 #: Loader for each source kind; `load_templates` dispatches on `source_kind(source)`.
@@ -261,9 +270,10 @@ def source_kind(source: str | Path) -> str:
     return "jinja"
 
 
-def load_templates(source: str | Path) -> list[LoadedTemplate]:
+def load_templates(source: str | Path, *, revision: str | None = None) -> list[LoadedTemplate]:
     """Every chat template a source holds: a `.jinja` file, a `tokenizer_config.json`, a processor's
-    `chat_template.json` or a saved model folder.
+    `chat_template.json`, a saved model folder, a GGUF file or a Hugging Face Hub model id (at `revision`:
+    a branch, tag or commit; only Hub ids have revisions).
 
     Raises `TemplateSourceError` (naming the file, and line/column where known) for a missing or unreadable
     file, bytes that are not UTF-8, invalid JSON, a config without a chat template, or an empty template;
@@ -273,7 +283,13 @@ def load_templates(source: str | Path) -> list[LoadedTemplate]:
         >>> [(t.name, t.kind) for t in load_templates("tokenizer_config.json")]  # doctest: +SKIP
         [('default', 'tokenizer_config'), ('tool_use', 'tokenizer_config')]
     """
-    return LOADERS[source_kind(source)](source)
+    kind = source_kind(source)
+    if revision is None:
+        return LOADERS[kind](source)
+    if kind != "hub":
+        raise TemplateSourceError(f"a revision applies only to a Hugging Face Hub id (this is a {kind})",
+                                  source=str(source))
+    return LOADERS[kind](source, revision=revision)
 
 
 def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -313,6 +329,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     Example:
         >>> write_text_atomic("patched.jinja", "{{ messages }}")  # doctest: +SKIP
     """
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """`write_text_atomic` for bytes: the old file or the new one is there, never a half-written one.
+
+    Example:
+        >>> write_bytes_atomic("tokenizer_config.json.bak", b"{}")  # doctest: +SKIP
+    """
+    with atomic_output(path) as (handle, _):
+        handle.write(data)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """Write a file in one step as seen from outside: yields `(handle, temporary_path)`; when the block ends
+    without an error the temporary file is flushed, fsynced, given `path`'s permission bits and moved onto `path`
+    with `os.replace`. On any error (inside the block or in the move) the temporary file is removed and `path` is
+    left exactly as it was. The block may read `temporary_path` back to check what it wrote before it counts.
+
+    Example:
+        >>> with atomic_output("model.patched.gguf") as (handle, written):  # doctest: +SKIP
+        ...     handle.write(header)
+    """
     path = Path(path)
     folder = path.parent
     try:
@@ -321,10 +361,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
+    # Same folder as the target: os.replace is atomic only within one file system.
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
+            yield handle, Path(tmp_name)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)

@@ -225,11 +225,19 @@ def test_source_kinds(tmp_path: Path) -> None:
     assert source_kind(tmp_path / "tokenizer_config.json") == "tokenizer_config"
 
 
-def test_hub_ids_and_gguf_are_not_supported_yet() -> None:
-    with pytest.raises(TemplateSourceError, match="Hub ids is not supported yet"):
-        load_templates("some-org/some-model-that-is-not-a-folder")
-    with pytest.raises(TemplateSourceError, match="GGUF"):
-        load_templates("model.gguf")
+def test_a_revision_is_refused_for_local_sources(tmp_path: Path) -> None:
+    path = tmp_path / "chat_template.jinja"
+    path.write_text(CHATML, encoding="utf-8")
+    with pytest.raises(TemplateSourceError, match="revision applies only to a Hugging Face Hub id") as info:
+        load_templates(path, revision="main")
+    assert info.value.source == str(path)
+
+
+def test_labels_prefer_the_display_name() -> None:
+    config = LoadedTemplate("rag", "{{ x }}", Path("/cache/snap/tokenizer_config.json"), "tokenizer_config",
+                            display="org/model@main/tokenizer_config.json")
+    assert config.label == "org/model@main/tokenizer_config.json#rag"
+    assert LoadedTemplate("tool_use", "{{ x }}", Path("m.gguf"), "gguf").label == "m.gguf#tool_use"
 
 
 def test_missing_jinja_path_is_not_taken_for_a_hub_id() -> None:
