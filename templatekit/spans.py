@@ -1,0 +1,230 @@
+"""Rendered text plus trained character spans, for any chat template.
+
+`SpanRenderer` decides once per template how to find the trained text:
+
+* **tags**: `patch_template` makes a verified copy of the template with `{% generation %}` tags, and each
+  render reports the tagged spans (transformers' own tracker, the same one TRL reads);
+* **delimiters**: when the template cannot be patched (or `fallback=True`, or explicit
+  `instruction_part` / `response_part` are given), spans are found between the response parts and the
+  end-of-turn marker that `fallback.derive_delimiters` learned from probe renders.
+
+Either way the text is exactly what `tokenizer.apply_chat_template(..., tokenize=False)` renders: the
+template is compiled once (transformers' cached `_compile_jinja_template`, same sandboxed environment) and
+rendered per conversation. Then `policies` ties each span to its message and applies weights,
+`last_response_only`, `train_on_eot`, `train_reasoning` and `mask_out`.
+
+Pass what `apply_chat_template` would pass to the template (`bos_token`, `eos_token`, `enable_thinking`, …)
+as keyword arguments: the renderer adds nothing the caller did not give.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from .errors import PatchError
+from .fallback import Delimiters, FallbackError, derive_delimiters, find_spans
+from .patcher import patch_template
+from .policies import ConversationError, Policy, apply_policy, attribute, check_messages, unknown_roles
+from .probes import build_probes
+from .verify import merge_adjacent, render_probe
+
+__all__ = ["SpanRenderer", "render_with_spans"]
+
+POLICY_KEYS = (
+    "train_roles",
+    "last_response_only",
+    "train_on_eot",
+    "train_reasoning",
+    "mask_out",
+    "instruction_part",
+    "response_part",
+    "fallback",
+)
+
+
+def _tag_shape(tagged: str, speakers: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """End-of-turn markers and the reasoning closer, as the tagged template's probe spans show them."""
+    eots: list[str] = []
+    closer = ""
+    for probe in build_probes(speakers):
+        rendered = render_probe(tagged, probe, spans=True)
+        if rendered.text is None:
+            continue
+        text = rendered.text
+        found = sorted((text.find(s.text), s) for s in probe.sentinels if s.role in speakers and s.text in text)
+        for start, end in merge_adjacent(rendered.spans):
+            inside = [(at, s) for at, s in found if start <= at < end]
+            if inside and inside[-1][1].kind == "content":
+                tail = text[inside[-1][0] + len(inside[-1][1].text) : end]
+                if tail.strip() and tail not in eots:
+                    eots.append(tail)
+            kinds = [s.kind for _, s in inside]
+            if not closer and "reasoning" in kinds and "content" in kinds:
+                at_r, r = next((at, s) for at, s in inside if s.kind == "reasoning")
+                at_c = next(at for at, s in inside if s.kind == "content")
+                if at_r < at_c:
+                    closer = text[at_r + len(r.text) : at_c].strip()
+    return tuple(eots), closer
+
+
+class SpanRenderer:
+    """Render conversations with one template and return the text and its trained character spans.
+
+    Args:
+        template: the chat template (with or without generation tags).
+        train_roles: roles whose turns are trained.
+        last_response_only: train only the last trained turn.
+        train_on_eot: `"all"`, `"last"` or `"none"`: which turns keep their end-of-turn marker trained.
+        train_reasoning: `False` leaves each turn's reasoning (through its closing marker) untrained.
+        mask_out: strings cut out of trained spans, e.g. `("</think>",)`.
+        instruction_part, response_part: explicit delimiters (Unsloth's meaning); implies the fallback.
+        fallback: `None` tags when the template can be patched, else delimiters; `True` always delimiters;
+            `False` tags or `PatchError`.
+
+    Attributes: `mode` (`"tags"` or `"delimiters"`), `template` (the tagged template in tags mode, the
+    original otherwise), `delimiters` (in delimiters mode), `reasons` (why tags were not used).
+
+    Example:
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        ... )
+        >>> renderer = SpanRenderer(template)
+        >>> text, spans = renderer.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}])
+        >>> renderer.mode, [text[s:e] for s, e in spans]
+        ('tags', ['Hey<|im_end|>'])
+        >>> text, spans = SpanRenderer(template, fallback=True).render(
+        ...     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}])
+        >>> [text[s:e] for s, e in spans]
+        ['Hey<|im_end|>']
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        train_roles: Sequence[str] = ("assistant",),
+        last_response_only: bool = False,
+        train_on_eot: str = "all",
+        train_reasoning: bool = True,
+        mask_out: Sequence[str] = (),
+        instruction_part: str | Sequence[str] | None = None,
+        response_part: str | Sequence[str] | None = None,
+        fallback: bool | None = None,
+    ):
+        if not isinstance(template, str) or not template.strip():
+            raise ValueError("a chat template (a non-empty string) is required")
+        self.policy = Policy(tuple(train_roles), last_response_only, train_on_eot, train_reasoning, tuple(mask_out))
+        self.original = template
+        self.reasons: list[str] = []
+        self.delimiters: Delimiters | None = None
+        explicit = instruction_part is not None or response_part is not None
+        speakers = self.policy.train_roles
+        if fallback is not True and not explicit:
+            try:
+                self.template = patch_template(template, train_roles=speakers, retag=True).template
+                self.mode = "tags"
+            except PatchError as error:
+                if fallback is False:
+                    raise
+                self.reasons = [f"cannot patch: {reason}" for reason in error.reasons]
+        if not hasattr(self, "mode"):
+            try:
+                self.delimiters = derive_delimiters(
+                    template, speakers, response_part=response_part, instruction_part=instruction_part
+                )
+            except FallbackError as error:
+                raise FallbackError(self.reasons + error.reasons) from None
+            self.template = template
+            self.mode = "delimiters"
+        self._shape: tuple[tuple[str, ...], str] | None = None
+
+    def _eots_and_closer(self) -> tuple[tuple[str, ...], str]:
+        if self._shape is None:
+            if self.delimiters is not None:
+                d = self.delimiters
+                self._shape = (((d.eot,) + d.eot_alternatives) if d.eot else (), d.reasoning_close)
+            else:
+                self._shape = _tag_shape(self.template, self.policy.train_roles)
+        return self._shape
+
+    def render(
+        self,
+        messages: Sequence[Mapping],
+        *,
+        tools: list | None = None,
+        add_generation_prompt: bool = False,
+        **kwargs,
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """Render one conversation; return `(text, spans)` with `spans` the trained `[start, end)` ranges.
+
+        Raises `ConversationError` for a malformed conversation, one the template rejects (naming roles it
+        was not probed with), or one whose trained messages the template does not render one turn each.
+        """
+        trained, weighted = check_messages(messages, self.policy.train_roles)
+        tags = self.mode == "tags"
+        try:
+            texts, indices = render_jinja_template(
+                conversations=[messages],
+                chat_template=self.template,
+                return_assistant_tokens_mask=tags,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                **kwargs,
+            )
+        except Exception as error:  # the template's own raise_exception, or a type error inside it
+            odd = unknown_roles(messages, self.policy.train_roles)
+            hint = f" ({odd})" if odd else ""
+            raise ConversationError(f"the template rejects the conversation{hint}: {type(error).__name__}: {error}")
+        text = texts[0]
+        if tags:
+            spans = merge_adjacent([tuple(span) for span in indices[0]])
+        else:
+            spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
+        turns = attribute(spans, messages, trained)
+        if len(weighted) == len(trained) and not self.policy.narrows:
+            return text, spans
+        eots, closer = self._eots_and_closer()
+        return text, apply_policy(text, turns, weighted, self.policy, eots=eots, reasoning_close=closer)
+
+
+@functools.lru_cache(maxsize=32)
+def _renderer(template: str, options: tuple) -> SpanRenderer:
+    return SpanRenderer(template, **dict(options))
+
+
+def _hashable(value):
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def render_with_spans(
+    template: str,
+    messages: Sequence[Mapping],
+    *,
+    tools: list | None = None,
+    add_generation_prompt: bool = False,
+    **kwargs,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` with `template`; return the text and the trained character spans.
+
+    Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
+    `instruction_part`, `response_part`, `fallback`) configure a cached `SpanRenderer`; every other keyword
+    goes to the template, as `apply_chat_template` passes them (`bos_token`, `enable_thinking`, …).
+
+    Example:
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ... )
+        >>> text, spans = render_with_spans(template, [{"role": "user", "content": "2+2?"},
+        ...                                            {"role": "assistant", "content": "4"}])
+        >>> [text[s:e] for s, e in spans]
+        ['4<|im_end|>']
+    """
+    options = tuple(sorted((key, _hashable(kwargs.pop(key))) for key in POLICY_KEYS if key in kwargs))
+    renderer = _renderer(template, options)
+    return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
