@@ -3,15 +3,18 @@
 from .errors import PatchError, TemplateKitError, TemplateSourceError
 from .patcher import check_template, patch_template, patch_tokenizer
 from .report import PatchResult, Report
+from .spans import SpanRenderer, render_with_spans
 
 __all__ = [
     "PatchError",
     "PatchResult",
     "Report",
+    "SpanRenderer",
     "TemplateKitError",
     "TemplateSourceError",
     "check_template",
     "patch_template",
     "patch_tokenizer",
+    "render_with_spans",
 ]
 __version__ = "0.1.0"
