@@ -10,6 +10,7 @@ close in the same statement list. Regions that the render also enters for untrai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from jinja2 import nodes
@@ -93,17 +94,98 @@ def _cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> C
                 op_end += 1
             return Cut(unit, "split", op_start, (op_start, op_end, "", ""))
         if boundary < offset_in_unit < boundary + len(value):
+            cut = offset_in_unit - boundary
             literal = _literal_token(flow, node, value)
             if literal is not None:
-                cut = offset_in_unit - boundary
                 left, right = _encode(value[:cut], literal.value[0]), _encode(value[cut:], literal.value[0])
                 return Cut(unit, "split", literal.start, (literal.start, literal.end, left, right))
+            sliced = _slice_cut(flow, unit, position, node, value, cut, side)
+            if sliced is not None:
+                return sliced
             break
         boundary += len(value)
     raise PlanError(
         f"the output at {_where(flow, unit.start)} mixes header and generated text "
         f"and cannot be split at character {offset_in_unit} of {emission.text!r}"
     )
+
+
+def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int, side: str) -> Cut | None:
+    """Split a computed operand (a variable, a macro call) where its value turns from header to content.
+
+    The operand is written twice, sliced: `(x)[:i] }}{% generation %}{{ (x)[i:]`. At a turn's start, `i`
+    is found in the value by the header text that precedes the cut, so that a prefix the template adds in
+    some renders (a BOS token before the first message) does not move it; at a turn's end, `i` counts the
+    trailing whitespace back from the end. Only operands that evaluate the same twice are sliced.
+    """
+    source = flow.parsed.source
+    if unit.parts:
+        start = unit.open_tag.end if position == 0 else unit.parts[position][2]
+        end = unit.parts[position + 1][1] if position + 1 < len(unit.parts) else unit.close_tag.start
+    else:
+        start, end = unit.open_tag.end, unit.close_tag.start
+    while source[start] in " \t\n":
+        start += 1
+    while source[end - 1] in " \t\n":
+        end -= 1
+    if not _evaluates_alike_twice(flow, node):
+        return None
+    operand = source[start:end]
+    if not re.fullmatch(r"[\w.]+", operand) and not _parenthesized(operand):
+        operand = "(" + operand + ")"
+    if side == "before":
+        header = value[:cut]
+        index = f"{operand}.find({_encode(header, chr(39))}) + {len(header)}"
+        left, right = f"{operand}[:{index}]", f"{operand}[{index}:]"
+    else:
+        tail = value[cut:]
+        if tail.strip():
+            return None
+        left, right = f"{operand}[:-{len(tail)}]", f"{operand}[-{len(tail)}:]"
+    return Cut(unit, "split", start, (start, end, left, right))
+
+
+def _parenthesized(text: str) -> bool:
+    """True when `text` is one parenthesized group, `(...)`."""
+    if not (text.startswith("(") and text.endswith(")")):
+        return False
+    depth = 0
+    for position, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if depth == 0 and position < len(text) - 1:
+            return False
+    return True
+
+
+# Globals that give the same value on every call (strftime_now does not; cycler and joiner keep state).
+_PURE_GLOBALS = {"raise_exception", "dict", "range", "namespace"}
+
+
+def _evaluates_alike_twice(flow: Flow, node) -> bool:
+    """True when evaluating `node` twice gives the same value and changes nothing.
+
+    Filters and methods are pure under the immutable sandbox; a macro is when its body assigns no
+    namespace attribute and calls nothing impure itself.
+    """
+    macros = {macro.name: macro for macro in flow.parsed.ast.find_all(nodes.Macro)}
+    seen: set[str] = set()
+
+    def pure(tree) -> bool:
+        for call in [tree, *tree.find_all(nodes.Call)]:
+            if not isinstance(call, nodes.Call) or not isinstance(call.node, nodes.Name):
+                continue
+            name = call.node.name
+            if name in _PURE_GLOBALS or name in seen:
+                continue
+            macro = macros.get(name)
+            if macro is None or any(True for _ in macro.find_all(nodes.NSRef)):
+                return False
+            seen.add(name)
+            if not pure(macro):
+                return False
+        return True
+
+    return pure(node)
 
 
 def _literal_token(flow: Flow, node, value: str):
