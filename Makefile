@@ -19,12 +19,12 @@ lint: $(VENV)/.installed-test
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Stamps: reinstall only when pyproject.toml changes.
-$(VENV)/.installed-base: pyproject.toml | $(PY)
+# Stamps: reinstall only when the packaging (pyproject.toml, setup.py) changes.
+$(VENV)/.installed-base: pyproject.toml setup.py | $(PY)
 	$(PY) -m pip install -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(PY)
+$(VENV)/.installed-test: pyproject.toml setup.py | $(PY)
 	$(PY) -m pip install -e '.[test]'
 	touch $@ $(VENV)/.installed-base
 

@@ -1,6 +1,7 @@
 """templatekit: make any chat template trainable with assistant-only loss, verified."""
 
 from .errors import PatchError, TemplateKitError, TemplateSourceError
+from .library import get_template, list_templates
 from .patcher import check_template, patch_template, patch_tokenizer
 from .report import PatchResult, Report
 from .spans import SpanRenderer, render_with_spans
@@ -13,6 +14,8 @@ __all__ = [
     "TemplateKitError",
     "TemplateSourceError",
     "check_template",
+    "get_template",
+    "list_templates",
     "patch_template",
     "patch_tokenizer",
     "render_with_spans",

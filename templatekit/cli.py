@@ -2,7 +2,7 @@
 
     templatekit patch SOURCE [--revision REV] [-o OUT | --stdout | --in-place] [--diff] [--train-role R ...]
                       [--only-last-turn] [--retag]
-    templatekit check SOURCE...
+    templatekit check SOURCE... [--format text|json|github | --json] [--quiet]
     templatekit report PATH... [--summary] [--train-role R ...]
 
 Exit codes: 0 success, 1 a template cannot be patched or fails its check, 2 bad usage or unreadable input.
@@ -322,29 +322,23 @@ def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    code = EXIT_OK
-    core = None
-    for source in args.sources:
-        try:
-            templates = load_templates(source)
-        except TemplateSourceError as exc:
-            err.line(f"error: {exc}", "red")
-            code = max(code, EXIT_USAGE)
-            continue
-        core = core or _core()
-        for template in templates:
-            try:
-                report = core.check_template(template.text)
-            except TemplateSourceError as exc:
-                err.line(f"error: {_located(exc, template)}", "red")
-                code = max(code, EXIT_USAGE)
-                continue
-            out.line(f"{template.label}: {report.summary()}", _STATUS_STYLE["ok" if report.ok else "FAILED"])
-            if not report.ok:
-                code = max(code, EXIT_FAIL)
-                for reason in report.reasons or ["no generation tags" if not report.tagged else "failed"]:
-                    out.line(f"  - {reason}")
-    return code
+    from templatekit import formats
+
+    fmt = "json" if args.json else args.format
+    outcomes = formats.check_sources(args.sources, check=lambda text: _core().check_template(text))
+    if fmt == "json":
+        out.raw(formats.to_json(outcomes))
+    elif fmt == "github":
+        out.raw(formats.to_github(outcomes))
+    else:
+        for outcome in outcomes:
+            if outcome.status == "error":
+                err.line(f"error: {outcome.summary}", "red")
+            elif not (outcome.ok and args.quiet):
+                out.line(f"{outcome.label}: {outcome.summary}", _STATUS_STYLE["ok" if outcome.ok else "FAILED"])
+                for finding in outcome.findings:
+                    out.line(f"  - {finding.message}")
+    return formats.exit_code(outcomes)
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -480,9 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="exit 0 only if every template carries generation tags that pass verification",
-        description="Check templates for CI: exit 0 when every template is tagged and verified, 1 otherwise.",
+        description="Check templates for CI and pre-commit: every template of every SOURCE must carry generation "
+        "tags that pass verification.",
+        epilog="exit codes: 0 every template is tagged and verified; 1 findings (a template has no tags, or its tags "
+        "fail verification); 2 usage or input error (a source is missing, unreadable or malformed)",
     )
     check.add_argument("sources", nargs="+", metavar="SOURCE")
+    check.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text (default); json: one machine-readable document on stdout; github: GitHub Actions annotations "
+        "(::error file=…,line=…) pointing at the template's file and line",
+    )
+    check.add_argument("--json", action="store_true", help="the same as --format json")
+    check.add_argument("-q", "--quiet", action="store_true", help="text format: print only the templates that fail")
     check.set_defaults(func=_cmd_check)
 
     report = commands.add_parser(
