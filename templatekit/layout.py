@@ -60,6 +60,45 @@ def generation_prompt(text_without: str, text_with: str) -> str:
     return text_with[common:]
 
 
+def common_opening(renders) -> str:
+    """The header every trained turn opens with, for templates whose generation prompt writes nothing.
+
+    `renders` yields `(probe, text, emissions, trained message indices)`. A turn's opening is what the
+    message writes before its first generated text; the header is the openings' common prefix, cut back
+    to where a marker or line ends.
+
+    Example:
+        >>> from templatekit.analysis import Emission
+        >>> from templatekit.probes import Probe, Sentinel
+        >>> probe = Probe("p", [], sentinels=[Sentinel("A1", "assistant", 0, "content"),
+        ...                                   Sentinel("B2", "assistant", 1, "tool_call")])
+        >>> text = "<bot><say>A1<bot><act>B2"
+        >>> emissions = [Emission(0, "<bot><say>A1", 0, 0), Emission(0, "<bot><act>B2", 12, 1)]
+        >>> common_opening([(probe, text, emissions, [0, 1])])
+        '<bot>'
+    """
+    openings = []
+    for probe, text, emissions, trained in renders:
+        for index in trained:
+            found = [
+                position
+                for s in probe.sentinels
+                if s.index == index and s.kind in GENERATED_KINDS and (position := text.find(s.text)) >= 0
+            ]
+            own = [e.start for e in emissions if e.message == index and e.text]
+            if found and own and own[0] < min(found):
+                openings.append(text[own[0] : min(found)])
+    if not openings:
+        return ""
+    common = 0
+    shortest = min(openings, key=len)
+    while common < len(shortest) and all(opening[common] == shortest[common] for opening in openings):
+        common += 1
+    while common and not (shortest[common - 1].isspace() or shortest[common - 1] in ">]:"):
+        common -= 1
+    return shortest[:common]
+
+
 def _header_end(text: str, window_start: int, first_generated: int, header: str) -> int:
     """Where the header ends before `first_generated`, judged from the generation prompt's text."""
     window = text[window_start:first_generated]

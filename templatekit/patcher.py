@@ -11,7 +11,7 @@ from jinja2 import nodes
 
 from .analysis import Flow, Tracer, build_flow
 from .errors import PatchError, TemplateSourceError
-from .layout import Layout, generation_prompt, layout_probe, trained_messages
+from .layout import Layout, common_opening, generation_prompt, layout_probe, trained_messages
 from .plan import PlanError, Region, plan_regions
 from .probes import ASSISTANT, Probe, build_probes
 from .report import PatchResult, Report
@@ -66,6 +66,12 @@ def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, nam
         header = ""
         if "generation_prompt" in rendered and "ends_on_user" in rendered:
             header = generation_prompt(rendered["ends_on_user"][0], rendered["generation_prompt"][0])
+        if not header.strip():
+            header = common_opening(
+                (probe, *rendered[probe.name], trained_messages(probe, speakers, only_last_turn))
+                for probe in probes
+                if probe.name in rendered
+            )
         layouts, traces = {}, []
         for probe in probes:
             if probe.name not in rendered:

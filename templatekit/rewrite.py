@@ -53,11 +53,22 @@ class _Writer:
             return prefix_start
         return position
 
+    def _past_stripped_indent(self, position: int) -> int:
+        """Past indentation that lstrip_blocks strips because a block tag follows it on its line.
+
+        A tag put before such indentation would make it the tag's trailing text, which is rendered.
+        """
+        match = re.match(r"[ \t]+(?=\{%(?![-+]))", self.source[position:])
+        line_start = self.source.rfind("\n", 0, position) + 1
+        if match and not self.source[line_start:position].strip(" \t"):
+            return position + match.end()
+        return position
+
     def open_position(self, cut: Cut) -> tuple[int, int, str, str]:
         """(edit start, edit end, text before the opening tags, left marker) for a region's start."""
         if cut.operator is not None:
             return cut.operator[0], cut.operator[1], cut.operator[2] + " }}", ""
-        position = cut.offset
+        position = self._past_stripped_indent(cut.offset)
         if self.source.startswith(("{{-", "{%-"), position):
             return position, position, "", "-"
         if isinstance(cut.item, Stmt):
@@ -69,7 +80,7 @@ class _Writer:
         """(edit start, edit end, text after the closing tags, right marker) for a region's end."""
         if cut.operator is not None:
             return cut.operator[0], cut.operator[1], "{{ " + cut.operator[3], ""
-        position = cut.offset
+        position = self._past_stripped_indent(cut.offset)
         if self.source[:position].endswith(("-}}", "-%}")):
             return position, position, "", "-"
         if cut.side == "split":
