@@ -16,6 +16,7 @@ private or gated repo, check the id or revision for a 404, go online once for a 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,6 +95,8 @@ def load_hub_templates(repo_id: str, revision: str | None = None) -> list[Loaded
     where = f"{repo_id}@{revision}" if revision else repo_id
     folder = Path(_download(repo_id, revision, settings, where))
     try:
+        if not folder.is_dir():  # none of the template files exists in the repo, so nothing was downloaded
+            raise NoChatTemplateError("no template files", source=str(folder))
         templates = load_templates(folder)
     except NoChatTemplateError:
         found = ", ".join(name for name in TEMPLATE_FILES if "*" not in name and (folder / name).is_file())
@@ -131,6 +134,10 @@ def _download(repo_id: str, revision: str | None, settings: HubSettings, where: 
         RevisionNotFoundError,
     )
 
+    # A repo without any template file makes snapshot_download log "No files matched"; we say it better below.
+    logger = logging.getLogger("huggingface_hub._snapshot_download")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         return snapshot_download(
             repo_id,
@@ -187,6 +194,8 @@ def _download(repo_id: str, revision: str | None, settings: HubSettings, where: 
         raise TemplateSourceError(f"the Hub answered HTTP {status}: {_first_line(exc)}", source=where) from None
     except OSError as exc:  # connection refused, DNS, a cache folder that cannot be written
         raise TemplateSourceError(f"cannot fetch: {type(exc).__name__}: {_first_line(exc)}", source=where) from None
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
