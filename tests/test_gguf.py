@@ -237,17 +237,16 @@ def test_a_copy_that_does_not_read_back_identically_is_not_written(tmp_path: Pat
     """Simulate a bad copy (one flipped byte in the tensor data): the read-back check refuses it."""
     from templatekit import gguf_file
 
-    real_copy = gguf_file._copy_hashed
+    real_copy = gguf_file._copy_rest
 
-    def flipping_copy(src, dst) -> str:
-        digest_of_source = real_copy(src, dst)
+    def flipping_copy(src, dst) -> None:
+        real_copy(src, dst)
         src.seek(-1, os.SEEK_END)
         last = src.read(1)[0]
         dst.seek(-1, os.SEEK_END)
         dst.write(bytes([last ^ 0xFF]))
-        return digest_of_source
 
-    monkeypatch.setattr(gguf_file, "_copy_hashed", flipping_copy)
+    monkeypatch.setattr(gguf_file, "_copy_rest", flipping_copy)
     source = make_gguf(tmp_path / "model.gguf", {"default": text_of(QWEN)})
     with pytest.raises(TemplateSourceError, match="does not read back as expected: tensor data changed"):
         write_gguf_templates(source, tmp_path / "new.gguf", {"default": text_of(QWEN) + "{# changed #}"})

@@ -169,18 +169,23 @@ def test_an_older_backup_is_never_overwritten(tmp_path: Path, capsys) -> None:
 # ------------------------------------------------------------------------------------------ interrupted writes
 
 
+def fail_replacing(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """Make the final rename onto `target` fail with an I/O error, as a failing disk would; others still work."""
+    real_replace = os.replace
+
+    def replace(src, dst) -> None:
+        if Path(dst) == target:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(sources.os, "replace", replace)
+
+
 def test_failed_rename_leaves_the_original_intact(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "tokenizer_config.json"
     config.write_text(json.dumps(tokenizer_config(text_of(QWEN)), indent=2), encoding="utf-8")
     original = config.read_bytes()
-    real_replace = os.replace
-
-    def replace_failing_on_the_target(src, dst) -> None:
-        if Path(dst) == config:
-            raise OSError(errno.EIO, "Input/output error", str(dst))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(sources.os, "replace", replace_failing_on_the_target)
+    fail_replacing(monkeypatch, config)
     code, out, err = run(capsys, "patch", tmp_path, "--in-place")
     assert code == 2 and out == ""
     assert "cannot write: Input/output error; the files are unchanged" in err
@@ -229,14 +234,7 @@ def test_second_file_failing_puts_the_first_back(tmp_path: Path, monkeypatch: py
     (tmp_path / "additional_chat_templates").mkdir()
     tool_use = tmp_path / "additional_chat_templates" / "tool_use.jinja"
     tool_use.write_text(text_of(LLAMA), encoding="utf-8")
-    real_replace = os.replace
-
-    def replace(src, dst) -> None:
-        if Path(dst) == tool_use:
-            raise OSError(errno.EIO, "Input/output error", str(dst))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(sources.os, "replace", replace)
+    fail_replacing(monkeypatch, tool_use)
     templates = sources.load_templates(tmp_path)
     with pytest.raises(OSError):
         update_in_place(templates, [patched(QWEN), patched(LLAMA)])
