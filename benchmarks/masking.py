@@ -1,0 +1,236 @@
+"""Assistant-mask throughput, side by side: templatekit.prepare_dataset vs TRL's path vs Unsloth's path vs the floor.
+
+    .venv/bin/python benchmarks/masking.py [--conversations 2000] [--repeats 3]
+
+All four run in this one process, single-process (num_proc=None), on the same generated conversations (1-4
+turns after a system prompt) and the real Qwen2.5 tokenizer (built offline, as the tests do), each as one
+`Dataset.map` from the same in-memory dataset to a dataset of token ids:
+
+  (a) prepare_dataset  templatekit: SpanRenderer per conversation, one batched tokenizer call, masks from span edges
+  (b) TRL              per example apply_chat_template(tokenize=True, return_assistant_tokens_mask=True) with the
+                       patched (tagged) template, as SFTTrainer does for assistant_only_loss=True
+  (c) Unsloth          render all, tokenize the batch, then unsloth_zoo's train_on_responses_only masking function
+                       (loaded from the unsloth-zoo wheel; skipped with a message when it cannot be fetched)
+  (d) floor            render (original template) + batched tokenization, no mask at all
+
+Each path is warmed up once, then timed `--repeats` times round-robin (so that noise from other processes falls
+on all alike); the best time counts. Targets: prepare_dataset/floor >= 0.9, prepare_dataset/TRL >= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import io
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the offline tokenizer builders live with the tests
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import datasets  # noqa: E402
+import tokenizers_offline  # noqa: E402
+from _paths import corpus_dir  # noqa: E402
+from _unsloth import load_dataset_utils  # noqa: E402
+from datasets import Dataset, Features, Sequence, Value  # noqa: E402
+
+import templatekit  # noqa: E402
+from templatekit.dataset import prepare_dataset  # noqa: E402
+
+TOPICS = ["the weather", "a recipe", "Python lists", "the French revolution", "tax forms", "a bicycle", "sleep"]
+WORDS = (
+    "the a of to and in is it you that for on was with as have be at one this from by hot word but what some we "
+    "can out other were all there when up use your how said an each she which do their time if will way about many "
+    "then them write would like so these her long make thing see him two has look more day could go come did "
+    "number sound no most people my over know water than call first who may down side been now find any new work "
+    "part take get place made live where after back little only round man year came show every good me give our "
+    "under name very through just form sentence great think say help low line differ turn cause much mean before "
+    "move right boy old too same tell does set three want air well also play small end put home read hand port "
+    "large spell add even land here must big high such follow act why ask men change went light kind off need "
+    "house picture try us again animal point mother world near build self earth father head stand own page"
+).split()
+HEADER, EOT = "<|im_start|>assistant\n", "<|im_end|>"
+
+
+def sentence(rng: random.Random, low: int, high: int) -> str:
+    words = rng.choices(WORDS, k=rng.randint(low, high))
+    if rng.random() < 0.3:
+        words.insert(rng.randrange(len(words) + 1), str(rng.randint(0, 10_000)))
+    return " ".join(words).capitalize() + rng.choice([".", "?", "!", ".\n\nAlso: fine."])
+
+
+def make_conversations(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """`count` conversations: a system prompt, then 1-4 user/assistant turns of generated prose."""
+    rng = random.Random(seed)
+    conversations = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": f"You are a helpful assistant. Topic: {rng.choice(TOPICS)}."}]
+        for _turn in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": sentence(rng, 4, 40)})
+            messages.append(
+                {"role": "assistant", "content": " ".join(sentence(rng, 6, 30) for _ in range(rng.randint(1, 4)))}
+            )
+        conversations.append(messages)
+    return conversations
+
+
+IDS, MASK = Sequence(Value("int32")), Sequence(Value("int8"))
+
+
+def floor_path(dataset: Dataset, tokenizer, original: str) -> Dataset:
+    def render_and_tokenize(batch):
+        texts = tokenizer.apply_chat_template(batch["messages"], chat_template=original, tokenize=False)
+        return dict(tokenizer(texts, add_special_tokens=False))
+
+    features = Features({"input_ids": IDS, "attention_mask": MASK})
+    return dataset.map(render_and_tokenize, batched=True, remove_columns=["messages"], features=features)
+
+
+def trl_path(dataset: Dataset, tokenizer, tagged: str) -> Dataset:
+    def one(example):
+        out = tokenizer.apply_chat_template(
+            example["messages"],
+            chat_template=tagged,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        return {"input_ids": out["input_ids"], "assistant_masks": out["assistant_masks"]}
+
+    features = Features({"input_ids": IDS, "assistant_masks": MASK})
+    return dataset.map(one, remove_columns=["messages"], features=features)
+
+
+def unsloth_path(dataset: Dataset, tokenizer, original: str, mask_function) -> Dataset:
+    def render_tokenize_mask(batch):
+        texts = tokenizer.apply_chat_template(batch["messages"], chat_template=original, tokenize=False)
+        encoded = dict(tokenizer(texts, add_special_tokens=False))
+        encoded.update(mask_function(encoded))
+        return encoded
+
+    features = Features({"input_ids": IDS, "attention_mask": MASK, "labels": IDS})
+    return dataset.map(render_tokenize_mask, batched=True, remove_columns=["messages"], features=features)
+
+
+def templatekit_path(dataset: Dataset, tokenizer) -> Dataset:
+    return prepare_dataset(dataset, tokenizer, progress=False)
+
+
+def check_agreement(ours: Dataset, trl: Dataset, unsloth: Dataset | None) -> list[str]:
+    """The paths must compute the same masks, or their timings mean nothing."""
+    lines = []
+    same_ids = ours["input_ids"] == trl["input_ids"]
+    same_trl = ours["assistant_masks"] == trl["assistant_masks"]
+    lines.append(f"input_ids identical to TRL's: {same_ids}; assistant_masks identical to TRL's: {same_trl}")
+    if unsloth is not None:
+        from_labels = [[int(label != -100) for label in row] for row in unsloth["labels"]]
+        agree = sum(a == b for a, b in zip(ours["assistant_masks"], from_labels))
+        lines.append(f"Unsloth's labels mark the same tokens in {agree}/{len(from_labels)} conversations")
+    return lines
+
+
+def profile_prepare(dataset: Dataset, tokenizer, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    templatekit_path(dataset, tokenizer)
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(top)
+    return stream.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also print the top N cProfile rows")
+    args = parser.parse_args(argv)
+
+    datasets.disable_progress_bars()
+    datasets.disable_caching()
+    tokenizer = copy.deepcopy(tokenizers_offline.qwen_tokenizer())
+    original = (corpus_dir() / "trl" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer.chat_template = original
+    tagged = templatekit.patch_template(original).template
+    conversations = make_conversations(args.conversations)
+    dataset = Dataset.from_list([{"messages": messages} for messages in conversations])
+    turns = sum(len(m) for m in conversations) - len(conversations)
+    print(
+        f"{len(conversations)} conversations ({turns} user/assistant messages), Qwen2.5 tokenizer, "
+        f"template trl/qwen2_5.jinja; best of {args.repeats} after a warm-up; single process"
+    )
+
+    started = time.perf_counter()
+    from templatekit.spans import SpanRenderer
+
+    renderer = SpanRenderer(original)
+    setup = time.perf_counter() - started
+    print(f"SpanRenderer setup (patch + verify, once per template): {setup:.3f} s; mode {renderer.mode!r}")
+
+    paths = {
+        "prepare_dataset": lambda: templatekit_path(dataset, tokenizer),
+        "TRL (apply_chat_template per example)": lambda: trl_path(dataset, tokenizer, tagged),
+        "floor (render + batched tokenize)": lambda: floor_path(dataset, tokenizer, original),
+    }
+    unsloth_note = None
+    try:
+        module, wheel = load_dataset_utils()
+        mask_function = module.train_on_responses_only(
+            None,
+            instruction_part="<|im_start|>user\n",
+            response_part=HEADER,
+            tokenizer=tokenizer,
+            return_function=True,
+        )
+        paths["Unsloth (render, tokenize, train_on_responses_only)"] = lambda: unsloth_path(
+            dataset, tokenizer, original, mask_function
+        )
+        unsloth_note = f"Unsloth's masking function from {wheel}"
+    except Exception as error:  # no network or no wheel: report, do not reimplement
+        print(f"(c) Unsloth's path skipped: {error}")
+
+    results = {name: run() for name, run in paths.items()}  # warm-up, and the outputs for the agreement check
+    best = {name: float("inf") for name in paths}
+    for _ in range(args.repeats):
+        for name, run in paths.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+
+    if unsloth_note:
+        print(unsloth_note)
+    for line in check_agreement(
+        results["prepare_dataset"],
+        results["TRL (apply_chat_template per example)"],
+        results.get("Unsloth (render, tokenize, train_on_responses_only)"),
+    ):
+        print(line)
+    print()
+    width = max(map(len, best))
+    for name, seconds in best.items():
+        print(f"{name:<{width}}  {seconds * 1000:8.1f} ms  {len(conversations) / seconds:9.0f} conversations/s")
+    ours = best["prepare_dataset"]
+    floor = best["floor (render + batched tokenize)"]
+    trl = best["TRL (apply_chat_template per example)"]
+    print()
+    print(f"prepare_dataset / floor : {floor / ours:5.2f}x the floor's throughput  (target >= 0.9)")
+    print(f"prepare_dataset / TRL   : {trl / ours:5.2f}x TRL's throughput          (target >= 2)")
+    unsloth = best.get("Unsloth (render, tokenize, train_on_responses_only)")
+    if unsloth is not None:
+        print(f"prepare_dataset / Unsloth: {unsloth / ours:5.2f}x Unsloth's throughput")
+    with_setup = ours + setup
+    print(
+        f"with the one-time setup counted in this run: {floor / with_setup:5.2f}x the floor, {trl / with_setup:5.2f}x TRL"
+    )
+    if args.profile:
+        print(profile_prepare(dataset, tokenizer, args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
