@@ -68,7 +68,7 @@ class Unit(Item):
     uid: int = 0
     kind: str = "expr"
     node: nodes.Node | None = None
-    loop_targets: tuple[str, ...] = ()
+    loop_targets: tuple[str, ...] = ()  # names that may hold the message written for: loop targets first
     parts: list[tuple[nodes.Node, int, int]] = field(default_factory=list)
     open_tag: RawToken | None = None
     close_tag: RawToken | None = None
@@ -129,6 +129,15 @@ class _FlowBuilder:
         self.tokens = parsed.tokens
         self.closes = _closing_tags(parsed.tokens)
         self.units: list[Unit] = []
+        # Variables a message may be held in besides loop targets (`{% set msg = messages[i] %}` in a
+        # `for i in range(...)` loop); tried after the loop targets.
+        self.aliases = tuple(
+            dict.fromkeys(
+                assign.target.name
+                for assign in parsed.ast.find_all(nodes.Assign)
+                if isinstance(assign.target, nodes.Name)
+            )
+        )
 
     def build(self) -> Flow:
         root = Body()
@@ -173,7 +182,7 @@ class _FlowBuilder:
                 close_tag=close_tag,
             )
             unit.parts = self._parts(child, open_index)
-        unit.loop_targets = targets
+        unit.loop_targets = targets + tuple(name for name in self.aliases if name not in targets)
         body.items.append(unit)
         self.units.append(unit)
 

@@ -361,8 +361,8 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
 
     Two things must: a `set` whose variable is read after the region (a generation block is a call block,
     so a variable set inside it vanishes when the block ends), and an output that writes someone else's
-    text in some probe (a tool result the template puts inside the assistant's turn): `foreign` holds
-    their unit ids. An `if` or loop holding one is entered and its bodies are wrapped one by one.
+    text or only ever header text in some probe (a tool result the template puts inside the assistant's
+    turn, a header piece one branch adds): `foreign` holds their unit ids. An `if` or loop holding one is entered and its bodies are wrapped one by one.
     Adjacent pieces train the same characters as the whole region. Pieces that write nothing are dropped.
     """
     read_outside = _names_read_outside(flow, region.start.offset, region.end.offset)
@@ -399,6 +399,21 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
     return pieces(region.body, region.first, region.last, region.start, region.end)
 
 
+def _header_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
+    """Units that only ever write a trained turn's header (a header piece one branch adds), never its body."""
+    header, trained = set(), set()
+    for layout, emissions in traces:
+        for turn in layout.turns:
+            own = [e for e in emissions if e.message == turn.message and e.text]
+            opening = min((e.start for e in own), default=turn.start)
+            for emission in own:
+                if emission.start < turn.end and turn.start < emission.end:
+                    trained.add(emission.uid)
+                elif opening <= emission.start and emission.end <= turn.start and emission.text.strip():
+                    header.add(emission.uid)
+    return header - trained
+
+
 def _foreign_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
     """Units that, while writing a trained message, wrote someone else's text (a tool result, say)."""
     return {
@@ -422,8 +437,8 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
                 continue
             regions.extend(regions_for_turn(flow, emissions, turn.start, turn.end))
     regions = merge_regions(flow, [_trim(region) for region in regions])
-    foreign = _foreign_units(traces)
-    regions = [piece for region in regions for piece in _pieces(flow, region, foreign)]
+    outside = _foreign_units(traces) | _header_units(traces)
+    regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
         for layout, emissions in traces:
