@@ -249,16 +249,17 @@ def _header_candidates(prompt: str, pres: list[str], role: str) -> list[str]:
 
 
 def _cover(candidates: list[str], pres: list[str]) -> tuple[str, ...]:
-    """The fewest candidates (most specific first) such that every pre-text contains one of them."""
+    """Candidates, most specific first, until every pre-text contains one of them; a scan prefers the
+    longest part matching at a position, so each turn's header is read as fully as it is written."""
     chosen: list[str] = []
     uncovered = list(pres)
-    while uncovered:
-        best = max(candidates, key=lambda c: sum(c in p for p in uncovered), default=None)
-        if best is None or not any(best in p for p in uncovered):
+    for candidate in candidates:
+        if not uncovered:
             break
-        chosen.append(best)
-        uncovered = [p for p in uncovered if best not in p]
-    return tuple(chosen)
+        if any(candidate in p for p in uncovered):
+            chosen.append(candidate)
+            uncovered = [p for p in uncovered if candidate not in p]
+    return tuple(chosen) if not uncovered else ()
 
 
 def _instruction_parts(rendered: list[_Rendered], speakers: tuple[str, ...], eot: str) -> tuple[str, ...]:
@@ -328,7 +329,8 @@ def derive_delimiters(
     """Learn, and check on the probes, the delimiters that bound the trained turns of `template`.
 
     Explicit `response_part` / `instruction_part` override the learned ones (as in Unsloth's
-    `train_on_responses_only`); the end-of-turn marker is still learned, so it stays trained.
+    `train_on_responses_only`) and are not checked on the probes (they may name a role the probes do not
+    have); the end-of-turn marker is still learned, so it stays trained.
     Raises `FallbackError` saying why when no set of delimiters passes the checks.
 
     Example:
@@ -352,6 +354,10 @@ def derive_delimiters(
     # The header's trailing whitespace, for callers whose explicit response part stops before it.
     header_space = prompt[len(prompt.rstrip()) :] if prompt.strip() else ""
     instruction = _instruction_parts(rendered, speakers, eot)
+    opener = _common_prefix([prompt.strip(), *instruction]) if prompt.strip() else ""
+    if len(opener) >= 2 and eot and opener in eot[1:]:
+        # The common text after turns ran into the next header's opener: the marker ends before it.
+        eot, alternatives = eot[: eot.index(opener, 1)].rstrip(), ()
     if instruction_part is not None:
         instruction = (instruction_part,) if isinstance(instruction_part, str) else tuple(instruction_part)
     if response_part is not None:
@@ -381,6 +387,10 @@ def derive_delimiters(
             failures.append("no header is common to the trained turns")
             continue
         delimiters = Delimiters(parts, eot, instruction, alternatives, reasoning_close, space, prompt)
+        if response_part is not None:
+            # The caller's parts name speakers the probes may not have (a custom role), so they are taken
+            # as given, as Unsloth does; only the end-of-turn marker and header spacing come from the probes.
+            return delimiters
         problems = check_delimiters(template, delimiters, speakers, rendered)
         if not problems:
             return delimiters

@@ -26,7 +26,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
-__all__ = ["spans_to_token_mask"]
+__all__ = ["encode_with_mask", "labels_from_mask", "spans_to_token_mask"]
 
 
 def _merge_spans(spans: Iterable[Sequence[int]]) -> tuple[list[int], list[int]]:
@@ -93,3 +93,29 @@ def spans_to_token_mask(offsets: Sequence[Sequence[int]], spans: Iterable[Sequen
         if starts[j] < tok_end:
             mask[i] = 1
     return mask
+
+
+def encode_with_mask(tokenizer, text: str, spans: Iterable[Sequence[int]], *, add_special_tokens: bool = False):
+    """Tokenize `text` and mark the tokens that overlap `spans` (the rule of `spans_to_token_mask`).
+
+    `add_special_tokens=False` matches `apply_chat_template`, whose templates write BOS themselves; with
+    `True`, tokens the post-processor adds have zero-width offsets and stay untrained.
+
+    Returns `(input_ids, mask)`.
+
+    Example:
+        >>> # ids, mask = encode_with_mask(tokenizer, text, spans)
+        >>> # labels = [i if m else -100 for i, m in zip(ids, mask)]
+    """
+    encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return list(encoded["input_ids"]), spans_to_token_mask(encoded["offset_mapping"], spans)
+
+
+def labels_from_mask(input_ids: Sequence[int], mask: Sequence[int], *, ignore_index: int = -100) -> list[int]:
+    """Labels for a causal LM: the token id where the mask is 1, `ignore_index` elsewhere.
+
+    Example:
+        >>> labels_from_mask([5, 6, 7], [0, 1, 1])
+        [-100, 6, 7]
+    """
+    return [token if bit else ignore_index for token, bit in zip(input_ids, mask)]

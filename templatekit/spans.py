@@ -184,9 +184,12 @@ class SpanRenderer:
             spans = merge_adjacent([tuple(span) for span in indices[0]])
         else:
             spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
-        turns = attribute(spans, messages, trained)
+        if len(spans) > len(trained):
+            # More turns than trained messages: a delimiter occurs inside some content.
+            attribute(spans, messages, trained)
         if len(weighted) == len(trained) and not self.policy.narrows:
             return text, spans
+        turns = attribute(spans, messages, trained)
         eots, closer = self._eots_and_closer()
         return text, apply_policy(text, turns, weighted, self.policy, eots=eots, reasoning_close=closer)
 

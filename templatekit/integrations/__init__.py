@@ -1,0 +1,1 @@
+"""Drop-in replacements for other training libraries' masking helpers (see `unsloth.py`)."""

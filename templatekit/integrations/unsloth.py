@@ -1,0 +1,147 @@
+"""`train_on_responses_only`, with Unsloth's signature and meaning, and exact masks.
+
+Unsloth's helper takes a trainer whose datasets are already tokenized, and rewrites their `labels` so that
+only the responses are trained: everything before the first `response_part` is masked, each
+`response_part` opens a trained span that runs to the next `instruction_part`, `last_response_only` keeps
+only the final span, and `mask_out_tokens` re-masks strings such as `</think>` inside kept spans.
+
+This version keeps that contract and computes the spans on *text*, not on token ids:
+
+* each row's `input_ids` are decoded, and the spans are found with the delimiters of `fallback.py`:
+  the parts given, or, when both are omitted, the ones learned from the tokenizer's chat template;
+* the end-of-turn marker that closes a response (learned from the template) is trained and the
+  whitespace after it is not, whatever `instruction_part` says (`"<|eot_id|>"` or `"<|im_start|>user\\n"`);
+* the spans become token labels through the offset mapping (`masks.spans_to_token_mask`), so a
+  delimiter that the tokenizer merges with its neighbours is still found.
+
+A row whose ids do not survive decode-then-encode is refused with its index (its offsets would be guesses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..fallback import Delimiters, derive_delimiters, find_spans
+from ..masks import spans_to_token_mask
+from ..policies import _cut
+
+__all__ = ["response_delimiters", "train_on_responses_only"]
+
+
+def _template_of(tokenizer) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), None)
+    return template or None
+
+
+def response_delimiters(
+    tokenizer, instruction_part: str | None = None, response_part: str | None = None
+) -> Delimiters:
+    """The delimiters `train_on_responses_only` uses: the parts given, or both learned from the chat template.
+
+    Example:
+        >>> # response_delimiters(tokenizer).response_parts  ->  ('<|im_start|>assistant\\n',) for a ChatML template
+    """
+    if (instruction_part is None) != (response_part is None):
+        raise ValueError("give both instruction_part and response_part, or neither to detect them from the template")
+    template = _template_of(tokenizer)
+    if template is None:
+        if response_part is None:
+            raise ValueError("the tokenizer has no chat_template to detect the parts from: pass both parts")
+        return Delimiters((response_part,), "", (instruction_part,))
+    return derive_delimiters(template, response_part=response_part, instruction_part=instruction_part)
+
+
+def _masker(tokenizer, delimiters: Delimiters, last_response_only: bool, mask_out: Sequence[str]) -> Callable:
+    def mask_batch(examples: dict) -> dict:
+        rows = examples["input_ids"]
+        if hasattr(rows, "tolist"):
+            rows = rows.tolist()
+        old = examples.get("labels")
+        if old is not None and hasattr(old, "tolist"):
+            old = old.tolist()
+        all_labels = []
+        for row, ids in enumerate(rows):
+            ids = list(ids)
+            text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            if list(encoded["input_ids"]) != ids:
+                raise ValueError(
+                    f"row {row}: decoding then re-encoding its input_ids gives other ids, so the trained "
+                    "text cannot be placed on its tokens; build the dataset with templatekit.prepare_dataset"
+                )
+            spans = find_spans(text, delimiters)
+            if last_response_only:
+                spans = spans[-1:]
+            for needle in mask_out:
+                spans = _cut(spans, text, needle)
+            mask = spans_to_token_mask(encoded["offset_mapping"], spans)
+            source = ids if old is None else list(old[row])
+            all_labels.append([label if bit else -100 for label, bit in zip(source, mask)])
+        return {"labels": all_labels}
+
+    return mask_batch
+
+
+def train_on_responses_only(
+    trainer,
+    instruction_part: str | None = None,
+    response_part: str | None = None,
+    *,
+    last_response_only: bool = False,
+    mask_out_tokens: str | Sequence[str] | None = None,
+    num_proc: int | None = None,
+    tokenizer=None,
+    return_function: bool = False,
+):
+    """Mask every label outside the responses to -100 (Unsloth's `train_on_responses_only`, exact masks).
+
+    Args:
+        trainer: a trainer whose `train_dataset` (and `eval_dataset`) hold `input_ids`; may be `None`
+            with `return_function=True` and a `tokenizer`.
+        instruction_part, response_part: the strings opening a user turn and a response; both omitted:
+            learned from the chat template.
+        last_response_only: train only the last response of each row.
+        mask_out_tokens: strings re-masked inside responses, e.g. `["</think>"]`.
+        num_proc: processes for `datasets.map`.
+        tokenizer: overrides `trainer.processing_class` (a processor's inner tokenizer is used).
+        return_function: return the batched masking function (`examples -> {"labels": ...}`) instead.
+
+    Returns the trainer, with new `labels` columns, or the function.
+
+    Example:
+        >>> # trainer = SFTTrainer(model=model, train_dataset=dataset, processing_class=tokenizer, args=args)
+        >>> # trainer = train_on_responses_only(trainer,
+        >>> #     instruction_part="<|start_header_id|>user<|end_header_id|>\\n\\n",
+        >>> #     response_part="<|start_header_id|>assistant<|end_header_id|>\\n\\n")
+    """
+    if tokenizer is None:
+        if trainer is None:
+            raise ValueError("pass a trainer or a tokenizer")
+        tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor's text tokenizer
+    if tokenizer is None:
+        raise ValueError("the trainer has no tokenizer (processing_class); pass tokenizer=")
+    delimiters = response_delimiters(tokenizer, instruction_part, response_part)
+    mask_out = [mask_out_tokens] if isinstance(mask_out_tokens, str) else list(mask_out_tokens or ())
+    function = _masker(tokenizer, delimiters, last_response_only, mask_out)
+    if return_function:
+        return function
+
+    def mapped(dataset):
+        if dataset is None:
+            return None
+        columns = getattr(dataset, "column_names", None) or []
+        if "input_ids" not in columns:
+            raise ValueError(f"the dataset has no input_ids column (columns: {columns}); tokenize it first")
+        kwargs = {"num_proc": num_proc} if num_proc and num_proc > 1 else {}
+        return dataset.map(function, batched=True, **kwargs)
+
+    trainer.train_dataset = mapped(trainer.train_dataset)
+    evaluation = getattr(trainer, "eval_dataset", None)
+    if isinstance(evaluation, dict):
+        trainer.eval_dataset = {name: mapped(split) for name, split in evaluation.items()}
+    elif evaluation is not None:
+        trainer.eval_dataset = mapped(evaluation)
+    return trainer
