@@ -99,7 +99,7 @@ def common_opening(renders) -> str:
     return shortest[:common]
 
 
-def _header_end(text: str, window_start: int, first_generated: int, header: str) -> int:
+def _header_end(text: str, window_start: int, first_generated: int, header: str, default: int | None = None) -> int:
     """Where the header ends before `first_generated`, judged from the generation prompt's text."""
     window = text[window_start:first_generated]
     core = header.strip()
@@ -111,7 +111,7 @@ def _header_end(text: str, window_start: int, first_generated: int, header: str)
     for length in range(len(core) - 1, 2, -1):
         if core[:length].endswith(("\n", "|>", "｜>", "]", ":")) and (found := window.rfind(core[:length])) >= 0:
             return window_start + found + length
-    return first_generated
+    return first_generated if default is None else default
 
 
 def _split_at_gaps(
@@ -192,8 +192,8 @@ def layout_probe(
             # Nothing generated is rendered; what the turn still writes after its header (an end-of-turn
             # marker) may be trained, but need not be.
             if own:
-                turn_start, turn_end = own[0].start, len(text[: own[-1].end].rstrip())
-                start = _header_end(text, turn_start, turn_end, header)
+                turn_start, turn_end = own[0].start, own[-1].end
+                start = _header_end(text, turn_start, turn_end, header, default=turn_start)
                 if start < turn_end:
                     turns.append(Turn(index, start, turn_end, start, start, optional=True))
             continue

@@ -83,7 +83,7 @@ def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, nam
             layouts[probe.name] = layout
             traces.append((layout, emissions))
         analysis = Analysis(parsed, flow, probes, layouts, traces, [f"probe rejected: {e}" for e in errors])
-        if any(layout.turns for layout in layouts.values()):
+        if any(not turn.optional for layout in layouts.values() for turn in layout.turns):
             return analysis
         best = best or analysis
     if len(best.layouts) == 0:
