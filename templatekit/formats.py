@@ -324,7 +324,8 @@ def to_github(outcomes: list[CheckOutcome]) -> str:
     then a plain summary line.
 
     Example:
-        >>> print(to_github([CheckOutcome("missing.jinja", None, "missing.jinja", "error", [Finding("no such file")])]))
+        >>> missing = CheckOutcome("missing.jinja", None, "missing.jinja", "error", [Finding("no such file")])
+        >>> print(to_github([missing]), end="")
         ::error title=templatekit%3A cannot read template::no such file
         templatekit: 0 ok, 0 untagged, 0 failed, 1 error
     """
