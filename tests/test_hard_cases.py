@@ -1,0 +1,98 @@
+"""The hard shapes real templates take, each on the corpus template that has it.
+
+Every test patches the real template, renders a realistic conversation through transformers with the patched
+template, and checks the rendering is unchanged and exactly the assistant's generated text is trained.
+"""
+
+from __future__ import annotations
+
+from test_core import read, trained_text
+
+import templatekit
+
+WEATHER_CALL = {
+    "role": "assistant",
+    "content": "",
+    "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+def patched_and_original(name: str, messages: list[dict], **kwargs) -> tuple[list[str], str]:
+    original = read(name)
+    patched = templatekit.patch_template(original).template
+    text, trained = trained_text(patched, messages, **kwargs)
+    plain, _ = trained_text(original, messages, **kwargs)
+    assert text == plain
+    return trained, text
+
+
+def test_llama3_content_built_in_a_variable_is_sliced_at_the_call_site():
+    # `{% set content = header + message['content'] | trim + '<|eot_id|>' %}`, a BOS prefix on the first
+    # message, then `{{ content }}`: the output is split where the header ends, found by its text.
+    messages = [
+        {"role": "assistant", "content": "  Opening line.  "},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+    for name in ("trl/llama3.jinja", "axolotl/llama3.jinja"):
+        trained, text = patched_and_original(name, messages)
+        assert trained == ["Opening line.<|eot_id|>", "Hello!<|eot_id|>"], name
+        assert text.startswith("<s><|start_header_id|>assistant")
+
+
+def test_gemma4_tool_result_inside_the_model_turn_stays_untrained():
+    # Gemma 4 writes the tool's result inside the model's turn, between the call and the reply, and sets
+    # variables between them that are read later (a generation block would hide them).
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        WEATHER_CALL,
+        {"role": "tool", "name": "get_weather", "content": "RAINY-RESULT"},
+        {"role": "assistant", "content": "It rains."},
+    ]
+    trained, text = patched_and_original("trl/gemma4.jinja", messages, tools=TOOLS)
+    joined = "".join(trained)
+    assert "RAINY-RESULT" in text and "RAINY-RESULT" not in joined
+    assert "Paris" in joined and "It rains." in joined
+    assert "Weather in Paris?" not in joined
+
+
+def test_exaone_message_held_in_a_variable_of_a_range_loop():
+    # `{% for i in range(messages | length) %}{% set msg = messages[i] %}`: the message is found through `msg`.
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye."},
+    ]
+    trained, _ = patched_and_original("axolotl/exaone4.jinja", messages)
+    assert [piece.rstrip() for piece in trained] == ["Hello there.[|endofturn|]", "Goodbye.[|endofturn|]"]
+
+
+def test_template_that_reads_only_content_blocks():
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Describe it."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    ]
+    trained, _ = patched_and_original("trl/idefics3.jinja", messages)
+    # The prompt ends with "Assistant:"; the space after it is the model's first generated character.
+    assert trained == [" A cat.<end_of_utterance>"]
+
+
+def test_header_inferred_when_the_generation_prompt_writes_nothing():
+    # Command A's tool-use template always ends with the chatbot header, so add_generation_prompt adds
+    # nothing; the header is what every assistant turn opens with.
+    messages = [{"role": "user", "content": "Weather in Paris?"}, WEATHER_CALL]
+    trained, text = patched_and_original("axolotl/command_a_tool_use.jinja", messages, tools=TOOLS)
+    joined = "".join(trained)
+    assert joined.startswith("<|START_THINKING|>") and "Paris" in joined
+    assert "<|CHATBOT_TOKEN|>" not in joined and "Weather in Paris?" not in joined
