@@ -213,7 +213,7 @@ def _end_of_turn(ends: list[str]) -> tuple[str, tuple[str, ...]]:
     whitespace that follows; when turns close with different markers (one mid-conversation, another at
     the end), each of them."""
     common = _common_prefix(ends).rstrip()
-    if not common or common.endswith((">", "]")) or not common[-1] in "<[|":
+    if not common or common.endswith((">", "]")) or common[-1] not in "<[|":
         if common and not common.endswith((">", "]")) and any(ch.isspace() for ch in common):
             # A shared newline then the start of different headers ("<|end|>\n<"): the marker ends before it.
             common = common[: max(common.rfind(ch) for ch in " \n\t")].rstrip()
@@ -223,6 +223,17 @@ def _end_of_turn(ends: list[str]) -> tuple[str, tuple[str, ...]]:
         return "", ()
     ranked = sorted(set(markers), key=lambda m: (-markers.count(m), m))
     return ranked[0], tuple(ranked[1:])
+
+
+def _opener(prompt: str, instruction: tuple[str, ...]) -> str:
+    """What every header begins with (`<|im_start|>`, `<|START_OF_TURN_TOKEN|><|`), when headers share one."""
+    core = prompt.strip()
+    if not core:
+        return ""
+    shared = _common_prefix([core, *instruction]) if instruction else ""
+    if len(shared) >= 2 and not shared[0].isalnum():
+        return shared
+    return core[:2] if len(core) > 2 and not core[0].isalnum() and not core[1].isalnum() else ""
 
 
 def _header_candidates(prompt: str, pres: list[str], role: str) -> list[str]:
@@ -351,13 +362,17 @@ def derive_delimiters(
         raise FallbackError(["no trained turn is rendered: the template writes no content of " + "/".join(speakers)])
     ends = [t.post for t in trained if t.last_kind == "content"] or [t.post for t in trained]
     eot, alternatives = _end_of_turn(ends)
+    opener = _opener(prompt, _instruction_parts(rendered, speakers, eot))
+    if opener and opener in _common_prefix(ends)[1:]:
+        # The common text after turns runs into the next header: the marker ends before its opener.
+        common = _common_prefix(ends)
+        eot, alternatives = common[: common.index(opener, 1)].rstrip(), ()
     # The header's trailing whitespace, for callers whose explicit response part stops before it.
     header_space = prompt[len(prompt.rstrip()) :] if prompt.strip() else ""
     instruction = _instruction_parts(rendered, speakers, eot)
-    opener = _common_prefix([prompt.strip(), *instruction]) if prompt.strip() else ""
-    if len(opener) >= 2 and eot and opener in eot[1:]:
-        # The common text after turns ran into the next header's opener: the marker ends before it.
-        eot, alternatives = eot[: eot.index(opener, 1)].rstrip(), ()
+    if opener:
+        # A header read from the text before a turn may begin with the previous turn's closing text.
+        instruction = tuple(p[p.index(opener) :] if opener in p[1:] else p for p in instruction)
     if instruction_part is not None:
         instruction = (instruction_part,) if isinstance(instruction_part, str) else tuple(instruction_part)
     if response_part is not None:

@@ -184,7 +184,7 @@ class SpanRenderer:
             spans = merge_adjacent([tuple(span) for span in indices[0]])
         else:
             spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
-        if len(spans) > len(trained):
+        if not tags and len(spans) > len(trained):
             # More turns than trained messages: a delimiter occurs inside some content.
             attribute(spans, messages, trained)
         if len(weighted) == len(trained) and not self.policy.narrows:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import types
 import zipfile
-from pathlib import Path
 
 import pytest
 from _paths import corpus_file
