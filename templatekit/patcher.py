@@ -82,13 +82,29 @@ def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, nam
             layout.trained = set(trained)
             layouts[probe.name] = layout
             traces.append((layout, emissions))
-        analysis = Analysis(parsed, flow, probes, layouts, traces, [f"probe rejected: {e}" for e in errors])
+        notes = [f"probe rejected: {e}" for e in errors]
+        if _no_end_marker(layouts):
+            notes.append(
+                "the assistant's turn has no end-of-turn marker of its own (the next message's header ends it): "
+                "the model will not learn to stop from these tags; add an end-of-sequence token to the data"
+            )
+        analysis = Analysis(parsed, flow, probes, layouts, traces, notes)
         if any(not turn.optional for layout in layouts.values() for turn in layout.turns):
             return analysis
         best = best or analysis
     if len(best.layouts) == 0:
         raise PatchError(["the template rejects every probe conversation"] + best.notes[:3])
     raise PatchError(["no trained message is rendered: the template has no message loop that writes their content"])
+
+
+def _no_end_marker(layouts: dict[str, Layout]) -> bool:
+    """True when a trained turn followed by another message ends right at its last generated text."""
+    for layout in layouts.values():
+        for turn in layout.turns:
+            followed = layout.text[turn.end :].strip() != ""
+            if not turn.optional and followed and turn.end == turn.last_generated:
+                return True
+    return False
 
 
 def _condition(region: Region, train_roles: tuple[str, ...], only_last_turn: bool) -> str:

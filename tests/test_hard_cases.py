@@ -96,3 +96,11 @@ def test_header_inferred_when_the_generation_prompt_writes_nothing():
     joined = "".join(trained)
     assert joined.startswith("<|START_THINKING|>") and "Paris" in joined
     assert "<|CHATBOT_TOKEN|>" not in joined and "Weather in Paris?" not in joined
+
+
+def test_template_without_an_end_of_turn_marker_says_so():
+    # GLM-4 ends an assistant turn with the next message's role token, which the tags cannot reach.
+    notes = templatekit.patch_template(read("trl/glm4moe.jinja")).report.notes
+    assert any("no end-of-turn marker" in note for note in notes)
+    notes = templatekit.patch_template(read("trl/qwen2_5.jinja")).report.notes
+    assert not any("no end-of-turn marker" in note for note in notes)
