@@ -1,0 +1,124 @@
+"""End to end on CPU: a prepare_dataset result trains as is in TRL's SFTTrainer (2 steps, a tiny model built
+from a config), and the batches the model sees carry labels that are exactly right: the token id on every
+token of an assistant reply and of the end-of-turn marker closing it, -100 everywhere else (system, user,
+headers, the newline after the marker, padding). The expectation is computed here from the rendered text by
+sentinel search, independently of templatekit."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+from _paths import corpus_file
+from test_dataset import conversations, truth_spans
+
+from templatekit import prepare_dataset
+from templatekit.masks import spans_to_token_mask
+
+pytest.importorskip("trl")
+torch = pytest.importorskip("torch")
+datasets = pytest.importorskip("datasets")
+
+CASES = {
+    "qwen2_5": ("qwen_tokenizer", "trl/qwen2_5.jinja", "<|im_end|>"),
+    "llama3_1": ("llama3_tokenizer", "trl/llama3_1.jinja", "<|eot_id|>"),
+}
+
+
+def tiny_model(tokenizer):
+    """A 2-layer causal LM of the tokenizer's vocabulary, random weights, built from a config (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=(len(tokenizer) + 63) // 64 * 64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def sft_config(tmp_path, **overrides):
+    from trl import SFTConfig
+
+    options = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=3,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-3,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    options.update(overrides)
+    return SFTConfig(**options)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sft_trainer_trains_on_prepared_dataset(request, case, tmp_path):
+    from trl import SFTTrainer
+
+    fixture, path, eot = CASES[case]
+    tokenizer = copy.deepcopy(request.getfixturevalue(fixture))
+    tokenizer.chat_template = corpus_file(path).read_text(encoding="utf-8")
+    rows = conversations(9, seed=11)
+    prepared = prepare_dataset(datasets.Dataset.from_dict({"messages": rows}), tokenizer, progress=False)
+
+    trainer = SFTTrainer(
+        model=tiny_model(tokenizer), args=sft_config(tmp_path), train_dataset=prepared, processing_class=tokenizer
+    )
+    result = trainer.train()
+    assert trainer.state.global_step == 2
+    assert math.isfinite(result.training_loss) and result.training_loss > 0
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+
+    by_text = {tokenizer.apply_chat_template(messages, tokenize=False): messages for messages in rows}
+    seen = []
+    for batch in trainer.get_train_dataloader():  # the sampler shuffles: find each row by its text
+        for input_ids, attention, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+            length = int(attention.sum())
+            ids, labels = input_ids.tolist(), labels.tolist()
+            assert labels[length:] == [-100] * (len(ids) - length)  # padding
+            ids, labels = ids[:length], labels[:length]
+
+            text = tokenizer.decode(ids)
+            messages = by_text[text]
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            assert ids == encoded["input_ids"]  # the model sees exactly the template's text, one BOS at most
+            mask = spans_to_token_mask(encoded["offset_mapping"], truth_spans(text, messages, eot))
+            assert labels == [token if keep else -100 for token, keep in zip(ids, mask)]
+            replies = "".join(m["content"] + eot for m in messages if m["role"] == "assistant")
+            assert tokenizer.decode([t for t in labels if t != -100]) == replies
+            seen.append(text)
+    assert sorted(seen) == sorted(by_text)
+
+
+def test_assistant_only_loss_flag_is_not_for_tokenized_data(qwen_tokenizer, tmp_path):
+    """Why the docs say to leave assistant_only_loss=False: TRL 1.16 wants `messages` for it and refuses a
+    tokenized dataset, while it folds `assistant_masks` into the labels either way (tested above)."""
+    from trl import SFTTrainer
+
+    tokenizer = copy.deepcopy(qwen_tokenizer)
+    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    prepared = prepare_dataset(datasets.Dataset.from_dict({"messages": conversations(3)}), tokenizer, progress=False)
+    with pytest.raises(ValueError, match="not conversational"):
+        SFTTrainer(
+            model=tiny_model(tokenizer),
+            args=sft_config(tmp_path, assistant_only_loss=True),
+            train_dataset=prepared,
+            processing_class=tokenizer,
+        )
