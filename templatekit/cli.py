@@ -3,7 +3,7 @@
     templatekit patch SOURCE [--revision REV] [-o OUT | --stdout | --in-place] [--diff] [--train-role R ...]
                       [--only-last-turn] [--retag]
     templatekit check SOURCE... [--format text|json|github | --json] [--quiet]
-    templatekit report PATH... [--summary] [--train-role R ...]
+    templatekit report PATH... [--summary] [--quiet | --json] [--train-role R ...]
     templatekit apply --format NAME [SOURCE] [-o OUT | --in-place] [--force]
     templatekit show SOURCE [--messages CONV.json] [--tokenizer SOURCE] [--html OUT]
 
@@ -354,6 +354,8 @@ class _Row:
     label: str
     status: str  # "patched", "already tagged", "not patchable" or "wrong"
     reason: str = ""
+    source: str = ""  # the file; with `name`, what --json reports
+    name: str | None = None
 
 
 def _first(reasons: Sequence[str]) -> str:
@@ -364,7 +366,7 @@ def _first(reasons: Sequence[str]) -> str:
 
 
 def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...]) -> _Row:
-    row = _Row(template.label, "not patchable")
+    row = _Row(template.label, "not patchable", source=str(template.origin or template.label), name=template.name)
     try:
         if _TAG.search(template.text):
             report = core.check_template(template.text)
@@ -392,6 +394,25 @@ def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...]) -> _
     return row
 
 
+def _progress(err: _Out, total: int, quiet: bool):
+    """A rich progress bar on stderr when stderr is a terminal (and not --quiet); otherwise a no-op stand-in."""
+    from contextlib import nullcontext
+
+    if quiet or err._console is None or total < 2:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}", style="dim"),
+        console=err._console,
+        transient=True,  # the bar goes away when done; the table and summary stay
+    )
+
+
 def _cmd_report(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     try:
         files = find_template_files(args.paths)
@@ -401,20 +422,39 @@ def _cmd_report(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     core = _core()
     train_roles = _train_roles(args)
     rows: list[_Row] = []
-    for path in files:
-        try:
-            templates = load_templates(path)
-        except NoChatTemplateError:
-            continue  # a tokenizer_config.json without a chat template is not a template
-        except TemplateSourceError as exc:
-            rows.append(_Row(str(path), "not patchable", _reason_of(exc)))
-            continue
-        rows.extend(_classify(core, template, train_roles) for template in templates)
+    with _progress(err, len(files), args.quiet) as progress:
+        task = progress.add_task("checking templates", total=len(files), current="") if progress else None
+        for path in files:
+            if progress is not None:
+                progress.update(task, current=path.name)
+            try:
+                templates = load_templates(path)
+            except NoChatTemplateError:
+                templates = []  # a tokenizer_config.json without a chat template is not a template
+            except TemplateSourceError as exc:
+                rows.append(_Row(str(path), "not patchable", _reason_of(exc), source=str(path)))
+                templates = []
+            rows.extend(_classify(core, template, train_roles) for template in templates)
+            if progress is not None:
+                progress.advance(task)
 
-    shown = [r for r in rows if r.status in ("not patchable", "wrong")] if args.summary else rows
-    if shown:
-        out.table(["template", "status", "reason"], [(r.label, r.status, r.reason) for r in shown], status_column=1)
     counts = {status: sum(r.status == status for r in rows) for status in _STATUSES}
+    if args.json:
+        import json
+
+        document = {
+            "templates": [
+                {"source": r.source, "name": r.name, "label": r.label, "status": r.status, "reason": r.reason}
+                for r in rows
+            ],
+            "counts": counts,
+            "total": len(rows),
+        }
+        out.raw(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    shown = [r for r in rows if r.status in ("not patchable", "wrong")] if args.summary else rows
+    if shown and not args.quiet:
+        out.table(["template", "status", "reason"], [(r.label, r.status, r.reason) for r in shown], status_column=1)
     out.line(
         f"{counts['patched']} patched, {counts['already tagged']} already tagged, "
         f"{counts['not patchable']} not patchable, {counts['wrong']} wrong (of {len(rows)})"
@@ -668,6 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("paths", nargs="+", metavar="PATH")
     report.add_argument("--summary", action="store_true", help="list only the templates that are not ok")
+    report.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the summary line (no table, no progress bar)"
+    )
+    report.add_argument("--json", action="store_true", help="one JSON document on stdout: every template, counts")
     train_role(report)
     report.set_defaults(func=_cmd_report)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -297,6 +298,57 @@ def test_report_on_named_templates_and_missing_path(capsys: pytest.CaptureFixtur
     assert summary_counts(out) == (2, 0, 0, 0, 2)
     code, _, err = run(capsys, "report", tmp_path / "missing")
     assert code == 2 and "no such file or folder" in err
+
+
+def _report_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    shutil.copy(corpus_file(PATCHABLE), folder / "qwen2_5.jinja")  # patched
+    shutil.copy(corpus_file(PATCHABLE_2), folder / "llama3_2.jinja")  # patched
+    (folder / "chatml.jinja").write_text(templatekit.get_template("chatml"), encoding="utf-8")  # already tagged
+    (folder / "broken.jinja").write_text("{% if x %}", encoding="utf-8")  # not patchable
+    return folder
+
+
+class _Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, as stderr is when a person runs the command."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_report_json_quiet_and_progress(capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
+    folder = _report_folder(tmp_path)
+    code, out, err = run(capsys, "report", folder, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    by_name = {Path(entry["source"]).name: entry for entry in doc["templates"]}
+    assert {name: entry["status"] for name, entry in by_name.items()} == {
+        "qwen2_5.jinja": "patched",
+        "llama3_2.jinja": "patched",
+        "chatml.jinja": "already tagged",
+        "broken.jinja": "not patchable",
+    }
+    assert re.match(r"1:\d+: ", by_name["broken.jinja"]["reason"])
+    assert by_name["chatml.jinja"]["name"] == "default"
+    assert doc["counts"] == {"patched": 2, "already tagged": 1, "not patchable": 1, "wrong": 0} and doc["total"] == 4
+
+    code, out, err = run(capsys, "report", folder, "--quiet")
+    assert code == 0 and err == ""
+    assert out.strip().splitlines() == ["2 patched, 1 already tagged, 1 not patchable, 0 wrong (of 4)"]
+
+    # Not a terminal (captured): no progress bar. A terminal on stderr: a progress bar there, stdout unchanged.
+    code, plain_out, plain_err = run(capsys, "report", folder)
+    assert "checking templates" not in plain_err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code, out, _ = run(capsys, "report", folder)
+    assert code == 0
+    assert out == plain_out
+    assert "checking templates" in terminal.getvalue() and "4/4" in terminal.getvalue()
+    terminal.truncate(0)
+    run(capsys, "report", folder, "--quiet")
+    assert "checking templates" not in terminal.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------------- usage
