@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from _paths import REPO_ROOT, corpus_file
+from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
 import templatekit
-from templatekit import cli
 from templatekit.errors import TemplateSourceError
 from templatekit.formats import github_escape_data, github_escape_property
 
@@ -22,12 +22,6 @@ UNTAGGED = "trl/qwen2_5.jinja"
 # The library's ChatML with the assistant header moved inside the tags: tagged, but the header is trained.
 HEADER = "{{- '<|im_start|>assistant\\n' -}}\n        {%- generation -%}"
 HEADER_TRAINED = "{%- generation -%}\n        {{- '<|im_start|>assistant\\n' -}}"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def wrong_template() -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from _paths import REPO_ROOT, corpus_file
+from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 from transformers import AutoTokenizer
 from transformers.utils.chat_template_utils import render_jinja_template
 
 import templatekit
-from templatekit import cli
 from templatekit.library import UnknownTemplateError
 
 NAMES = ["alpaca", "chatml", "gemma", "llama3", "mistral", "phi3", "vicuna", "zephyr"]
@@ -55,12 +55,6 @@ def render(template: str, messages: list[dict], **options) -> tuple[str, list[tu
         conversations=[messages], chat_template=template, return_assistant_tokens_mask=True, **SPECIAL, **options
     )
     return texts[0], [tuple(span) for span in spans[0]]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------------------------------------------- API

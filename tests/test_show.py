@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from _paths import corpus_file
+from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 from transformers.utils.chat_template_utils import render_jinja_template
 
 import templatekit
-from templatekit import cli
 from templatekit.masks import spans_to_token_mask
 from templatekit.probes import SPECIAL_TOKENS, build_probes
 from templatekit.show import DEMO_CONVERSATIONS
@@ -134,12 +134,6 @@ def browser_view(page: Path, tmp_path: Path) -> dict:
 
 def ranges(runs: list[dict], key: str) -> list[tuple[int, int]]:
     return merge_adjacent([(run["start"], run["end"]) for run in runs if run[key]])
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_probe(probe, path: Path) -> Path:
