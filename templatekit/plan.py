@@ -61,6 +61,12 @@ class Region:
     end: Cut
     targets: set[str] = field(default_factory=set)
     guard: bool = False
+    # The statement (and its branch body) where the turn began before this region, when it began deeper.
+    opened_in: tuple[Stmt, Body] | None = None
+    # Where the same items open the turn in other renders (split inside the first item): the region used
+    # when `condition`, the test of `opened_in`'s branch, is false.
+    alternative: Region | None = None
+    condition: str | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -234,14 +240,14 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
     regions: list[Region] = []
 
     start_cut: Cut | None = _cut_at(flow, first, start - first.start, "before")
-    item, index = first_unit, first_unit.index
+    item, index, opened_in = first_unit, first_unit.index, None
     while item.body is not common:
         body = item.body
         if index < len(body.items):
             head, tail = body.items[index], body.items[-1]
             regions.append(Region(body, index, tail.index, start_cut or _before(head), _after(tail)))
         item, start_cut = body.parent, None
-        index = item.index + 1
+        index, opened_in = item.index + 1, (item, body)
     start_index = index
 
     end_cut: Cut | None = _cut_at(flow, last, end - last.start, "after")
@@ -260,7 +266,7 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
         start_cut, end_cut = start_cut or _before(head), end_cut or _after(tail)
         if head is tail and start_cut.offset >= end_cut.offset:
             raise PlanError(f"the span starting at {_where(flow, start_cut.offset)} ends before it starts")
-        regions.append(Region(common, start_index, end_index, start_cut, end_cut))
+        regions.append(Region(common, start_index, end_index, start_cut, end_cut, opened_in=opened_in))
     regions.extend(reversed(end_pieces))
     return regions
 
@@ -291,6 +297,8 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
         kept = unique.setdefault(region.key, region)
         kept.targets |= region.targets
         kept.guard |= region.guard
+        if kept.alternative is None and region.alternative is not None:
+            kept.alternative, kept.condition = region.alternative, region.condition
     ordered = sorted(unique.values(), key=lambda r: (r.start.offset, -r.end.offset))
     merged: list[Region] = []
     for region in ordered:
@@ -396,7 +404,10 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
             close_run(end if run[-1].index == last else None)
         return found
 
-    return pieces(region.body, region.first, region.last, region.start, region.end)
+    found = pieces(region.body, region.first, region.last, region.start, region.end)
+    if len(found) == 1 and (found[0].first, found[0].last, found[0].key) == (region.first, region.last, region.key):
+        return [region]  # nothing left out: keep the region with what it carries (an alternative)
+    return found
 
 
 def _header_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
@@ -425,6 +436,50 @@ def _foreign_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
     }
 
 
+def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
+    """The source of the test that leads into `body`, when it is the only branch of an `if`."""
+    node = statement.node
+    if not isinstance(node, nodes.If) or node.elif_ or node.else_ or statement.bodies[0] is not body:
+        return None
+    tokens = flow.parsed.tokens
+    index = flow.parsed.token_index_at(statement.start)
+    while not (tokens[index].type == "name" and tokens[index].value == "if"):
+        index += 1
+    start = tokens[index].end
+    while tokens[index].type != "block_end":
+        index += 1
+    return flow.parsed.source[start : tokens[index].start].strip()
+
+
+def _pair_alternatives(flow: Flow, regions: list[Region]) -> list[Region]:
+    """Pair a region that continues a turn from an `if` before it with the one that opens the turn itself.
+
+    A unit can open the turn in one render (its header stays out: the region starts inside it) and carry
+    on a turn begun in an `if` just before it in another (reasoning written first: it is all generated).
+    The two become one region written twice under that `if`'s test.
+    """
+    splits = [r for r in regions if r.start.side == "split"]
+    paired: set[tuple[int, int]] = set()
+    for region in regions:
+        if region.opened_in is None or region.start.side != "before":
+            continue
+        partner = next(
+            (
+                other
+                for other in splits
+                if other.body is region.body
+                and other.start.item is region.start.item
+                and (other.first, other.last, other.end.offset) == (region.first, region.last, region.end.offset)
+            ),
+            None,
+        )
+        condition = _branch_test(flow, *region.opened_in) if partner is not None else None
+        if condition is not None:
+            region.alternative, region.condition = partner, condition
+            paired.add(partner.key)
+    return [r for r in regions if r.key not in paired or r.start.side != "split"]
+
+
 def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
@@ -436,7 +491,7 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
             if turn.end <= turn.start or turn.optional:
                 continue
             regions.extend(regions_for_turn(flow, emissions, turn.start, turn.end))
-    regions = merge_regions(flow, [_trim(region) for region in regions])
+    regions = merge_regions(flow, [_trim(region) for region in _pair_alternatives(flow, regions)])
     outside = _foreign_units(traces) | _header_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
     for region in regions:

@@ -85,7 +85,11 @@ class _Writer:
             return position, position, "", "-"
         if cut.side == "split":
             position = self._indent_start(position)
-        trailer = "\n" if self.source.startswith("\n", position) and not isinstance(cut.item, Stmt) else ""
+        # trim_blocks makes the tag eat the newline after it; give it one to eat, unless the next tag strips
+        # the whitespace anyway (`{%-`, `{{-`).
+        stripped_anyway = re.match(r"\s*\{[%{#]-", self.source[position:]) is not None
+        needs = self.source.startswith("\n", position) and not isinstance(cut.item, Stmt) and not stripped_anyway
+        trailer = "\n" if needs else ""
         return position, position, trailer, ""
 
     def region_text(self, region: Region, open_end: int, close_start: int) -> str:
@@ -102,6 +106,20 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
     writer = _Writer(parsed)
     open_start, open_end, before, left = writer.open_position(region.start)
     close_start, close_end, after, right = writer.close_position(region.end)
+    if region.alternative is not None:
+        # Written twice under the test of the `if` that began the turn before it: all of it generated when
+        # that branch ran, else opened inside its first output like a turn of its own.
+        if condition is not None or open_start >= close_start:
+            raise PlanError("a region that opens the turn in some renders cannot also be guarded by role")
+        opening = region_edits(parsed, region.alternative, None)[0]
+        if not open_end <= opening.start < opening.end <= close_start:
+            raise PlanError("a region and its alternative do not cover the same outputs")
+        shifted = Edit(opening.start - open_end, opening.end - open_end, opening.text)
+        alternative = apply_edits(parsed.source[open_end:close_start], [shifted])
+        if region.end.operator is not None:
+            alternative += region.end.operator[2] + " }}"
+        body = writer.region_text(region, open_end, close_start)
+        return [Edit(open_start, close_end, _if_else(before, left, region.condition, body, alternative + END_TAG, right, after))]
     start_tag = "{%" + left + " generation %}"
     if condition is None:
         end_tag = "{% endgeneration " + right + "%}"
@@ -120,24 +138,16 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
     if open_start >= close_start:
         raise PlanError("a guarded region must not start and end inside one output")
     body = writer.region_text(region, open_end, close_start)
-    text = (
-        before
-        + "{%"
-        + left
-        + " if "
-        + condition
-        + " %}"
-        + START_TAG
-        + body
-        + END_TAG
-        + "{% else %}"
-        + body
-        + "{% endif "
-        + right
-        + "%}"
-        + after
+    return [Edit(open_start, close_end, _if_else(before, left, condition, body, body, right, after))]
+
+
+def _if_else(before: str, left: str, condition: str, tagged: str, otherwise: str, right: str, after: str) -> str:
+    """`{% if condition %}{% generation %}tagged{% endgeneration %}{% else %}otherwise{% endif %}`, with the
+    whitespace markers the replaced text had."""
+    return (
+        f"{before}{{%{left} if {condition} %}}{START_TAG}{tagged}{END_TAG}"
+        f"{{% else %}}{otherwise}{{% endif {right}%}}{after}"
     )
-    return [Edit(open_start, close_end, text)]
 
 
 def strip_generation_tags(source: str) -> str:

@@ -95,7 +95,7 @@ def test_custom_role_in_llama31_template():
         {"role": "user", "content": "Counsel answers."},
         {"role": "assistant", "content": "Not trained."},
     ]
-    text, trained = trained_text(result.template, messages, bos_token="<s>")
+    text, trained = trained_text(result.template, messages)
     assert trained == ["The Court asks a question.<|eot_id|>"]
 
 

@@ -104,3 +104,18 @@ def test_template_without_an_end_of_turn_marker_says_so():
     assert any("no end-of-turn marker" in note for note in notes)
     notes = templatekit.patch_template(read("trl/qwen2_5.jinja")).report.notes
     assert not any("no end-of-turn marker" in note for note in notes)
+
+
+def test_gpt_oss_header_is_generated_after_reasoning_but_not_when_it_opens_the_turn():
+    # `<|start|>assistant` opens the reply (the prompt wrote it) unless the analysis channel came first,
+    # in which case the model writes it; the output is written twice under the template's own test.
+    question = {"role": "user", "content": "2+2?"}
+    plain = [question, {"role": "assistant", "content": "Four."}]
+    thinking = [question, {"role": "assistant", "content": "Four.", "thinking": "Add them."}]
+    for name in ("trl/gptoss.jinja", "unsloth/gpt-oss.jinja"):
+        trained, _ = patched_and_original(name, plain)
+        assert trained == ["<|channel|>final<|message|>Four.<|return|>"], name
+        trained, _ = patched_and_original(name, thinking)
+        assert trained == [
+            "<|channel|>analysis<|message|>Add them.<|end|><|start|>assistant<|channel|>final<|message|>Four.<|return|>"
+        ], name
