@@ -452,32 +452,52 @@ def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
 
 
 def _pair_alternatives(flow: Flow, regions: list[Region]) -> list[Region]:
-    """Pair a region that continues a turn from an `if` before it with the one that opens the turn itself.
+    """Pair a region with a later-starting one over the same outputs, to be chosen between at render time.
 
     A unit can open the turn in one render (its header stays out: the region starts inside it) and carry
-    on a turn begun in an `if` just before it in another (reasoning written first: it is all generated).
-    The two become one region written twice under that `if`'s test.
+    on a turn begun earlier in another. Two shapes have a test to tell them apart: the turn began in an
+    `if` just before the unit (reasoning written first), whose test is reused; or it began at an earlier
+    `+` of the same output, and the computed operands between the two cuts are empty whenever the later
+    cut applies (an empty reasoning field that leaves its framing to the header). The pair becomes one
+    region written twice under that test.
     """
     splits = [r for r in regions if r.start.side == "split"]
     paired: set[tuple[int, int]] = set()
     for region in regions:
-        if region.opened_in is None or region.start.side != "before":
-            continue
-        partner = next(
-            (
-                other
-                for other in splits
-                if other.body is region.body
+        for other in splits:
+            same_outputs = (
+                other is not region
+                and other.body is region.body
                 and other.start.item is region.start.item
+                and other.start.offset > region.start.offset
                 and (other.first, other.last, other.end.offset) == (region.first, region.last, region.end.offset)
-            ),
-            None,
-        )
-        condition = _branch_test(flow, *region.opened_in) if partner is not None else None
-        if condition is not None:
-            region.alternative, region.condition = partner, condition
-            paired.add(partner.key)
-    return [r for r in regions if r.key not in paired or r.start.side != "split"]
+            )
+            condition = _alternative_test(flow, region, other) if same_outputs else None
+            if condition is not None:
+                region.alternative, region.condition = other, condition
+                paired.add(other.key)
+                break
+    return [r for r in regions if r.key not in paired or r.alternative is not None]
+
+
+def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
+    """The test under which `region` (which starts earlier) applies rather than `later`, if there is one."""
+    if region.start.side == "before":
+        return _branch_test(flow, *region.opened_in) if region.opened_in is not None else None
+    unit, early, late = region.start.item, region.start.operator, later.start.operator
+    if not isinstance(unit, Unit) or not unit.parts or early is None or late is None:
+        return None
+    if early[2:] != ("", "") or late[2:] != ("", ""):
+        return None  # only cuts at operators: the operands between them are whole
+    source = flow.parsed.source
+    computed = []
+    for position, (node, op_start, _) in enumerate(unit.parts):
+        if position == 0 or not early[0] <= op_start < late[0]:
+            continue
+        end = unit.parts[position + 1][1] if position + 1 < len(unit.parts) else unit.close_tag.start
+        if not isinstance(node, nodes.Const):
+            computed.append("(" + source[unit.parts[position][2] : end].strip() + ")")
+    return " ~ ".join(computed) or None
 
 
 def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of) -> list[Region]:

@@ -116,6 +116,8 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
             raise PlanError("a region and its alternative do not cover the same outputs")
         shifted = Edit(opening.start - open_end, opening.end - open_end, opening.text)
         alternative = apply_edits(parsed.source[open_end:close_start], [shifted])
+        if region.start.operator is not None:
+            alternative = "{{ " + region.start.operator[3] + alternative
         if region.end.operator is not None:
             alternative += region.end.operator[2] + " }}"
         body = writer.region_text(region, open_end, close_start)

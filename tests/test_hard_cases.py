@@ -119,3 +119,14 @@ def test_gpt_oss_header_is_generated_after_reasoning_but_not_when_it_opens_the_t
         assert trained == [
             "<|channel|>analysis<|message|>Add them.<|end|><|start|>assistant<|channel|>final<|message|>Four.<|return|>"
         ], name
+
+
+def test_empty_reasoning_framing_belongs_to_the_header_but_real_reasoning_is_trained():
+    # Qwen3.5 (no-think) writes '<think>\n' + reasoning + '\n</think>\n\n' + content in one output. With
+    # no reasoning the empty think block is what the generation prompt writes; with reasoning it is generated.
+    question = {"role": "user", "content": "2+2?"}
+    trained, _ = patched_and_original("trl/qwen3_5_nothink.jinja", [question, {"role": "assistant", "content": "Four."}])
+    assert trained == ["Four.<|im_end|>"]
+    with_reasoning = {"role": "assistant", "content": "Four.", "reasoning_content": "Add them."}
+    trained, _ = patched_and_original("trl/qwen3_5_nothink.jinja", [question, with_reasoning])
+    assert trained == ["Add them.\n</think>\n\nFour.<|im_end|>"]
