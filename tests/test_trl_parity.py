@@ -1,0 +1,66 @@
+"""Parity with TRL's hand-written `*_training.jinja` templates (installed with trl).
+
+Where TRL's copy renders exactly like the original on a probe, the characters it trains are compared with
+ours. DESIGN.md's invariant 2 decides differences: we train exactly what the model generates. So we must
+never train a character TRL leaves out (TRL's copies are hand-checked), and every character TRL trains
+beyond ours must be one our layout says the model does not generate: a header, a marker the template writes
+outside the assistant's message, never anyone's content.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trl
+from test_core import CORPUS
+
+import templatekit
+from templatekit.patcher import analyse
+from templatekit.verify import render_probe
+
+TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
+PAIRS = sorted(
+    (path.name.replace("_training", ""), path)
+    for path in TRL_TEMPLATES.glob("*_training.jinja")
+    if (CORPUS / "trl" / path.name.replace("_training", "")).exists()
+)
+
+
+def trained_characters(text: str, spans: list[tuple[int, int]]) -> set[int]:
+    return {i for start, end in spans for i in range(start, end) if not text[i].isspace()}
+
+
+def test_trl_ships_training_templates_for_the_corpus():
+    assert len(PAIRS) >= 25
+
+
+@pytest.mark.parametrize("name,training", PAIRS, ids=[name for name, _ in PAIRS])
+def test_differences_from_trl_are_only_what_the_model_does_not_generate(name, training):
+    original = (CORPUS / "trl" / name).read_text(encoding="utf-8")
+    try:
+        ours = templatekit.patch_template(original).template
+    except templatekit.PatchError as error:
+        # Refused (the corpus report lists it, with this reason): there is no patch to compare.
+        assert error.reasons and error.reasons[0]
+        return
+    reference = training.read_text(encoding="utf-8")
+    analysis = analyse(original, ("assistant",), False)
+    compared = 0
+    for probe in analysis.probes:
+        plain = render_probe(original, probe)
+        theirs = render_probe(reference, probe, spans=True)
+        if plain.error or theirs.error or theirs.text != plain.text or probe.name not in analysis.layouts:
+            continue  # TRL's copy changes this rendering: nothing to compare
+        mine = render_probe(ours, probe, spans=True)
+        text, layout = plain.text, analysis.layouts[probe.name]
+        ours_only = trained_characters(text, mine.spans) - trained_characters(text, theirs.spans)
+        assert not ours_only, f"{probe.name}: we train {''.join(text[i] for i in sorted(ours_only))!r}, TRL does not"
+        generated = {i for turn in layout.turns for i in range(turn.start, turn.end)}
+        content = {i for start, end, _ in layout.forbidden for i in range(start, end)}
+        for i in trained_characters(text, theirs.spans) - trained_characters(text, mine.spans):
+            assert i not in generated and i not in content, (
+                f"{probe.name}: TRL trains {text[max(0, i - 10) : i + 10]!r} around {i}, which we leave out"
+            )
+        compared += 1
+    assert compared, "TRL's copy renders differently from the original on every probe"
