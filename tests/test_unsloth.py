@@ -29,6 +29,15 @@ JUSTICE = "justice_william_h_rehnquist"
 WORDS = "the court will hear argument case number plaintiff respondent why does this matter answer yes no".split()
 
 
+@pytest.fixture(autouse=True)
+def _restore_templates(qwen_tokenizer, llama3_tokenizer):
+    """The tokenizers are session-wide: put their chat templates back after each test."""
+    saved = [(t, t.chat_template) for t in (qwen_tokenizer, llama3_tokenizer)]
+    yield
+    for tokenizer, template in saved:
+        tokenizer.chat_template = template
+
+
 def _sentence(rng: random.Random) -> str:
     text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
     return text.capitalize() + rng.choice([".", "?", "!", ".\n\nMore: " + rng.choice(WORDS), " (see 2.1)"])
