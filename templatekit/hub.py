@@ -57,10 +57,9 @@ def hub_settings() -> HubSettings:
     `HF_HUB_CACHE` / `HF_HOME`, `HF_HUB_OFFLINE`), falling back to what `huggingface_hub` read at import.
 
     Example:
-        >>> os.environ["HF_HUB_OFFLINE"] = "1"
-        >>> hub_settings().offline
-        True
-        >>> del os.environ["HF_HUB_OFFLINE"]
+        >>> settings = hub_settings()  # doctest: +SKIP
+        >>> settings.offline, settings.cache_dir  # with HF_HUB_OFFLINE=1 HF_HOME=/data/hf  # doctest: +SKIP
+        (True, '/data/hf/hub')
     """
     from huggingface_hub import constants
 

@@ -49,8 +49,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInHub]
     with StandInHub() as server:
         repo = server.repo("org/qwen")
         weights = {"model.safetensors": b"\0" * 4096, "config.json": '{"model_type": "qwen2"}'}
-        server.first_commit = repo.commit({"tokenizer_config.json": tokenizer_config(text_of(QWEN)), **weights})
-        repo.refs["v1"] = server.first_commit
+        repo.commit({"tokenizer_config.json": tokenizer_config(text_of(QWEN)), **weights}, ref="v1")
         repo.commit({"tokenizer_config.json": tokenizer_config(text_of(LLAMA)), **weights})  # main moves on
 
         server.repo("org/multi").commit(
@@ -117,10 +116,12 @@ def test_pinned_revision(hub: StandInHub, capsys) -> None:
     assert code == 0, err
     assert out == qwen
     assert "org/qwen@v1/tokenizer_config.json: patched" in err
-    code, out, err = run(capsys, "patch", "org/qwen", "--revision", hub.first_commit)
+    first_commit = hub.repos["org/qwen"].refs["v1"]
+    assert first_commit != hub.repos["org/qwen"].refs["main"]
+    code, out, err = run(capsys, "patch", "org/qwen", "--revision", first_commit)
     assert code == 0, err
     assert out == qwen
-    assert all(hub.first_commit in path for _, path in hub.file_requests())
+    assert all(first_commit in path for _, path in hub.file_requests())
 
 
 def test_named_templates_are_each_loaded_and_patched(hub: StandInHub, capsys, tmp_path: Path) -> None:
