@@ -497,6 +497,7 @@ def _cmd_show(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             tools=tools,
             add_generation_prompt=args.add_generation_prompt,
             tokenizer=encode,
+            fallback=True if args.fallback else None,
             **show.special_tokens(folder),
         )
     except ConversationError as exc:
@@ -674,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd.add_argument("--tokenizer", metavar="SOURCE", help="a local tokenizer folder or tokenizer.json")
     show_cmd.add_argument("--html", metavar="OUT", help="write a self-contained HTML page here instead")
     show_cmd.add_argument("--add-generation-prompt", action="store_true", help="render with the generation prompt")
+    show_cmd.add_argument(
+        "--fallback", action="store_true", help="show what the delimiter fallback trains, even for a patchable template"
+    )
     show_cmd.set_defaults(func=_cmd_show)
 
     apply = commands.add_parser(

@@ -199,9 +199,12 @@ def render_conversation(
     tools: list | None = None,
     add_generation_prompt: bool = False,
     tokenizer: Callable[[str], list[tuple[int, str, int, int]]] | None = None,
+    fallback: bool | None = None,
     **template_kwargs,
 ) -> Rendering:
-    """Render `messages` (the first built-in demo the template accepts when None) and find the trained spans.
+    """Render `messages` (the first built-in demo the template accepts when None) and find the trained spans:
+    from verified generation tags when the template can be patched, else (or with `fallback=True`) from
+    delimiters.
 
     Raises `PatchError`/`FallbackError` when neither generation tags nor delimiters can be found for the
     template, and `ConversationError` when the template rejects the conversation.
@@ -216,7 +219,7 @@ def render_conversation(
     from .policies import ConversationError
     from .spans import SpanRenderer  # imported on use: it pulls in the patcher and transformers
 
-    renderer = SpanRenderer(template)
+    renderer = SpanRenderer(template, fallback=fallback)
     notes = [f"generation tags could not be used: {reason}" for reason in (renderer.reasons or [])[:3]]
     if messages is not None:
         candidates = [("your conversation", list(messages), tools)]
@@ -272,7 +275,7 @@ def summary(rendering: Rendering) -> str:
         >>> summary(Rendering("Q: hi A: yo</s>", [(9, 15)], "tags", "demo"))
         'demo; trained spans from verified generation tags: 6 of 15 characters in 1 spans'
     """
-    how = "verified generation tags" if rendering.mode == "tags" else "delimiter fallback (template not patchable)"
+    how = "verified generation tags" if rendering.mode == "tags" else "delimiter fallback"
     line = (
         f"{rendering.conversation}; trained spans from {how}: {rendering.trained_characters} of "
         f"{len(rendering.text)} characters in {len(rendering.spans)} spans"

@@ -141,9 +141,10 @@ def write_probe(probe, path: Path) -> Path:
     return path
 
 
-def expected_spans(template: str, probe) -> tuple[str, list[tuple[int, int]]]:
+def expected_spans(template: str, probe, fallback: bool | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The renderer's spans, checked against the probe's sentinels before any page is looked at."""
-    text, spans = render_with_spans(template, probe.messages, tools=probe.tools, **SPECIAL_TOKENS)
+    options = {"fallback": True} if fallback else {}
+    text, spans = render_with_spans(template, probe.messages, tools=probe.tools, **SPECIAL_TOKENS, **options)
     spans = merge_adjacent(spans)
     for sentinel in probe.sentinels:
         at = text.find(sentinel.text)
@@ -177,7 +178,7 @@ def qwen_folder(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Pat
 
 
 CASES = [
-    # (template, probe, tokenizer fixture or None, spans found by)
+    # (template, probe, tokenizer fixture or None, spans found by: "tags", or "delimiters" asked with --fallback)
     ("library:chatml", "tool_call_with_content", "qwen", "tags"),
     ("trl/qwen2_5.jinja", "multi_turn", "qwen", "tags"),
     ("trl/llama3_1.jinja", "multi_turn", None, "tags"),
@@ -205,11 +206,13 @@ def test_chromium_highlights_exactly_the_trained_spans(
     source = tmp_path / "chat_template.jinja"
     source.write_text(template, encoding="utf-8")
     probe = next(p for p in build_probes() if p.name == probe_name)
-    text, spans = expected_spans(template, probe)
+    text, spans = expected_spans(template, probe, fallback=mode == "delimiters")
     if mode == "tags":
         assert spans == tag_spans(template, probe)
     page = tmp_path / "show.html"
     argv = ["show", source, "--messages", write_probe(probe, tmp_path / "conv.json"), "--html", page]
+    if mode == "delimiters":
+        argv.append("--fallback")
     if tokenizer:
         argv += ["--tokenizer", qwen_folder / "tokenizer.json"]
     code, _, err = run(capsys, *argv)
