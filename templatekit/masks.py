@@ -13,9 +13,10 @@ Consequences of the rule:
   span, or a word piece that continues past the span end) is trained. This is the rule transformers
   applies for ``return_assistant_tokens_mask=True``: it marks every token from ``char_to_token`` of a
   span's first character to ``char_to_token`` of its last character, so both edge tokens are in.
-  One difference: when a span's last character is split over several byte-level tokens that share
-  its offsets (a rare emoji or CJK character), ``char_to_token`` names only the first of them and
-  transformers leaves the others out; here all of them are trained, since the model generates all.
+  One difference: when a span's last character is split over several byte-level tokens (a rare emoji
+  or CJK character; the first piece may also carry the space before it), ``char_to_token`` names only
+  the first of them and transformers leaves the others out; here all of them are trained, since the
+  model generates all.
 * A zero-width token (offsets ``(a, a)``, such as a BOS that the post-processor adds) covers no
   character and is never trained.
 * Empty spans (``start >= end``) train nothing; overlapping or touching spans behave as their union.

@@ -196,9 +196,7 @@ TEXT = st.lists(
 ).map("".join)
 
 
-# Llama 3 is left out: hypothesis found spans over multi-byte characters where transformers' rule and
-# ours part ways in a way not yet explained (an open item in the issue notes).
-@pytest.mark.parametrize("name", ["qwen_tokenizer", "mistral_tokenizer"])
+@pytest.mark.parametrize("name", ["qwen_tokenizer", "llama3_tokenizer", "mistral_tokenizer"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_matches_transformers_char_to_token_rule(request, name, data):
@@ -211,9 +209,10 @@ def test_matches_transformers_char_to_token_rule(request, name, data):
     offsets = enc["offset_mapping"]
     ours = spans_to_token_mask(offsets, [(a, b)])
     theirs = transformers_rule(enc, [(a, b)])
-    # The one stated difference: the byte pieces after the first one of a split last character.
+    # The one stated difference: the byte pieces after the first one of a split last character. The first
+    # piece may also carry a leading space (offsets (8, 10) for " 漢", then (9, 10) for its other bytes).
     last = enc.char_to_token(b - 1)
-    extra = [i for i in range(last + 1, len(offsets)) if offsets[i] == offsets[last]]
+    extra = [i for i in range(last + 1, len(offsets)) if offsets[i][0] < b and offsets[i][1] == b]
     assert ours == [1 if i in extra else m for i, m in enumerate(theirs)]
 
 
