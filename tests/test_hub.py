@@ -63,14 +63,16 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInHub]
         server.repo("org/processor").commit({"chat_template.json": json.dumps({"chat_template": text_of(QWEN)})})
         server.repo("org/base").commit({"tokenizer_config.json": tokenizer_config(None), "config.json": "{}"})
         server.repo("org/weights-only").commit({"config.json": "{}", "model.safetensors": b"\0" * 64})
-        server.repo("org/private", private_token=TOKEN).commit({"tokenizer_config.json": tokenizer_config(text_of(QWEN))})
+        private = server.repo("org/private", private_token=TOKEN)
+        private.commit({"tokenizer_config.json": tokenizer_config(text_of(QWEN))})
         server.repo("org/gated", gated_token=TOKEN).commit({"chat_template.jinja": text_of(QWEN)})
 
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        unset = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE")
+        for name in unset:
             monkeypatch.delenv(name, raising=False)
         # huggingface_hub read these at import time, from whatever environment the test run started in: a login
         # token on this machine or a global HF_HUB_OFFLINE must not leak into the stand-in's answers.
