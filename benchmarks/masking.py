@@ -92,14 +92,10 @@ def floor_path(dataset: Dataset, tokenizer, original: str) -> Dataset:
 
 
 def trl_path(dataset: Dataset, tokenizer, tagged: str) -> Dataset:
+    from trl.data_utils import _tokenize  # the very call SFTTrainer maps over a conversational dataset
+
     def one(example):
-        out = tokenizer.apply_chat_template(
-            example["messages"],
-            chat_template=tagged,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
+        out = _tokenize(tokenizer, example["messages"], chat_template=tagged, return_assistant_tokens_mask=True)
         return {"input_ids": out["input_ids"], "assistant_masks": out["assistant_masks"]}
 
     features = Features({"input_ids": IDS, "assistant_masks": MASK})
@@ -132,6 +128,38 @@ def check_agreement(ours: Dataset, trl: Dataset, unsloth: Dataset | None) -> lis
         agree = sum(a == b for a, b in zip(ours["assistant_masks"], from_labels))
         lines.append(f"Unsloth's labels mark the same tokens in {agree}/{len(from_labels)} conversations")
     return lines
+
+
+def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> list[str]:
+    """Where the time goes, stage by stage, outside datasets (best of `repeats`)."""
+    from templatekit.dataset import _token_mask
+    from templatekit.spans import SpanRenderer
+
+    renderer = SpanRenderer(original)
+    special = dict(tokenizer.special_tokens_map)
+    rendered = [renderer.render(m, **special) for m in conversations]
+    texts = [text for text, _ in rendered]
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+    stages = {
+        "render, original template (apply_chat_template, batch)": lambda: tokenizer.apply_chat_template(
+            conversations, chat_template=original, tokenize=False
+        ),
+        "render + spans (SpanRenderer.render, per conversation)": lambda: [
+            renderer.render(m, **special) for m in conversations
+        ],
+        "tokenize the batch (one fast-tokenizer call)": lambda: tokenizer(texts, add_special_tokens=False),
+        "spans -> token masks (span edges)": lambda: [
+            _token_mask(e, spans, len(text)) for e, (text, spans) in zip(encoded.encodings, rendered)
+        ],
+    }
+    best = dict.fromkeys(stages, float("inf"))
+    for _ in range(repeats):
+        for name, run in stages.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    width = max(map(len, best))
+    return [f"  {name:<{width}}  {seconds * 1000:8.1f} ms" for name, seconds in best.items()]
 
 
 def profile_prepare(dataset: Dataset, tokenizer, top: int) -> str:
@@ -196,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {name: run() for name, run in paths.items()}  # warm-up, and the outputs for the agreement check
     best = {name: float("inf") for name in paths}
+    cpu = {name: float("inf") for name in paths}  # CPU seconds of all threads: the work, whatever the load
     for _ in range(args.repeats):
         for name, run in paths.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             run()
             best[name] = min(best[name], time.perf_counter() - started)
+            cpu[name] = min(cpu[name], time.process_time() - started_cpu)
 
     if unsloth_note:
         print(unsloth_note)
@@ -212,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print()
     width = max(map(len, best))
+    print(f"{'':<{width}}  {'wall':>8}     {'conversations/s':>15}  {'CPU (all threads)':>17}")
     for name, seconds in best.items():
-        print(f"{name:<{width}}  {seconds * 1000:8.1f} ms  {len(conversations) / seconds:9.0f} conversations/s")
+        rate = len(conversations) / seconds
+        print(f"{name:<{width}}  {seconds * 1000:8.1f} ms  {rate:15.0f}  {cpu[name] * 1000:14.1f} ms")
     ours = best["prepare_dataset"]
     floor = best["floor (render + batched tokenize)"]
     trl = best["TRL (apply_chat_template per example)"]
@@ -223,10 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     unsloth = best.get("Unsloth (render, tokenize, train_on_responses_only)")
     if unsloth is not None:
         print(f"prepare_dataset / Unsloth: {unsloth / ours:5.2f}x Unsloth's throughput")
+    print(
+        f"CPU time: TRL / prepare_dataset {cpu['TRL (apply_chat_template per example)'] / cpu['prepare_dataset']:5.2f}, "
+        f"floor / prepare_dataset {cpu['floor (render + batched tokenize)'] / cpu['prepare_dataset']:5.2f}"
+    )
     with_setup = ours + setup
     print(
         f"with the one-time setup counted in this run: {floor / with_setup:5.2f}x the floor, {trl / with_setup:5.2f}x TRL"
     )
+    print()
+    print("stages, outside datasets:")
+    print("\n".join(stage_breakdown(conversations, tokenizer, original, args.repeats)))
     if args.profile:
         print(profile_prepare(dataset, tokenizer, args.profile))
     return 0

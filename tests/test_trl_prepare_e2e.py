@@ -10,6 +10,7 @@ import copy
 import math
 
 import pytest
+import test_trl_e2e as e2e
 from _paths import corpus_file
 from test_dataset import conversations, truth_spans
 
@@ -26,45 +27,9 @@ CASES = {
 }
 
 
-def tiny_model(tokenizer):
-    """A 2-layer causal LM of the tokenizer's vocabulary, random weights, built from a config (no download)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=(len(tokenizer) + 63) // 64 * 64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
 def sft_config(tmp_path, **overrides):
-    from trl import SFTConfig
-
-    options = dict(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=3,
-        report_to=[],
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        learning_rate=1e-3,
-        dataloader_num_workers=0,
-        seed=0,
-        disable_tqdm=True,
-    )
-    options.update(overrides)
-    return SFTConfig(**options)
+    # prepared data carries its masks: TRL folds `assistant_masks` into labels with the flag off (see below)
+    return e2e.sft_config(tmp_path, **{"assistant_only_loss": False, "per_device_train_batch_size": 3, **overrides})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -78,7 +43,7 @@ def test_sft_trainer_trains_on_prepared_dataset(request, case, tmp_path):
     prepared = prepare_dataset(datasets.Dataset.from_dict({"messages": rows}), tokenizer, progress=False)
 
     trainer = SFTTrainer(
-        model=tiny_model(tokenizer), args=sft_config(tmp_path), train_dataset=prepared, processing_class=tokenizer
+        model=e2e.tiny_qwen2(tokenizer), args=sft_config(tmp_path), train_dataset=prepared, processing_class=tokenizer
     )
     result = trainer.train()
     assert trainer.state.global_step == 2
@@ -117,7 +82,7 @@ def test_assistant_only_loss_flag_is_not_for_tokenized_data(qwen_tokenizer, tmp_
     prepared = prepare_dataset(datasets.Dataset.from_dict({"messages": conversations(3)}), tokenizer, progress=False)
     with pytest.raises(ValueError, match="not conversational"):
         SFTTrainer(
-            model=tiny_model(tokenizer),
+            model=e2e.tiny_qwen2(tokenizer),
             args=sft_config(tmp_path, assistant_only_loss=True),
             train_dataset=prepared,
             processing_class=tokenizer,
