@@ -14,9 +14,12 @@ import random
 
 import pytest
 from _paths import corpus_file
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import templatekit
 from templatekit import DatasetRowError, prepare_dataset
+from templatekit.dataset import _token_mask
 from templatekit.masks import spans_to_token_mask
 
 datasets = pytest.importorskip("datasets")
@@ -351,3 +354,52 @@ def test_row_error_message_format():
     assert str(DatasetRowError("bad", row=4)) == "row 4: bad"
     assert str(DatasetRowError("bad", row=4, message=0)) == "row 4, message 0: bad"
     assert str(DatasetRowError("row 4: bad")) == "row 4: bad"  # as rebuilt after crossing a process boundary
+
+
+# --- the span-edge mask equals the stated rule ----------------------------------------------------------------
+
+TEXT = st.lists(
+    st.sampled_from(
+        [
+            "Hello",
+            " world",
+            "wonder",
+            "ful",
+            " ",
+            "  ",
+            "\n",
+            "\n\n",
+            "\t",
+            "!",
+            "12345",
+            "é",
+            "e\u0301",
+            "漢字",
+            "𝔘",
+            "🙂",
+            "'s",
+            "<|im_end|>",
+            "</s>",
+            "[INST]",
+            "▁x",
+        ]
+    ),
+    min_size=1,
+    max_size=24,
+).map("".join)
+
+
+@pytest.mark.parametrize("name", ["qwen_tokenizer", "llama3_tokenizer", "mistral_tokenizer", "mistral_v1_tokenizer"])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_span_edge_mask_equals_the_rule(request, name, data):
+    """prepare_dataset places masks from the span edges (char_to_token) instead of walking every offset; on real
+    tokenizers (byte-level BPE with split characters, NFC, SentencePiece) it gives the rule's mask exactly."""
+    tokenizer = request.getfixturevalue(name)
+    text = data.draw(TEXT)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=0, max_size=6)))
+    spans = list(zip(cuts[::2], cuts[1::2]))
+    encoded = tokenizer([text], add_special_tokens=False, return_offsets_mapping=True)
+    assert _token_mask(encoded.encodings[0], spans, len(text)) == spans_to_token_mask(
+        encoded["offset_mapping"][0], spans
+    )
