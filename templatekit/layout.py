@@ -9,6 +9,7 @@ the newline that separates turns.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .analysis import Emission
@@ -181,6 +182,7 @@ def layout_probe(
         if s.index in trained and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
     ]
     turns: list[Turn] = []
+    closing = ""
     for index in trained:
         positions = [
             (found, found + len(s.text))
@@ -211,4 +213,33 @@ def layout_probe(
         start = _header_end(text, window_start, first, header)
         end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
         turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))
+        marker = closing or _closing_marker(probe, text, emissions)
+        closing = marker
+        after = len(text) - len(text[end:].lstrip())
+        if end == last and marker and text.startswith(marker, after):
+            turns.append(Turn(index, after, after + len(marker), after, after, optional=True))
     return Layout(text, turns, forbidden, header)
+
+
+_MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
+
+
+def _closing_marker(probe: Probe, text: str, emissions: list[Emission]) -> str:
+    """A marker every message after the first opens with, whatever its role (Jamba's `<|eom|>`).
+
+    Such a marker closes the message before it; the template just writes it late. A turn with no marker of
+    its own may have it trained (the model generates it to stop) or not. A role's own header (`<|user|>`)
+    is not one: it differs from role to role.
+    """
+    openings: dict[str, list[str]] = {}
+    for index, message in enumerate(probe.messages[1:], start=1):
+        own = [e.start for e in emissions if e.message == index and e.text]
+        if own:
+            openings.setdefault(message["role"], []).append(text[own[0] :])
+    starts = [opening for group in openings.values() for opening in group]
+    if len(openings) < 2:
+        return ""
+    found = _MARKER.match(starts[0])
+    if found is None or any(not opening.startswith(found.group()) for opening in starts):
+        return ""
+    return found.group()

@@ -46,14 +46,16 @@ class _Builder:
         self.probe = Probe(name, [])
         self.blocks = blocks
 
-    def _sentinel(self, role: str, kind: str) -> str:
+    def _sentinel(self, role: str, kind: str, part: str = "") -> str:
         index = len(self.probe.messages)
         slug = "".join(ch for ch in role if ch.isalnum())[:6]
-        text = f"tk{slug}{kind[:3]}{index}q"
+        text = f"tk{slug}{kind[:3]}{index}{part}q"
         self.probe.sentinels.append(Sentinel(text, role, index, kind))
         return text
 
-    def say(self, role: str, *, reasoning: bool = False, tool_call: bool = False, content: bool = True) -> _Builder:
+    def say(
+        self, role: str, *, reasoning: bool = False, tool_call: bool = False, content: bool = True, calls: int = 1
+    ) -> _Builder:
         message: dict = {"role": role}
         text = self._sentinel(role, "content") if content else ""
         message["content"] = [{"type": "text", "text": text}] if self.blocks and content else text
@@ -63,22 +65,25 @@ class _Builder:
             message["reasoning_content"] = thought
             message["thinking"] = thought
         if tool_call:
-            argument = self._sentinel(role, "tool_call")
             message["tool_calls"] = [
                 {
-                    "id": "call_1",
+                    "id": f"call_{call + 1}",
                     "type": "function",
-                    "function": {"name": "get_weather", "arguments": {"city": argument}},
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": {"city": self._sentinel(role, "tool_call", "abcdefgh"[call] if call else "")},
+                    },
                 }
+                for call in range(calls)
             ]
         self.probe.messages.append(message)
         return self
 
-    def tool_result(self) -> _Builder:
+    def tool_result(self, call: int = 1) -> _Builder:
         text = self._sentinel("tool", "content")
         content = [{"type": "text", "text": text}] if self.blocks else text
         self.probe.messages.append(
-            {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": content}
+            {"role": "tool", "tool_call_id": f"call_{call}", "name": "get_weather", "content": content}
         )
         return self
 
@@ -147,6 +152,15 @@ def build_probes(speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = Fal
                 .say("user")
                 .say(speaker, tool_call=True)
                 .tool_result()
+                .say(speaker)
+                .say("user")
+                .probe,
+                new("parallel_tool_calls")
+                .with_tools()
+                .say("user")
+                .say(speaker, tool_call=True, content=False, calls=2)
+                .tool_result(1)
+                .tool_result(2)
                 .say(speaker)
                 .say("user")
                 .probe,

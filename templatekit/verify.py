@@ -87,7 +87,10 @@ def check_spans(layout: Layout, spans: list[tuple[int, int]]) -> list[str]:
                 + (f"got {', '.join(_excerpt(text, s, e) for s, e in got)}" if got else "nothing of it is trained")
             )
             continue
-        lead, tail = text[holder[0] : turn.start], text[turn.end : holder[1]]
+        # An optional piece next to the turn (a marker the next message writes) may share its span.
+        optional = {i for t in layout.turns if t.optional for i in range(t.start, t.end)}
+        lead = "".join(text[i] for i in range(holder[0], turn.start) if i not in optional)
+        tail = "".join(text[i] for i in range(turn.end, holder[1]) if i not in optional)
         if lead.strip():
             reasons.append(f"message {turn.message}: the header {lead!r} is trained")
         if tail:
