@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import TemplateKitError
-from .masks import spans_to_token_mask
+from .masks import labels_from_mask, spans_to_token_mask
 
 __all__ = ["DatasetRowError", "prepare_dataset"]
 
@@ -188,9 +188,7 @@ class _Preparer:
             "assistant_masks": masks,
         }
         if self.add_labels:
-            output["labels"] = [
-                [token if keep else -100 for token, keep in zip(ids, mask)] for ids, mask in zip(input_ids, masks)
-            ]
+            output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
         return output
 
 
