@@ -12,8 +12,9 @@ from jinja2 import nodes
 from .analysis import Flow, Tracer, build_flow
 from .errors import PatchError, TemplateSourceError
 from .layout import Layout, common_opening, generation_prompt, layout_probe, trained_messages
-from .plan import PlanError, Region, plan_regions
+from .plan import plan_regions
 from .probes import ASSISTANT, Probe, build_probes
+from .regions import PlanError, Region
 from .report import PatchResult, Report
 from .rewrite import apply_edits, has_generation_tags, region_edits, strip_generation_tags
 from .syntax import ParsedTemplate, line_column, parse_template

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .analysis import Stmt
-from .plan import END_TAG, START_TAG, Cut, Edit, PlanError, Region
+from .regions import END_TAG, START_TAG, Cut, Edit, PlanError, Region
 from .syntax import ParsedTemplate
 
 TAG_PATTERN = re.compile(r"\{%[-+]?\s*(end)?generation\s*[-+]?%\}")
