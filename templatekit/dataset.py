@@ -73,7 +73,8 @@ def _token_mask(encoding: Any, spans: Sequence[Sequence[int]], text_length: int)
 
     The token holding a span's first character and the one holding its last character bound the trained
     tokens (edge tokens straddle and are trained, as the rule says). Byte-level BPE can split one character
-    over several tokens that share its offsets; `char_to_token` names the first, so the others are added.
+    over several tokens (sharing its offsets, or the last piece alone); `char_to_token` names the first, so
+    the following tokens that still start inside the span are added.
     With ``add_special_tokens=False`` every token covers text, so no zero-width token lies inside a span.
     Where a character belongs to no token (a normaliser removed it), the exact rule runs over all offsets.
     """
@@ -87,8 +88,11 @@ def _token_mask(encoding: Any, spans: Sequence[Sequence[int]], text_length: int)
         last = encoding.char_to_token(end - 1)
         if first is None or last is None:
             return spans_to_token_mask(encoding.offsets, spans)
-        chars = encoding.token_to_chars(last)
-        while last + 1 < length and encoding.token_to_chars(last + 1) == chars:
+        # Later tokens that still start inside the span hold the rest of a split last character.
+        while last + 1 < length:
+            following = encoding.token_to_chars(last + 1)
+            if following is None or following[0] >= end or following[1] <= following[0]:
+                break
             last += 1
         mask[first : last + 1] = [1] * (last + 1 - first)
     return mask

@@ -390,7 +390,7 @@ TEXT = st.lists(
 
 
 @pytest.mark.parametrize("name", ["qwen_tokenizer", "llama3_tokenizer", "mistral_tokenizer", "mistral_v1_tokenizer"])
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_span_edge_mask_equals_the_rule(request, name, data):
     """prepare_dataset places masks from the span edges (char_to_token) instead of walking every offset; on real
@@ -403,3 +403,15 @@ def test_span_edge_mask_equals_the_rule(request, name, data):
     assert _token_mask(encoded.encodings[0], spans, len(text)) == spans_to_token_mask(
         encoded["offset_mapping"][0], spans
     )
+
+
+def test_span_edge_mask_split_character_with_unequal_pieces(qwen_tokenizer):
+    """Found by the property test: " ▁" (U+2581, three UTF-8 bytes) encodes as "Ġâĸ" (space + two bytes, offsets
+    (1, 3)) and "ģ" (the last byte, offsets (2, 3)). A span ending on "▁" must train both pieces."""
+    text = "a \u2581x"
+    encoded = qwen_tokenizer([text], add_special_tokens=False, return_offsets_mapping=True)
+    assert encoded["offset_mapping"][0] == [(0, 1), (1, 3), (2, 3), (3, 4)]
+    for span in [(0, 3), (2, 3), (1, 2), (0, 4)]:
+        expected = spans_to_token_mask(encoded["offset_mapping"][0], [span])
+        assert _token_mask(encoded.encodings[0], [span], len(text)) == expected
+    assert _token_mask(encoded.encodings[0], [(0, 3)], len(text)) == [1, 1, 1, 0]
