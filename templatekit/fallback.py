@@ -1,33 +1,56 @@
-"""Delimiter fallback: trained spans found by the strings a template writes around each turn.
+"""Delimiter fallback: learn, from a template's own probe renders, the strings that bound its trained turns.
 
-When a template cannot be patched with generation tags, the trained text can still be found in a
-rendering: every trained turn starts after a *response part* (its header, such as the generation prompt)
-and ends with the template's *end-of-turn* marker, or, for templates that write none, before the next
-*instruction part* (the header of an untrained turn). All three are learned here from renders of the probe
-conversations (sentinel contents, see `probes.py`), never from a model's name, and the result is checked
-on those same probes with the invariants a patch must meet (DESIGN.md): every generated sentinel of a
-trained turn is inside a span, no other sentinel is, no header is, and the end-of-turn marker is.
+When a template cannot be patched with generation tags, the trained text can still be found in a rendering
+by the strings the template writes around each turn (`delimiters.py` scans for them). They are learned here
+from the renders the patcher's verifier reads: `patcher.analyse` traces the probe conversations (sentinel
+contents, see `probes.py`) and lays each rendering out into the turns that must be trained (`layout.py`:
+header out, everything generated and the end-of-turn marker in, a turn split around a tool result the
+template writes inside it). Nothing comes from a model's name or a template's text. The rules, each
+learned from those laid-out turns:
+
+1. **End-of-turn markers**: what the template writes after a turn's last content up to the turn's end
+   (`<|im_end|>`, `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`); several when turns close differently.
+2. **Response parts**: for each turn, the shortest ending of the template text before it that starts
+   where a marker, a word or a line starts, preferring endings that occur nowhere else than where turns
+   start (so `<|im_start|>assistant\\n`, not the previous turn's `<|im_end|>\\n` as well, and not `|>\\n`).
+3. **Instruction parts**: what opens the text after each turn, its leading marker (`<|observation|>`,
+   `</s>`) or else its first line: a turn never runs past one. A turn whose template writes no marker of
+   its own ends before it.
+4. **Continuation**: a turn preceded, since the previous trained turn, by whitespace only (a reply the
+   template writes after a tool result or a dropped message without a header) is found by continuing
+   after the end-of-turn marker when no known opener follows.
+5. **Joins**: where a laid-out turn holds an end marker followed by a header (channel formats: reasoning,
+   then `<|end|><|start|>assistant`, then the answer; two tool calls as two messages of one turn), that
+   pair is learned as a join, and the turn goes on over it.
+
+The result is then checked on every probe with the verifier's own `check_spans`, the same truth the
+generation tags are held to; delimiters that miss it are refused with the reasons.
 
 Known limit, shared with every delimiter method: a conversation whose *content* contains a response part
-or the end-of-turn marker verbatim is cut there. Generation tags do not have this weakness, which is why
+or an end-of-turn marker verbatim is cut there. Generation tags do not have this weakness, which is why
 `SpanRenderer` prefers them.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from .errors import TemplateKitError
-from .layout import GENERATED_KINDS, generation_prompt
-from .probes import ASSISTANT, Probe, build_probes
-from .verify import render_probe
+from .delimiters import Delimiters, _alternation, find_spans
+from .errors import PatchError, TemplateKitError
+from .layout import GENERATED_KINDS, Layout, Turn, generation_prompt
+from .patcher import Analysis, analyse
+from .probes import ASSISTANT, Probe
+from .rewrite import strip_generation_tags
+from .verify import check_spans
 
-__all__ = ["Delimiters", "FallbackError", "derive_delimiters", "find_spans", "check_delimiters"]
+__all__ = ["Delimiters", "FallbackError", "check_delimiters", "derive_delimiters", "find_spans"]
 
-# A header candidate may be cut from the generation prompt only where a marker or a line ends.
-_MARKER_ENDS = ("\n", "|>", "｜>", "]", ":", ">")
+# A marker a template writes as one piece: `<|im_end|>`, `</s>`, `<｜User｜>`, `[INST]`.
+_MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
+_MARKER_AT_END = re.compile(r"(?:<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\])\Z")
 
 
 class FallbackError(TemplateKitError):
@@ -43,291 +66,293 @@ class FallbackError(TemplateKitError):
         super().__init__("even the fallback cannot apply: " + "; ".join(self.reasons))
 
 
-@dataclass(frozen=True)
-class Delimiters:
-    """The strings that bound trained turns in a rendering.
-
-    * `response_parts`: a trained turn starts right after one of these (its header).
-    * `eot`: the end-of-turn marker closing a trained turn; it is trained. Empty when the template writes
-      none, and then a turn ends, less trailing whitespace, where the next instruction or response part
-      begins, or where the text ends.
-    * `instruction_parts`: headers of untrained turns; a trained turn never runs past one.
-    * `reasoning_close`: the marker that closes reasoning inside a trained turn (learned from a probe with
-      reasoning; empty when the template does not render reasoning).
-
-    Example:
-        >>> d = Delimiters(("<|im_start|>assistant\\n",), "<|im_end|>", ("<|im_start|>user\\n",))
-        >>> text = "<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>\\n"
-        >>> [text[s:e] for s, e in find_spans(text, d)]
-        ['Hello<|im_end|>']
-    """
-
-    response_parts: tuple[str, ...]
-    eot: str = ""
-    instruction_parts: tuple[str, ...] = ()
-    # Other end-of-turn markers, when turns close differently (one marker mid-conversation, another last).
-    eot_alternatives: tuple[str, ...] = ()
-    reasoning_close: str = ""
-    # Whitespace the template writes after a header; skipped when a caller's explicit response part lacks it.
-    header_space: str = ""
-    # What `add_generation_prompt=True` appends; a rendering that ends with it holds no turn there.
-    generation_prompt: str = ""
-    notes: tuple[str, ...] = field(default=(), compare=False)
+# ---------------------------------------------------------------------------------------------------------
+# What the laid-out probe renders show
 
 
-def _earliest(text: str, needles: Iterable[str], start: int, stop: int) -> tuple[int, str]:
-    """The first occurrence in `text[start:stop]` of any needle (the longest on ties), or (-1, "")."""
-    best, found = -1, ""
-    for needle in needles:
-        if not needle:
+@dataclass
+class _Piece:
+    """One laid-out trained turn (or piece of one) and the template text around it."""
+
+    turn: Turn
+    context: str  # template text before it, since the previous sentinel or trained piece
+    context_start: int
+    continued: bool  # only whitespace since the previous trained piece: the template wrote no header
+    closer: str | None  # text from its last content to its end; None when it does not end on content
+    follower: str  # text after it up to the next sentinel or piece, less leading whitespace
+
+
+@dataclass
+class _Seen:
+    """One probe rendering, laid out."""
+
+    probe: Probe
+    layout: Layout
+    limit: int  # where scanning stops: before the generation prompt the probe asked for
+    pieces: list[_Piece]
+    untrained: list[str]  # template text before each untrained message's text
+
+
+def _occurrences(text: str, needle: str) -> list[int]:
+    found, at = [], text.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = text.find(needle, at + 1)
+    return found
+
+
+def _observe(probe: Probe, layout: Layout, prompt: str) -> _Seen:
+    text = layout.text
+    located = sorted((at, at + len(s.text), s) for s in probe.sentinels for at in _occurrences(text, s.text))
+    turns = sorted(layout.turns, key=lambda t: (t.start, t.end))
+    pieces = []
+    for number, turn in enumerate(turns):
+        sentinel_end = max((e for _, e, _ in located if e <= turn.start), default=0)
+        piece_end = turns[number - 1].end if number else 0
+        begin = max(sentinel_end, piece_end)
+        context = text[begin : turn.start]
+        continued = bool(number) and piece_end >= sentinel_end and not context.strip()
+        last = next((s for _, e, s in located if e == turn.last_generated and s.kind in GENERATED_KINDS), None)
+        closer = text[turn.last_generated : turn.end] if last is not None and last.kind == "content" else None
+        # An optional piece (a marker that may or may not be trained) neither follows nor is followed here.
+        following = [s for s, _, _ in located if s >= turn.end]
+        following += [t.start for t in turns if t.start >= turn.end and not t.optional]
+        follower = "" if turn.optional else text[turn.end : min(following, default=len(text))].lstrip()
+        pieces.append(_Piece(turn, context, begin, continued, None if turn.optional else closer, follower))
+    untrained = []
+    for start, _, sentinel in located:
+        if sentinel.index in layout.trained or sentinel.kind not in ("content",):
             continue
-        at = text.find(needle, start, stop)
-        if at >= 0 and (best < 0 or at < best or (at == best and len(needle) > len(found))):
-            best, found = at, needle
-    return best, found
+        before = max([e for _, e, _ in located if e <= start] + [t.end for t in turns if t.end <= start], default=0)
+        untrained.append(text[before:start])
+    limit = len(text)
+    if probe.add_generation_prompt and prompt and text.endswith(prompt):
+        limit -= len(prompt)
+    return _Seen(probe, layout, limit, pieces, untrained)
 
 
-def find_spans(
-    text: str, delimiters: Delimiters, *, add_generation_prompt: bool = False, stop: int | None = None
-) -> list[tuple[int, int]]:
-    """The trained character spans of a rendered `text`, found by `delimiters` (scanning `text[:stop]`).
-
-    Each response part opens a span; the span runs to the end of the first end-of-turn marker that begins
-    before the next instruction or response part (the marker may be the instruction part itself), or, when
-    there is none, to that next part less trailing whitespace.
-
-    Example:
-        >>> d = Delimiters(("[/INST]",), "</s>", ("[INST]",))
-        >>> text = "<s>[INST] hi [/INST] Hello</s>[INST] more [/INST] Bye</s>"
-        >>> [text[s:e] for s, e in find_spans(text, d)]
-        [' Hello</s>', ' Bye</s>']
-    """
-    limit = len(text) if stop is None else stop
-    prompt = delimiters.generation_prompt
-    if add_generation_prompt and prompt and text.endswith(prompt, 0, limit):
-        limit -= len(prompt)  # the open turn the prompt starts is not trained
-    spans: list[tuple[int, int]] = []
-    position = 0
-    while True:
-        at, part = _earliest(text, delimiters.response_parts, position, limit)
-        if at < 0:
-            return spans
-        start = at + len(part)
-        if delimiters.header_space and text.startswith(delimiters.header_space, start):
-            start += len(delimiters.header_space)
-        boundary, _ = _earliest(text, delimiters.instruction_parts + delimiters.response_parts, start, limit)
-        boundary = limit if boundary < 0 else boundary
-        end = -1
-        eots = (delimiters.eot, *delimiters.eot_alternatives) if delimiters.eot else ()
-        longest = max(map(len, eots), default=0)
-        marker, eot = _earliest(text, eots, start, min(limit, boundary + longest))
-        if 0 <= marker <= boundary:
-            end = marker + len(eot)
-        if end < 0:
-            end = start + len(text[start:boundary].rstrip())
-        if end > start:
-            spans.append((start, end))
-        position = max(end, boundary if boundary > start else start + 1)
+def _leading(text: str) -> str:
+    """What opens `text`: its leading marker, or else its first line (with the line end)."""
+    found = _MARKER.match(text)
+    if found:
+        return found.group()
+    line_end = text.find("\n")
+    return text if line_end < 0 else text[: line_end + 1]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Learning the delimiters from probe renders
+# Rule 1: end-of-turn markers
 
 
-@dataclass
-class _Turn:
-    role: str
-    message: int
-    first: int  # first generated (or content) sentinel
-    last: int  # end of the last one
-    last_kind: str
-    pre: str  # text from the previous sentinel to `first`
-    post: str  # text from `last` to the next sentinel
+def _end_markers(seen: list[_Seen]) -> tuple[str, tuple[str, ...]]:
+    """The texts closing turns that end on content, the most frequent first (rule 1)."""
+    closers = Counter(p.closer for s in seen for p in s.pieces if p.closer)
+    ranked = sorted(closers, key=lambda closer: (-closers[closer], closer))
+    return (ranked[0], tuple(ranked[1:])) if ranked else ("", ())
 
 
-@dataclass
-class _Rendered:
-    probe: Probe
-    text: str
-    turns: list[_Turn]
+# ---------------------------------------------------------------------------------------------------------
+# Rule 2: response parts
 
 
-def _common_prefix(texts: Sequence[str]) -> str:
-    return os.path.commonprefix(list(texts)) if texts else ""
-
-
-def _common_suffix(texts: Sequence[str]) -> str:
-    return _common_prefix([t[::-1] for t in texts])[::-1] if texts else ""
-
-
-def _turns(probe: Probe, text: str) -> list[_Turn]:
-    """Each message's rendered sentinels as a turn, with the text before and after it."""
-    located = []  # (start, end, sentinel)
-    for sentinel in probe.sentinels:
-        at = text.find(sentinel.text)
-        while at >= 0:
-            located.append((at, at + len(sentinel.text), sentinel))
-            at = text.find(sentinel.text, at + 1)
-    located.sort(key=lambda item: item[0])
-    turns = []
-    for index, message in enumerate(probe.messages):
-        own = [(s, e, x) for s, e, x in located if x.index == index and x.kind in GENERATED_KINDS]
-        if not own:
+def _candidates(piece: _Piece) -> list[str]:
+    """Endings of the text before a piece that start where a marker, a word or a line starts."""
+    context, out = piece.context, []
+    for i in range(len(context)):
+        rest = context[i:]
+        if not rest.strip() or context[i].isspace():
             continue
-        first, last = own[0][0], max(e for _, e, _ in own)
-        last_kind = max(own, key=lambda item: item[1])[2].kind
-        before = max([e for s, e, x in located if e <= first and x.index != index], default=0)
-        after = min([s for s, e, x in located if s >= last and x.index != index], default=len(text))
-        turns.append(_Turn(message["role"], index, first, last, last_kind, text[before:first], text[last:after]))
-    return turns
+        opens_marker = context[i] in "<["
+        after_space = i > 0 and context[i - 1].isspace()
+        after_marker = i > 0 and context[i - 1] in ">]" and _MARKER_AT_END.search(context, 0, i) is not None
+        # The text's very first character starts a word too; elsewhere the context begins right after content.
+        if opens_marker or after_space or after_marker or (i == 0 and piece.context_start == 0):
+            out.append(rest)
+    return out
 
 
-def _render_probes(template: str, speakers: tuple[str, ...]) -> tuple[list[_Rendered], str]:
-    """Probe renders (plain-string contents first, content blocks when plain strings render no trained turn)."""
-    best: list[_Rendered] = []
-    for blocks in (False, True):
-        rendered = []
-        for probe in build_probes(speakers, blocks=blocks):
-            result = render_probe(template, probe)
-            if result.text is not None:
-                rendered.append(_Rendered(probe, result.text, _turns(probe, result.text)))
-        texts = {r.probe.name.split("[")[0]: r.text for r in rendered}
-        header = ""
-        if "ends_on_user" in texts and "generation_prompt" in texts:
-            header = generation_prompt(texts["ends_on_user"], texts["generation_prompt"])
-        if any(t.role in speakers for r in rendered for t in r.turns):
-            return rendered, header
-        best = best or rendered
-    return best, ""
+def optional(seen: _Seen, position: int) -> bool:
+    return any(p.turn.optional and p.turn.start <= position <= p.turn.end for p in seen.pieces)
 
 
-def _leading_marker(text: str) -> str:
-    """`text` up to its first closing `>` or `]` (a marker such as `</s>` or `[|endofturn|]`), or ""."""
-    ends = [at for at in (text.find(">"), text.find("]")) if at >= 0]
-    marker = text[: min(ends) + 1] if ends else ""
-    return marker if marker.strip() == marker and len(marker) >= 2 else ""
+class _Starts:
+    """Scores a response-part candidate: how often it occurs where no laid-out turn starts.
+
+    Not counted: an occurrence inside an optional piece (which may or may not be trained), and one inside
+    a turn right after a marker, which the join rule will keep inside (a header the model writes mid-turn).
+    """
+
+    def __init__(self, seen: list[_Seen]):
+        self.seen = seen
+        self.starts = [{p.turn.start for p in s.pieces} for s in seen]
+        self.covered = [[(p.turn.start, p.turn.end) for p in s.pieces] for s in seen]
+        self.cache: dict[str, int] = {}
+
+    def misplaced(self, candidate: str) -> int:
+        if candidate not in self.cache:
+            count = 0
+            for s, starts, covered in zip(self.seen, self.starts, self.covered):
+                for at in _occurrences(s.layout.text, candidate):
+                    end = at + len(candidate)
+                    if end > s.limit or end in starts:
+                        continue
+                    inside = any(a < end <= b for a, b in covered)
+                    if inside and (optional(s, end) or _MARKER_AT_END.search(s.layout.text, 0, at)):
+                        continue
+                    count += 1
+            self.cache[candidate] = count
+        return self.cache[candidate]
 
 
-def _end_of_turn(ends: list[str]) -> tuple[str, tuple[str, ...]]:
-    """The end-of-turn marker(s): what every trained turn writes after its last generated text, less the
-    whitespace that follows; when turns close with different markers (one mid-conversation, another at
-    the end), each of them."""
-    common = _common_prefix(ends).rstrip()
-    if not common or common.endswith((">", "]")) or common[-1] not in "<[|":
-        if common and not common.endswith((">", "]")) and any(ch.isspace() for ch in common):
-            # A shared newline then the start of different headers ("<|end|>\n<"): the marker ends before it.
-            common = common[: max(common.rfind(ch) for ch in " \n\t")].rstrip()
-        return common, ()
-    markers = [_leading_marker(end) for end in ends]
-    if not all(markers):
-        return "", ()
-    ranked = sorted(set(markers), key=lambda m: (-markers.count(m), m))
-    return ranked[0], tuple(ranked[1:])
+def _response_parts(seen: list[_Seen]) -> tuple[str, ...]:
+    """One part per header shape (rule 2): for each turn, among its candidates with the fewest misplaced
+    occurrences, the longest that the generation prompt writes too (the header as the template writes it
+    to open a turn: `<|im_start|>assistant\n<think>\n`, not just `<think>\n`), else the shortest (a tool
+    result's closing such as `<tool_response|>`, without the result's own framing before it)."""
+    scorer = _Starts(seen)
+    parts: list[str] = []
+    for s in seen:
+        for piece in s.pieces:
+            if piece.turn.optional or piece.continued:
+                continue
+            candidates = _candidates(piece)
+            if not candidates or any(piece.context.endswith(part) for part in parts):
+                continue
+            role = s.probe.messages[piece.turn.message]["role"]
+            # The layout's header: the generation prompt, or the opening every turn shares when the prompt
+            # writes nothing. A trained speaker other than the assistant sits where the assistant's name is.
+            header = s.layout.header.replace(ASSISTANT, role) if role != ASSISTANT else s.layout.header
+
+            def rank(candidate: str, header: str = header) -> tuple[int, int, int]:
+                written = candidate in header
+                return scorer.misplaced(candidate), not written, -len(candidate) if written else len(candidate)
+
+            parts.append(min(candidates, key=rank))
+    return tuple(dict.fromkeys(parts))
 
 
-def _opener(prompt: str, instruction: tuple[str, ...]) -> str:
-    """What every header begins with (`<|im_start|>`, `<|START_OF_TURN_TOKEN|><|`), when headers share one."""
-    core = prompt.strip()
-    if not core:
-        return ""
-    shared = _common_prefix([core, *instruction]) if instruction else ""
-    if len(shared) >= 2 and not shared[0].isalnum():
-        return shared
-    return core[:2] if len(core) > 2 and not core[0].isalnum() and not core[1].isalnum() else ""
+# ---------------------------------------------------------------------------------------------------------
+# Rules 3-5: what stops a turn, what continues one
 
 
-def _header_candidates(prompt: str, pres: list[str], role: str) -> list[str]:
-    """Response-part candidates, most specific first: the generation prompt (with the trained role's name in
-    the assistant's place), its marker-ending prefixes, then the common suffix of the texts before turns."""
-    candidates: list[str] = []
-    if prompt.strip():
-        if role != ASSISTANT:
-            prompt = prompt.replace(ASSISTANT, role) if ASSISTANT in prompt else ""
-        core = prompt.strip()
-        candidates += [prompt, prompt.lstrip(), core]
-        candidates += [core[:n] for n in range(len(core) - 1, 2, -1) if core[:n].endswith(_MARKER_ENDS)]
-    suffix = _common_suffix(pres)
-    if suffix.strip():
-        candidates.append(suffix)
-        # Cut the previous turn's closing off the front at each marker end, keeping what names the speaker.
-        candidates += [suffix[n:] for n in range(1, len(suffix)) if suffix[:n].endswith(_MARKER_ENDS)]
-    seen, unique = set(), []
-    for candidate in candidates:
-        if candidate and candidate.strip() and candidate not in seen:
-            seen.add(candidate)
-            unique.append(candidate)
-    return unique
+def _instruction_parts(seen: list[_Seen]) -> tuple[str, ...]:
+    """What opens the text after each trained piece (rule 3)."""
+    parts = [_leading(p.follower) for s in seen for p in s.pieces if p.follower.strip()]
+    return tuple(dict.fromkeys(part for part in parts if part.strip()))
 
 
-def _cover(candidates: list[str], pres: list[str]) -> tuple[str, ...]:
-    """Candidates, most specific first, until every pre-text contains one of them; a scan prefers the
-    longest part matching at a position, so each turn's header is read as fully as it is written."""
-    chosen: list[str] = []
-    uncovered = list(pres)
-    for candidate in candidates:
-        if not uncovered:
-            break
-        if any(candidate in p for p in uncovered):
-            chosen.append(candidate)
-            uncovered = [p for p in uncovered if candidate not in p]
-    return tuple(chosen) if not uncovered else ()
+def _openers(seen: list[_Seen]) -> tuple[str, ...]:
+    """Every marker the template writes before an untrained message (or its first line when it writes none):
+    after an end-of-turn marker, any of these means someone else speaks (rule 4)."""
+    found: list[str] = []
+    for s in seen:
+        for context in s.untrained:
+            markers = _MARKER.findall(context)
+            found += markers or ([_leading(context.strip())] if context.strip() else [])
+    return tuple(dict.fromkeys(found))
 
 
-def _instruction_parts(rendered: list[_Rendered], speakers: tuple[str, ...], eot: str) -> tuple[str, ...]:
-    """The header of each untrained role: the common end of the text before its turns, less the previous
-    turn's closing."""
-    parts = []
-    roles = {t.role for r in rendered for t in r.turns} - set(speakers)
-    for role in sorted(roles):
-        pres = [t.pre for r in rendered for t in r.turns if t.role == role]
-        suffix = _common_suffix(pres)
-        closings = [m for m in (eot, _common_prefix([t.post for r in rendered for t in r.turns if t.role == role]))]
-        for closing in closings:
-            closing = closing.rstrip()
-            if closing and closing in suffix:
-                suffix = suffix[suffix.index(closing) + len(closing) :]
-        suffix = suffix.lstrip()
-        if len(suffix.strip()) >= 2:
-            parts.append(suffix)
-    return tuple(parts)
+def _joins(seen: list[_Seen], delimiters: Delimiters) -> tuple[tuple[str, str], ...]:
+    """`(marker, header)` pairs found inside laid-out turns where the scan would cut them (rule 5)."""
+    joins: list[tuple[str, str]] = []
+    bounds = _alternation(delimiters.instruction_parts + delimiters.response_parts)
+    for s in seen:
+        text = s.layout.text
+        spans = find_spans(text, delimiters, add_generation_prompt=s.probe.add_generation_prompt)
+        for piece in s.pieces:
+            turn = piece.turn
+            if turn.optional:
+                continue
+            inside = [(a, b) for a, b in spans if a < turn.end and b > turn.start]
+            for number, (_, end) in enumerate(inside):
+                marker = _MARKER_AT_END.search(text, 0, end)
+                if marker is None or not turn.start < end < turn.end:
+                    continue
+                if number + 1 < len(inside):
+                    gap = text[end : inside[number + 1][0]]  # the header the scan skipped to reopen the turn
+                else:
+                    opened = bounds.match(text, end + len(text[end:turn.end]) - len(text[end:turn.end].lstrip()))
+                    gap = text[end : opened.end()] if opened else ""
+                if gap.strip():
+                    joins.append((marker.group(), gap))
+    return tuple(dict.fromkeys(joins))
+
+
+def _reasoning_close(seen: list[_Seen]) -> str:
+    """The template text between a turn's reasoning and its content (learned where both render)."""
+    for s in seen:
+        text = s.layout.text
+        for piece in s.pieces:
+            mine = [x for x in s.probe.sentinels if x.index == piece.turn.message]
+            thought = next((x.text for x in mine if x.kind == "reasoning"), None)
+            said = next((x.text for x in mine if x.kind == "content"), None)
+            if thought and said and piece.turn.start <= text.find(thought) < text.find(said) <= piece.turn.end:
+                between = text[text.find(thought) + len(thought) : text.find(said)].strip()
+                if between:
+                    return between
+    return ""
+
+
+def _split_turns(seen: list[_Seen]) -> bool:
+    """Whether a message renders as pieces that do not touch (a turn written around a tool result)."""
+    for s in seen:
+        ends: dict[int, int] = {}
+        for piece in s.pieces:
+            turn = piece.turn
+            if turn.optional:
+                continue
+            if turn.message in ends and ends[turn.message] < turn.start:
+                return True
+            ends[turn.message] = turn.end
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checking and the entry point
+
+
+def _problems(seen: list[_Seen], delimiters: Delimiters) -> list[str]:
+    reasons = []
+    for s in seen:
+        spans = find_spans(s.layout.text, delimiters, add_generation_prompt=s.probe.add_generation_prompt)
+        reasons += [f"probe {s.probe.name!r}: {problem}" for problem in check_spans(s.layout, spans)]
+    return reasons
+
+
+def _analyse(template: str, speakers: tuple[str, ...]) -> tuple[Analysis, list[_Seen], str]:
+    try:
+        analysis = analyse(strip_generation_tags(template), speakers, False)
+    except PatchError as error:
+        raise FallbackError(error.reasons) from None
+    layouts = analysis.layouts
+    prompt = ""
+    if "ends_on_user" in layouts and "generation_prompt" in layouts:
+        prompt = generation_prompt(layouts["ends_on_user"].text, layouts["generation_prompt"].text)
+    seen = [_observe(p, layouts[p.name], prompt) for p in analysis.probes if p.name in layouts]
+    return analysis, seen, prompt
 
 
 def check_delimiters(
-    template: str,
-    delimiters: Delimiters,
-    speakers: tuple[str, ...] = (ASSISTANT,),
-    rendered: list[_Rendered] | None = None,
+    template: str, delimiters: Delimiters, speakers: Sequence[str] = (ASSISTANT,)
 ) -> list[str]:
-    """Reasons the delimiters miss the invariants on the probe renders (empty when they hold).
+    """Reasons `delimiters` miss the sentinel truth on the template's probe renders (empty when they hold).
 
-    Checked per probe: every generated sentinel of a trained turn lies inside a span, no other sentinel
-    does, no span holds text before its turn's first generated sentinel other than whitespace or framing
-    the template writes inside the turn, and each span ends with the end-of-turn marker when there is one.
+    The truth is the verifier's (`patcher.analyse` layouts, `verify.check_spans`): every trained turn
+    trained whole, with its end-of-turn marker; its header, the whitespace after it and every other
+    message's text untrained.
+
+    Example:
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        ... )
+        >>> check_delimiters(template, Delimiters(("<|im_start|>assistant\\n",), "<|im_end|>"))
+        []
+        >>> check_delimiters(template, Delimiters(("<|im_start|>",), "<|im_end|>"))[0]
+        "probe 'single_turn': message 1: the header 'assistant\\\\n' is trained"
     """
-    if rendered is None:
-        rendered, _ = _render_probes(template, speakers)
-    reasons: list[str] = []
-    for r in rendered:
-        spans = find_spans(r.text, delimiters, add_generation_prompt=r.probe.add_generation_prompt)
-        for sentinel in r.probe.sentinels:
-            at = r.text.find(sentinel.text)
-            if at < 0:
-                continue
-            inside = any(s <= at and at + len(sentinel.text) <= e for s, e in spans)
-            trained = sentinel.role in speakers and sentinel.kind in GENERATED_KINDS
-            if trained and not inside:
-                reasons.append(f"probe {r.probe.name!r}: {sentinel.role} {sentinel.kind} is not trained")
-            if not trained and any(s < at + len(sentinel.text) and at < e for s, e in spans):
-                reasons.append(f"probe {r.probe.name!r}: {sentinel.role} {sentinel.kind} is trained")
-        for s, e in spans:
-            holders = [t for t in r.turns if t.role in speakers and s <= t.first and t.last <= e]
-            # A trained message that renders nothing generated (tool calls the template drops) may still
-            # train its end-of-turn marker.
-            if not holders and r.text[s:e].strip() not in (delimiters.eot, *delimiters.eot_alternatives):
-                reasons.append(f"probe {r.probe.name!r}: {r.text[s:e][:40]!r} is trained outside any trained turn")
-            elif delimiters.eot and not r.text[s:e].endswith((delimiters.eot, *delimiters.eot_alternatives)):
-                reasons.append(f"probe {r.probe.name!r}: a span does not end with {delimiters.eot!r}")
-    return reasons
+    _, seen, _ = _analyse(template, tuple(speakers) or (ASSISTANT,))
+    return _problems(seen, delimiters)
 
 
 def derive_delimiters(
@@ -340,9 +365,9 @@ def derive_delimiters(
     """Learn, and check on the probes, the delimiters that bound the trained turns of `template`.
 
     Explicit `response_part` / `instruction_part` override the learned ones (as in Unsloth's
-    `train_on_responses_only`) and are not checked on the probes (they may name a role the probes do not
-    have); the end-of-turn marker is still learned, so it stays trained.
-    Raises `FallbackError` saying why when no set of delimiters passes the checks.
+    `train_on_responses_only`); with an explicit response part nothing is checked (it may name a role the
+    probes do not have) and only the end-of-turn markers and header spacing are learned, so the marker
+    stays trained. Raises `FallbackError` saying why when the learned delimiters miss the probes' truth.
 
     Example:
         >>> template = (
@@ -350,64 +375,45 @@ def derive_delimiters(
         ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
         ... )
         >>> d = derive_delimiters(template)
-        >>> d.response_parts, d.eot
-        (('<|im_start|>assistant\\n',), '<|im_end|>')
+        >>> d.response_parts, d.eot, d.instruction_parts
+        (('<|im_start|>assistant\\n',), '<|im_end|>', ('<|im_start|>',))
     """
     speakers = tuple(train_roles) or (ASSISTANT,)
-    rendered, prompt = _render_probes(template, speakers)
-    if not rendered:
-        raise FallbackError(["the template rejects every probe conversation"])
-    trained = [t for r in rendered for t in r.turns if t.role in speakers]
-    if not trained:
+    _, seen, prompt = _analyse(template, speakers)
+    if not any(not p.turn.optional for s in seen for p in s.pieces):
         raise FallbackError(["no trained turn is rendered: the template writes no content of " + "/".join(speakers)])
-    ends = [t.post for t in trained if t.last_kind == "content"] or [t.post for t in trained]
-    eot, alternatives = _end_of_turn(ends)
-    opener = _opener(prompt, _instruction_parts(rendered, speakers, eot))
-    if opener and opener in _common_prefix(ends)[1:]:
-        # The common text after turns runs into the next header: the marker ends before its opener.
-        common = _common_prefix(ends)
-        eot, alternatives = common[: common.index(opener, 1)].rstrip(), ()
-    # The header's trailing whitespace, for callers whose explicit response part stops before it.
+    eot, alternatives = _end_markers(seen)
     header_space = prompt[len(prompt.rstrip()) :] if prompt.strip() else ""
-    instruction = _instruction_parts(rendered, speakers, eot)
-    if opener:
-        # A header read from the text before a turn may begin with the previous turn's closing text.
-        instruction = tuple(p[p.index(opener) :] if opener in p[1:] else p for p in instruction)
+    instruction = _instruction_parts(seen)
     if instruction_part is not None:
         instruction = (instruction_part,) if isinstance(instruction_part, str) else tuple(instruction_part)
     if response_part is not None:
+        # The caller's parts may name speakers the probes do not have (a custom role), so they are taken as
+        # given, as Unsloth does; only the end-of-turn markers and header spacing come from the probes.
         parts = (response_part,) if isinstance(response_part, str) else tuple(response_part)
         space = "" if any(p.endswith(header_space) for p in parts) else header_space
-        candidates_sets = [parts]
-    else:
-        space = ""
-        candidates_sets = []
-        for role in speakers:
-            pres = [t.pre for t in trained if t.role == role]
-            if pres:
-                candidates_sets.append(_cover(_header_candidates(prompt, pres, role), pres))
-        candidates_sets = [tuple(p for c in candidates_sets for p in c)]
-    reasoning_close = ""
-    for r in rendered:
-        for turn in r.turns:
-            kinds = [s for s in r.probe.sentinels if s.index == turn.message and s.role in speakers]
-            thought = next((s.text for s in kinds if s.kind == "reasoning"), None)
-            said = next((s.text for s in kinds if s.kind == "content"), None)
-            if thought and said and 0 <= r.text.find(thought) < r.text.find(said):
-                between = r.text[r.text.find(thought) + len(thought) : r.text.find(said)].strip()
-                reasoning_close = reasoning_close or between
-    failures: list[str] = []
-    for parts in candidates_sets:
-        if not parts:
-            failures.append("no header is common to the trained turns")
-            continue
-        delimiters = Delimiters(parts, eot, instruction, alternatives, reasoning_close, space, prompt)
-        if response_part is not None:
-            # The caller's parts name speakers the probes may not have (a custom role), so they are taken
-            # as given, as Unsloth does; only the end-of-turn marker and header spacing come from the probes.
-            return delimiters
-        problems = check_delimiters(template, delimiters, speakers, rendered)
-        if not problems:
-            return delimiters
-        failures += [f"with response part(s) {list(parts)!r} and end of turn {eot!r}: " + problems[0]] + problems[1:4]
-    raise FallbackError(failures)
+        return Delimiters(parts, eot, instruction, alternatives, "", space, prompt)
+    parts = _response_parts(seen)
+    if not parts:
+        raise FallbackError(["no header precedes the trained turns"])
+    continued = any(p.continued and not p.turn.optional for s in seen for p in s.pieces)
+    delimiters = Delimiters(
+        parts,
+        eot,
+        instruction,
+        alternatives,
+        _reasoning_close(seen),
+        "",
+        prompt,
+        continues=continued,
+        openers=_openers(seen) if continued else (),
+        split_turns=_split_turns(seen),
+    )
+    joins = _joins(seen, delimiters)
+    if joins:
+        delimiters = replace(delimiters, joins=joins)
+    problems = _problems(seen, delimiters)
+    if problems:
+        summary = f"with response part(s) {list(parts)!r} and end of turn {eot!r}: "
+        raise FallbackError([summary + problems[0]] + problems[1:4])
+    return delimiters

@@ -184,8 +184,9 @@ class SpanRenderer:
             spans = merge_adjacent([tuple(span) for span in indices[0]])
         else:
             spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
-        if not tags and len(spans) > len(trained):
-            # More turns than trained messages: a delimiter occurs inside some content.
+        if not tags and not self.delimiters.split_turns and len(spans) > len(trained):
+            # More turns than trained messages, from a template that writes each message as one turn: a
+            # delimiter occurs inside some content.
             attribute(spans, messages, trained)
         if len(weighted) == len(trained) and not self.policy.narrows:
             return text, spans

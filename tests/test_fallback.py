@@ -23,26 +23,8 @@ IDS = [f"{p.parent.name}/{p.stem}" for p in TEMPLATES]
 
 
 # Templates the forced fallback does not yet get right against the tracer's truth, and why (strict: a fix
-# turns the xfail into a failure, so this list only shrinks).
-FALLBACK_KNOWN = {
-    "axolotl/command_a": "end-of-turn marker read as <|END_RESPONSE|> only",
-    "axolotl/command_a_rag": "no header common to the trained turns",
-    "axolotl/command_a_tool_use": "no header common to the trained turns",
-    "axolotl/gemma4": "tool results inside the model turn: turns without a header",
-    "axolotl/jamba": "the tracer's truth leaves <|eom|> out of the turn; the fallback trains it (DESIGN inv. 2)",
-    "axolotl/metharme": "tool-call turns render content the delimiters cut",
-    "axolotl/phi_3": "header candidates too generic ('|>\\n')",
-    "trl/cohere2": "end-of-turn marker cut at the header opener",
-    "trl/deepseek_r1_distill": "header candidates too generic",
-    "trl/diffusion_gemma": "tool results inside the model turn",
-    "trl/gemma4": "tool results inside the model turn",
-    "trl/gemma4_v3": "tool results inside the model turn",
-    "trl/gemma4_v4": "tool results inside the model turn",
-    "trl/gemma4_v5": "tool results inside the model turn",
-    "trl/gptoss": "channels: several end markers per turn",
-    "trl/muse_glimmer": "channels: several end markers per turn",
-    "unsloth/gpt-oss": "channels: several end markers per turn",
-}
+# turns the xfail into a failure, so this list only shrinks). Empty: every corpus template passes.
+FALLBACK_KNOWN: dict[str, str] = {}
 
 
 def _truth(template: str):
