@@ -89,7 +89,7 @@ class Policy:
 
 @dataclass(frozen=True)
 class Turn:
-    """One trained span `[start, end)` and the index of the message it belongs to."""
+    """One trained span `[start, end)` and the index of the message it belongs to (-1: not tied to one)."""
 
     message: int
     start: int
@@ -189,13 +189,16 @@ def _cut(spans: list[tuple[int, int]], text: str, needle: str) -> list[tuple[int
 def apply_policy(
     text: str,
     turns: Sequence[Turn],
-    weighted: Sequence[int],
+    weighted: Sequence[int] | None,
     policy: Policy,
     *,
     eots: Sequence[str] = (),
     reasoning_close: str = "",
 ) -> list[tuple[int, int]]:
     """Narrow the attributed turns by weights and `policy`; return the trained character spans.
+
+    `weighted` lists the messages of weight 1; `None` keeps every turn (no weight asks otherwise, so the
+    turns need not be tied to messages).
 
     `eots` are the template's end-of-turn markers (one is trained at the end of each turn) and
     `reasoning_close` the marker that ends reasoning inside a turn; both come from the renderer, which
@@ -210,8 +213,8 @@ def apply_policy(
         >>> [text[s:e] for s, e in spans]
         ['Yes', 'Fine<eot>']
     """
-    keep = set(weighted)
-    chosen = [t for t in turns if t.message in keep]
+    keep = set(weighted) if weighted is not None else None
+    chosen = [t for t in turns if keep is None or t.message in keep]
     if policy.last_response_only:
         chosen = chosen[-1:]
     spans = []

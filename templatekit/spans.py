@@ -27,7 +27,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from .errors import PatchError
 from .fallback import Delimiters, FallbackError, derive_delimiters, find_spans
 from .patcher import patch_template
-from .policies import ConversationError, Policy, apply_policy, attribute, check_messages, unknown_roles
+from .policies import ConversationError, Policy, Turn, apply_policy, attribute, check_messages, unknown_roles
 from .probes import build_probes
 from .verify import merge_adjacent, render_probe
 
@@ -146,7 +146,7 @@ class SpanRenderer:
         if self._shape is None:
             if self.delimiters is not None:
                 d = self.delimiters
-                self._shape = (((d.eot,) + d.eot_alternatives) if d.eot else (), d.reasoning_close)
+                self._shape = (d.eots, d.reasoning_close)
             else:
                 self._shape = _tag_shape(self.template, self.policy.train_roles)
         return self._shape
@@ -184,13 +184,25 @@ class SpanRenderer:
             spans = merge_adjacent([tuple(span) for span in indices[0]])
         else:
             spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
-        if not tags and not self.delimiters.split_turns and len(spans) > len(trained):
+        split = not tags and self.delimiters.split_turns
+        if not tags and not split and len(spans) > len(trained):
             # More turns than trained messages, from a template that writes each message as one turn: a
             # delimiter occurs inside some content.
             attribute(spans, messages, trained)
-        if len(weighted) == len(trained) and not self.policy.narrows:
+        per_message = len(weighted) != len(trained) or self.policy.last_response_only
+        if not per_message and not self.policy.narrows:
             return text, spans
-        turns = attribute(spans, messages, trained)
+        if not per_message:
+            # End-of-turn, reasoning and mask_out rules act on each span alone: no span need be tied to a message.
+            turns, weighted = [Turn(-1, start, end) for start, end in spans], None
+        elif split and len(spans) != len(trained):
+            raise ConversationError(
+                f"the template writes some {'/'.join(self.policy.train_roles)} messages in several pieces (around "
+                f"tool results): {len(spans)} trained span(s) for {len(trained)} message(s), and delimiters cannot "
+                "tell which piece is whose, so per-message weights and last_response_only cannot be applied"
+            )
+        else:
+            turns = attribute(spans, messages, trained)
         eots, closer = self._eots_and_closer()
         return text, apply_policy(text, turns, weighted, self.policy, eots=eots, reasoning_close=closer)
 

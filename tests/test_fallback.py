@@ -8,6 +8,8 @@ marker in. Both paths of `SpanRenderer` are held to it, the fallback forced with
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from _paths import corpus_dir
 
@@ -16,7 +18,7 @@ from templatekit.fallback import Delimiters, FallbackError, derive_delimiters, f
 from templatekit.patcher import analyse
 from templatekit.policies import ConversationError
 from templatekit.rewrite import strip_generation_tags
-from templatekit.verify import check_spans
+from templatekit.verify import check_spans, merge_adjacent
 
 TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
 IDS = [f"{p.parent.name}/{p.stem}" for p in TEMPLATES]
@@ -25,6 +27,22 @@ IDS = [f"{p.parent.name}/{p.stem}" for p in TEMPLATES]
 # Templates the forced fallback does not yet get right against the tracer's truth, and why (strict: a fix
 # turns the xfail into a failure, so this list only shrinks). Empty: every corpus template passes.
 FALLBACK_KNOWN: dict[str, str] = {}
+
+
+_RENDERERS: dict[tuple[str, bool], SpanRenderer | Exception] = {}
+
+
+def _renderer(path, fallback: bool) -> SpanRenderer:
+    """One renderer per template and path, shared by the corpus-wide tests (building one traces the probes)."""
+    key = (str(path), fallback)
+    if key not in _RENDERERS:
+        try:
+            _RENDERERS[key] = SpanRenderer(path.read_text(), fallback=fallback)
+        except (PatchError, FallbackError) as error:
+            _RENDERERS[key] = error
+    if isinstance(_RENDERERS[key], Exception):
+        raise _RENDERERS[key]
+    return _RENDERERS[key]
 
 
 def _truth(template: str):
@@ -72,7 +90,7 @@ def test_forced_fallback_matches_sentinel_truth(path):
     template = path.read_text()
     analysis = _truth(template)
     try:
-        renderer = SpanRenderer(template, fallback=True)
+        renderer = _renderer(path, fallback=True)
     except FallbackError as error:
         pytest.fail(f"fallback refused: {error}")
     assert renderer.mode == "delimiters"
@@ -86,7 +104,7 @@ def test_tags_path_matches_sentinel_truth(path):
     template = path.read_text()
     analysis = _truth(template)
     try:
-        renderer = SpanRenderer(template, fallback=False)
+        renderer = _renderer(path, fallback=False)
     except PatchError:
         pytest.xfail("not patchable (yet): the fallback covers it")
     assert renderer.mode == "tags"
@@ -110,3 +128,159 @@ def test_fallback_refuses_with_reasons():
         derive_delimiters(template)
     with pytest.raises(FallbackError, match="even the fallback cannot apply"):
         SpanRenderer(template, fallback=True)
+
+
+# Conversations unlike the probes (prose with newlines, three exchanges, a tool round trip, reasoning, an open
+# prompt): delimiters learned from sentinel renders must find the same turns in them as the generation tags.
+_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a word up.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        },
+    }
+]
+BEYOND_PROBES = {
+    "chat": {
+        "messages": [
+            {"role": "system", "content": "Be brief and kind."},
+            {"role": "user", "content": "What is 2+2?\nExplain."},
+            {"role": "assistant", "content": "It is 4.\n\nBecause 2 and 2 make 4."},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "Six, of course!"},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "You're welcome."},
+        ]
+    },
+    "tools": {
+        "messages": [
+            {"role": "user", "content": "Find cats"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": {"q": "cats"}}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "name": "lookup", "content": "Cats are small mammals."},
+            {"role": "assistant", "content": "Cats are small mammals."},
+            {"role": "user", "content": "ok"},
+            {"role": "assistant", "content": "Anything else?"},
+        ],
+        "tools": _TOOLS,
+    },
+    "reasoning": {
+        "messages": [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1", "reasoning_content": "Think one."},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": "A2", "reasoning_content": "Think two."},
+        ]
+    },
+    "open_prompt": {
+        "messages": [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+        ],
+        "add_generation_prompt": True,
+    },
+}
+
+
+def _trained_texts(text: str, spans) -> list[tuple[int, str]]:
+    """Trained text per span, less leading whitespace (the truth lets a turn's first newline go either way)."""
+    out = []
+    for start, end in merge_adjacent(spans):
+        lead = len(text[start:end]) - len(text[start:end].lstrip())
+        if text[start + lead : end]:
+            out.append((start + lead, text[start + lead : end]))
+    return out
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=IDS)
+def test_fallback_trains_what_the_tags_train_beyond_the_probes(path):
+    try:
+        tags = _renderer(path, fallback=False)
+    except PatchError:
+        pytest.xfail("not patchable (yet): nothing to compare the fallback with")
+    fallback = _renderer(path, fallback=True)
+    compared = 0
+    for name, conversation in BEYOND_PROBES.items():
+        options = {key: value for key, value in conversation.items() if key != "messages"}
+        # Plain-string contents, and the same as content blocks for templates that only read blocks.
+        for messages in (conversation["messages"], _as_blocks(conversation["messages"])):
+            try:
+                text, spans = tags.render(messages, bos_token="<s>", eos_token="</s>", **options)
+            except ConversationError:
+                continue  # the template rejects this conversation (a role or shape it does not support)
+            same_text, found = fallback.render(messages, bos_token="<s>", eos_token="</s>", **options)
+            assert same_text == text
+            assert _trained_texts(text, found) == _trained_texts(text, spans), name
+            compared += 1
+            break
+    assert compared, "the template rejects every conversation"
+
+
+def _as_blocks(messages: list[dict]) -> list[dict]:
+    return [
+        {**m, "content": [{"type": "text", "text": m["content"]}]} if m.get("content") else m for m in messages
+    ]
+
+
+def test_joins_keep_a_channel_turn_whole():
+    # Rule 5 on a real channel-format template: the analysis message ends with <|end|> and the same turn
+    # reopens with a header the model writes itself; one message is one trained span.
+    renderer = _renderer(corpus_dir() / "trl/gptoss.jinja", fallback=True)
+    assert renderer.delimiters.joins
+    messages = BEYOND_PROBES["reasoning"]["messages"]
+    text, spans = renderer.render(messages)
+    trained = [text[s:e] for s, e in spans]
+    # The template keeps only the last message's reasoning.
+    assert trained[0] == "<|channel|>final<|message|>A1<|end|>"
+    assert trained[1] == (
+        "<|channel|>analysis<|message|>Think two.<|end|><|start|>assistant<|channel|>final<|message|>A2<|return|>"
+    )
+    plain = replace(renderer.delimiters, joins=())
+    assert len(find_spans(text, plain)) == 3  # without the join, the turn's own second header is left out
+
+
+def test_continuation_and_split_turns_with_policies():
+    # Rules 3-4 on a template that writes a tool's result inside the model's turn: the tool call and the
+    # reply around it are trained, the result is not; per-span policies apply, per-message ones cannot.
+    template = (corpus_dir() / "trl/gemma4.jinja").read_text()
+    renderer = SpanRenderer(template, fallback=True)
+    assert renderer.delimiters.split_turns
+    conversation = BEYOND_PROBES["tools"]
+    text, spans = renderer.render(conversation["messages"], tools=_TOOLS)
+    trained = "".join(text[s:e] for s, e in spans)
+    assert "lookup" in trained and "Anything else?" in trained and "Find cats" not in trained
+    assert trained.count("Cats are small mammals.") == 1  # the reply, not the tool's result
+    no_eot = SpanRenderer(template, fallback=True, train_on_eot="none")
+    text, spans = no_eot.render(conversation["messages"], tools=_TOOLS)
+    assert spans and not any(text[s:e].endswith("<turn|>") for s, e in spans)
+    strict = SpanRenderer(template, fallback=True, last_response_only=True)
+    text, spans = strict.render(conversation["messages"], tools=_TOOLS)
+    assert [text[s:e] for s, e in spans] == ["Anything else?<turn|>"]
+    # A message with both a reply and a tool call renders as two pieces around the result: which piece is
+    # whose is then unknown to delimiters, and a per-message policy refuses rather than guess.
+    said_and_called = [dict(m) for m in conversation["messages"]]
+    said_and_called[1]["content"] = "Let me look."
+    text, spans = renderer.render(said_and_called, tools=_TOOLS)
+    assert [text[s:e] for s, e in spans][1:3] == ["Let me look.<turn|>", "Cats are small mammals.<turn|>"]
+    with pytest.raises(ConversationError, match="several pieces"):
+        strict.render(said_and_called, tools=_TOOLS)
+    chat = BEYOND_PROBES["chat"]["messages"]
+    text, spans = strict.render(chat)
+    assert [text[s:e] for s, e in spans] == ["You're welcome.<turn|>"]
+
+
+def test_find_spans_continuation_after_an_end_marker():
+    # A reply written after the previous one's end marker with no header of its own is the same speaker's,
+    # unless an opener follows.
+    d = Delimiters(("<A>",), "<E>", ("<U>",), continues=True, openers=("<U>",))
+    text = "<U>q<E>\n<A>one<E>\ntwo<E>\n<U>next<E>\n<A>three<E>"
+    assert [text[s:e] for s, e in find_spans(text, d)] == ["one<E>", "two<E>", "three<E>"]
+    assert [text[s:e] for s, e in find_spans(text, replace(d, continues=False))] == ["one<E>", "three<E>"]
