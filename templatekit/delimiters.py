@@ -16,8 +16,8 @@ and two more rules, each switched on only when the template's probe renders show
 * a *join* `(before, after)`: a turn that would end just after `before` goes on when `after` follows;
   channel formats close a turn's reasoning or first tool call with a marker and reopen the same turn
   with a header (`<|end|>` + `<|start|>assistant`), and the model generates both;
-* *continuation*: after an end-of-turn marker and whitespace, text that none of the `openers` begins is
-  the same speaker again (a template that writes a reply after a tool result, or a second reply, with no
+* *continuation*: after an end-of-turn marker and whitespace, text that no instruction or response part
+  begins is the same speaker again (a template that writes a reply after a tool result, or a second reply, with no
   header of its own).
 """
 
@@ -50,8 +50,8 @@ class Delimiters:
     * `generation_prompt`: what `add_generation_prompt=True` appends; a rendering that ends with it holds
       no turn there.
     * `joins`: `(before, after)` pairs: a turn about to end right after `before` goes on over `after`.
-    * `continues` and `openers`: whether text after an end-of-turn marker (and whitespace) that no opener
-      begins continues the trained speaker.
+    * `continues`: whether text after an end-of-turn marker (and whitespace) that no instruction or
+      response part begins continues the trained speaker.
     * `split_turns`: whether one message may render as several spans (a turn written around tool results).
 
     Example:
@@ -71,7 +71,6 @@ class Delimiters:
     notes: tuple[str, ...] = field(default=(), compare=False)
     joins: tuple[tuple[str, str], ...] = ()
     continues: bool = False
-    openers: tuple[str, ...] = ()
     split_turns: bool = False
 
     @property
@@ -81,8 +80,13 @@ class Delimiters:
 
 
 @functools.lru_cache(maxsize=512)
-def _alternation(needles: tuple[str, ...]) -> re.Pattern | None:
-    """One pattern matching any of `needles`, the longest first where several match at one position."""
+def alternation(needles: tuple[str, ...]) -> re.Pattern | None:
+    """One pattern matching any of `needles`, the longest first where several match at one position (cached).
+
+    Example:
+        >>> alternation(("<|im_start|>", "<|im_start|>assistant\\n")).match("<|im_start|>assistant\\nHi").group()
+        '<|im_start|>assistant\\n'
+    """
     unique = sorted({needle for needle in needles if needle}, key=len, reverse=True)
     return re.compile("|".join(map(re.escape, unique))) if unique else None
 
@@ -148,12 +152,11 @@ def find_spans(
     prompt = d.generation_prompt
     if add_generation_prompt and prompt and text.endswith(prompt, 0, limit):
         limit -= len(prompt)  # the open turn the prompt starts is not trained
-    heads = _alternation(tuple(d.response_parts))
+    heads = alternation(tuple(d.response_parts))
     if heads is None:
         return []
-    bounds = _alternation(tuple(d.instruction_parts) + tuple(d.response_parts))
-    eots = _alternation(d.eots)
-    openers = _alternation(tuple(d.openers) + tuple(d.instruction_parts) + tuple(d.response_parts))
+    bounds = alternation(tuple(d.instruction_parts) + tuple(d.response_parts))
+    eots = alternation(d.eots)
     spans: list[tuple[int, int]] = []
     found = heads.search(text, 0, limit)
     while found is not None:
@@ -164,7 +167,7 @@ def find_spans(
             end, boundary, closed = _turn_end(text, d, start, limit, bounds, eots)
             if end > start:
                 spans.append((start, end))
-            following = _continuation(text, end, limit, openers) if closed and d.continues else -1
+            following = _continuation(text, end, limit, bounds) if closed and d.continues else -1
             if following < 0:
                 break
             start = following

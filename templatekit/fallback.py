@@ -10,15 +10,18 @@ learned from those laid-out turns:
 
 1. **End-of-turn markers**: what the template writes after a turn's last content up to the turn's end
    (`<|im_end|>`, `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`); several when turns close differently.
-2. **Response parts**: for each turn, the shortest ending of the template text before it that starts
-   where a marker, a word or a line starts, preferring endings that occur nowhere else than where turns
-   start (so `<|im_start|>assistant\\n`, not the previous turn's `<|im_end|>\\n` as well, and not `|>\\n`).
+2. **Response parts**: for each turn, an ending of the template text before it that starts where a
+   marker, a word or a line starts; of those occurring least where no turn starts, the longest that the
+   turn header writes (`<|im_start|>assistant\\n<think>\\n`, not just `<think>\\n`, nor the previous
+   turn's `<|im_end|>\\n` with it), else the shortest (`<tool_response|>` after a tool result written
+   inside the turn, without the result's own framing).
 3. **Instruction parts**: what opens the text after each turn, its leading marker (`<|observation|>`,
-   `</s>`) or else its first line: a turn never runs past one. A turn whose template writes no marker of
-   its own ends before it.
+   `</s>`) or else its first line, and the markers of every untrained message's header that never occur
+   inside a turn: a turn never runs past one. A turn whose template writes no marker of its own ends
+   before it.
 4. **Continuation**: a turn preceded, since the previous trained turn, by whitespace only (a reply the
    template writes after a tool result or a dropped message without a header) is found by continuing
-   after the end-of-turn marker when no known opener follows.
+   after the end-of-turn marker when no instruction or response part follows.
 5. **Joins**: where a laid-out turn holds an end marker followed by a header (channel formats: reasoning,
    then `<|end|><|start|>assistant`, then the answer; two tool calls as two messages of one turn), that
    pair is learned as a join, and the turn goes on over it.
@@ -38,7 +41,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .delimiters import Delimiters, _alternation, find_spans
+from .delimiters import Delimiters, find_spans
 from .errors import PatchError, TemplateKitError
 from .layout import GENERATED_KINDS, Layout, Turn, generation_prompt
 from .patcher import Analysis, analyse
@@ -51,6 +54,7 @@ __all__ = ["Delimiters", "FallbackError", "check_delimiters", "derive_delimiters
 # A marker a template writes as one piece: `<|im_end|>`, `</s>`, `<｜User｜>`, `[INST]`.
 _MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
 _MARKER_AT_END = re.compile(r"(?:<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\])\Z")
+_DATA = re.compile(r"[\"'{}()\[\]]")
 
 
 class FallbackError(TemplateKitError):
@@ -171,7 +175,8 @@ def _candidates(piece: _Piece) -> list[str]:
     return out
 
 
-def optional(seen: _Seen, position: int) -> bool:
+def _in_optional(seen: _Seen, position: int) -> bool:
+    """Whether `position` lies in an optional piece of `seen` (one that may or may not be trained)."""
     return any(p.turn.optional and p.turn.start <= position <= p.turn.end for p in seen.pieces)
 
 
@@ -197,7 +202,7 @@ class _Starts:
                     if end > s.limit or end in starts:
                         continue
                     inside = any(a < end <= b for a, b in covered)
-                    if inside and (optional(s, end) or _MARKER_AT_END.search(s.layout.text, 0, at)):
+                    if inside and (_in_optional(s, end) or _MARKER_AT_END.search(s.layout.text, 0, at)):
                         continue
                     count += 1
             self.cache[candidate] = count
@@ -207,7 +212,7 @@ class _Starts:
 def _response_parts(seen: list[_Seen]) -> tuple[str, ...]:
     """One part per header shape (rule 2): for each turn, among its candidates with the fewest misplaced
     occurrences, the longest that the generation prompt writes too (the header as the template writes it
-    to open a turn: `<|im_start|>assistant\n<think>\n`, not just `<think>\n`), else the shortest (a tool
+    to open a turn: `<|im_start|>assistant\\n<think>\\n`, not just `<think>\\n`), else the shortest (a tool
     result's closing such as `<tool_response|>`, without the result's own framing before it)."""
     scorer = _Starts(seen)
     parts: list[str] = []
@@ -236,26 +241,39 @@ def _response_parts(seen: list[_Seen]) -> tuple[str, ...]:
 
 
 def _instruction_parts(seen: list[_Seen]) -> tuple[str, ...]:
-    """What opens the text after each trained piece (rule 3)."""
+    """What opens the text after each trained piece, and every header the template writes before an
+    untrained message (rule 3).
+
+    The second kind covers role orders the probes do not show after a trained turn (a custom speaker
+    followed by the assistant, a system message mid-conversation). Each header is kept only when it never
+    begins inside a laid-out turn: framing that the model also writes must not cut a turn.
+    """
     parts = [_leading(p.follower) for s in seen for p in s.pieces if p.follower.strip()]
-    return tuple(dict.fromkeys(part for part in parts if part.strip()))
-
-
-def _openers(seen: list[_Seen]) -> tuple[str, ...]:
-    """Every marker the template writes before an untrained message (or its first line when it writes none):
-    after an end-of-turn marker, any of these means someone else speaks (rule 4)."""
-    found: list[str] = []
+    headers: list[str] = []
     for s in seen:
         for context in s.untrained:
-            markers = _MARKER.findall(context)
-            found += markers or ([_leading(context.strip())] if context.strip() else [])
-    return tuple(dict.fromkeys(found))
+            # The marker nearest the message's text names its role (`<|im_start|>`, `<|USER_TOKEN|>`); with
+            # none, the last line does (`### Instruction:`). Text before it may be a system prompt's prose.
+            # Quotes and brackets mark data (a tool result's JSON, a schema's field names), not a header.
+            markers = [m for m in _MARKER.findall(context) if not _DATA.search(m[1:-1])]
+            lines = [line.strip() for line in context.splitlines() if any(ch.isalnum() for ch in line)]
+            headers += markers[-1:] or [line for line in lines[-1:] if not _DATA.search(line)]
+    for header in dict.fromkeys(headers):
+        inside = any(
+            p.turn.start <= at < p.turn.end
+            for s in seen
+            for at in _occurrences(s.layout.text, header)
+            for p in s.pieces
+            if not p.turn.optional
+        )
+        if not inside:
+            parts.append(header)
+    return tuple(dict.fromkeys(part for part in parts if part.strip()))
 
 
 def _joins(seen: list[_Seen], delimiters: Delimiters) -> tuple[tuple[str, str], ...]:
     """`(marker, header)` pairs found inside laid-out turns where the scan would cut them (rule 5)."""
     joins: list[tuple[str, str]] = []
-    bounds = _alternation(delimiters.instruction_parts + delimiters.response_parts)
     for s in seen:
         text = s.layout.text
         spans = find_spans(text, delimiters, add_generation_prompt=s.probe.add_generation_prompt)
@@ -264,16 +282,11 @@ def _joins(seen: list[_Seen], delimiters: Delimiters) -> tuple[tuple[str, str], 
             if turn.optional:
                 continue
             inside = [(a, b) for a, b in spans if a < turn.end and b > turn.start]
-            for number, (_, end) in enumerate(inside):
+            # Two spans inside one turn: the first ends on a marker, the gap is the header the scan skipped.
+            for (_, end), (start, _) in zip(inside, inside[1:]):
                 marker = _MARKER_AT_END.search(text, 0, end)
-                if marker is None or not turn.start < end < turn.end:
-                    continue
-                if number + 1 < len(inside):
-                    gap = text[end : inside[number + 1][0]]  # the header the scan skipped to reopen the turn
-                else:
-                    opened = bounds.match(text, end + len(text[end:turn.end]) - len(text[end:turn.end].lstrip()))
-                    gap = text[end : opened.end()] if opened else ""
-                if gap.strip():
+                gap = text[end:start]
+                if marker is not None and turn.start < end and gap.strip():
                     joins.append((marker.group(), gap))
     return tuple(dict.fromkeys(joins))
 
@@ -406,7 +419,6 @@ def derive_delimiters(
         "",
         prompt,
         continues=continued,
-        openers=_openers(seen) if continued else (),
         split_turns=_split_turns(seen),
     )
     joins = _joins(seen, delimiters)

@@ -280,7 +280,38 @@ def test_continuation_and_split_turns_with_policies():
 def test_find_spans_continuation_after_an_end_marker():
     # A reply written after the previous one's end marker with no header of its own is the same speaker's,
     # unless an opener follows.
-    d = Delimiters(("<A>",), "<E>", ("<U>",), continues=True, openers=("<U>",))
+    d = Delimiters(("<A>",), "<E>", ("<U>",), continues=True)
     text = "<U>q<E>\n<A>one<E>\ntwo<E>\n<U>next<E>\n<A>three<E>"
     assert [text[s:e] for s, e in find_spans(text, d)] == ["one<E>", "two<E>", "three<E>"]
     assert [text[s:e] for s, e in find_spans(text, replace(d, continues=False))] == ["one<E>", "three<E>"]
+
+
+def test_custom_speaker_fallback_trains_what_the_tags_train():
+    # A trained speaker of its own (Unsloth's court-argument case), followed by the assistant: a role order no
+    # probe shows after a trained turn. The fallback stops the speaker's turn at the assistant's header because
+    # it also learns every untrained message's header (rule 3), as the tags do.
+    justice = "justice_william_h_rehnquist"
+    messages = [
+        {"role": "system", "content": "Oral argument."},
+        {"role": "user", "content": "May it please the court."},
+        {"role": justice, "content": "Proceed, counsel.\nBriefly."},
+        {"role": "assistant", "content": "Thank you."},
+        {"role": "user", "content": "Our point is simple."},
+        {"role": justice, "content": "Is it?"},
+    ]
+    compared, differing = 0, []
+    for path, name in zip(TEMPLATES, IDS):
+        template = path.read_text()
+        try:
+            tags = SpanRenderer(template, train_roles=(justice,), fallback=False)
+        except PatchError:
+            continue  # the core cannot tag this speaker here: nothing to compare with
+        fallback = SpanRenderer(template, train_roles=(justice,), fallback=True)
+        try:
+            text, spans = tags.render(messages, bos_token="<s>", eos_token="</s>")
+        except ConversationError:
+            continue  # the template rejects a role it does not know
+        if _trained_texts(*fallback.render(messages, bos_token="<s>", eos_token="</s>")) != _trained_texts(text, spans):
+            differing.append(name)
+        compared += 1
+    assert compared >= 30 and differing == []
