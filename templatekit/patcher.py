@@ -48,54 +48,90 @@ class Analysis:
 
 
 def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, name: str | None = None) -> Analysis:
-    """Parse and trace `source` (which must carry no generation tags) over the probe battery."""
+    """Parse and trace `source` (which must carry no generation tags) over the probe battery.
+
+    Probes come in two content shapes, plain strings and lists of text blocks. A template that writes
+    blocks through an output of their own (a loop over the parts) is analysed with both, so that both
+    branches get tags; one that reads only one shape is analysed with that one.
+    """
     parsed = parse_template(source, name)
     _refuse_unsafe(parsed, name)
     flow = build_flow(parsed)
     tracer = Tracer(flow)
     speakers = tuple(train_roles) if train_roles else (ASSISTANT,)
-    best: Analysis | None = None
-    for blocks in (False, True):
-        probes = build_probes(speakers, blocks=blocks)
-        rendered: dict[str, tuple[str, list]] = {}
-        errors: list[str] = []
-        for probe in probes:
-            try:
-                rendered[probe.name] = tracer.trace(probe.messages, **probe.render_kwargs())
-            except Exception as error:  # the template rejects this probe; verification skips it too
-                errors.append(f"{probe.name}: {type(error).__name__}: {error}")
-        header = ""
-        if "generation_prompt" in rendered and "ends_on_user" in rendered:
-            header = generation_prompt(rendered["ends_on_user"][0], rendered["generation_prompt"][0])
-        if not header.strip():
-            header = common_opening(
-                (probe, *rendered[probe.name], trained_messages(probe, speakers, only_last_turn))
-                for probe in probes
-                if probe.name in rendered
-            )
-        layouts, traces = {}, []
-        for probe in probes:
-            if probe.name not in rendered:
-                continue
-            text, emissions = rendered[probe.name]
-            trained = trained_messages(probe, speakers, only_last_turn)
-            layout = layout_probe(probe, text, emissions, header, trained)
-            layout.trained = set(trained)
-            layouts[probe.name] = layout
-            traces.append((layout, emissions))
-        notes = [f"probe rejected: {e}" for e in errors]
-        if _no_end_marker(layouts):
-            notes.append(
-                "the assistant's turn has no end-of-turn marker of its own (the next message's header ends it): "
-                "the model will not learn to stop from these tags; add an end-of-sequence token to the data"
-            )
-        analysis = Analysis(parsed, flow, probes, layouts, traces, notes)
-        if any(not turn.optional for layout in layouts.values() for turn in layout.turns):
+    strings, blocks = (_analyse_shape(parsed, flow, tracer, speakers, only_last_turn, shape) for shape in (False, True))
+    if _generates(strings) and _generates(blocks) and _content_units(blocks) - _content_units(strings):
+        for probe in blocks.probes:
+            probe.name += "[blocks]"
+        blocks.layouts = {f"{key}[blocks]": layout for key, layout in blocks.layouts.items()}
+        return Analysis(
+            parsed,
+            flow,
+            strings.probes + blocks.probes,
+            {**strings.layouts, **blocks.layouts},
+            strings.traces + blocks.traces,
+            list(dict.fromkeys(strings.notes + blocks.notes)),
+        )
+    for analysis in (strings, blocks):
+        if _generates(analysis):
             return analysis
-        best = best or analysis
-    if len(best.layouts) == 0:
-        raise PatchError(["the template rejects every probe conversation"] + best.notes[:3])
+    if not strings.layouts and not blocks.layouts:
+        raise PatchError(["the template rejects every probe conversation"] + strings.notes[:3])
     raise PatchError(["no trained message is rendered: the template has no message loop that writes their content"])
+
+
+def _generates(analysis: Analysis) -> bool:
+    return any(not turn.optional for layout in analysis.layouts.values() for turn in layout.turns)
+
+
+def _content_units(analysis: Analysis) -> set[int]:
+    """The outputs that wrote a trained speaker's content in some probe."""
+    units = set()
+    for probe, (layout, emissions) in zip([p for p in analysis.probes if p.name in analysis.layouts], analysis.traces):
+        for sentinel in probe.sentinels:
+            if sentinel.kind != "content" or sentinel.index not in layout.trained:
+                continue
+            found = layout.text.find(sentinel.text)
+            units |= {e.uid for e in emissions if found >= 0 and e.start <= found < e.end}
+    return units
+
+
+def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool) -> Analysis:
+    """Trace the probe battery in one content shape and lay out each probe's trained turns."""
+    probes = build_probes(speakers, blocks=blocks)
+    rendered: dict[str, tuple[str, list]] = {}
+    errors: list[str] = []
+    for probe in probes:
+        try:
+            rendered[probe.name] = tracer.trace(probe.messages, **probe.render_kwargs())
+        except Exception as error:  # the template rejects this probe; verification skips it too
+            errors.append(f"{probe.name}: {type(error).__name__}: {error}")
+    header = ""
+    if "generation_prompt" in rendered and "ends_on_user" in rendered:
+        header = generation_prompt(rendered["ends_on_user"][0], rendered["generation_prompt"][0])
+    if not header.strip():
+        header = common_opening(
+            (probe, *rendered[probe.name], trained_messages(probe, speakers, only_last_turn))
+            for probe in probes
+            if probe.name in rendered
+        )
+    layouts, traces = {}, []
+    for probe in probes:
+        if probe.name not in rendered:
+            continue
+        text, emissions = rendered[probe.name]
+        trained = trained_messages(probe, speakers, only_last_turn)
+        layout = layout_probe(probe, text, emissions, header, trained)
+        layout.trained = set(trained)
+        layouts[probe.name] = layout
+        traces.append((layout, emissions))
+    notes = [f"probe rejected: {e}" for e in errors]
+    if _no_end_marker(layouts):
+        notes.append(
+            "the assistant's turn has no end-of-turn marker of its own (the next message's header ends it): "
+            "the model will not learn to stop from these tags; add an end-of-sequence token to the data"
+        )
+    return Analysis(parsed, flow, probes, layouts, traces, notes)
 
 
 def _no_end_marker(layouts: dict[str, Layout]) -> bool:

@@ -130,3 +130,11 @@ def test_empty_reasoning_framing_belongs_to_the_header_but_real_reasoning_is_tra
     with_reasoning = {"role": "assistant", "content": "Four.", "reasoning_content": "Add them."}
     trained, _ = patched_and_original("trl/qwen3_5_nothink.jinja", [question, with_reasoning])
     assert trained == ["Add them.\n</think>\n\nFour.<|im_end|>"]
+
+
+def test_string_and_block_content_are_both_tagged_when_the_template_has_a_branch_for_each():
+    # Qwen2.5-VL writes string content with one output and text blocks with a loop of its own.
+    for content in ("Hello there", [{"type": "text", "text": "Hello there"}]):
+        messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": content}]
+        trained, _ = patched_and_original("trl/qwen2_5_vl.jinja", messages)
+        assert trained == ["Hello there<|im_end|>"], content
