@@ -306,6 +306,20 @@ def _reasoning_close(seen: list[_Seen]) -> str:
     return ""
 
 
+def _closing_markers(seen: list[_Seen]) -> tuple[str, ...]:
+    """Optional pieces right where a turn ends: a marker the template writes late (with the next message)
+    that closes a turn which has no end-of-turn marker of its own. Only a marker that also follows the last
+    turn of some rendering counts: one that merely opens every header (`<|turn>`) never ends a text."""
+    found, final = [], set()
+    for s in seen:
+        text = s.layout.text
+        ends = {p.turn.end for p in s.pieces if not p.turn.optional}
+        found += [text[p.turn.start : p.turn.end] for p in s.pieces if p.turn.optional and p.turn.start in ends]
+        if ends:
+            final.add(text[max(ends) :].strip())
+    return tuple(dict.fromkeys(marker for marker in found if marker.strip() and marker in final))
+
+
 def _split_turns(seen: list[_Seen]) -> bool:
     """Whether a message renders as pieces that do not touch (a turn written around a tool result)."""
     for s in seen:
@@ -345,9 +359,7 @@ def _analyse(template: str, speakers: tuple[str, ...]) -> tuple[Analysis, list[_
     return analysis, seen, prompt
 
 
-def check_delimiters(
-    template: str, delimiters: Delimiters, speakers: Sequence[str] = (ASSISTANT,)
-) -> list[str]:
+def check_delimiters(template: str, delimiters: Delimiters, speakers: Sequence[str] = (ASSISTANT,)) -> list[str]:
     """Reasons `delimiters` miss the sentinel truth on the template's probe renders (empty when they hold).
 
     The truth is the verifier's (`patcher.analyse` layouts, `verify.check_spans`): every trained turn
@@ -405,7 +417,7 @@ def derive_delimiters(
         # given, as Unsloth does; only the end-of-turn markers and header spacing come from the probes.
         parts = (response_part,) if isinstance(response_part, str) else tuple(response_part)
         space = "" if any(p.endswith(header_space) for p in parts) else header_space
-        return Delimiters(parts, eot, instruction, alternatives, "", space, prompt)
+        return Delimiters(parts, eot, instruction, alternatives, _reasoning_close(seen), space, prompt)
     parts = _response_parts(seen)
     if not parts:
         raise FallbackError(["no header precedes the trained turns"])
@@ -421,11 +433,19 @@ def derive_delimiters(
         continues=continued,
         split_turns=_split_turns(seen),
     )
-    joins = _joins(seen, delimiters)
-    if joins:
-        delimiters = replace(delimiters, joins=joins)
-    problems = _problems(seen, delimiters)
-    if problems:
-        summary = f"with response part(s) {list(parts)!r} and end of turn {eot!r}: "
-        raise FallbackError([summary + problems[0]] + problems[1:4])
-    return delimiters
+    attempts = [delimiters]
+    closing = _closing_markers(seen)
+    if closing:
+        # Train the optional marker that closes a turn with none of its own (the model must learn to stop),
+        # where the truth allows it; else leave it out, as the truth also allows.
+        more = closing if delimiters.eot else closing[1:]
+        attempts.insert(0, replace(delimiters, eot=eot or closing[0], eot_alternatives=alternatives + more))
+    problems: list[str] = []
+    for attempt in attempts:
+        joins = _joins(seen, attempt)
+        attempt = replace(attempt, joins=joins) if joins else attempt
+        problems = _problems(seen, attempt)
+        if not problems:
+            return attempt
+    summary = f"with response part(s) {list(parts)!r} and end of turn {eot!r}: "
+    raise FallbackError([summary + problems[0]] + problems[1:4])
