@@ -112,8 +112,12 @@ def test_tags_path_matches_sentinel_truth(path):
 
 
 def test_find_spans_explicit_parts_and_generation_prompt():
-    d = Delimiters(("<|im_start|>assistant\n",), "<|im_end|>", ("<|im_start|>user\n",),
-                   generation_prompt="<|im_start|>assistant\n<think>\n")
+    d = Delimiters(
+        ("<|im_start|>assistant\n",),
+        "<|im_end|>",
+        ("<|im_start|>user\n",),
+        generation_prompt="<|im_start|>assistant\n<think>\n",
+    )
     text = "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n"
     assert find_spans(text, d, add_generation_prompt=True) == []
     no_eot = Delimiters(("### Response:\n",), "", ("### Instruction:\n",))
@@ -225,9 +229,7 @@ def test_fallback_trains_what_the_tags_train_beyond_the_probes(path):
 
 
 def _as_blocks(messages: list[dict]) -> list[dict]:
-    return [
-        {**m, "content": [{"type": "text", "text": m["content"]}]} if m.get("content") else m for m in messages
-    ]
+    return [{**m, "content": [{"type": "text", "text": m["content"]}]} if m.get("content") else m for m in messages]
 
 
 def test_joins_keep_a_channel_turn_whole():

@@ -92,9 +92,7 @@ def test_bad_conversations(fallback):
 def test_unknown_role_is_named_when_the_template_rejects_it():
     renderer = SpanRenderer(corpus_file("axolotl/exaone4.jinja").read_text())
     with pytest.raises(ConversationError, match="message 1 has role 'narrator'"):
-        renderer.render(
-            [{"role": "user", "content": "q"}, {"role": "narrator", "content": "n"}], bos_token="<bos>"
-        )
+        renderer.render([{"role": "user", "content": "q"}, {"role": "narrator", "content": "n"}], bos_token="<bos>")
 
 
 def test_dropped_assistant_message_with_a_per_message_policy():
