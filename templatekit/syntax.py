@@ -68,15 +68,17 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def make_environment() -> ImmutableSandboxedEnvironment:
+def make_environment(generation: type[jinja2.ext.Extension] = GenerationTag) -> ImmutableSandboxedEnvironment:
     """A sandboxed environment with transformers' chat-template settings.
+
+    `generation` is the extension that handles `{% generation %}` blocks (rendered unchanged by default).
 
     Example:
         >>> make_environment().from_string("{{ x | tojson }}").render(x="<b>")
         '"<b>"'
     """
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[generation, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception

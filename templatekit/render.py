@@ -1,0 +1,98 @@
+"""Render a tagged template and read its generation spans in one pass, for datasets of many conversations.
+
+transformers' renderer (`render_jinja_template`, what TRL calls) tracks a generation block's offsets by
+joining everything streamed so far at each block, and prepares each call afresh. Here the template is
+compiled once, each `{% generation %}` block writes two private-use marker characters around its text, and
+one scan removes them and notes where they stood. The text is the same as transformers' (same sandboxed
+environment settings); so are the spans, which tests check against transformers on the corpus.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import jinja2
+from jinja2 import nodes
+from jinja2.parser import Parser
+
+from .syntax import GENERATION_TAG, make_environment
+
+__all__ = ["MarkerCollision", "render_tagged"]
+
+OPEN, CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: no tokenizer or template writes them
+_MARKS = re.compile(f"[{OPEN}{CLOSE}]")
+
+
+class MarkerCollision(ValueError):
+    """The conversation itself holds a marker character, so the markers cannot be told apart from it."""
+
+
+class _MarkedGeneration(jinja2.ext.Extension):
+    tags = {GENERATION_TAG}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+    calls = 0  # blocks rendered since the count was last reset (renders in one thread at a time)
+
+    def _mark(self, caller) -> str:
+        body = caller()
+        if OPEN in body or CLOSE in body:
+            raise MarkerCollision("the conversation holds a generation marker character itself")
+        type(self).calls += 1
+        return OPEN + body + CLOSE
+
+
+@lru_cache(maxsize=64)
+def _compiled(template: str) -> jinja2.Template:
+    return make_environment(_MarkedGeneration).from_string(template)
+
+
+def render_tagged(
+    template: str,
+    messages: list[dict],
+    *,
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+    add_generation_prompt: bool = False,
+    **variables,
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of its generation blocks (empty ones left out).
+
+    Raises `MarkerCollision` when the conversation itself holds a marker character (the caller falls back to
+    transformers' renderer for that conversation). Not thread-safe: one render at a time per process.
+
+    Example:
+        >>> tagged = "{% for m in messages %}{{ m.role }}: {% generation %}{{ m.content }}{% endgeneration %}.{% endfor %}"
+        >>> render_tagged(tagged, [{"role": "assistant", "content": "Hi"}])
+        ('assistant: Hi.', [(11, 13)])
+    """
+    _MarkedGeneration.calls = 0
+    raw = _compiled(template).render(
+        messages=messages, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt, **variables
+    )
+    if raw.count(OPEN) != _MarkedGeneration.calls or raw.count(CLOSE) != _MarkedGeneration.calls:
+        raise MarkerCollision("the conversation holds a generation marker character itself")
+    if not _MarkedGeneration.calls:
+        return raw, []
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length, cursor, depth, start = 0, 0, 0, 0
+    for found in _MARKS.finditer(raw):
+        position, char = found.start(), found.group()
+        pieces.append(raw[cursor:position])
+        length += position - cursor
+        cursor = position + 1
+        if char == OPEN:
+            depth += 1
+            if depth == 1:
+                start = length
+        else:
+            depth -= 1
+            if depth == 0 and length > start:
+                spans.append((start, length))
+    pieces.append(raw[cursor:])
+    return "".join(pieces), spans

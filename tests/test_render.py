@@ -1,0 +1,43 @@
+"""The fast tagged renderer equals transformers' renderer, text and spans, on every patched corpus template."""
+
+from __future__ import annotations
+
+import pytest
+from _paths import corpus_dir
+
+import templatekit
+from templatekit.probes import build_probes
+from templatekit.render import MarkerCollision, render_tagged
+from templatekit.verify import merge_adjacent, render_probe
+
+TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=[f"{p.parent.name}/{p.stem}" for p in TEMPLATES])
+def test_same_text_and_spans_as_transformers(path):
+    try:
+        tagged = templatekit.patch_template(path.read_text(encoding="utf-8"), retag=True).template
+    except templatekit.PatchError as error:
+        assert error.reasons  # refused with a reason; the corpus report lists it
+        return
+    compared = 0
+    for probe in build_probes() + build_probes(blocks=True):
+        reference = render_probe(tagged, probe, spans=True)
+        if reference.error is not None:
+            with pytest.raises(Exception):
+                render_tagged(tagged, probe.messages, **probe.render_kwargs())
+            continue
+        text, spans = render_tagged(tagged, probe.messages, **probe.render_kwargs())
+        assert text == reference.text, probe.name
+        assert merge_adjacent(spans) == merge_adjacent(reference.spans), probe.name
+        compared += 1
+    assert compared
+
+
+def test_a_conversation_holding_a_marker_character_is_refused_not_misread():
+    tagged = templatekit.patch_template(
+        "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+    ).template
+    for role in ("user", "assistant"):
+        with pytest.raises(MarkerCollision):
+            render_tagged(tagged, [{"role": role, "content": "a \ue000 b \ue001 c"}])
