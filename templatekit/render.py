@@ -3,8 +3,9 @@
 transformers' renderer (`render_jinja_template`, what TRL calls) tracks a generation block's offsets by
 joining everything streamed so far at each block, and prepares each call afresh. Here the template is
 compiled once, each `{% generation %}` block writes two private-use marker characters around its text, and
-one scan removes them and notes where they stood. The text is the same as transformers' (same sandboxed
-environment settings); so are the spans, which tests check against transformers on the corpus.
+one scan removes them and notes where they stood. The conversation is prepared as transformers prepares it
+(plain data only, reasoning under each of its names), and the environment has transformers' settings, so
+text and spans are the same as transformers'; tests check that on the corpus.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from jinja2 import nodes
 from jinja2.parser import Parser
 
 from .syntax import GENERATION_TAG, make_environment
+
+try:  # What transformers does to a conversation before rendering it: plain data only, reasoning under all its names.
+    from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
+except ImportError:  # releases that do neither
+
+    def _plain_template_data(value):
+        return value
+
+    def _alias_reasoning_fields(chat):
+        return chat
 
 __all__ = ["MarkerCollision", "render_tagged"]
 
@@ -72,7 +83,11 @@ def render_tagged(
     """
     _MarkedGeneration.calls = 0
     raw = _compiled(template).render(
-        messages=messages, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt, **variables
+        messages=_alias_reasoning_fields(_plain_template_data(messages)),
+        tools=_plain_template_data(tools),
+        documents=_plain_template_data(documents),
+        add_generation_prompt=add_generation_prompt,
+        **_plain_template_data(variables),
     )
     if raw.count(OPEN) != _MarkedGeneration.calls or raw.count(CLOSE) != _MarkedGeneration.calls:
         raise MarkerCollision("the conversation holds a generation marker character itself")

@@ -29,6 +29,7 @@ from .fallback import Delimiters, FallbackError, derive_delimiters, find_spans
 from .patcher import patch_template
 from .policies import ConversationError, Policy, Turn, apply_policy, attribute, check_messages, unknown_roles
 from .probes import build_probes
+from .render import MarkerCollision, render_tagged
 from .verify import merge_adjacent, render_probe
 
 __all__ = ["SpanRenderer", "render_with_spans"]
@@ -167,21 +168,13 @@ class SpanRenderer:
         trained, weighted = check_messages(messages, self.policy.train_roles)
         tags = self.mode == "tags"
         try:
-            texts, indices = render_jinja_template(
-                conversations=[messages],
-                chat_template=self.template,
-                return_assistant_tokens_mask=tags,
-                tools=tools,
-                add_generation_prompt=add_generation_prompt,
-                **kwargs,
-            )
+            text, spans = _render(self.template, messages, tags, tools, add_generation_prompt, kwargs)
         except Exception as error:  # the template's own raise_exception, or a type error inside it
             odd = unknown_roles(messages, self.policy.train_roles)
             hint = f" ({odd})" if odd else ""
             raise ConversationError(f"the template rejects the conversation{hint}: {type(error).__name__}: {error}")
-        text = texts[0]
         if tags:
-            spans = merge_adjacent([tuple(span) for span in indices[0]])
+            spans = merge_adjacent(spans)
         else:
             spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
         split = not tags and self.delimiters.split_turns
@@ -216,6 +209,27 @@ def _hashable(value):
     if isinstance(value, list):
         return tuple(value)
     return value
+
+
+def _render(template: str, messages, tags: bool, tools, add_generation_prompt: bool, kwargs: dict):
+    """Text and generation spans: the template compiled once (render.py), or transformers' own renderer for
+    what only it prepares (tools given as Python functions) and for a conversation holding a marker character."""
+    if not tools or not any(callable(tool) for tool in tools):
+        try:
+            return render_tagged(
+                template, list(messages), tools=tools, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        except MarkerCollision:
+            pass
+    texts, indices = render_jinja_template(
+        conversations=[messages],
+        chat_template=template,
+        return_assistant_tokens_mask=tags,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
+    )
+    return texts[0], [tuple(span) for span in indices[0]] if tags else []
 
 
 def render_with_spans(

@@ -41,3 +41,17 @@ def test_a_conversation_holding_a_marker_character_is_refused_not_misread():
     for role in ("user", "assistant"):
         with pytest.raises(MarkerCollision):
             render_tagged(tagged, [{"role": role, "content": "a \ue000 b \ue001 c"}])
+
+
+def test_conversation_is_prepared_like_transformers_prepares_it():
+    # gpt-oss reads `thinking`; transformers copies `reasoning_content` there before rendering, and so must we.
+    tagged = templatekit.patch_template((corpus_dir() / "trl/gptoss.jinja").read_text(encoding="utf-8")).template
+    probe = build_probes()[0]
+    probe.messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "Four.", "reasoning_content": "Add them."},
+    ]
+    reference = render_probe(tagged, probe, spans=True)
+    text, spans = render_tagged(tagged, probe.messages, **probe.render_kwargs())
+    assert "Add them." in text
+    assert (text, merge_adjacent(spans)) == (reference.text, merge_adjacent(reference.spans))
