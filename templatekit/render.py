@@ -10,6 +10,7 @@ text and spans are the same as transformers'; tests check that on the corpus.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 
@@ -42,19 +43,37 @@ class MarkerCollision(ValueError):
 class _MarkedGeneration(jinja2.ext.Extension):
     tags = {GENERATION_TAG}
 
-    def parse(self, parser: Parser) -> nodes.Node:
+    def parse(self, parser: Parser) -> nodes.Node | list[nodes.Node]:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
-
-    calls = 0  # blocks rendered since the count was last reset (renders in one thread at a time)
+        if _sets_a_variable(body):
+            # A variable set inside the block must vanish with it, as in transformers' call block.
+            return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+        # Otherwise the markers are plain text around the body: no call per block.
+        return [
+            nodes.Output([nodes.TemplateData(OPEN)]).set_lineno(lineno),
+            *body,
+            nodes.Output([nodes.TemplateData(CLOSE)]).set_lineno(lineno),
+        ]
 
     def _mark(self, caller) -> str:
-        body = caller()
-        if OPEN in body or CLOSE in body:
-            raise MarkerCollision("the conversation holds a generation marker character itself")
-        type(self).calls += 1
-        return OPEN + body + CLOSE
+        return OPEN + caller() + CLOSE
+
+
+def _sets_a_variable(body: list[nodes.Node]) -> bool:
+    """True when `body` sets a variable in its own scope (loops and macros have scopes of their own)."""
+    for node in body:
+        if isinstance(node, (nodes.Assign, nodes.AssignBlock)):
+            return True
+        if isinstance(node, nodes.If) and _sets_a_variable(node.body + node.else_ + [*node.elif_]):
+            return True
+    return False
+
+
+def _holds_marker(*values) -> bool:
+    # One C-speed pass over everything the template can see; `default=str` covers what JSON cannot hold.
+    text = json.dumps(values, ensure_ascii=False, default=str)
+    return OPEN in text or CLOSE in text
 
 
 @lru_cache(maxsize=64)
@@ -74,14 +93,15 @@ def render_tagged(
     """The rendered text and the character spans of its generation blocks (empty ones left out).
 
     Raises `MarkerCollision` when the conversation itself holds a marker character (the caller falls back to
-    transformers' renderer for that conversation). Not thread-safe: one render at a time per process.
+    transformers' renderer for that conversation).
 
     Example:
         >>> tagged = "{% for m in messages %}{{ m.role }}: {% generation %}{{ m.content }}{% endgeneration %}.{% endfor %}"
         >>> render_tagged(tagged, [{"role": "assistant", "content": "Hi"}])
         ('assistant: Hi.', [(11, 13)])
     """
-    _MarkedGeneration.calls = 0
+    if _holds_marker(messages, tools, documents, variables):
+        raise MarkerCollision("the conversation holds a generation marker character itself")
     raw = _compiled(template).render(
         messages=_alias_reasoning_fields(_plain_template_data(messages)),
         tools=_plain_template_data(tools),
@@ -89,9 +109,7 @@ def render_tagged(
         add_generation_prompt=add_generation_prompt,
         **_plain_template_data(variables),
     )
-    if raw.count(OPEN) != _MarkedGeneration.calls or raw.count(CLOSE) != _MarkedGeneration.calls:
-        raise MarkerCollision("the conversation holds a generation marker character itself")
-    if not _MarkedGeneration.calls:
+    if OPEN not in raw:
         return raw, []
     pieces: list[str] = []
     spans: list[tuple[int, int]] = []
