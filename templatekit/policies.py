@@ -113,28 +113,29 @@ def check_messages(messages: Sequence[Mapping], train_roles: Sequence[str]) -> t
         ...                ("assistant",))
         ([1], [])
     """
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+    # `type(...) is` first: this runs once per conversation in prepare_dataset, and ABC checks are slow.
+    if type(messages) is not list and (isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)):
         raise ConversationError(f"a conversation must be a list of messages, got {type(messages).__name__}")
     if not messages:
         raise ConversationError("the conversation has no messages")
     roles, weighted = [], []
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise ConversationError(f"a message must be a dict, got {type(message).__name__}", message=index)
         role = message.get("role")
-        if not isinstance(role, str) or not role:
+        if type(role) is not str and not isinstance(role, str) or not role:
             raise ConversationError(f"a message needs a string 'role', got {role!r}", message=index)
         content = message.get("content")
         if content is None:
             if not message.get("tool_calls"):
                 raise ConversationError(f"the {role} message has no content (and no tool_calls)", message=index)
-        elif not isinstance(content, str):
+        elif type(content) is not str and not isinstance(content, str):
             if not isinstance(content, list) or not all(isinstance(block, Mapping) for block in content):
                 raise ConversationError(
                     f"content must be a string or a list of content blocks, got {type(content).__name__}",
                     message=index,
                 )
-        weight = _weight(message, index)
+        weight = _weight(message, index) if "weight" in message else 1
         if role in train_roles:
             roles.append(index)
             if weight:
