@@ -55,8 +55,11 @@ def generation_prompt(text_without: str, text_with: str) -> str:
     while common < min(len(text_with), len(text_without)) and text_with[common] == text_without[common]:
         common += 1
     if common < len(text_without):
-        # The renders part inside a marker (`</s>` vs `<|assistant|>` share `<`): back up to where one ends.
-        while common and not (text_with[common - 1].isspace() or text_with[common - 1] in ">]"):
+        # The renders part inside a marker (`</s>` vs `<|assistant|>` share `<`): back up to where it starts,
+        # never past the end of the text before it (a user's words that end right before the marker).
+        while common and text_with[common] not in "<[" and not (
+            text_with[common - 1].isspace() or text_with[common - 1] in ">]"
+        ):
             common -= 1
     return text_with[common:]
 
@@ -225,21 +228,21 @@ _MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
 
 
 def _closing_marker(probe: Probe, text: str, emissions: list[Emission]) -> str:
-    """A marker every message after the first opens with, whatever its role (Jamba's `<|eom|>`).
+    """A marker every message after the first opens with, and the render ends with (Jamba's `<|eom|>`).
 
     Such a marker closes the message before it; the template just writes it late. A turn with no marker of
     its own may have it trained (the model generates it to stop) or not. A role's own header (`<|user|>`)
-    is not one: it differs from role to role.
+    is not one: it differs from role to role, and a render does not end with it.
     """
-    openings: dict[str, list[str]] = {}
-    for index, message in enumerate(probe.messages[1:], start=1):
+    if probe.add_generation_prompt:
+        return ""
+    starts = []
+    for index in range(1, len(probe.messages)):
         own = [e.start for e in emissions if e.message == index and e.text]
         if own:
-            openings.setdefault(message["role"], []).append(text[own[0] :])
-    starts = [opening for group in openings.values() for opening in group]
-    if len(openings) < 2:
-        return ""
-    found = _MARKER.match(starts[0])
+            starts.append(text[own[0] :])
+    found = _MARKER.match(starts[0]) if starts else None
     if found is None or any(not opening.startswith(found.group()) for opening in starts):
         return ""
-    return found.group()
+    # It closes the last message too: the render ends with it (a header opener never ends a render).
+    return found.group() if text.rstrip().endswith(found.group()) else ""
