@@ -100,7 +100,11 @@ class RawToken:
     @property
     def tag_end(self) -> int:
         """For a closing tag, the offset just after `}}`/`%}`, before any whitespace the lexer swallowed."""
-        return self.start + self.value.index("}") + 2 if self.type in ("block_end", "variable_end") else self.end
+        if self.type == "variable_end":
+            return self.start + self.value.index("}}") + 2
+        if self.type == "block_end":
+            return self.start + self.value.index("%}") + 2
+        return self.end
 
 
 @dataclass

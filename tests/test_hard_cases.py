@@ -138,3 +138,15 @@ def test_string_and_block_content_are_both_tagged_when_the_template_has_a_branch
         messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": content}]
         trained, _ = patched_and_original("trl/qwen2_5_vl.jinja", messages)
         assert trained == ["Hello there<|im_end|>"], content
+
+
+def test_a_statement_ends_at_its_own_tag_even_when_a_comment_follows():
+    # llava: `{% endfor %}{# comment #}`: a tag put after the loop must not land inside the comment's `{#`.
+    from templatekit.analysis import build_flow
+    from templatekit.syntax import parse_template
+
+    source = "{% for m in messages %}{% if m.x %}a{% endif %}{# note #}\n{% endfor %}"
+    statement = build_flow(parse_template(source)).root.items[0].bodies[0].items[0]
+    assert source[statement.start : statement.end] == "{% if m.x %}a{% endif %}"
+    result = templatekit.patch_template(read("axolotl/llava.jinja"), retag=True)
+    assert result.status == "retagged" and result.report.ok
