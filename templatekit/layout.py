@@ -185,7 +185,7 @@ def layout_probe(
         if s.index in trained and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
     ]
     turns: list[Turn] = []
-    closing = ""
+    closing = _closing_marker(probe, text, emissions)
     for index in trained:
         positions = [
             (found, found + len(s.text))
@@ -216,11 +216,9 @@ def layout_probe(
         start = _header_end(text, window_start, first, header)
         end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
         turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))
-        marker = closing or _closing_marker(probe, text, emissions)
-        closing = marker
         after = len(text) - len(text[end:].lstrip())
-        if end == last and marker and text.startswith(marker, after):
-            turns.append(Turn(index, after, after + len(marker), after, after, optional=True))
+        if end == last and closing and text.startswith(closing, after):
+            turns.append(Turn(index, after, after + len(closing), after, after, optional=True))
     return Layout(text, turns, forbidden, header)
 
 
