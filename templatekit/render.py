@@ -11,7 +11,6 @@ text and spans are the same as transformers'; tests check that on the corpus.
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 
 import jinja2
@@ -33,7 +32,6 @@ except ImportError:  # releases that do neither
 __all__ = ["MarkerCollision", "render_tagged"]
 
 OPEN, CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: no tokenizer or template writes them
-_MARKS = re.compile(f"[{OPEN}{CLOSE}]")
 
 
 class MarkerCollision(ValueError):
@@ -111,21 +109,15 @@ def render_tagged(
     )
     if OPEN not in raw:
         return raw, []
-    pieces: list[str] = []
-    spans: list[tuple[int, int]] = []
-    length, cursor, depth, start = 0, 0, 0, 0
-    for found in _MARKS.finditer(raw):
-        position, char = found.start(), found.group()
-        pieces.append(raw[cursor:position])
-        length += position - cursor
-        cursor = position + 1
-        if char == OPEN:
-            depth += 1
-            if depth == 1:
-                start = length
-        else:
-            depth -= 1
-            if depth == 0 and length > start:
-                spans.append((start, length))
-    pieces.append(raw[cursor:])
+    # Blocks do not nest: every piece after an opening marker holds exactly one closing marker.
+    head, *blocks = raw.split(OPEN)
+    pieces, spans, length = [head], [], len(head)
+    for block in blocks:
+        inside, closed, after = block.partition(CLOSE)
+        if not closed or CLOSE in after:
+            raise MarkerCollision("generation markers out of order: a block inside a block")
+        if inside:
+            spans.append((length, length + len(inside)))
+        pieces += (inside, after)
+        length += len(inside) + len(after)
     return "".join(pieces), spans
