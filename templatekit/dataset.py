@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -131,7 +132,9 @@ class _Preparer:
         tools_field: str,
         max_length: int | None,
         add_labels: bool,
+        arrow: bool = False,
     ):
+        self.arrow = arrow  # return an Arrow table: datasets then stores the columns without a per-token copy
         self.template = template
         self.renderer_options = renderer_options
         self.tokenizer = tokenizer
@@ -186,6 +189,8 @@ class _Preparer:
                 input_ids[position] = input_ids[position][:limit]
                 mask = mask[:limit]
             masks.append(mask)
+        if self.arrow:
+            return _arrow_table(input_ids, masks, self.add_labels)
         output = {
             "input_ids": input_ids,
             "attention_mask": [[1] * len(ids) for ids in input_ids],
@@ -194,6 +199,29 @@ class _Preparer:
         if self.add_labels:
             output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
         return output
+
+
+def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool):
+    """The batch's columns as one Arrow table (int32 ids, int8 masks), built from flat numpy arrays.
+
+    Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(input_ids) + 1, dtype=np.int32)
+    np.cumsum([len(ids) for ids in input_ids], out=offsets[1:])
+    total = int(offsets[-1])
+    ids = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int32, count=total)
+    mask = np.fromiter(itertools.chain.from_iterable(masks), dtype=np.int8, count=total)
+    columns = {
+        "input_ids": pa.ListArray.from_arrays(offsets, ids),
+        "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(total, dtype=np.int8)),
+        "assistant_masks": pa.ListArray.from_arrays(offsets, mask),
+    }
+    if add_labels:
+        columns["labels"] = pa.ListArray.from_arrays(offsets, np.where(mask == 1, ids, -100).astype(np.int32))
+    return pa.table(columns)
 
 
 @contextlib.contextmanager
@@ -330,6 +358,8 @@ def prepare_dataset(
         response_part=response_part,
         fallback=fallback,
     )
+    drop = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
+    keep = [c for c in columns if c not in drop]
     preparer = _Preparer(
         text,
         renderer_options,
@@ -338,10 +368,10 @@ def prepare_dataset(
         tools_field=tools_field,
         max_length=max_length,
         add_labels=add_labels,
+        # Arrow output when the result holds only the new columns (kept input columns stay with datasets).
+        arrow=not isinstance(dataset, IterableDataset) and not keep,
     )
     _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
-    drop = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
-    keep = [c for c in columns if c not in drop]
     options = dict(
         batched=True,
         batch_size=batch_size,
