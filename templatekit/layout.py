@@ -64,6 +64,15 @@ def generation_prompt(text_without: str, text_with: str) -> str:
     return text_with[common:]
 
 
+def _generated(probe: Probe, text: str) -> dict[int, list[tuple[int, int]]]:
+    """Where each message's generated sentinels (content, reasoning, tool calls) stand in the rendered text."""
+    found: dict[int, list[tuple[int, int]]] = {}
+    for sentinel in probe.sentinels:
+        if sentinel.kind in GENERATED_KINDS and (start := text.find(sentinel.text)) >= 0:
+            found.setdefault(sentinel.index, []).append((start, start + len(sentinel.text)))
+    return found
+
+
 def common_opening(renders) -> str:
     """The header every trained turn opens with, for templates whose generation prompt writes nothing.
 
@@ -83,12 +92,9 @@ def common_opening(renders) -> str:
     """
     openings = []
     for probe, text, emissions, trained in renders:
+        generated = _generated(probe, text)
         for index in trained:
-            found = [
-                position
-                for s in probe.sentinels
-                if s.index == index and s.kind in GENERATED_KINDS and (position := text.find(s.text)) >= 0
-            ]
+            found = [start for start, _ in generated.get(index, [])]
             own = [e.start for e in emissions if e.message == index and e.text]
             if found and own and own[0] < min(found):
                 openings.append(text[own[0] : min(found)])
@@ -179,19 +185,12 @@ def layout_probe(
         while start >= 0:
             forbidden.append((start, start + len(sentinel.text), f"{sentinel.role} {sentinel.kind}"))
             start = text.find(sentinel.text, start + 1)
-    others = [
-        (found, s.index)
-        for s in probe.sentinels
-        if s.index in trained and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
-    ]
+    generated = _generated(probe, text)
+    others = [(start, index) for index in trained for start, _ in generated.get(index, [])]
     turns: list[Turn] = []
     closing = _closing_marker(probe, text, emissions)
     for index in trained:
-        positions = [
-            (found, found + len(s.text))
-            for s in probe.sentinels
-            if s.index == index and s.kind in GENERATED_KINDS and (found := text.find(s.text)) >= 0
-        ]
+        positions = generated.get(index, [])
         own = [e for e in emissions if e.message == index and e.text]
         if not positions:
             # Nothing generated is rendered; what the turn still writes after its header (an end-of-turn
