@@ -9,11 +9,11 @@ the newline that separates turns.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from .analysis import Emission
 from .probes import Probe
+from .truth import MARKER, Generated
 
 GENERATED_KINDS = ("content", "reasoning", "tool_call")
 
@@ -175,8 +175,14 @@ def layout_probe(
     emissions: list[Emission],
     header: str,
     trained: list[int],
+    truth: dict[int, Generated] | None = None,
 ) -> Layout:
-    """Compute the expected trained turns of `probe` rendered as `text`."""
+    """Compute the expected trained turns of `probe` rendered as `text`.
+
+    `truth` holds the turns whose boundaries the template's own renders determine (truth.py); the
+    others are read from the header and the outputs the message wrote.
+    """
+    truth = truth or {}
     forbidden = []
     for sentinel in probe.sentinels:
         if sentinel.index in trained and sentinel.kind in GENERATED_KINDS:
@@ -203,17 +209,10 @@ def layout_probe(
             continue
         first = min(start for start, _ in positions)
         last = max(end for _, end in positions)
-        window_start = min([e.start for e in own if e.start <= first], default=first)
-        # The turn ends before anything that is not this speaker's: a tool result or the next message
-        # that the template writes while still looping over this one.
-        stop = min(
-            [start for start, _, _ in forbidden if start >= last]
-            + [found for found, other in others if other != index and found >= last],
-            default=len(text),
-        )
-        turn_end = max([e.end for e in own if e.end <= stop], default=last)
-        start = _header_end(text, window_start, first, header)
-        end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
+        if index in truth:
+            start, end = truth[index].start, truth[index].end
+        else:
+            start, end = _read_turn(text, own, first, last, header, forbidden, index, others)
         turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))
         after = len(text) - len(text[end:].lstrip())
         if end == last and closing and text.startswith(closing, after):
@@ -221,7 +220,22 @@ def layout_probe(
     return Layout(text, turns, forbidden, header)
 
 
-_MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
+def _read_turn(text, own, first, last, header, forbidden, index, others) -> tuple[int, int]:
+    """A turn's bounds read from its header and the outputs its message wrote (when the renders cannot tell)."""
+    window_start = min([e.start for e in own if e.start <= first], default=first)
+    # The turn ends before anything that is not this speaker's: a tool result or the next message
+    # that the template writes while still looping over this one.
+    stop = min(
+        [start for start, _, _ in forbidden if start >= last]
+        + [found for found, other in others if other != index and found >= last],
+        default=len(text),
+    )
+    turn_end = max([e.end for e in own if e.end <= stop], default=last)
+    start = _header_end(text, window_start, first, header)
+    end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
+    return start, end
+
+
 
 
 def _closing_marker(probe: Probe, text: str, emissions: list[Emission]) -> str:
@@ -238,7 +252,7 @@ def _closing_marker(probe: Probe, text: str, emissions: list[Emission]) -> str:
         own = [e.start for e in emissions if e.message == index and e.text]
         if own:
             starts.append(text[own[0] :])
-    found = _MARKER.match(starts[0]) if starts else None
+    found = MARKER.match(starts[0]) if starts else None
     if found is None or any(not opening.startswith(found.group()) for opening in starts):
         return ""
     # It closes the last message too: the render ends with it (a header opener never ends a render).

@@ -18,6 +18,7 @@ from .regions import PlanError, Region
 from .report import PatchResult, Report
 from .rewrite import apply_edits, has_generation_tags, region_edits, strip_generation_tags
 from .syntax import ParsedTemplate, line_column, parse_template
+from .truth import generated_turns
 from .verify import render_probe, verify
 
 
@@ -116,15 +117,26 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
             if probe.name in rendered
         )
     layouts, traces = {}, []
+    quoted = []
     for probe in probes:
         if probe.name not in rendered:
             continue
         text, emissions = rendered[probe.name]
         trained = trained_messages(probe, speakers, only_last_turn)
-        layout = layout_probe(probe, text, emissions, header, trained)
+        truth = generated_turns(probe, text, emissions, trained, _tracing(tracer, probe))
+        quoted += [probe.name for turn in truth.values() if turn.quoted]
+        layout = layout_probe(probe, text, emissions, header, trained, truth)
         layout.trained = set(trained)
         layouts[probe.name] = layout
         traces.append((layout, emissions))
+    if quoted:
+        raise PatchError(
+            [
+                "the assistant's message is only quoted inside a prompt (the render that ends on it ends with "
+                "the same instructions as the generation prompt): a classifier or judge template has no "
+                f"assistant turn to train (probe {quoted[0]!r})"
+            ]
+        )
     notes = [f"probe rejected: {e}" for e in errors]
     if _no_end_marker(layouts):
         notes.append(
@@ -132,6 +144,18 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
             "the model will not learn to stop from these tags; add an end-of-sequence token to the data"
         )
     return Analysis(parsed, flow, probes, layouts, traces, notes)
+
+
+def _tracing(tracer: Tracer, probe: Probe):
+    """`trace(messages, add_generation_prompt)` with the probe's other options; None when the template raises."""
+
+    def trace(messages: list, add_generation_prompt: bool):
+        try:
+            return tracer.trace(messages, **{**probe.render_kwargs(), "add_generation_prompt": add_generation_prompt})
+        except Exception:  # the template rejects this prefix: the turn falls back to its header
+            return None
+
+    return trace
 
 
 def _no_end_marker(layouts: dict[str, Layout]) -> bool:
