@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .analysis import Emission
+from .errors import PatchError
 from .probes import Probe
 from .truth import MARKER, Generated
 
@@ -192,7 +193,6 @@ def layout_probe(
             forbidden.append((start, start + len(sentinel.text), f"{sentinel.role} {sentinel.kind}"))
             start = text.find(sentinel.text, start + 1)
     generated = _generated(probe, text)
-    others = [(start, index) for index in trained for start, _ in generated.get(index, [])]
     turns: list[Turn] = []
     closing = _closing_marker(probe, text, emissions)
     for index in trained:
@@ -212,30 +212,17 @@ def layout_probe(
         if index in truth:
             start, end = truth[index].start, truth[index].end
         else:
-            start, end = _read_turn(text, own, first, last, header, forbidden, index, others)
+            raise PatchError(
+                [
+                    f"probe {probe.name!r}: cannot tell where message {index}'s turn starts: the prompt for it "
+                    "(the conversation before it, with the generation prompt) does not render the text before it"
+                ]
+            )
         turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))
         after = len(text) - len(text[end:].lstrip())
         if end == last and closing and text.startswith(closing, after):
             turns.append(Turn(index, after, after + len(closing), after, after, optional=True))
     return Layout(text, turns, forbidden, header)
-
-
-def _read_turn(text, own, first, last, header, forbidden, index, others) -> tuple[int, int]:
-    """A turn's bounds read from its header and the outputs its message wrote (when the renders cannot tell)."""
-    window_start = min([e.start for e in own if e.start <= first], default=first)
-    # The turn ends before anything that is not this speaker's: a tool result or the next message
-    # that the template writes while still looping over this one.
-    stop = min(
-        [start for start, _, _ in forbidden if start >= last]
-        + [found for found, other in others if other != index and found >= last],
-        default=len(text),
-    )
-    turn_end = max([e.end for e in own if e.end <= stop], default=last)
-    start = _header_end(text, window_start, first, header)
-    end = max(last, len(text[:turn_end].rstrip())) if turn_end > last else last
-    return start, end
-
-
 
 
 def _closing_marker(probe: Probe, text: str, emissions: list[Emission]) -> str:

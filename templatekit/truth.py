@@ -104,16 +104,25 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     """Where turn `index` starts in `text`: after the generation prompt `header` where the turn opens with
     it, else where the prompt's tail (aligned from the last sentinel both share) stops matching `text`."""
     before = [occ for occ in _occurrences(probe, text) if occ[1] <= first and occ[2] != index]
-    in_prompt = _occurrences(probe, prompt)
-    if not before or not in_prompt:
+    if not before or not _occurrences(probe, prompt):
         return _parting(prompt, 0, text, 0, first)
+    # Align from the last text before the turn that the prompt writes too (a template may drop or move
+    # other messages' text, such as earlier tool calls, depending on where the conversation ends).
     anchor_start, anchor_end, _ = before[-1]
-    last_start, last_end, _ = in_prompt[-1]
-    if prompt[last_start:last_end] != text[anchor_start:anchor_end]:
+    last_start = prompt.rfind(text[anchor_start:anchor_end])
+    if last_start < 0:
         return None
+    last_end = last_start + anchor_end - anchor_start
     if header.strip() and (found := text.rfind(header, anchor_end, first)) >= 0:
         return found + len(header)
     return anchor_end + _parting(prompt, last_end, text, anchor_end, first)
+
+
+def _follows_prompt(probe: Probe, text: str, prompt: str, start: int) -> bool:
+    """True when everything the prompt writes after its last message's text stands right before `start`."""
+    in_prompt = _occurrences(probe, prompt)
+    tail = prompt[in_prompt[-1][1] :] if in_prompt else prompt
+    return text.endswith(tail, 0, start) or tail.rstrip() == text[start - len(tail.rstrip()) : start]
 
 
 def _next_start(text: str, emissions: list[Emission], occurrences, index: int, last: int) -> int:
@@ -186,8 +195,13 @@ def generated_turns(
             end = max(last, len(text[: last + shared].rstrip()))
             where = "turn" if end > last else ""
         end, where = _stop_after(text, end, last, next_start, where)
-        quoted = alone is not None and quoted_in_prompt(prompt[0], alone[0], alone[0].rfind(closing) + len(closing))
-        turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted and not header.strip())
+        in_alone = alone[0].rfind(closing) if alone is not None else -1
+        quoted = (
+            in_alone >= 0
+            and not _follows_prompt(probe, text, prompt[0], start)
+            and quoted_in_prompt(prompt[0], alone[0], in_alone + len(closing))
+        )
+        turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted)
     return turns
 
 
