@@ -179,6 +179,16 @@ def _condition(region: Region, train_roles: tuple[str, ...], only_last_turn: boo
     return condition
 
 
+def _closing_condition(region: Region, train_roles: tuple[str, ...], only_last_turn: bool) -> str:
+    """The test under which a stop marker written outside the turn's own outputs belongs to a trained turn."""
+    roles = "[" + ", ".join(f'"{role}"' for role in train_roles) + "]"
+    if region.closes == "after":
+        return f"messages and messages[-1].role in {roles}"
+    if only_last_turn:
+        raise PlanError("a stop marker written by the next message cannot be limited to the last turn")
+    return f"loop.previtem is defined and loop.previtem.role in {roles}"
+
+
 def _patch(analysis: Analysis, train_roles, only_last_turn) -> tuple[str | None, Report]:
     source = analysis.parsed.source
     try:
@@ -194,7 +204,10 @@ def _patch(analysis: Analysis, train_roles, only_last_turn) -> tuple[str | None,
             edits = []
             for region in regions:
                 guarded = region.guard or (guard_all and bool(region.targets))
-                condition = _condition(region, train_roles, only_last_turn) if guarded else None
+                if region.closes:
+                    condition = _closing_condition(region, train_roles, only_last_turn)
+                else:
+                    condition = _condition(region, train_roles, only_last_turn) if guarded else None
                 edits += region_edits(analysis.parsed, region, condition)
             patched = apply_edits(source, edits)
         except PlanError as error:

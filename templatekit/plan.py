@@ -74,6 +74,32 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
     return regions
 
 
+def _in_loop(unit: Unit) -> bool:
+    return any(isinstance(body.parent.node, nodes.For) for body in unit.body.ancestors() if body.parent is not None)
+
+
+def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, end: int) -> list[tuple[int, int, str]]:
+    """The span `[start, end)` of `message`'s turn in pieces by who writes them: the turn itself (""), the
+    next message's branch ("next": a stop marker written before the next message's header), or the code
+    after the message loop ("after": an end-of-sequence token written once the conversation ends)."""
+    pieces: list[tuple[int, int, str]] = []
+    for emission in emissions:
+        low, high = max(start, emission.start), min(end, emission.end)
+        if low >= high:
+            continue
+        if emission.message not in (None, message):
+            closes = "next"
+        elif emission.message is None and not _in_loop(flow.units[emission.uid]) and low > start:
+            closes = "after"
+        else:
+            closes = ""
+        if pieces and pieces[-1][2] == closes and pieces[-1][1] == low:
+            pieces[-1] = (pieces[-1][0], high, closes)
+        else:
+            pieces.append((low, high, closes))
+    return pieces or [(start, end, "")]
+
+
 def _before(item: Item) -> Cut:
     return Cut(item, "before", item.start)
 
@@ -98,6 +124,8 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
     unique: dict[tuple[int, int], Region] = {}
     for region in regions:
         kept = unique.setdefault(region.key, region)
+        if kept.closes != region.closes:
+            raise PlanError(f"the output at {where(flow, region.start.offset)} both opens a turn and closes the one before")
         kept.targets |= region.targets
         kept.guard |= region.guard
         if kept.alternative is None and region.alternative is not None:
@@ -107,6 +135,10 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
     for region in ordered:
         if merged and region.start.offset < merged[-1].end.offset:
             outer = merged[-1]
+            if outer.closes != region.closes:
+                raise PlanError(
+                    f"the outputs at {where(flow, outer.start.offset)} both open a turn and close the one before"
+                )
             if region.end.offset <= outer.end.offset:
                 outer.targets |= region.targets
                 outer.guard |= region.guard
@@ -191,7 +223,9 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
             if any(unit for item in run for unit in _units_of(item)):
                 head = start if run[0].index == first and start is not None else _before(run[0])
                 tail = end_cut if end_cut is not None else _after(run[-1])
-                found.append(Region(body, run[0].index, run[-1].index, head, tail, set(region.targets)))
+                found.append(
+                    Region(body, run[0].index, run[-1].index, head, tail, set(region.targets), closes=region.closes)
+                )
             run.clear()
 
         for item in body.items[first : last + 1]:
@@ -313,7 +347,10 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
         for turn in layout.turns:
             if turn.end <= turn.start or turn.optional:
                 continue
-            regions.extend(regions_for_turn(flow, emissions, turn.start, turn.end))
+            for start, end, closes in _by_writer(flow, emissions, turn.message, turn.start, turn.end):
+                for region in regions_for_turn(flow, emissions, start, end):
+                    region.closes = closes
+                    regions.append(region)
     regions = merge_regions(flow, [_trim(region) for region in _pair_alternatives(flow, regions)])
     outside = _foreign_units(traces) | _header_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside)]

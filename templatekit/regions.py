@@ -56,6 +56,10 @@ class Region:
     end: Cut
     targets: set[str] = field(default_factory=set)
     guard: bool = False
+    # Where the region writes a stop marker for the message before: "next" (the next message's branch
+    # writes it, guarded by the previous message's role) or "after" (written after the loop, guarded by
+    # the last message's role); "" for the turn's own outputs.
+    closes: str = ""
     # The statement (and its branch body) where the turn began before this region, when it began deeper.
     opened_in: tuple[Stmt, Body] | None = None
     # Where the same items open the turn in other renders (split inside the first item): the region used

@@ -85,12 +85,14 @@ class _Writer:
             return position, position, "", "-"
         if cut.side == "split":
             position = self._indent_start(position)
-        # trim_blocks makes the tag eat the newline after it; give it one to eat, unless the next tag strips
-        # the whitespace anyway (`{%-`, `{{-`).
+        return position, position, self.newline_to_eat(position, cut), ""
+
+    def newline_to_eat(self, position: int, cut: Cut) -> str:
+        """"\n" when a tag put at `position` would eat a rendered newline (trim_blocks), so it eats this one
+        instead; "" when the next tag strips the whitespace anyway (`{%-`, `{{-`)."""
         stripped_anyway = re.match(r"\s*\{[%{#]-", self.source[position:]) is not None
         needs = self.source.startswith("\n", position) and not isinstance(cut.item, Stmt) and not stripped_anyway
-        trailer = "\n" if needs else ""
-        return position, position, trailer, ""
+        return "\n" if needs else ""
 
     def region_text(self, region: Region, open_end: int, close_start: int) -> str:
         text = self.source[open_end:close_start]
@@ -123,6 +125,8 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         body = writer.region_text(region, open_end, close_start)
         return [Edit(open_start, close_end, _if_else(before, left, region.condition, body, alternative + END_TAG, right, after))]
     start_tag = "{%" + left + " generation %}"
+    if region.start.operator is None and not left:
+        start_tag += writer.newline_to_eat(open_end, region.start)
     if condition is None:
         end_tag = "{% endgeneration " + right + "%}"
         return [

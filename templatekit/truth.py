@@ -194,7 +194,7 @@ def generated_turns(
             shared = _parting(alone[0], found + len(closing), on_text, on_last, bound)
             end = max(last, len(text[: last + shared].rstrip()))
             where = "turn" if end > last else ""
-        end, where = _stop_after(text, end, last, next_start, where)
+        end, where = _stop_after(text, end, last, next_start, where, header)
         in_alone = alone[0].rfind(closing) if alone is not None else -1
         quoted = (
             in_alone >= 0
@@ -205,14 +205,19 @@ def generated_turns(
     return turns
 
 
-def _stop_after(text: str, end: int, last: int, next_start: int, where: str) -> tuple[int, str]:
-    """The turn's end moved over a stop token written right after it by the next message or after the loop."""
+def _stop_after(text: str, end: int, last: int, next_start: int, where: str, header: str) -> tuple[int, str]:
+    """The turn's end moved over a stop token written right after it by the next message or after the loop.
+
+    A role token counts only when it is not the trained speaker's own header (`header`, what the generation
+    prompt writes): two replies in a row are not one that stops.
+    """
     rest = text[end:next_start] if next_start < len(text) else text[end:]
     gap = len(rest) - len(rest.lstrip())
     eos = SPECIAL_TOKENS["eos_token"]
     if rest[gap:].startswith(eos):
         return end + gap + len(eos), "after the turn" if next_start == len(text) else "next message"
-    if end == last and next_start < len(text) and (stop := ROLE_STOP.match(text, end + gap)) is not None:
+    stop = ROLE_STOP.match(text, end + gap) if end == last and next_start < len(text) else None
+    if stop is not None and not header.strip().startswith(stop.group()):
         return stop.end(), "next role token"
     return end, where
 
