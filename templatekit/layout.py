@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .analysis import Emission
 from .errors import PatchError
 from .probes import Probe
-from .truth import MARKER, Generated
+from .truth import MARKER, Generated, common_prefix
 
 GENERATED_KINDS = ("content", "reasoning", "tool_call")
 
@@ -51,15 +51,17 @@ def generation_prompt(text_without: str, text_with: str) -> str:
         '<asst>'
         >>> generation_prompt("a<u></s>", "a<u><asst>")
         '<asst>'
+        >>> generation_prompt("a<u></s>", "a<u>")  # the prompt only drops an end-of-sequence token
+        ''
     """
-    common = 0
-    while common < min(len(text_with), len(text_without)) and text_with[common] == text_without[common]:
-        common += 1
-    if common < len(text_without):
+    common = common_prefix(text_with, text_without)
+    if common < len(text_without) and common < len(text_with):
         # The renders part inside a marker (`</s>` vs `<|assistant|>` share `<`): back up to where it starts,
         # never past the end of the text before it (a user's words that end right before the marker).
-        while common and text_with[common] not in "<[" and not (
-            text_with[common - 1].isspace() or text_with[common - 1] in ">]"
+        while (
+            common
+            and text_with[common] not in "<["
+            and not (text_with[common - 1].isspace() or text_with[common - 1] in ">]")
         ):
             common -= 1
     return text_with[common:]
@@ -199,13 +201,10 @@ def layout_probe(
         positions = generated.get(index, [])
         own = [e for e in emissions if e.message == index and e.text]
         if not positions:
-            # Nothing generated is rendered; what the turn still writes after its header (an end-of-turn
-            # marker) may be trained, but need not be.
-            if own:
-                turn_start, turn_end = own[0].start, own[-1].end
-                start = _header_end(text, turn_start, turn_end, header, default=turn_start)
-                if start < turn_end:
-                    turns.append(Turn(index, start, turn_end, start, start, optional=True))
+            # Nothing generated is rendered (say, tool calls the template drops): what the message still
+            # writes may be trained, but need not be.
+            if own and own[0].start < own[-1].end:
+                turns.append(Turn(index, own[0].start, own[-1].end, own[0].start, own[0].start, optional=True))
             continue
         first = min(start for start, _ in positions)
         last = max(end for _, end in positions)
@@ -218,11 +217,32 @@ def layout_probe(
                     "(the conversation before it, with the generation prompt) does not render the text before it"
                 ]
             )
+        shared = _shared_ending(emissions, forbidden, last, end)
+        if shared is not None:  # a stop marker that one output writes together with a tool result: optional
+            turns.append(Turn(index, shared, end, shared, shared, optional=True))
+            end = shared
+        gap = truth[index].gap
+        if (
+            gap is not None and gap[1] <= end
+        ):  # whitespace before a stop token written after the turn's own ending: optional
+            turns.append(Turn(index, gap[0], gap[1], gap[0], gap[0], optional=True))
+            turns.append(Turn(index, gap[1], end, gap[1], gap[1]))
+            end = gap[0]
         turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))
         after = len(text) - len(text[end:].lstrip())
         if end == last and closing and text.startswith(closing, after):
             turns.append(Turn(index, after, after + len(closing), after, after, optional=True))
     return Layout(text, turns, forbidden, header)
+
+
+def _shared_ending(emissions: list[Emission], forbidden, last: int, end: int) -> int | None:
+    """Where an output that writes the turn's ending and then someone else's text (Gemma 4 writes its
+    `<|tool_response>` stop token as the opening of the tool's result) begins, when that is after `last`."""
+    for emission in emissions:
+        if emission.start < end < emission.end and emission.start >= last:
+            if any(emission.start < start < emission.end for start, _, _ in forbidden):
+                return emission.start
+    return None
 
 
 def _closing_marker(probe: Probe, text: str, emissions: list[Emission]) -> str:

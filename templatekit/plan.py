@@ -74,14 +74,20 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
     return regions
 
 
-def _in_loop(unit: Unit) -> bool:
-    return any(isinstance(body.parent.node, nodes.For) for body in unit.body.ancestors() if body.parent is not None)
+def _loops_of(unit: Unit) -> list[Stmt]:
+    return [
+        body.parent
+        for body in unit.body.ancestors()
+        if body.parent is not None and isinstance(body.parent.node, nodes.For)
+    ]
 
 
 def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, end: int) -> list[tuple[int, int, str]]:
     """The span `[start, end)` of `message`'s turn in pieces by who writes them: the turn itself (""), the
     next message's branch ("next": a stop marker written before the next message's header), or the code
     after the message loop ("after": an end-of-sequence token written once the conversation ends)."""
+    # The loops that wrote the message: an output after one of them runs once the conversation is written.
+    loop_ends = [loop.end for e in emissions if e.message == message for loop in _loops_of(flow.units[e.uid])]
     pieces: list[tuple[int, int, str]] = []
     for emission in emissions:
         low, high = max(start, emission.start), min(end, emission.end)
@@ -89,7 +95,7 @@ def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, 
             continue
         if emission.message not in (None, message):
             closes = "next"
-        elif emission.message is None and not _in_loop(flow.units[emission.uid]) and low > start:
+        elif emission.message is None and loop_ends and flow.units[emission.uid].start >= min(loop_ends):
             closes = "after"
         else:
             closes = ""
@@ -125,7 +131,9 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
     for region in regions:
         kept = unique.setdefault(region.key, region)
         if kept.closes != region.closes:
-            raise PlanError(f"the output at {where(flow, region.start.offset)} both opens a turn and closes the one before")
+            raise PlanError(
+                f"the output at {where(flow, region.start.offset)} both opens a turn and closes the one before"
+            )
         kept.targets |= region.targets
         kept.guard |= region.guard
         if kept.alternative is None and region.alternative is not None:

@@ -46,6 +46,9 @@ class Generated:
     marker: str = ""
     where: str = ""  # how the marker is written: "turn", "next message", "next role token"
     quoted: bool = False  # the render that ends on this turn ends like the prompt: the turn is only quoted
+    # Whitespace between the turn's own ending and a stop token written after it (`<|end|>\n</s>`): the
+    # model may or may not be taught to write it, so it may be trained or not.
+    gap: tuple[int, int] | None = None
 
 
 def common_prefix(a: str, b: str) -> int:
@@ -194,14 +197,17 @@ def generated_turns(
             shared = _parting(alone[0], found + len(closing), on_text, on_last, bound)
             end = max(last, len(text[: last + shared].rstrip()))
             where = "turn" if end > last else ""
+        own_end = end
         end, where = _stop_after(text, end, last, next_start, where, header)
+        stop_start = len(text[:end]) - len(text[own_end:end].lstrip())
+        gap = (own_end, stop_start) if own_end < stop_start < end else None
         in_alone = alone[0].rfind(closing) if alone is not None else -1
         quoted = (
             in_alone >= 0
             and not _follows_prompt(probe, text, prompt[0], start)
             and quoted_in_prompt(prompt[0], alone[0], in_alone + len(closing))
         )
-        turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted)
+        turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted, gap)
     return turns
 
 
