@@ -8,17 +8,20 @@
     python examples/custom_roles.py --way patch --steps 300
 
 The conversations are oral arguments in a Llama 3 format: `counsel` argues, several justices ask, and the
-model learns to speak as `justice_william_h_rehnquist`; every other speaker is context. Two ways, same labels:
+model learns to speak as `justice_william_h_rehnquist`; every other speaker is context. Two ways:
 
 (a) patch: `templatekit.patch_template(template, train_roles=("justice_william_h_rehnquist",))` moves the
     `{% generation %}` tags to his turns (verified: renders byte-identically), then TRL trains with
     `SFTConfig(assistant_only_loss=True)` on the `messages` as they are.
-(b) unsloth: conversations rendered to text, `SFTTrainer`, then the drop-in
-    `train_on_responses_only(trainer, instruction_part="<|eot_id|>",
+(b) unsloth: conversations rendered to text, `SFTTrainer`, then the drop-in, called as an Unsloth user calls
+    Unsloth's own: `train_on_responses_only(trainer, instruction_part="<|eot_id|>",
     response_part="<|start_header_id|>justice_william_h_rehnquist<|end_header_id|>")`.
 
-Either way what is trained is his reply and the `<|eot_id|>` that ends it: not his header, not the "\\n\\n"
-after it, nothing of counsel or of the other justices.
+(a) trains his reply and the `<|eot_id|>` that ends it: not his header, not the "\\n\\n" after it, nothing of
+counsel or of the other justices. (b) gives Unsloth's labels exactly (unsloth_zoo 2026.10.9): the same, plus the
+"\\n\\n" after his header, because Unsloth's response starts right after the `response_part` as written (put
+the "\\n\\n" in the part to leave it out); his `<|eot_id|>` is trained, as Unsloth trains the tokenizer's EOS.
+The last line compares the two ways token by token.
 """
 
 from __future__ import annotations
@@ -110,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         train_and_report(trainer)
 
     if len(labels) == 2:
-        print(f"both ways give identical labels on all {count} rows: {labels['patch'] == labels['unsloth']}")
+        # Same rows, same ids either way; the labels differ only where one way trains a token the other does not.
+        ids = trainer.train_dataset["input_ids"]
+        differ = {
+            tokenizer.decode([row[i]])
+            for row, a, b in zip(ids, labels["patch"], labels["unsloth"])
+            for i in range(len(row))
+            if a[i] != b[i]
+        }
+        print(f"the two ways' labels differ on all {count} rows only at: {sorted(differ)!r}")
     return 0
 
 

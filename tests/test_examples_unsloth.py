@@ -3,9 +3,11 @@ built offline), and what they print is checked against the conversations they tr
 
 * examples/train_on_responses_only.py: ChatML parts detected from the template; the trained text of the first row
   is exactly each assistant reply plus `<|im_end|>`; the trained token count over all rows is the replies' own.
-* examples/custom_roles.py: both ways (patched template + `assistant_only_loss`, and the Unsloth drop-in with
-  explicit Llama 3 parts) train exactly `justice_william_h_rehnquist`'s replies plus `<|eot_id|>` (only the last
-  with `--last-response-only`), never counsel or another justice, and give identical labels.
+* examples/custom_roles.py: the patched template + `assistant_only_loss` trains exactly
+  `justice_william_h_rehnquist`'s replies plus `<|eot_id|>` (only the last with `--last-response-only`), never
+  counsel or another justice; the Unsloth drop-in with the seed's explicit parts gives Unsloth's labels: the same
+  plus the "\\n\\n" after his header (Unsloth's response starts right after `response_part` as written), so
+  the two ways differ at those tokens only. (Unsloth's exact labels on 200 arguments: tests/test_unsloth.py.)
 """
 
 from __future__ import annotations
@@ -103,14 +105,19 @@ def test_custom_roles_tiny(tmp_path, llama3_tokenizer, last_response_only):
     first = [m["role"] for m in rows[0]]
     assert first.count(module.JUSTICE) == 2 and first[-1].startswith("justice_") and first[-1] != module.JUSTICE
     assert "speakers of example 0: " + ", ".join(first) in out
-    expected = [f"{reply}<|eot_id|>" for reply in justice[0]]
+    replies = [reply for row in justice for reply in row]
+    expected = token_count(llama3_tokenizer, replies)
 
     patch, unsloth = out.split("== (b)", 1)
+    # (b), Unsloth's labels: his reply, his <|eot_id|>, and the "\n\n" token after his header, which the
+    # seed's response_part stops before
+    assert trained_text(unsloth) == [f"\n\n{reply}<|eot_id|>" for reply in justice[0]]
+    trained, total = trained_count(unsloth)
+    assert trained == expected + len(replies) and trained < total / 4
+    assert_trained_and_logged_loss(unsloth)
+    # (a), the patched template: his reply and his <|eot_id|>, nothing else
     assert "template retagged: ok" in patch
-    for section in (patch, unsloth):
-        assert trained_text(section) == expected
-        trained, total = trained_count(section)
-        assert trained == token_count(llama3_tokenizer, [reply for row in justice for reply in row])
-        assert trained < total / 4
-        assert_trained_and_logged_loss(section)
-    assert f"both ways give identical labels on all {TINY_ROWS} rows: True" in unsloth
+    assert trained_text(patch) == [f"{reply}<|eot_id|>" for reply in justice[0]]
+    assert trained_count(patch) == (expected, total)
+    assert_trained_and_logged_loss(patch)
+    assert f"the two ways' labels differ on all {TINY_ROWS} rows only at: ['\\n\\n']" in unsloth

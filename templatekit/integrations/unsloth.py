@@ -5,14 +5,26 @@ only the responses are trained: everything before the first `response_part` is m
 `response_part` opens a trained span that runs to the next `instruction_part`, `last_response_only` keeps
 only the final span, and `mask_out_tokens` re-masks strings such as `</think>` inside kept spans.
 
-This version keeps that contract and computes the spans on *text*, not on token ids:
+At the edges of a span, Unsloth (unsloth_zoo 2026.10.9) does this, and so does this version:
 
-* each row's `input_ids` are decoded, and the spans are found with the delimiters of `fallback.py`:
-  the parts given, or, when both are omitted, the ones learned from the tokenizer's chat template;
-* the end-of-turn marker that closes a response (learned from the template) is trained and the
-  whitespace after it is not, whatever `instruction_part` says (`"<|eot_id|>"` or `"<|im_start|>user\\n"`);
-* the spans become token labels through the offset mapping (`masks.spans_to_token_mask`), so a
-  delimiter that the tokenizer merges with its neighbours is still found.
+* the `response_part` itself is never trained; the response starts right after it *as written*. A part
+  that stops before the whitespace its template writes after the header (Llama 3's
+  `"<|start_header_id|>assistant<|end_header_id|>"` without `"\\n\\n"`) leaves that whitespace to the
+  response, which trains it;
+* the end-of-turn token is trained even when it is the `instruction_part` (`"<|eot_id|>"`): Unsloth ends a
+  span *after* the tokenizer's EOS and *before* any other boundary. Here the end-of-turn marker is the one
+  the chat template writes (learned from its probe renders; the tokenizer's EOS when there is no
+  template): the same token wherever the tokenizer's EOS is the template's end of turn, as in instruct
+  tokenizers (Llama 3.1's `<|eot_id|>`, Qwen2.5's `<|im_end|>`);
+* whitespace after the end-of-turn marker is not trained.
+
+What differs from Unsloth, on purpose: the spans are found on *text*, not on token ids. Each row's
+`input_ids` are decoded, the spans are found with the delimiters of `fallback.py` (the parts given, or,
+when both are omitted, the ones learned from the tokenizer's chat template, which include the header's
+whitespace), and they become token labels through the offset mapping (`masks.spans_to_token_mask`), so a
+delimiter that the tokenizer merges with its neighbours is still found, where a token-id search misses it.
+And the template's end-of-turn marker is trained even where the tokenizer's EOS is another token (a base
+tokenizer whose EOS is `<|end_of_text|>`), so that the model learns to stop; Unsloth leaves it out there.
 
 A row whose ids do not survive decode-then-encode is refused with its index (its offsets would be guesses).
 """
@@ -20,6 +32,7 @@ A row whose ids do not survive decode-then-encode is refused with its index (its
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from ..fallback import Delimiters, derive_delimiters, find_spans
 from ..masks import spans_to_token_mask
@@ -35,10 +48,11 @@ def _template_of(tokenizer) -> str | None:
     return template or None
 
 
-def response_delimiters(
-    tokenizer, instruction_part: str | None = None, response_part: str | None = None
-) -> Delimiters:
+def response_delimiters(tokenizer, instruction_part: str | None = None, response_part: str | None = None) -> Delimiters:
     """The delimiters `train_on_responses_only` uses: the parts given, or both learned from the chat template.
+
+    Given parts are taken as written: the response starts right after `response_part`. The end-of-turn
+    marker is learned from the chat template (the tokenizer's EOS when it has none).
 
     Example:
         >>> # response_delimiters(tokenizer).response_parts  ->  ('<|im_start|>assistant\\n',) for a ChatML template
@@ -49,8 +63,14 @@ def response_delimiters(
     if template is None:
         if response_part is None:
             raise ValueError("the tokenizer has no chat_template to detect the parts from: pass both parts")
-        return Delimiters((response_part,), "", (instruction_part,))
-    return derive_delimiters(template, response_part=response_part, instruction_part=instruction_part)
+        # As in Unsloth: the tokenizer's EOS ends a response, and is trained.
+        return Delimiters((response_part,), getattr(tokenizer, "eos_token", None) or "", (instruction_part,))
+    derived = derive_delimiters(template, response_part=response_part, instruction_part=instruction_part)
+    if response_part is None:
+        return derived
+    # A given response part is taken as written (Unsloth's meaning): the response starts right after it, so
+    # whitespace the template writes after the header and the part leaves out is the response's, and trained.
+    return replace(derived, header_space="")
 
 
 def _masker(tokenizer, delimiters: Delimiters, last_response_only: bool, mask_out: Sequence[str]) -> Callable:
