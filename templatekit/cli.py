@@ -1,7 +1,7 @@
 """The `templatekit` command: patch, check and report on chat templates.
 
     templatekit patch SOURCE [--revision REV] [-o OUT | --stdout | --in-place] [--diff] [--train-role R ...]
-                      [--only-last-turn] [--retag]
+                      [--only-last-turn] [--keep-tags]
     templatekit check SOURCE... [--format text|json|github | --json] [--quiet]
     templatekit report PATH... [--summary] [--quiet | --json] [--train-role R ...]
     templatekit apply --format NAME [SOURCE] [-o OUT | --in-place] [--force]
@@ -273,7 +273,7 @@ def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             return EXIT_USAGE
 
     core = _core()
-    options = {"train_roles": _train_roles(args), "only_last_turn": args.only_last_turn, "retag": args.retag}
+    options = {"train_roles": _train_roles(args), "only_last_turn": args.only_last_turn, "retag": not args.keep_tags}
     results = []
     failed = False
     for template in templates:
@@ -346,13 +346,13 @@ def _cmd_check(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 # ----------------------------------------------------------------------------------------------------- report
 
 
-_STATUSES = ("patched", "already tagged", "not patchable", "wrong")
+_STATUSES = ("patched", "retagged", "already tagged", "not patchable")
 
 
 @dataclass
 class _Row:
     label: str
-    status: str  # "patched", "already tagged", "not patchable" or "wrong"
+    status: str  # "patched", "retagged" (its own tags fail and were replaced), "already tagged" or "not patchable"
     reason: str = ""
     source: str = ""  # the file; with `name`, what --json reports
     name: str | None = None
@@ -373,18 +373,16 @@ def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...]) -> _
             if report.ok:
                 row.status = "already tagged"
                 return row
-            row.status = "wrong"
-            row.reason = _first(report.reasons) or "generation tags fail verification"
+            # Its own tags fail verification: `check` fails it; `patch` replaces them by default.
+            row.reason = "its generation tags fail verification: " + (_first(report.reasons) or "see check")
             try:
                 core.patch_template(template.text, train_roles=train_roles, retag=True)
-                row.reason += "; --retag fixes it"
+                row.status = "retagged"
             except PatchError as exc:
-                row.reason += f"; --retag fails too: {_first(exc.reasons)}"
+                row.reason += f"; replacing them fails too: {_first(exc.reasons)}"
             return row
         result = core.patch_template(template.text, train_roles=train_roles, retag=True)
-        row.status = {"already_tagged": "already tagged", "retagged": "wrong"}.get(result.status, "patched")
-        if result.status == "retagged":
-            row.reason = "generation tags fail verification; --retag fixes it"
+        row.status = {"already_tagged": "already tagged"}.get(result.status, result.status)
     except PatchError as exc:
         row.reason = _first(exc.reasons)
     except TemplateSourceError as exc:
@@ -452,12 +450,12 @@ def _cmd_report(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         }
         out.raw(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
-    shown = [r for r in rows if r.status in ("not patchable", "wrong")] if args.summary else rows
+    shown = [r for r in rows if r.status in ("not patchable", "retagged")] if args.summary else rows
     if shown and not args.quiet:
         out.table(["template", "status", "reason"], [(r.label, r.status, r.reason) for r in shown], status_column=1)
     out.line(
-        f"{counts['patched']} patched, {counts['already tagged']} already tagged, "
-        f"{counts['not patchable']} not patchable, {counts['wrong']} wrong (of {len(rows)})"
+        f"{counts['patched']} patched, {counts['retagged']} retagged, {counts['already tagged']} already tagged, "
+        f"{counts['not patchable']} not patchable (of {len(rows)})"
     )
     return EXIT_OK
 
@@ -634,7 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--name", help="patch only the named template (e.g. tool_use)")
     train_role(patch)
     patch.add_argument("--only-last-turn", action="store_true", help="train only the last assistant turn")
-    patch.add_argument("--retag", action="store_true", help="replace generation tags that fail verification")
+    tags = patch.add_mutually_exclusive_group()
+    tags.add_argument(
+        "--keep-tags",
+        action="store_true",
+        help="refuse a template whose own generation tags fail verification (by default they are replaced)",
+    )
+    tags.add_argument("--retag", action="store_true", help=argparse.SUPPRESS)  # the default since 0.2; kept working
     patch.add_argument("--force", action="store_true", help="allow -o to overwrite the input file")
     patch.set_defaults(func=_cmd_patch)
 
@@ -708,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="classify every template under the given paths",
         description="Find every *.jinja, tokenizer_config.json and chat_template.json under PATH and classify each "
-        "as patched, already tagged, not patchable or wrong.",
+        "as patched, retagged (its own tags fail verification and were replaced), already tagged or not patchable.",
     )
     report.add_argument("paths", nargs="+", metavar="PATH")
     report.add_argument("--summary", action="store_true", help="list only the templates that are not ok")

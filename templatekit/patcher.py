@@ -247,13 +247,14 @@ def patch_template(
     *,
     train_roles: tuple[str, ...] = (ASSISTANT,),
     only_last_turn: bool = False,
-    retag: bool = False,
+    retag: bool = True,
 ) -> PatchResult:
     """Insert verified `{% generation %}` tags around everything the trained speakers generate.
 
     Raises `PatchError` (with `.reasons`) when no patch passes verification, and `TemplateSourceError`
     for malformed or unsafe templates. A template that already carries correct tags is returned as is;
-    wrong tags raise unless `retag=True`, which strips them and patches again.
+    tags that fail verification are stripped and the template patched again (status "retagged", with a
+    note saying so), or, with `retag=False`, raise.
 
     Example:
         >>> template = (
@@ -273,7 +274,7 @@ def patch_template(
             return PatchResult(template, template, existing, "already_tagged")
         if not retag:
             raise PatchError(
-                ["the template already carries generation tags that fail verification (use retag=True)"]
+                ["the template already carries generation tags that fail verification (retag=False keeps them)"]
                 + existing.reasons[:5],
                 report=existing,
             )
@@ -289,6 +290,8 @@ def patch_template(
     report.notes = analysis.notes + report.notes
     if patched is None:
         raise PatchError(report.reasons[:8], report=report)
+    if status == "retagged":
+        report.notes.insert(0, "the template's own generation tags failed verification and were replaced")
     return PatchResult(patched, template, report, status)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .analysis import Emission
-from .probes import SPECIAL_TOKENS, Probe
+from .probes import ASSISTANT, SPECIAL_TOKENS, Probe
 
 # A special token: `<|user|>`, `<｜end▁of▁sentence｜>`, `[/INST]`, `</s>`, `<end_of_turn>`.
 MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
@@ -179,6 +179,11 @@ def generated_turns(
         if prompt is None:
             continue
         header = _added_prompt(bare[0], prompt[0]) if bare is not None else ""
+        role = probe.messages[index]["role"]
+        if role != ASSISTANT:
+            # The generation prompt opens the assistant's turn; another trained speaker's turn opens with the
+            # same header naming that speaker.
+            header = header.replace(ASSISTANT, role) if ASSISTANT in header else ""
         start = _turn_start(probe, text, prompt[0], header, first, index)
         if start is None:
             continue

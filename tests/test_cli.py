@@ -20,7 +20,9 @@ from templatekit.errors import PatchError
 
 # How TRL decides a template has generation tags.
 TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
-SUMMARY_LINE = re.compile(r"^(\d+) patched, (\d+) already tagged, (\d+) not patchable, (\d+) wrong \(of (\d+)\)$")
+SUMMARY_LINE = re.compile(
+    r"^(\d+) patched, (\d+) retagged, (\d+) already tagged, (\d+) not patchable \(of (\d+)\)$"
+)
 # Corpus templates the core patches; the tests of CLI plumbing use these.
 PATCHABLE = "trl/qwen2_5.jinja"
 PATCHABLE_2 = "trl/llama3_2.jinja"
@@ -137,10 +139,10 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
 
     monkeypatch.setattr(templatekit, "patch_template", spy)
     example = corpus_file(PATCHABLE)
-    code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool", "--retag")
+    code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool")
     assert code in (0, 1), err
     assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True}
-    run(capsys, "patch", example, "--only-last-turn")
+    run(capsys, "patch", example, "--only-last-turn", "--keep-tags")
     assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False}
 
 
@@ -248,16 +250,16 @@ def test_report_classifies_templates_and_prints_the_summary_line(
     (tmp_path / "tagged" / "tokenizer_config.json").write_text('{"bos_token": null}', encoding="utf-8")  # skipped
     (tmp_path / "broken.jinja").write_text("{% if x %}", encoding="utf-8")  # not patchable
     wrong = "{% generation %}" + corpus_file(PATCHABLE).read_text(encoding="utf-8") + "{% endgeneration %}"
-    (tmp_path / "wrong.jinja").write_text(wrong, encoding="utf-8")  # trains every role: wrong
-    expected = [1, 1, 1, 1]
+    (tmp_path / "wrong.jinja").write_text(wrong, encoding="utf-8")  # trains every role: retagged
+    expected = [1, 1, 1, 1]  # patched, retagged, already tagged, not patchable
     for name in ("trl/llama3_1.jinja", "axolotl/chatml.jinja"):  # whatever the core makes of them
         source = corpus_file(name)
         shutil.copy(source, tmp_path / f"{source.parent.name}_{source.name}")
         try:
-            templatekit.patch_template(source.read_text(encoding="utf-8"), retag=True)
+            templatekit.patch_template(source.read_text(encoding="utf-8"))
             expected[0] += 1
         except PatchError:
-            expected[2] += 1
+            expected[3] += 1
 
     code, out, err = run(capsys, "report", tmp_path)
     assert code == 0, err
@@ -265,7 +267,7 @@ def test_report_classifies_templates_and_prints_the_summary_line(
     assert re.search(r"qwen2_5\.jinja\s+patched", out), out
     assert re.search(r"chat_template\.jinja\s+already tagged", out), out
     assert re.search(r"broken\.jinja\s+not patchable\s+1:\d+: ", out), out
-    assert re.search(r"wrong\.jinja\s+wrong\s+\S", out), out
+    assert re.search(r"wrong\.jinja\s+retagged\s+its generation tags fail verification", out), out
     assert "trl_llama3_1.jinja" in out and "axolotl_chatml.jinja" in out
     assert "tokenizer_config.json" not in out
 
@@ -277,13 +279,13 @@ def test_report_classifies_templates_and_prints_the_summary_line(
 
 
 def test_report_flags_wrong_tags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    # Tags around the whole conversation train user and system text too: that must be caught as wrong.
+    # Tags around the whole conversation train user and system text too: caught, and replaced by patch.
     wrong = "{% generation %}" + corpus_file(PATCHABLE).read_text(encoding="utf-8") + "{% endgeneration %}"
     (tmp_path / "wrong.jinja").write_text(wrong, encoding="utf-8")
     code, out, _ = run(capsys, "report", tmp_path)
     assert code == 0
-    assert re.search(r"wrong\.jinja\s+wrong\s+\S", out), out
-    assert summary_counts(out) == (0, 0, 0, 1, 1)
+    assert re.search(r"wrong\.jinja\s+retagged\s+\S", out), out
+    assert summary_counts(out) == (0, 1, 0, 0, 1)
 
 
 def test_report_on_named_templates_and_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -331,11 +333,11 @@ def test_report_json_quiet_and_progress(capsys: pytest.CaptureFixture[str], monk
     }
     assert re.match(r"1:\d+: ", by_name["broken.jinja"]["reason"])
     assert by_name["chatml.jinja"]["name"] == "default"
-    assert doc["counts"] == {"patched": 2, "already tagged": 1, "not patchable": 1, "wrong": 0} and doc["total"] == 4
+    assert doc["counts"] == {"patched": 2, "retagged": 0, "already tagged": 1, "not patchable": 1} and doc["total"] == 4
 
     code, out, err = run(capsys, "report", folder, "--quiet")
     assert code == 0 and err == ""
-    assert out.strip().splitlines() == ["2 patched, 1 already tagged, 1 not patchable, 0 wrong (of 4)"]
+    assert out.strip().splitlines() == ["2 patched, 0 retagged, 1 already tagged, 1 not patchable (of 4)"]
 
     # Not a terminal (captured): no progress bar. A terminal on stderr: a progress bar there, stdout unchanged.
     code, plain_out, plain_err = run(capsys, "report", folder)
@@ -380,15 +382,11 @@ def test_python_dash_m_templatekit(tmp_path: Path) -> None:
     assert "\x1b[" not in result.stderr  # not a terminal: plain text, no colour codes
 
 
-def test_report_on_whole_corpus_is_fast_and_complete(capsys: pytest.CaptureFixture[str]) -> None:
-    import time
-
+def test_report_on_whole_corpus_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    # Its speed is measured in benchmarks/patch_speed.py, not here.
     if not corpus_dir().is_dir():
         pytest.skip("corpus not found")
-    started = time.perf_counter()
     code, out, _ = run(capsys, "report", corpus_dir(), "--summary")
-    elapsed = time.perf_counter() - started
     assert code == 0
     counts = summary_counts(out)
     assert counts[-1] == len(list(corpus_dir().rglob("*.jinja")))
-    assert elapsed < 60, f"report over the corpus took {elapsed:.1f}s"

@@ -118,16 +118,17 @@ def test_already_tagged_template_is_verified_and_kept():
     assert templatekit.check_template(tagged).ok
 
 
-def test_wrong_tags_are_refused_then_retagged():
+def test_wrong_tags_are_replaced_by_default_and_refused_with_keep_tags():
     original = read("unsloth/chatml.jinja")
     # Tags around the whole loop train user text too.
     wrong = "{% generation %}" + original + "{% endgeneration %}"
     assert not templatekit.check_template(wrong).ok
-    with pytest.raises(templatekit.PatchError) as error:
-        templatekit.patch_template(wrong)
-    assert "retag" in error.value.reasons[0]
-    fixed = templatekit.patch_template(wrong, retag=True)
+    fixed = templatekit.patch_template(wrong)
     assert fixed.status == "retagged" and templatekit.check_template(fixed.template).ok
+    assert "were replaced" in fixed.report.notes[0]
+    with pytest.raises(templatekit.PatchError) as error:
+        templatekit.patch_template(wrong, retag=False)
+    assert "retag=False" in error.value.reasons[0]
 
 
 def test_check_untagged_template_names_the_problem():
