@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from .analysis import Emission
 from .errors import PatchError
 from .probes import Probe
-from .truth import MARKER, Generated, common_prefix
-
-GENERATED_KINDS = ("content", "reasoning", "tool_call")
+from .truth import GENERATED_KINDS, MARKER, Generated, common_prefix
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ ASSISTANT = "assistant"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
 
 
+# Each kind's three letters in a sentinel, distinct so that no two sentinels of a message are equal.
+_KIND_SLUGS = {"content": "con", "reasoning": "rea", "tool_name": "fun", "tool_call": "too"}
+
+
 @dataclass(frozen=True)
 class Sentinel:
     """One sentinel string: whose it is (`role`, message `index`) and what it is (`kind`)."""
@@ -23,7 +27,7 @@ class Sentinel:
     text: str
     role: str
     index: int
-    kind: str  # "content", "reasoning", "tool_call", "tool_schema"
+    kind: str  # "content", "reasoning", "tool_name", "tool_call" (arguments), "tool_schema"
 
 
 @dataclass
@@ -49,7 +53,7 @@ class _Builder:
     def _sentinel(self, role: str, kind: str, part: str = "") -> str:
         index = len(self.probe.messages)
         slug = "".join(ch for ch in role if ch.isalnum())[:6]
-        text = f"tk{slug}{kind[:3]}{index}{part}q"
+        text = f"tk{slug}{_KIND_SLUGS[kind]}{index}{part}q"
         self.probe.sentinels.append(Sentinel(text, role, index, kind))
         return text
 
@@ -70,7 +74,8 @@ class _Builder:
                     "id": f"call_{call + 1}",
                     "type": "function",
                     "function": {
-                        "name": "get_weather",
+                        # The name is generated too: a sentinel of its own, so its framing is not read as header.
+                        "name": self._sentinel(role, "tool_name", "abcdefgh"[call] if call else ""),
                         "arguments": {"city": self._sentinel(role, "tool_call", "abcdefgh"[call] if call else "")},
                     },
                 }

@@ -30,7 +30,7 @@ MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
 # A role token that stops a turn with no end marker of its own (GLM-4's `<|user|>`, `<|observation|>`).
 ROLE_STOP = re.compile(r"<\|[a-z_]{2,20}\|>")
 
-GENERATED_KINDS = ("content", "reasoning", "tool_call")
+GENERATED_KINDS = ("content", "reasoning", "tool_name", "tool_call")
 # A user message appended to a conversation that ends on the turn, to see how the turn ends when it goes on.
 FOLLOW_UP = {"role": "user", "content": "tkfollowupq"}
 Trace = Callable[[list, bool], "tuple[str, list[Emission]] | None"]
@@ -170,7 +170,14 @@ def generated_turns(
     kinds = {s.text: s.kind for s in probe.sentinels}
     turns: dict[int, Generated] = {}
     for index in trained:
-        own = [(s, e) for s, e, i in occurrences if i == index and kinds[text[s:e]] in GENERATED_KINDS]
+        # The first place each generated sentinel stands: a template may repeat a call's name in its result.
+        own = list(
+            {
+                text[s:e]: (s, e)
+                for s, e, i in reversed(occurrences)
+                if i == index and kinds[text[s:e]] in GENERATED_KINDS
+            }.values()
+        )
         if not own:
             continue
         first, last = min(s for s, _ in own), max(e for _, e in own)
