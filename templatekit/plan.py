@@ -48,7 +48,14 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
         body = item.body
         if index < len(body.items):
             head, tail = body.items[index], body.items[-1]
-            regions.append(Region(body, index, tail.index, start_cut or _before(head), _after(tail)))
+            region = Region(body, index, tail.index, start_cut or _before(head), _after(tail))
+            if _repeats_whole(first, emissions, end, start_cut, body):
+                # Later iterations write the unit whole inside the span (a separator before each parallel
+                # tool call): wrap it whole there, and from the cut in the iteration that opens the turn.
+                region = Region(body, index, tail.index, _before(head), _after(tail))
+                region.alternative = Region(body, index, tail.index, start_cut, _after(tail))
+                region.condition = "not loop.first"
+            regions.append(region)
         item, start_cut = body.parent, None
         index, opened_in = item.index + 1, (item, body)
     start_index = index
@@ -104,6 +111,14 @@ def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, 
         else:
             pieces.append((low, high, closes))
     return pieces or [(start, end, "")]
+
+
+def _repeats_whole(first: Emission, emissions: list[Emission], end: int, cut: Cut | None, body: Body) -> bool:
+    """True when the span, which opens inside `first`'s output, covers that output again whole later on:
+    a later iteration of the loop `body` belongs to."""
+    if cut is None or cut.side != "split" or body.parent is None or not isinstance(body.parent.node, nodes.For):
+        return False
+    return any(e.uid == first.uid and e.start >= first.end and e.end <= end for e in emissions)
 
 
 def _before(item: Item) -> Cut:
@@ -328,7 +343,14 @@ def _pair_alternatives(flow: Flow, regions: list[Region]) -> list[Region]:
 def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
     """The test under which `region` (which starts earlier) applies rather than `later`, if there is one."""
     if region.start.side == "before":
-        return _branch_test(flow, *region.opened_in) if region.opened_in is not None else None
+        if region.opened_in is not None:
+            return _branch_test(flow, *region.opened_in)
+        # Inside a loop over parts of one message (parallel tool calls), the first part's output opens the
+        # turn and every later one carries on: `'\n<tool_call>\n'` after the header, then as a separator.
+        unit = region.start.item
+        if isinstance(unit, Unit) and region.body is unit.body and _loops_of(unit):
+            return "not loop.first"
+        return None
     unit, early, late = region.start.item, region.start.operator, later.start.operator
     if not isinstance(unit, Unit) or not unit.parts or early is None or late is None:
         return None
