@@ -18,7 +18,7 @@ from .regions import PlanError, Region
 from .report import PatchResult, Report
 from .rewrite import apply_edits, has_generation_tags, region_edits, strip_generation_tags
 from .syntax import ParsedTemplate, line_column, parse_template
-from .truth import generated_turns
+from .truth import MARKER, generated_turns
 from .verify import render_probe, verify
 
 
@@ -117,7 +117,7 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
             if probe.name in rendered
         )
     layouts, traces = {}, []
-    quoted = []
+    quoted, endings = [], []
     for probe in probes:
         if probe.name not in rendered:
             continue
@@ -125,6 +125,7 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
         trained = trained_messages(probe, speakers, only_last_turn)
         truth = generated_turns(probe, text, emissions, trained, _tracing(tracer, probe))
         quoted += [probe.name for turn in truth.values() if turn.quoted]
+        endings += [(_marker_of(turn.marker), turn.where) for turn in truth.values()]
         layout = layout_probe(probe, text, emissions, header, trained, truth)
         layout.trained = set(trained)
         layouts[probe.name] = layout
@@ -138,11 +139,7 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
             ]
         )
     notes = [f"probe rejected: {e}" for e in errors]
-    if _no_end_marker(layouts):
-        notes.append(
-            "the assistant's turn has no end-of-turn marker of its own (the next message's header ends it): "
-            "the model will not learn to stop from these tags; add an end-of-sequence token to the data"
-        )
+    notes += _ending_notes(endings)
     return Analysis(parsed, flow, probes, layouts, traces, notes)
 
 
@@ -158,14 +155,32 @@ def _tracing(tracer: Tracer, probe: Probe):
     return trace
 
 
-def _no_end_marker(layouts: dict[str, Layout]) -> bool:
-    """True when a trained turn followed by another message ends right at its last generated text."""
-    for layout in layouts.values():
-        for turn in layout.turns:
-            followed = layout.text[turn.end :].strip() != ""
-            if not turn.optional and followed and turn.end == turn.last_generated:
-                return True
-    return False
+_WRITTEN_BY = {
+    "turn": "written by the turn itself",
+    "next message": "written by the next message's branch, tagged there",
+    "after the turn": "written after the turn (at the end of the conversation)",
+    "next role token": "a role token written right after the turn, trained where it follows the turn",
+}
+
+
+def _marker_of(ending: str) -> str:
+    """The stop marker in a turn's ending (the last special token of it), or the ending itself."""
+    markers = MARKER.findall(ending)
+    return markers[-1] if markers else ending
+
+
+def _ending_notes(endings: list[tuple[str, str]]) -> list[str]:
+    """One note per way the trained turns end: the stop marker and where the template writes it."""
+    notes = []
+    for marker, where in dict.fromkeys(endings):
+        if marker:
+            notes.append(f"the turn ends with {marker!r}, {_WRITTEN_BY.get(where, where)}")
+        else:
+            notes.append(
+                "some turns have no end-of-turn marker of their own: the model will not learn to stop from "
+                "these tags there; add an end-of-sequence token to the data"
+            )
+    return notes
 
 
 def _condition(region: Region, train_roles: tuple[str, ...], only_last_turn: bool) -> str:

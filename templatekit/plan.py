@@ -64,6 +64,11 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
     item, index, end_pieces = last_unit, last_unit.index, []
     while item.body is not common:
         body = item.body
+        if _whole_iterations(body.parent, emissions, start, end):
+            # The span covers earlier iterations of this loop whole (parallel tool calls and the separators
+            # between them): the loop statement belongs to it entirely.
+            end_pieces, end_cut, item, index = [], None, body.parent, body.parent.index
+            continue
         if index >= 0:
             head, tail = body.items[0], body.items[index]
             end_pieces.append(Region(body, 0, index, _before(head), end_cut or _after(tail)))
@@ -111,6 +116,15 @@ def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, 
         else:
             pieces.append((low, high, closes))
     return pieces or [(start, end, "")]
+
+
+def _whole_iterations(statement: Stmt, emissions: list[Emission], start: int, end: int) -> bool:
+    """True when `statement` is a loop of which the span `[start, end)` holds more than one iteration."""
+    if not isinstance(statement.node, nodes.For):
+        return False
+    inside = {unit.uid for body in statement.bodies for item in body.items for unit in _units_of(item)}
+    seen = [e.uid for e in emissions if e.uid in inside and e.text and start <= e.start and e.end <= end]
+    return len(seen) != len(set(seen))
 
 
 def _repeats_whole(first: Emission, emissions: list[Emission], end: int, cut: Cut | None, body: Body) -> bool:

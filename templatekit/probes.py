@@ -45,6 +45,11 @@ class Probe:
         return {"add_generation_prompt": self.add_generation_prompt, "tools": self.tools, **SPECIAL_TOKENS}
 
 
+def _call_id(number: int) -> str:
+    # Nine alphanumerics: Mistral's templates refuse any other tool-call id.
+    return f"call{number:05d}"
+
+
 class _Builder:
     def __init__(self, name: str, blocks: bool):
         self.probe = Probe(name, [])
@@ -71,7 +76,7 @@ class _Builder:
         if tool_call:
             message["tool_calls"] = [
                 {
-                    "id": f"call_{call + 1}",
+                    "id": _call_id(call + 1),
                     "type": "function",
                     "function": {
                         # The name is generated too: a sentinel of its own, so its framing is not read as header.
@@ -88,7 +93,7 @@ class _Builder:
         text = self._sentinel("tool", "content")
         content = [{"type": "text", "text": text}] if self.blocks else text
         self.probe.messages.append(
-            {"role": "tool", "tool_call_id": f"call_{call}", "name": "get_weather", "content": content}
+            {"role": "tool", "tool_call_id": _call_id(call), "name": "get_weather", "content": content}
         )
         return self
 

@@ -209,6 +209,11 @@ def generated_turns(
             shared = _parting(alone[0], found + len(closing), on_text, on_last, bound)
             end = max(last, len(text[: last + shared].rstrip()))
             where = "turn" if end > last else ""
+        final = MARKER.match(text, last) if next_start == len(text) and end == last else None
+        if final is not None and not header.strip().startswith(final.group()):
+            # The last reply ends with a marker of its own that history turns do not write (gpt-oss writes
+            # `<|return|>` there, `<|end|>` elsewhere): it is the stop token the model generates.
+            end, where = final.end(), "turn"
         own_end = end
         end, where = _stop_after(text, end, last, next_start, where, header)
         stop_start = len(text[:end]) - len(text[own_end:end].lstrip())
