@@ -209,6 +209,10 @@ def generated_turns(
             shared = _parting(alone[0], found + len(closing), on_text, on_last, bound)
             end = max(last, len(text[: last + shared].rstrip()))
             where = "turn" if end > last else ""
+        if end == last and next_start < len(text):
+            # A render that ends on the turn ends it otherwise (Gemma 4 opens a tool's response there): the
+            # marker the turn's own outputs write right after it ends it.
+            end, where = _own_marker(text, emissions, index, last), "turn"
         final = MARKER.match(text, last) if next_start == len(text) and end == last else None
         if final is not None and not header.strip().startswith(final.group()):
             # The last reply ends with a marker of its own that history turns do not write (gpt-oss writes
@@ -226,6 +230,16 @@ def generated_turns(
         )
         turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted, gap)
     return turns
+
+
+def _own_marker(text: str, emissions: list[Emission], index: int, last: int) -> int:
+    """The end of a marker written right at `last` by the message's own outputs, else `last`."""
+    reach = last
+    for emission in emissions:
+        if emission.message == index and emission.start <= reach < emission.end:
+            reach = emission.end
+    marker = MARKER.match(text, last, reach)
+    return marker.end() if marker is not None else last
 
 
 def _stop_after(text: str, end: int, last: int, next_start: int, where: str, header: str) -> tuple[int, str]:
