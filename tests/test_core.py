@@ -32,7 +32,7 @@ def trained_text(template: str, messages: list[dict], **kwargs) -> tuple[str, li
 
 
 def test_corpus_is_present():
-    assert len(TEMPLATES) == 99
+    assert len(TEMPLATES) >= 119 and any(path.parent.name == "hard" for path in TEMPLATES)
 
 
 def test_corpus_coverage_and_reasons():
@@ -40,7 +40,7 @@ def test_corpus_coverage_and_reasons():
     verified, refused = 0, {}
     for path in TEMPLATES:
         try:
-            result = templatekit.patch_template(path.read_text(encoding="utf-8"), retag=True)
+            result = templatekit.patch_template(path.read_text(encoding="utf-8"))
         except templatekit.PatchError as error:
             assert error.reasons and all(isinstance(r, str) and r for r in error.reasons), path
             refused[path.name] = error.reasons
@@ -48,7 +48,7 @@ def test_corpus_coverage_and_reasons():
         assert result.report.ok
         verified += 1
     # The floor is the current measured figure; raise it as the patcher improves.
-    assert verified >= 95, f"only {verified} verified; refused: {sorted(refused)}"
+    assert verified >= 109, f"only {verified} verified; refused: {sorted(refused)}"
 
 
 def test_qwen25_shared_output_is_split_and_guarded():

@@ -98,12 +98,14 @@ def test_header_inferred_when_the_generation_prompt_writes_nothing():
     assert "<|CHATBOT_TOKEN|>" not in joined and "Weather in Paris?" not in joined
 
 
-def test_template_without_an_end_of_turn_marker_says_so():
-    # GLM-4 ends an assistant turn with the next message's role token, which the tags cannot reach.
+def test_report_names_the_stop_marker_and_where_it_is_written():
+    # GLM-4 ends an assistant turn with the next message's role token; Qwen2.5 with its own <|im_end|>.
     notes = templatekit.patch_template(read("trl/glm4moe.jinja")).report.notes
-    assert any("no end-of-turn marker" in note for note in notes)
+    assert any("'<|user|>', a role token written right after the turn" in note for note in notes), notes
     notes = templatekit.patch_template(read("trl/qwen2_5.jinja")).report.notes
-    assert not any("no end-of-turn marker" in note for note in notes)
+    assert "the turn ends with '<|im_end|>', written by the turn itself" in notes, notes
+    notes = templatekit.patch_template(read("trl/phi3.jinja")).report.notes
+    assert any("'</s>', written after the turn" in note for note in notes), notes
 
 
 def test_gpt_oss_header_is_generated_after_reasoning_but_not_when_it_opens_the_turn():
@@ -125,7 +127,9 @@ def test_empty_reasoning_framing_belongs_to_the_header_but_real_reasoning_is_tra
     # Qwen3.5 (no-think) writes '<think>\n' + reasoning + '\n</think>\n\n' + content in one output. With
     # no reasoning the empty think block is what the generation prompt writes; with reasoning it is generated.
     question = {"role": "user", "content": "2+2?"}
-    trained, _ = patched_and_original("trl/qwen3_5_nothink.jinja", [question, {"role": "assistant", "content": "Four."}])
+    trained, _ = patched_and_original(
+        "trl/qwen3_5_nothink.jinja", [question, {"role": "assistant", "content": "Four."}]
+    )
     assert trained == ["Four.<|im_end|>"]
     with_reasoning = {"role": "assistant", "content": "Four.", "reasoning_content": "Add them."}
     trained, _ = patched_and_original("trl/qwen3_5_nothink.jinja", [question, with_reasoning])
@@ -135,7 +139,10 @@ def test_empty_reasoning_framing_belongs_to_the_header_but_real_reasoning_is_tra
 def test_string_and_block_content_are_both_tagged_when_the_template_has_a_branch_for_each():
     # Qwen2.5-VL writes string content with one output and text blocks with a loop of its own.
     for content in ("Hello there", [{"type": "text", "text": "Hello there"}]):
-        messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": content}]
+        messages = [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": content},
+        ]
         trained, _ = patched_and_original("trl/qwen2_5_vl.jinja", messages)
         assert trained == ["Hello there<|im_end|>"], content
 

@@ -1,0 +1,170 @@
+"""Core v2 on the classes of real templates in `../shared/corpus/hard/`: trained = generated, stop token included.
+
+Each test patches a real template, renders a realistic conversation through transformers with the patched
+template (the rendering must not change), and checks that exactly what the model generates after its prompt is
+trained: tool calls whole, reasoning framing it writes, and the stop marker wherever the template writes it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_core import read
+from test_hard_cases import TOOLS, patched_and_original
+
+import templatekit
+from templatekit import PatchError, SpanRenderer
+from templatekit.fallback import FallbackError
+
+
+def call(name: str, city: str, call_id: str) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": {"city": city}}}
+
+
+QUESTION = {"role": "user", "content": "Weather in Paris and Rome?"}
+ONE_CALL = {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "Paris", "abcdefghi")]}
+TWO_CALLS = {
+    "role": "assistant",
+    "content": "",
+    "tool_calls": [call("get_weather", "Paris", "abcdefghi"), call("get_time", "Rome", "bcdefghij")],
+}
+RESULT_1 = {"role": "tool", "tool_call_id": "abcdefghi", "name": "get_weather", "content": "22C"}
+RESULT_2 = {"role": "tool", "tool_call_id": "bcdefghij", "name": "get_time", "content": "noon"}
+ANSWER = {"role": "assistant", "content": "Sunny and noon."}
+THANKS = {"role": "user", "content": "thanks"}
+WELCOME = {"role": "assistant", "content": "Welcome."}
+
+
+def test_eos_after_a_rebuilt_message_list_is_trained():
+    # mistral-common v3 merges consecutive messages into new objects before its output loop.
+    for name in ("hard/mistral-common__v3.jinja", "hard/mistral-common__v7.jinja"):
+        trained, _ = patched_and_original(name, [QUESTION, ANSWER, THANKS, WELCOME])
+        assert trained == ["Sunny and noon.</s>", "Welcome.</s>"], name
+
+
+def test_mistral_tool_calls_are_trained_whole():
+    # `[TOOL_CALLS]name[ARGS]{json}`: the name and its framing are generated, not a header.
+    trained, _ = patched_and_original(
+        "hard/mistral-common__v13.jinja", [QUESTION, TWO_CALLS, RESULT_1, RESULT_2, ANSWER]
+    )
+    assert trained == [
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[ARGS]{"city": "Rome"}</s>',
+        "Sunny and noon.</s>",
+    ]
+    trained, _ = patched_and_original("hard/mistral-common__v15_think.jinja", [QUESTION, ONE_CALL, RESULT_1, ANSWER])
+    assert trained == ['[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Sunny and noon.</s>"]
+
+
+def test_reasoning_framing_the_assistant_writes_is_generated():
+    thinking = {"role": "assistant", "content": "Sunny.", "reasoning_content": "Check it."}
+    trained, _ = patched_and_original("hard/mistral-common__v11_think.jinja", [QUESTION, thinking])
+    assert trained == ["<think>Check it.</think>Sunny.</s>"]
+
+
+def test_tool_calls_through_an_escaping_filter_are_trained_as_rendered():
+    trained, _ = patched_and_original("hard/mistral-common__v2.jinja", [QUESTION, ONE_CALL, RESULT_1, ANSWER])
+    assert trained == [
+        '[TOOL_CALLS][{&#34;name&#34;: &#34;get_weather&#34;, &#34;arguments&#34;: {"city": "Paris"}}]</s>',
+        "Sunny and noon.</s>",
+    ]
+
+
+def test_parallel_tool_calls_train_the_separator_between_calls():
+    trained, _ = patched_and_original(
+        "hard/vllm__tool_chat_template_hermes.jinja", [QUESTION, TWO_CALLS, RESULT_1, RESULT_2, ANSWER]
+    )
+    assert trained == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call><|im_end|>',
+        "Sunny and noon.<|im_end|>",
+    ]
+
+
+def test_tool_call_framing_before_the_first_argument_is_generated():
+    # Hunyuan also tells the model to open every reply with "助手：" (it generates it; its prompt does not).
+    trained, _ = patched_and_original(
+        "hard/vllm__tool_chat_template_hunyuan_a13b.jinja", [QUESTION, ONE_CALL, RESULT_1, ANSWER], tools=TOOLS
+    )
+    assert trained == [
+        '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_calls><|eos|>',
+        "助手：Sunny and noon.<|eos|>",
+    ]
+
+
+def test_end_of_turn_of_a_tool_call_turn_is_trained():
+    # This ChatML drops tool calls: the turn still writes (and the model still generates) its end marker. The
+    # last reply has none: the template writes <|im_end|> only when a message follows.
+    trained, _ = patched_and_original("hard/vllm__template_chatml.jinja", [QUESTION, ONE_CALL, RESULT_1, ANSWER])
+    assert trained == ["<|im_end|>", "Sunny and noon."]
+
+
+def test_glm4_keeps_its_newlines_and_trains_the_next_role_token():
+    # GLM-4-0414: the generation prompt is `<|assistant|>` alone, so the newline after it is generated; the
+    # turn has no end marker, and `<|user|>` (a stop token of the model) ends it where it follows.
+    trained, text = patched_and_original("hard/xinference__glm4-0414.jinja", [QUESTION, ANSWER, THANKS, WELCOME])
+    assert trained == ["\nSunny and noon.<|user|>", "\nWelcome."]
+    assert "<|assistant|>\nSunny and noon.<|user|>\nthanks" in text
+
+
+def test_granite_function_calling_keeps_its_newline():
+    with_call = {"role": "assistant", "content": "Let me check.", "tool_calls": ONE_CALL["tool_calls"]}
+    trained, _ = patched_and_original(
+        "hard/vllm__tool_chat_template_granite_20b_fc.jinja", [QUESTION, with_call, RESULT_1, ANSWER], tools=TOOLS
+    )
+    assert trained == [
+        '\n<function_call> {"name": "get_weather", "arguments": {"city": "Paris"}}\n<|endoftext|>',
+        "Sunny and noon. <|endoftext|>",
+    ]
+
+
+def test_template_without_a_generation_prompt_and_eos_only_without_one():
+    # open-instruct's simple chat writes no generation prompt: the model writes its role line too. It crashed.
+    trained, _ = patched_and_original("hard/open-instruct__simple_chat.jinja", [QUESTION, ANSWER])
+    assert trained == ["\n\nAssistant: Sunny and noon.</s>"]
+
+
+def test_existing_tags_that_train_the_header_are_replaced():
+    original = read("hard/alignment-handbook__smollm3_sft_sft.jinja")
+    assert not templatekit.check_template(original).ok
+    result = templatekit.patch_template(original)
+    assert result.status == "retagged" and result.report.ok
+    with pytest.raises(PatchError, match="retag=False"):
+        templatekit.patch_template(original, retag=False)
+
+
+def test_a_classifier_that_quotes_the_assistant_is_refused_by_patch_and_fallback():
+    template = read("hard/hfjs-ollama-automap__shieldgemma-27b.jinja")
+    with pytest.raises(PatchError, match="only quoted inside a prompt"):
+        templatekit.patch_template(template)
+    with pytest.raises((PatchError, FallbackError)):
+        SpanRenderer(template, fallback=True)
+
+
+def test_a_template_that_renders_no_message_is_refused_with_its_reason():
+    with pytest.raises(PatchError, match="no message loop"):
+        templatekit.patch_template(read("hard/gpt4all__models3-Wizard_v1.2.jinja"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hard/llama.cpp-tests__tct-yandex_YandexGPT-5-Lite-8B-instruct.jinja",
+        "hard/hfjs__e2e-blenderbot.jinja",
+        "hard/xinference__deepseek-v3.jinja",
+    ],
+)
+def test_fallback_never_trains_someone_elses_text(name):
+    # Where the patcher refuses, the fallback either refuses too or trains only assistant text.
+    template = read(name)
+    messages = [QUESTION, ONE_CALL, RESULT_1, ANSWER, THANKS, WELCOME]
+    try:
+        renderer = SpanRenderer(template, fallback=True)
+        text, spans = renderer.render(messages)
+    except (PatchError, FallbackError) as error:
+        assert str(error)
+        return
+    except Exception as error:  # the template itself rejects this conversation
+        assert "tool" in str(error).lower() or "role" in str(error).lower(), error
+        return
+    trained = "".join(text[s:e] for s, e in spans)
+    for foreign in ("Weather in Paris", "22C", "thanks"):
+        assert foreign not in trained, (name, trained)
