@@ -292,10 +292,10 @@ def _header_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
             own = [e for e in emissions if e.message == turn.message and e.text]
             opening = min((e.start for e in own), default=turn.start)
             for emission in own:
-                if emission.start < turn.end and turn.start < emission.end:
-                    trained.add(emission.uid)
-                elif opening <= emission.start and emission.end <= turn.start and emission.text.strip():
+                if opening <= emission.start and emission.end <= turn.start and emission.text.strip():
                     header.add(emission.uid)
+            # Whoever writes part of a turn is trained there (a stop marker the next message writes).
+            trained |= {e.uid for e in emissions if e.text and e.start < turn.end and turn.start < e.end}
     return header - trained
 
 

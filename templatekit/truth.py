@@ -209,6 +209,16 @@ def generated_turns(
             shared = _parting(alone[0], found + len(closing), on_text, on_last, bound)
             end = max(last, len(text[: last + shared].rstrip()))
             where = "turn" if end > last else ""
+            ending = alone[0][found + len(closing) + shared :].strip()
+            if (
+                next_start < len(text)
+                and MARKER.fullmatch(ending)
+                and not text[last + shared : next_start].strip()
+                and text.startswith(ending, next_start)
+            ):
+                # The marker that ends a conversation stopping on this turn is written by the next message's
+                # branch when it goes on (Jamba's `<|eom|>`): it still ends this turn.
+                end, where = next_start + len(ending), "next message"
         if end == last and next_start < len(text):
             # A render that ends on the turn ends it otherwise (Gemma 4 opens a tool's response there): the
             # marker the turn's own outputs write right after it ends it.
