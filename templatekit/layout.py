@@ -220,10 +220,7 @@ def layout_probe(
             turns.append(Turn(index, shared, end, shared, shared, optional=True))
             end = shared
         gap = truth[index].gap
-        if (
-            gap is not None and gap[1] <= end
-        ):  # whitespace before a stop token written after the turn's own ending: optional
-            turns.append(Turn(index, gap[0], gap[1], gap[0], gap[0], optional=True))
+        if gap is not None and gap[1] <= end:  # whitespace after the stop marker, before an EOS: not generated
             turns.append(Turn(index, gap[1], end, gap[1], gap[1]))
             end = gap[0]
         turns.extend(_split_at_gaps(Turn(index, start, end, first, last), text, emissions, forbidden, positions))

@@ -46,8 +46,8 @@ class Generated:
     marker: str = ""
     where: str = ""  # how the marker is written: "turn", "next message", "next role token"
     quoted: bool = False  # the render that ends on this turn ends like the prompt: the turn is only quoted
-    # Whitespace between the turn's own ending and a stop token written after it (`<|end|>\n</s>`): the
-    # model may or may not be taught to write it, so it may be trained or not.
+    # Whitespace between the turn's own stop marker and an end-of-sequence token written after it
+    # (`<|end|>\n</s>`): it follows a stop marker, so it is not generated, but the token after it is.
     gap: tuple[int, int] | None = None
 
 
@@ -231,7 +231,7 @@ def generated_turns(
         own_end = end
         end, where = _stop_after(text, end, last, next_start, where, header)
         stop_start = len(text[:end]) - len(text[own_end:end].lstrip())
-        gap = (own_end, stop_start) if own_end < stop_start < end else None
+        gap = (own_end, stop_start) if last < own_end < stop_start < end else None
         in_alone = alone[0].rfind(closing) if alone is not None else -1
         quoted = (
             in_alone >= 0
