@@ -118,7 +118,13 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     last_end = last_start + anchor_end - anchor_start
     if header.strip() and (found := text.rfind(header, anchor_end, first)) >= 0:
         return found + len(header)
-    return anchor_end + _parting(prompt, last_end, text, anchor_end, first)
+    start = anchor_end + _parting(prompt, last_end, text, anchor_end, first)
+    # A template that writes the reply's header whatever `add_generation_prompt` says (with other spacing
+    # than in history): the prompt's tail still names it.
+    tail = prompt[last_end:].strip()
+    if tail and (found := text.rfind(tail, start, first)) >= 0:
+        return found + len(tail)
+    return start
 
 
 def _follows_prompt(probe: Probe, text: str, prompt: str, start: int) -> bool:
