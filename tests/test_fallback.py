@@ -219,7 +219,12 @@ def test_fallback_trains_what_the_tags_train_beyond_the_probes(path):
     except PatchError as error:
         assert error.reasons  # refused with its reason: no tags to compare the fallback with
         return
-    fallback = _renderer(path, fallback=True)
+    try:
+        fallback = _renderer(path, fallback=True)
+    except FallbackError as error:
+        # The tags cover it; delimiters cannot tell its turns (a header-less reply that writes its own role line).
+        assert "even the fallback cannot apply" in str(error)
+        return
     compared = 0
     for name, conversation in BEYOND_PROBES.items():
         options = {key: value for key, value in conversation.items() if key != "messages"}
