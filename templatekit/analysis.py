@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from jinja2 import nodes
 
-from .syntax import ParsedTemplate, RawToken, make_environment, node_start
+from .syntax import ParsedTemplate, RawToken, make_environment, node_start, probe_clock
 
 COMPOUND = (nodes.If, nodes.For, nodes.With, nodes.Scope, nodes.ScopedEvalContextModifier)
 OPENERS = {"if", "for", "macro", "call", "filter", "with", "block", "autoescape", "generation", "set", "raw"}
@@ -343,7 +343,8 @@ class Tracer:
     def trace(self, messages: list[dict], **variables) -> tuple[str, list[Emission]]:
         """Render with `messages` and return the text and the emissions that make it up."""
         recorder = _Recorder(messages)
-        text = self.template.render(messages=messages, _tk_emit=recorder.emit, _tk_part=recorder.part, **variables)
+        with probe_clock():  # probes are rendered at one fixed instant, as verify renders them
+            text = self.template.render(messages=messages, _tk_emit=recorder.emit, _tk_part=recorder.part, **variables)
         return text, recorder.emissions
 
 

@@ -87,7 +87,7 @@ def alternation(needles: tuple[str, ...]) -> re.Pattern | None:
         >>> alternation(("<|im_start|>", "<|im_start|>assistant\\n")).match("<|im_start|>assistant\\nHi").group()
         '<|im_start|>assistant\\n'
     """
-    unique = sorted({needle for needle in needles if needle}, key=len, reverse=True)
+    unique = sorted({needle for needle in needles if needle}, key=lambda needle: (-len(needle), needle))
     return re.compile("|".join(map(re.escape, unique))) if unique else None
 
 

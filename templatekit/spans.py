@@ -30,7 +30,7 @@ from .patcher import patch_template
 from .policies import ConversationError, Policy, Turn, apply_policy, attribute, check_messages, unknown_roles
 from .probes import build_probes
 from .render import MarkerCollision, render_tagged
-from .verify import merge_adjacent, render_probe
+from .verify import follow_probe_clock, merge_adjacent, render_probe
 
 __all__ = ["SpanRenderer", "render_with_spans"]
 
@@ -221,6 +221,7 @@ def _render(template: str, messages, tags: bool, tools, add_generation_prompt: b
             )
         except MarkerCollision:
             pass
+    follow_probe_clock(template)  # the real clock, as before, unless a caller renders probes with it
     texts, indices = render_jinja_template(
         conversations=[messages],
         chat_template=template,

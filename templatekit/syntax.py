@@ -12,6 +12,9 @@ loopcontrols, a `generation` tag, a non-escaping `tojson`), so whitespace and ta
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,8 +67,53 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
+# Probe renders (patching, verifying, learning delimiters, `check`) read the clock at this one instant, so a
+# template that writes the date gets one verdict whenever and wherever it runs. Renders for users do not.
+PROBE_INSTANT = datetime(2025, 6, 15, 12, 0, 0)
+
+
+@dataclass
+class ClockReading:
+    """What a `probe_clock()` scope saw: `read` turns True once a template calls `strftime_now` in it."""
+
+    instant: datetime
+    read: bool = False
+
+
+_probe_clock: ContextVar[ClockReading | None] = ContextVar("templatekit_probe_clock", default=None)
+
+
+@contextmanager
+def probe_clock() -> Iterator[ClockReading]:
+    """Within this scope (this thread or task only), `strftime_now` answers for `PROBE_INSTANT`.
+
+    Nested scopes share the outer one's `ClockReading`. Renders outside any scope read the real clock.
+
+    Example:
+        >>> template = make_environment().from_string("{{ strftime_now('%Y-%m-%d %H:%M') }}")
+        >>> with probe_clock() as clock:
+        ...     template.render(), clock.read
+        ('2025-06-15 12:00', True)
+    """
+    outer = _probe_clock.get()
+    if outer is not None:
+        yield outer
+        return
+    reading = ClockReading(PROBE_INSTANT)
+    token = _probe_clock.set(reading)
+    try:
+        yield reading
+    finally:
+        _probe_clock.reset(token)
+
+
+def strftime_now(fmt: str) -> str:
+    """transformers' `strftime_now` global: the real clock, or `PROBE_INSTANT` inside `probe_clock()`."""
+    reading = _probe_clock.get()
+    if reading is None:
+        return datetime.now().strftime(fmt)
+    reading.read = True
+    return reading.instant.strftime(fmt)
 
 
 def make_environment(generation: type[jinja2.ext.Extension] = GenerationTag) -> ImmutableSandboxedEnvironment:
@@ -82,7 +130,7 @@ def make_environment(generation: type[jinja2.ext.Extension] = GenerationTag) -> 
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env.globals["strftime_now"] = strftime_now
     env.globals["namespace"] = jinja2.utils.Namespace
     env.globals["dict"] = dict
     return env

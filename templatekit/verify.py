@@ -1,18 +1,20 @@
 """Prove a tagged template: same text as the original on every probe, and spans that train exactly the turns.
 
 Rendering goes through transformers' own `render_jinja_template`, the code that TRL's masks come from, so
-what passes here is what training sees.
+what passes here is what training sees. Every probe render reads the clock at one fixed instant
+(`syntax.probe_clock`), so a template that writes the date gets the same verdict at any time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from transformers.utils.chat_template_utils import render_jinja_template
+from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
 
 from .layout import Layout, Turn
 from .probes import Probe
 from .report import Report
+from .syntax import PROBE_INSTANT, probe_clock, strftime_now
 
 
 @dataclass
@@ -24,15 +26,23 @@ class Rendered:
     error: str | None = None
 
 
+def follow_probe_clock(template: str) -> None:
+    """Give transformers' cached compiled `template` (what `render_jinja_template` is about to use) our
+    `strftime_now`: the real clock, as transformers' own reads it, except inside `probe_clock()`."""
+    _compile_jinja_template(template).globals["strftime_now"] = strftime_now
+
+
 def render_probe(template: str, probe: Probe, *, spans: bool = False) -> Rendered:
-    """Render `probe` with transformers (sandboxed); errors are returned, not raised."""
+    """Render `probe` with transformers (sandboxed) at the probe instant; errors are returned, not raised."""
     try:
-        texts, indices = render_jinja_template(
-            conversations=[probe.messages],
-            chat_template=template,
-            return_assistant_tokens_mask=spans,
-            **probe.render_kwargs(),
-        )
+        follow_probe_clock(template)
+        with probe_clock():
+            texts, indices = render_jinja_template(
+                conversations=[probe.messages],
+                chat_template=template,
+                return_assistant_tokens_mask=spans,
+                **probe.render_kwargs(),
+            )
     except Exception as error:  # any template error is a finding, not a crash
         return Rendered(None, [], f"{type(error).__name__}: {error}")
     return Rendered(texts[0], [tuple(span) for span in indices[0]] if spans else [])
@@ -112,8 +122,20 @@ def verify(
 ) -> Report:
     """Render every probe with both templates and check the tagged one's spans against `layouts`.
 
-    A probe the original rejects is skipped; one only the tagged template rejects fails.
+    A probe the original rejects is skipped; one only the tagged template rejects fails. Renders read the
+    clock at `PROBE_INSTANT`; a template that reads it is verified for that instant, and a note says so.
     """
+    with probe_clock() as clock:
+        report = _verify(original, tagged, probes, layouts)
+    if clock.read:
+        report.notes.append(
+            "the template reads the clock (strftime_now), so its text changes with the date: "
+            f"verified as rendered at {PROBE_INSTANT:%Y-%m-%d %H:%M:%S}"
+        )
+    return report
+
+
+def _verify(original: str, tagged: str, probes: list[Probe], layouts: dict[str, Layout]) -> Report:
     report = Report(ok=True, tagged=True)
     for probe in probes:
         before = render_probe(original, probe)

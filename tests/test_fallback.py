@@ -18,6 +18,7 @@ from templatekit.fallback import Delimiters, FallbackError, derive_delimiters, f
 from templatekit.patcher import analyse
 from templatekit.policies import ConversationError
 from templatekit.rewrite import strip_generation_tags
+from templatekit.syntax import probe_clock
 from templatekit.verify import check_spans, merge_adjacent
 
 TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
@@ -57,7 +58,8 @@ def _problems(renderer: SpanRenderer, analysis) -> list[str]:
         if layout is None:
             continue
         try:
-            text, spans = renderer.render(probe.messages, **probe.render_kwargs())
+            with probe_clock():  # the truth was traced at the probe instant; a template may write the date
+                text, spans = renderer.render(probe.messages, **probe.render_kwargs())
         except ConversationError as error:
             problems.append(f"{probe.name}: {error}")
             continue

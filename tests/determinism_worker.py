@@ -1,0 +1,74 @@
+"""Run in a fresh process by test_determinism.py: the verdict on each template named on the command line.
+
+Prints one JSON object: template path → what `patch_template(retag=True)` gives (the patched text and its
+notes, or the refusal and its reasons) and what the delimiter fallback learns from the same template
+(`--fallback refused`: only where the patcher refuses, as `SpanRenderer` does by default).
+
+`--clock ISO --step SECONDS` moves the clock before anything is imported: its first reading is that instant
+and every later reading is `SECONDS` further on, so renders of one conversation straddle a second, a minute
+or a midnight as often as a clock can make them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as datetime_module
+import itertools
+import json
+import sys
+
+
+def _move_clock(start: str, step: float) -> None:
+    real = datetime_module.datetime
+    readings = itertools.count()
+    first = real.fromisoformat(start)
+
+    class MovedDatetime(real):
+        @classmethod
+        def now(cls, tz=None):
+            moved = first + datetime_module.timedelta(seconds=step * next(readings))
+            return moved if tz is None else moved.replace(tzinfo=tz)
+
+    datetime_module.datetime = MovedDatetime  # modules that import `datetime` after this see the moved clock
+
+
+def verdict(path: str, fallbacks: str) -> dict:
+    import templatekit
+    from templatekit.errors import TemplateSourceError
+    from templatekit.fallback import derive_delimiters
+
+    text = open(path, encoding="utf-8").read()
+    try:
+        result = templatekit.patch_template(text, retag=True)
+        patched = {"status": result.status, "template": result.template, "notes": result.report.notes}
+    except templatekit.PatchError as error:
+        patched = {"status": "refused", "reasons": error.reasons, "notes": error.report.notes if error.report else []}
+    except TemplateSourceError as error:
+        return {"status": "invalid", "reason": str(error)}
+    except Exception as error:  # a crash is a result too, and must be the same crash every time
+        patched = {"status": "internal error", "reason": f"{type(error).__name__}: {error}"}
+    if fallbacks == "refused" and patched["status"] != "refused":
+        return patched
+    try:
+        fallback = repr(derive_delimiters(text))
+    except Exception as error:
+        fallback = f"{type(error).__name__}: {error}"
+    return {**patched, "fallback": fallback}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("templates", nargs="+")
+    parser.add_argument("--clock", help="ISO date-time of the clock's first reading")
+    parser.add_argument("--step", type=float, default=1.0, help="seconds the clock moves on at each reading")
+    parser.add_argument(
+        "--fallback", choices=("all", "refused"), default="all", help="which templates to learn delimiters for"
+    )
+    args = parser.parse_args()
+    if args.clock:
+        _move_clock(args.clock, args.step)
+    json.dump({path: verdict(path, args.fallback) for path in args.templates}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Same template, same verdict: patching, verifying and learning delimiters give one result per template.
+
+Probe renders read the clock at one fixed instant (`syntax.probe_clock`), so neither the time of day nor the
+date changes a verdict, and nothing that decides a verdict depends on hash order (`PYTHONHASHSEED`).
+The corpus runs in fresh processes (determinism_worker.py), as `templatekit check` runs in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from _paths import corpus_dir
+from transformers.utils.chat_template_utils import render_jinja_template
+
+import templatekit
+import templatekit.syntax
+from templatekit.probes import build_probes
+from templatekit.render import render_tagged
+from templatekit.syntax import PROBE_INSTANT, make_environment, probe_clock
+from templatekit.verify import render_probe
+
+WORKER = Path(__file__).with_name("determinism_worker.py")
+TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
+CLOCK_TEMPLATES = [path for path in TEMPLATES if "strftime_now" in path.read_text(encoding="utf-8")]
+# Each template runs under two of these seeds (template i under seeds i and i+1, round the list), so three
+# processes of two thirds of the corpus each compare every template twice, at the cost of two corpus passes.
+HASH_SEEDS = ("0", "1", "2")
+CLOCK_NOTE = "the template reads the clock"
+DATED = (
+    "{{ 'Today: ' + strftime_now('%Y-%m-%d %H:%M:%S') + '\\n' }}"
+    "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _verdicts(templates: list[Path], *options: str, seed: str = "0") -> dict[str, dict]:
+    """What a fresh process says about each template (see determinism_worker.py)."""
+    done = subprocess.run(
+        [sys.executable, str(WORKER), *map(str, templates), *options],
+        env={**os.environ, "PYTHONHASHSEED": seed},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _in_parallel(calls: list) -> list:
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def _by_template(runs: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """run name → path → verdict, turned round: path → run name → verdict."""
+    verdicts: dict[str, dict[str, dict]] = {}
+    for name, run in runs.items():
+        for path, verdict in run.items():
+            verdicts.setdefault(path, {})[name] = verdict
+    return verdicts
+
+
+def _differences(verdicts: dict[str, dict[str, dict]]) -> list[str]:
+    """One line per template whose verdict differs between runs: `verdicts` maps path → run name → verdict."""
+    lines = []
+    for path, runs in verdicts.items():
+        (first_name, first), *others = runs.items()
+        for name, verdict in others:
+            if verdict != first:
+                fields = sorted(key for key in {*first, *verdict} if first.get(key) != verdict.get(key))
+                lines.append(f"{Path(path).relative_to(corpus_dir())}: {first_name} vs {name} differ in {fields}")
+    return lines
+
+
+@pytest.mark.skipif(not TEMPLATES, reason="the corpus is not there")
+def test_the_corpus_gets_one_verdict_under_every_hash_seed():
+    count = len(HASH_SEEDS)
+    shards = [[p for i, p in enumerate(TEMPLATES) if k in (i % count, (i + 1) % count)] for k in range(count)]
+    runs = _in_parallel(
+        [
+            lambda seed=seed, shard=shard: _verdicts(shard, "--fallback", "refused", seed=seed)
+            for seed, shard in zip(HASH_SEEDS, shards)
+        ]
+    )
+    verdicts = _by_template({f"PYTHONHASHSEED={seed}": run for seed, run in zip(HASH_SEEDS, runs)})
+    assert sorted(verdicts) == sorted(map(str, TEMPLATES))
+    assert all(len(by_seed) == 2 for by_seed in verdicts.values())
+    assert not _differences(verdicts)
+    statuses = [next(iter(by_seed.values()))["status"] for by_seed in verdicts.values()]
+    assert statuses.count("patched") > len(TEMPLATES) // 2  # real verdicts, not one error everywhere
+
+
+# The clock's first reading, and how far it moves on at each later reading: every render of a probe, in
+# the trace and in verification, of the original and of the patched template, sees another second, minute
+# or day than the one before it.
+MOVED_CLOCKS = {
+    "a new second at every reading": ("2025-03-04T10:00:00", "1"),
+    "a new minute at every reading": ("2025-03-04T10:00:59", "60"),
+    "midnight (and new year) at the second reading": ("2024-12-31T23:59:59", "1"),
+    "a new day at every reading": ("2025-02-27T23:30:00", "86400"),
+}
+
+
+@pytest.mark.skipif(not CLOCK_TEMPLATES, reason="the corpus holds no template that reads the clock")
+def test_templates_that_read_the_clock_get_one_verdict_whatever_the_time():
+    calls = [lambda: _verdicts(CLOCK_TEMPLATES)]
+    calls += [
+        lambda first=first, step=step: _verdicts(CLOCK_TEMPLATES, "--clock", first, "--step", step)
+        for first, step in MOVED_CLOCKS.values()
+    ]
+    runs = dict(zip(["the real clock", *MOVED_CLOCKS], _in_parallel(calls)))
+    verdicts = _by_template(runs)
+    assert sorted(verdicts) == sorted(map(str, CLOCK_TEMPLATES))
+    assert not _differences(verdicts)
+    notes = [note for verdict in runs["the real clock"].values() for note in verdict.get("notes", [])]
+    assert any(note.startswith(CLOCK_NOTE) for note in notes)
+
+
+def _stopped_clock(monkeypatch, instant: datetime) -> None:
+    """The real clock (as templatekit reads it outside probes) reads `instant`."""
+
+    class Stopped(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return instant
+
+    monkeypatch.setattr(templatekit.syntax, "datetime", Stopped)
+
+
+def test_probe_renders_read_the_fixed_instant_and_user_renders_the_real_clock(monkeypatch):
+    _stopped_clock(monkeypatch, datetime(1999, 12, 31, 23, 59, 58))
+    messages = [{"role": "user", "content": "hi"}]
+    probe = build_probes()[0]
+    assert render_probe(DATED, probe).text.startswith("Today: " + f"{PROBE_INSTANT:%Y-%m-%d %H:%M:%S}")
+    # The same template, rendered for a user: transformers' renderer and templatekit's own both read the real clock.
+    texts, _ = render_jinja_template(conversations=[messages], chat_template=DATED)
+    assert texts[0].startswith("Today: 1999-12-31 23:59:58")
+    assert render_tagged(DATED, messages)[0].startswith("Today: 1999-12-31 23:59:58")
+    text, _ = templatekit.render_with_spans(DATED, messages + [{"role": "assistant", "content": "hello"}])
+    assert text.startswith("Today: 1999-12-31 23:59:58")
+
+
+def test_the_fixed_instant_holds_in_its_own_thread_and_scope_only(monkeypatch):
+    _stopped_clock(monkeypatch, datetime(1999, 12, 31, 23, 59, 58))
+    template = make_environment().from_string("{{ strftime_now('%Y-%m-%d %H:%M:%S') }}")
+    elsewhere = []
+    with probe_clock() as clock:
+        worker = threading.Thread(target=lambda: elsewhere.append(template.render()))
+        worker.start()
+        worker.join()
+        inside = template.render()
+    assert (inside, clock.read) == (f"{PROBE_INSTANT:%Y-%m-%d %H:%M:%S}", True)
+    assert elsewhere == ["1999-12-31 23:59:58"]
+    assert template.render() == "1999-12-31 23:59:58"
+
+
+def test_a_template_that_reads_the_clock_is_verified_for_the_fixed_instant_and_says_so():
+    result = templatekit.patch_template(DATED)
+    assert result.report.ok
+    assert any(note.startswith(CLOCK_NOTE) for note in result.report.notes)
+    checked = templatekit.check_template(result.template)
+    assert checked.ok and any(note.startswith(CLOCK_NOTE) for note in checked.notes)
+    undated = templatekit.patch_template(DATED.replace("strftime_now('%Y-%m-%d %H:%M:%S')", "'someday'"))
+    assert not any(note.startswith(CLOCK_NOTE) for note in undated.report.notes)
