@@ -127,6 +127,22 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     return start
 
 
+def _speaker_header(header: str, role: str, before: str) -> str | None:
+    """The generation prompt's header with the word that names the assistant replaced by `role`, as it
+    stands last in `before` (the text before the speaker's first generated text), or None.
+
+    Example:
+        >>> _speaker_header("<start_of_turn>model:", "judge", "<start_of_turn>judge:")
+        '<start_of_turn>judge:'
+    """
+    found = []
+    for word in dict.fromkeys(re.findall(r"[A-Za-z]+", header)):
+        candidate = header.replace(word, role)
+        if (at := before.rfind(candidate)) >= 0:
+            found.append((at, candidate))
+    return max(found)[1] if found else None
+
+
 def _follows_prompt(probe: Probe, text: str, prompt: str, start: int) -> bool:
     """True when everything the prompt writes after its last message's text stands right before `start`."""
     in_prompt = _occurrences(probe, prompt)
@@ -195,8 +211,11 @@ def generated_turns(
         role = probe.messages[index]["role"]
         if role != ASSISTANT:
             # The generation prompt opens the assistant's turn; another trained speaker's turn opens with the
-            # same header naming that speaker.
-            header = header.replace(ASSISTANT, role) if ASSISTANT in header else ""
+            # same header naming that speaker instead (`model` in Gemma's). Without one, nothing tells where
+            # the speaker's turn starts: it is left out, and the template refused.
+            header = _speaker_header(header, role, text[:first])
+            if header is None:
+                continue
         start = _turn_start(probe, text, prompt[0], header, first, index)
         if start is None:
             continue

@@ -324,7 +324,10 @@ def test_custom_speaker_fallback_trains_what_the_tags_train():
             tags = SpanRenderer(template, train_roles=(justice,), fallback=False)
         except PatchError:
             continue  # the core cannot tag this speaker here: nothing to compare with
-        fallback = SpanRenderer(template, train_roles=(justice,), fallback=True)
+        try:
+            fallback = SpanRenderer(template, train_roles=(justice,), fallback=True)
+        except FallbackError:
+            continue  # the tags cover this speaker; its delimiters are ambiguous, so the fallback refuses
         try:
             text, spans = tags.render(messages, bos_token="<s>", eos_token="</s>")
         except ConversationError:
@@ -332,4 +335,6 @@ def test_custom_speaker_fallback_trains_what_the_tags_train():
         if _trained_texts(*fallback.render(messages, bos_token="<s>", eos_token="</s>")) != _trained_texts(text, spans):
             differing.append(name)
         compared += 1
-    assert compared >= 30 and differing == []
+    # Templates that write an unknown role as another (ChatML variants render it as `system`) are refused for
+    # this speaker: nothing tells its turn apart. The rest are compared.
+    assert compared >= 25 and differing == []
