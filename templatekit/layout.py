@@ -1,10 +1,9 @@
-"""Where each trained turn should begin and end in one rendered probe: the ground truth for plan and verify.
+"""Where each trained turn begins and ends in one rendered probe, laid out for plan and verify.
 
-A trained turn starts after its header (the generation prompt, as the template writes it for this turn)
-and runs over everything the speaker generates (framing such as `<think>` or `<tool_call>`, reasoning,
-content, tool calls) up to and including the end-of-turn marker. The marker is what the template writes
-for this message after the last generated text, less trailing whitespace: the model never generates
-the newline that separates turns.
+The boundaries come from truth.py (what the model generates after its prompt, read off the template's own
+renders); this module adds what must stay outside: other messages' sentinels (forbidden), tool results the
+template writes inside the turn (the turn is cut around them), a stop marker one output writes together with
+someone else's text (optional), and messages that render nothing generated (optional).
 """
 
 from __future__ import annotations
@@ -108,21 +107,6 @@ def common_opening(renders) -> str:
     while common and not (shortest[common - 1].isspace() or shortest[common - 1] in ">]:"):
         common -= 1
     return shortest[:common]
-
-
-def _header_end(text: str, window_start: int, first_generated: int, header: str, default: int | None = None) -> int:
-    """Where the header ends before `first_generated`, judged from the generation prompt's text."""
-    window = text[window_start:first_generated]
-    core = header.strip()
-    for candidate in (header, header.lstrip(), core):
-        if candidate and (found := window.rfind(candidate)) >= 0:
-            return window_start + found + len(candidate)
-    # The turn's header may be a prefix of the prompt (a prompt that also opens `<think>`, say); only
-    # prefixes that end where a marker or line ends count.
-    for length in range(len(core) - 1, 2, -1):
-        if core[:length].endswith(("\n", "|>", "｜>", "]", ":")) and (found := window.rfind(core[:length])) >= 0:
-            return window_start + found + length
-    return first_generated if default is None else default
 
 
 def _split_at_gaps(

@@ -88,7 +88,7 @@ class _Writer:
         return position, position, self.newline_to_eat(position, cut), ""
 
     def newline_to_eat(self, position: int, cut: Cut) -> str:
-        """"\n" when a tag put at `position` would eat a rendered newline (trim_blocks), so it eats this one
+        """A newline when a tag put at `position` would eat a rendered one (trim_blocks), so it eats this one
         instead; "" when the next tag strips the whitespace anyway (`{%-`, `{{-`)."""
         stripped_anyway = re.match(r"\s*\{[%{#]-", self.source[position:]) is not None
         needs = self.source.startswith("\n", position) and not isinstance(cut.item, Stmt) and not stripped_anyway
@@ -123,7 +123,13 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         if region.end.operator is not None:
             alternative += region.end.operator[2] + " }}"
         body = writer.region_text(region, open_end, close_start)
-        return [Edit(open_start, close_end, _if_else(before, left, region.condition, body, alternative + END_TAG, right, after))]
+        return [
+            Edit(
+                open_start,
+                close_end,
+                _if_else(before, left, region.condition, body, alternative + END_TAG, right, after),
+            )
+        ]
     start_tag = "{%" + left + " generation %}"
     if region.start.operator is None and not left:
         start_tag += writer.newline_to_eat(open_end, region.start)
