@@ -10,7 +10,6 @@ and, with a tokenizer, every token is a `<span class="tok">` of its own.
 from __future__ import annotations
 
 import html
-import json
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .errors import TemplateSourceError
 from .masks import spans_to_token_mask
+from .sources import read_json_file
 from .verify import merge_adjacent
 
 __all__ = [
@@ -104,15 +104,7 @@ def load_messages(path: str | Path) -> tuple[list[dict], list[dict] | None]:
         >>> messages, tools = load_messages("conversation.json")  # doctest: +SKIP
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise TemplateSourceError("no such file", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateSourceError(f"cannot read: {exc}", source=str(path)) from None
-    except json.JSONDecodeError as exc:
-        where = {"source": str(path), "line": exc.lineno, "column": exc.colno}
-        raise TemplateSourceError(f"invalid JSON: {exc.msg}", **where) from None
+    data = read_json_file(path)  # bounded: size, nesting, encoding; errors name the file, line and column
     tools = None
     if isinstance(data, dict):
         data, tools = data.get("messages"), data.get("tools")
@@ -178,8 +170,10 @@ def special_tokens(folder: Path | None) -> dict[str, str]:
     if config is None or not config.is_file():
         return found
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json_file(config)
+    except TemplateSourceError:
+        return found
+    if not isinstance(data, dict):
         return found
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         value = data.get(key)

@@ -4,13 +4,21 @@ Every source goes through `load_templates`, which decides the source's kind (`so
 loader registered for that kind in `LOADERS`. New kinds (Hub ids, GGUF files) plug in with `register_loader`
 without touching the callers. Every failure is a `TemplateSourceError` that names the file, and the line and
 column where that means something.
+
+Files are read within bounded memory: a template file over `MAX_TEMPLATE_BYTES` or a JSON config over
+`MAX_CONFIG_BYTES` is refused before it is read (and a file that grows while it is read, or a device such as
+`/dev/zero`, is never read past the limit); JSON nested deeper than Python's parser can follow, bytes that are not
+UTF-8, NUL bytes (a binary file) and symbolic link loops are each an error naming the file and the place.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,11 +30,15 @@ from templatekit.errors import TemplateSourceError
 
 __all__ = [
     "LOADERS",
+    "MAX_CONFIG_BYTES",
+    "MAX_TEMPLATE_BYTES",
     "LoadedTemplate",
     "NoChatTemplateError",
     "atomic_output",
     "find_template_files",
     "load_templates",
+    "read_file_bytes",
+    "read_json_file",
     "register_loader",
     "source_kind",
     "write_bytes_atomic",
@@ -36,7 +48,16 @@ __all__ = [
 #: File names `find_template_files` picks up besides `*.jinja`.
 CONFIG_NAMES = ("tokenizer_config.json", "chat_template.json")
 
+#: Largest template file read (a `.jinja` file, a template inside a config or a GGUF file): real ones are
+#: kilobytes; anything this large is not a chat template.
+MAX_TEMPLATE_BYTES = 16 << 20
+#: Largest JSON config read (`tokenizer_config.json`, `chat_template.json`): real ones are at most a few megabytes
+#: (a long list of added tokens).
+MAX_CONFIG_BYTES = 64 << 20
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A JSON string (unrolled, so a long one is matched in linear time) or a bracket.
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
 _TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2", ".txt", ".tmpl")
 # Kinds of file that can hold several named templates at once.
 _SHARED_FILE_KINDS = ("tokenizer_config", "chat_template_json", "gguf")
@@ -80,46 +101,133 @@ class NoChatTemplateError(TemplateSourceError):
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def _read_text(path: Path) -> str:
-    """The file's text, decoded as strict UTF-8 with its newlines kept exactly as they are."""
+def _size(n: int) -> str:
+    """A byte count for people: `209,715,245 bytes (200.0 MiB)`, `64 MiB`."""
+    if n >= 2**20 and n % 2**20 == 0:
+        return f"{n >> 20} MiB"
+    return f"{n:,} bytes ({n / 2**20:.1f} MiB)" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _os_error(exc: OSError, path: Path) -> TemplateSourceError:
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return TemplateSourceError("symbolic link to a file that does not exist", source=str(path))
+        return TemplateSourceError("no such file", source=str(path))
+    if isinstance(exc, IsADirectoryError):
+        return TemplateSourceError("is a folder, expected a file", source=str(path))
+    if exc.errno == errno.ELOOP:
+        return TemplateSourceError("symbolic link loop: following the link never reaches a file or folder", source=str(path))
+    return TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path))
+
+
+def read_file_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of `path`, refused with a `TemplateSourceError` when there are more than `limit`: a regular file
+    by its size before anything is read, anything else (a pipe, a device) after `limit + 1` bytes at most.
+
+    Example:
+        >>> read_file_bytes("chat_template.jinja", MAX_TEMPLATE_BYTES, "template file")  # doctest: +SKIP
+        b'{% for message in messages %}...'
+    """
+    path = Path(path)
+    too_big = f"{{}}: a {what} over {_size(limit)} is not read"
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TemplateSourceError("no such file", source=str(path)) from None
-    except IsADirectoryError:
-        raise TemplateSourceError("is a folder, expected a file", source=str(path)) from None
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise TemplateSourceError(too_big.format(_size(size)), source=str(path))
+            data = handle.read(limit + 1)
     except OSError as exc:
-        raise TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+        raise _os_error(exc, path) from None
+    if len(data) > limit:
+        raise TemplateSourceError(too_big.format(f"more than {_size(limit)}"), source=str(path))
+    return data
+
+
+def _line_column(data: bytes | str, offset: int) -> tuple[int, int]:
+    newline = b"\n" if isinstance(data, bytes) else "\n"
+    return data.count(newline, 0, offset) + 1, offset - (data.rfind(newline, 0, offset) + 1) + 1
+
+
+def _read_text(path: Path, limit: int = MAX_TEMPLATE_BYTES, what: str = "template file") -> str:
+    """The file's text, decoded as strict UTF-8 with its newlines kept exactly as they are."""
+    data = read_file_bytes(path, limit, what)
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         start = exc.start
-        line_start = data.rfind(b"\n", 0, start) + 1
-        line = data.count(b"\n", 0, start) + 1
-        column = start - line_start + 1
+        line, column = _line_column(data, start)
         raise TemplateSourceError(
             f"not valid UTF-8: byte 0x{data[start]:02x} at byte offset {start}",
             source=str(path),
             line=line,
             column=column,
         ) from None
+    if "\0" in text:
+        start = data.index(b"\0")
+        line, column = _line_column(data, start)
+        raise TemplateSourceError(
+            f"a binary file, not text: NUL byte at byte offset {start}", source=str(path), line=line, column=column
+        )
+    return text
 
 
 def _checked(text: str, *, path: Path, name: str) -> str:
+    if len(text) > MAX_TEMPLATE_BYTES:
+        what = "chat template" if name == "default" else f"chat template {name!r}"
+        raise TemplateSourceError(
+            f"{what} of {len(text):,} characters: a template over {_size(MAX_TEMPLATE_BYTES)} is not read",
+            source=str(path),
+        )
     if not text.strip():
         what = "empty chat template" if name == "default" else f"empty chat template {name!r}"
         raise TemplateSourceError(what, source=str(path))
     return text
 
 
-def _read_json(path: Path) -> object:
-    text = _read_text(path)
+def _too_deep(text: str) -> tuple[int, int, int]:
+    """Where a JSON text first nests deeper than Python's parser follows: `(depth, line, column)`."""
+    depth, limit = 0, sys.getrecursionlimit()
+    for match in _JSON_NESTING.finditer(text):
+        char = match.group()[0]
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return depth, *_line_column(text, match.start())
+        elif char in "]}":
+            depth -= 1
+    return depth, *_line_column(text, len(text))
+
+
+def read_json_file(path: str | Path, limit: int = MAX_CONFIG_BYTES) -> object:
+    """A JSON file's data, read within bounded memory (see `read_file_bytes`).
+
+    Raises `TemplateSourceError` naming the file, with line and column for invalid JSON and for nesting deeper
+    than Python's JSON parser can follow.
+
+    Example:
+        >>> read_json_file("tokenizer_config.json")["eos_token"]  # doctest: +SKIP
+        '<|im_end|>'
+    """
+    path = Path(path)
+    text = _read_text(path, limit, f"{path.name} file" if path.suffix.lower() == ".json" else "JSON file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TemplateSourceError(
             f"invalid JSON: {exc.msg}", source=str(path), line=exc.lineno, column=exc.colno
         ) from None
+    except RecursionError:
+        _, line, column = _too_deep(text)
+        raise TemplateSourceError(
+            f"JSON nested deeper than {sys.getrecursionlimit()} levels, more than a config has",
+            source=str(path),
+            line=line,
+            column=column,
+        ) from None
+
+
+def _read_json(path: Path) -> object:
+    return read_json_file(path)
 
 
 def _templates_from_field(value: object, *, path: Path, kind: str) -> list[LoadedTemplate]:
@@ -174,6 +282,23 @@ def _load_chat_template_json(source: str | Path) -> list[LoadedTemplate]:
     return _load_json_config(Path(source), "chat_template_json")
 
 
+def _present(path: Path, *, folder: bool = False) -> bool:
+    """Whether `path` is there: a file (a folder with `folder=True`). A symbolic link that cannot be followed (a
+    loop, or a link to nothing) is a `TemplateSourceError`, never taken for an absent file: the folder would
+    silently give another template than the one it means to."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise _os_error(FileNotFoundError(), path) from None
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:  # a path through a file
+            return False
+        raise _os_error(exc, path) from None
+    return stat.S_ISDIR(mode) == folder
+
+
 def _load_model_folder(source: str | Path) -> list[LoadedTemplate]:
     """A saved model or tokenizer folder, read the way transformers reads it.
 
@@ -183,9 +308,9 @@ def _load_model_folder(source: str | Path) -> list[LoadedTemplate]:
     folder = Path(source)
     main = folder / "chat_template.jinja"
     extra_dir = folder / "additional_chat_templates"
-    extras = sorted(extra_dir.glob("*.jinja")) if extra_dir.is_dir() else []
-    if main.is_file() or extras:
-        found = _load_jinja_file(main) if main.is_file() else []
+    extras = sorted(extra_dir.glob("*.jinja")) if _present(extra_dir, folder=True) else []
+    if _present(main) or extras:
+        found = _load_jinja_file(main) if _present(main) else []
         for path in extras:
             text = _checked(_read_text(path), path=path, name=path.stem)
             found.append(LoadedTemplate(path.stem, text, path, "jinja"))
@@ -195,7 +320,7 @@ def _load_model_folder(source: str | Path) -> list[LoadedTemplate]:
         ("chat_template.json", _load_chat_template_json),
     ):
         path = folder / name
-        if path.is_file():
+        if _present(path):
             try:
                 return loader(path)
             except NoChatTemplateError:
@@ -261,7 +386,7 @@ def source_kind(source: str | Path) -> str:
     if path.suffix.lower() == ".json":
         return "tokenizer_config"
     if (
-        not path.exists()
+        not os.path.lexists(path)  # a symbolic link that goes nowhere is a local file all the same
         and isinstance(source, str)
         and _HUB_ID.match(source)
         and path.suffix.lower() not in _TEMPLATE_SUFFIXES
@@ -287,8 +412,9 @@ def load_templates(source: str | Path, *, revision: str | None = None) -> list[L
     if revision is None:
         return LOADERS[kind](source)
     if kind != "hub":
-        raise TemplateSourceError(f"a revision applies only to a Hugging Face Hub id (this is a {kind})",
-                                  source=str(source))
+        raise TemplateSourceError(
+            f"a revision applies only to a Hugging Face Hub id (this is a {kind})", source=str(source)
+        )
     return LOADERS[kind](source, revision=revision)
 
 
@@ -312,6 +438,12 @@ def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
                 matches += [Path(root, f) for f in files if f.endswith(".jinja") or f in CONFIG_NAMES]
             found.extend(sorted(matches))
+        elif os.path.lexists(entry):  # a link that cannot be followed (a loop), a pipe, a device
+            try:
+                entry.stat()
+            except OSError as exc:
+                raise _os_error(exc, entry) from None
+            found.append(entry)
         else:
             raise TemplateSourceError("no such file or folder", source=str(entry))
     return found

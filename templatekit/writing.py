@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from templatekit.errors import TemplateSourceError
-from templatekit.sources import LoadedTemplate, write_bytes_atomic
+from templatekit.sources import (
+    MAX_CONFIG_BYTES,
+    MAX_TEMPLATE_BYTES,
+    LoadedTemplate,
+    read_file_bytes,
+    write_bytes_atomic,
+)
 
 __all__ = ["FileUpdate", "apply_updates", "backup_path", "plan_in_place", "replace_json_string", "update_in_place"]
 
@@ -159,11 +165,9 @@ def plan_in_place(templates: Sequence[LoadedTemplate], texts: Sequence[str]) -> 
         by_file.setdefault(template.origin, []).append((template, text))
     updates = []
     for path, pairs in by_file.items():
-        try:
-            old = path.read_bytes()
-        except OSError as exc:
-            raise TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
         kind = pairs[0][0].kind
+        # Read again, within the same bounds as when it was loaded (it may have changed since).
+        old = read_file_bytes(path, MAX_TEMPLATE_BYTES if kind == "jinja" else MAX_CONFIG_BYTES, f"{path.name} file")
         if kind == "jinja":
             if old.decode("utf-8", errors="replace") != pairs[0][0].text:
                 raise TemplateSourceError("the file changed since it was read; run again", source=str(path))
@@ -191,7 +195,11 @@ def backup_path(path: Path, content: bytes) -> tuple[Path, bool]:
         candidate = path.with_name(path.name + (".bak" if number == 0 else f".bak.{number}"))
         if not candidate.exists():
             return candidate, True
-        if candidate.is_file() and candidate.read_bytes() == content:
+        if (
+            candidate.is_file()
+            and candidate.stat().st_size == len(content)  # a backup of another size is not read at all
+            and candidate.read_bytes() == content
+        ):
             return candidate, False
         number += 1
 
