@@ -116,7 +116,9 @@ def _os_error(exc: OSError, path: Path) -> TemplateSourceError:
     if isinstance(exc, IsADirectoryError):
         return TemplateSourceError("is a folder, expected a file", source=str(path))
     if exc.errno == errno.ELOOP:
-        return TemplateSourceError("symbolic link loop: following the link never reaches a file or folder", source=str(path))
+        return TemplateSourceError(
+            "symbolic link loop: following the link never reaches a file or folder", source=str(path)
+        )
     return TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path))
 
 
@@ -184,18 +186,22 @@ def _checked(text: str, *, path: Path, name: str) -> str:
     return text
 
 
-def _too_deep(text: str) -> tuple[int, int, int]:
-    """Where a JSON text first nests deeper than Python's parser follows: `(depth, line, column)`."""
-    depth, limit = 0, sys.getrecursionlimit()
+def _too_deep(text: str) -> tuple[str, int, int]:
+    """How deep a JSON text nests, for a person, and where: the first bracket past Python's recursion limit, else
+    the first at the deepest level (Python's parser may stop short of the limit when called from deep in a stack).
+    """
+    depth, limit, deepest, at = 0, sys.getrecursionlimit(), 0, len(text)
     for match in _JSON_NESTING.finditer(text):
         char = match.group()[0]
         if char in "[{":
             depth += 1
             if depth > limit:
-                return depth, *_line_column(text, match.start())
+                return f"more than {limit:,}", *_line_column(text, match.start())
+            if depth > deepest:
+                deepest, at = depth, match.start()
         elif char in "]}":
             depth -= 1
-    return depth, *_line_column(text, len(text))
+    return f"{deepest:,}", *_line_column(text, at)
 
 
 def read_json_file(path: str | Path, limit: int = MAX_CONFIG_BYTES) -> object:
@@ -217,9 +223,9 @@ def read_json_file(path: str | Path, limit: int = MAX_CONFIG_BYTES) -> object:
             f"invalid JSON: {exc.msg}", source=str(path), line=exc.lineno, column=exc.colno
         ) from None
     except RecursionError:
-        _, line, column = _too_deep(text)
+        depth, line, column = _too_deep(text)
         raise TemplateSourceError(
-            f"JSON nested deeper than {sys.getrecursionlimit()} levels, more than a config has",
+            f"JSON nested {depth} levels deep, deeper than Python's JSON parser goes (a config nests a few)",
             source=str(path),
             line=line,
             column=column,
