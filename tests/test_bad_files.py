@@ -125,44 +125,55 @@ class Run:
     code: int
     out: str
     err: str
-    peak: int  # maximum resident set size of the process, bytes
+    peak: int  # peak resident set size of the CLI process, bytes
 
     def lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.strip()]
 
 
-def _cap_cli() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (CLI_CAP, CLI_CAP))
+# The CLI runs in a fresh interpreter that caps its own address space and, at exit, writes its peak resident
+# memory (VmHWM). `wait4`'s ru_maxrss is no measure here: a child forked from this test process counts this
+# process's resident memory at the fork (Linux carries the high-water mark across exec).
+_CLI_WRAPPER = """
+import atexit, resource, runpy, sys
+cap, peak_file = int(sys.argv[1]), sys.argv[2]
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+def record():
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(record)
+sys.argv = ["templatekit", *sys.argv[3:]]
+runpy.run_module("templatekit", run_name="__main__", alter_sys=True)
+"""
 
 
 def cli(*argv: object, cwd: Path | None = None, timeout: float = SECONDS) -> Run:
     """`python -m templatekit ARGV` under RLIMIT_AS = CLI_CAP and a wall-clock limit; its exit code, output and
-    peak RSS (from wait4)."""
+    peak RSS (VmHWM at exit; a run that never reached exit reads as unbounded)."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tk_bad_{os.getpid()}_{threading.get_ident()}"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    peak_file = Path(f"{out_path}.peak")
+    peak_file.unlink(missing_ok=True)
     with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "templatekit", *map(str, argv)],
+            [sys.executable, "-c", _CLI_WRAPPER, str(CLI_CAP), str(peak_file), *map(str, argv)],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
             cwd=cwd or REPO_ROOT,
             env=env,
-            preexec_fn=_cap_cli,
         )
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         out.seek(0)
         err.seek(0)
-        run = Run(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                  usage.ru_maxrss * 1024)  # fmt: skip
-    os.unlink(f"{out_path}.out")
-    os.unlink(f"{out_path}.err")
+        peak = int(peak_file.read_text()) * 1024 if peak_file.exists() else 1 << 62
+        run = Run(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak)
+    for suffix in (".out", ".err", ".peak"):
+        Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     return run
 
 
