@@ -200,14 +200,27 @@ def _closing_condition(region: Region, train_roles: tuple[str, ...], only_last_t
     if region.closes == "after":
         return f"messages and messages[-1].role in {roles}"
     if only_last_turn:
-        raise PlanError("a stop marker written by the next message cannot be limited to the last turn")
+        raise PlanError("text written by another message's branch cannot be limited to the last turn")
+    if region.closes == "previous":
+        return f"loop.nextitem is defined and loop.nextitem.role in {roles}"
     return f"loop.previtem is defined and loop.previtem.role in {roles}"
 
 
 def _patch(analysis: Analysis, train_roles, only_last_turn) -> tuple[str | None, Report]:
+    """The first plan that verifies, tried plainest first; the plainest plan's report when none does."""
+    reports = []
+    for pair_branches in (False, True):
+        patched, report = _try_plan(analysis, train_roles, only_last_turn, pair_branches)
+        if patched is not None:
+            return patched, report
+        reports.append(report)
+    return None, reports[0]
+
+
+def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bool) -> tuple[str | None, Report]:
     source = analysis.parsed.source
     try:
-        regions = plan_regions(analysis.flow, analysis.traces, lambda layout: layout.trained)
+        regions = plan_regions(analysis.flow, analysis.traces, lambda layout: layout.trained, pair_branches)
     except PlanError as error:
         return None, Report(ok=False, reasons=[str(error)])
     if not regions:

@@ -40,12 +40,28 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
     first_unit, last_unit = flow.units[first.uid], flow.units[last.uid]
     start_bodies = first_unit.body.ancestors()
     common = next(body for body in last_unit.body.ancestors() if body in start_bodies)
+    # Both ends in one loop body but in different iterations (parallel tool calls, each writing its own end
+    # marker): the iterations meet at the loop statement, in the body that holds it.
+    for body in common.ancestors():
+        if body.parent is not None and _runs_again(body.parent, emissions, start, end):
+            common = body.parent.body
+            break
+    # The statement of the common body where the turn began, when it began deeper (in an `if` that writes
+    # reasoning first): regions after it are written only when that branch ran.
+    began_in, body = None, first_unit.body
+    while body is not common:
+        began_in, body = (body.parent, body), body.parent.body
     regions: list[Region] = []
 
     start_cut: Cut | None = cut_at(flow, first, start - first.start, "before")
     item, index, opened_in = first_unit, first_unit.index, None
     while item.body is not common:
         body = item.body
+        if _opens_loop_run(body.parent, first, emissions, start, end, start_cut):
+            # The turn opens with the first output of a loop that runs on inside it (parallel tool calls
+            # written by different branches for the first call and the others): the loop belongs to it whole.
+            item, index, start_cut, opened_in = body.parent, body.parent.index, None, None
+            continue
         if index < len(body.items):
             head, tail = body.items[index], body.items[-1]
             region = Region(body, index, tail.index, start_cut or _before(head), _after(tail))
@@ -80,8 +96,14 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
         head, tail = common.items[start_index], common.items[end_index]
         start_cut, end_cut = start_cut or _before(head), end_cut or _after(tail)
         if head is tail and start_cut.offset >= end_cut.offset:
-            raise PlanError(f"the span starting at {where(flow, start_cut.offset)} ends before it starts")
+            raise PlanError(
+                f"the turn starts and ends inside the output at {where(flow, start_cut.offset)}, which writes "
+                "its header too (through a macro or filter) and has no place between them for a tag"
+            )
         regions.append(Region(common, start_index, end_index, start_cut, end_cut, opened_in=opened_in))
+        regions[-1].began_in = began_in
+    for piece in end_pieces:
+        piece.began_in = began_in
     regions.extend(reversed(end_pieces))
     return regions
 
@@ -96,8 +118,10 @@ def _loops_of(unit: Unit) -> list[Stmt]:
 
 def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, end: int) -> list[tuple[int, int, str]]:
     """The span `[start, end)` of `message`'s turn in pieces by who writes them: the turn itself (""), the
-    next message's branch ("next": a stop marker written before the next message's header), or the code
-    after the message loop ("after": an end-of-sequence token written once the conversation ends)."""
+    next message's branch ("next": a stop marker written before the next message's header), the previous
+    message's branch ("previous": a separator it writes only when a message follows, generated ahead of the
+    reply when the template has no generation prompt), or the code after the message loop ("after": an
+    end-of-sequence token written once the conversation ends)."""
     # The loops that wrote the message: an output after one of them runs once the conversation is written.
     loop_ends = [loop.end for e in emissions if e.message == message for loop in _loops_of(flow.units[e.uid])]
     pieces: list[tuple[int, int, str]] = []
@@ -106,7 +130,7 @@ def _by_writer(flow: Flow, emissions: list[Emission], message: int, start: int, 
         if low >= high:
             continue
         if emission.message not in (None, message):
-            closes = "next"
+            closes = "next" if emission.message > message else "previous"
         elif emission.message is None and loop_ends and flow.units[emission.uid].start >= min(loop_ends):
             closes = "after"
         else:
@@ -125,6 +149,55 @@ def _whole_iterations(statement: Stmt, emissions: list[Emission], start: int, en
     inside = {unit.uid for body in statement.bodies for item in body.items for unit in _units_of(item)}
     seen = [e.uid for e in emissions if e.uid in inside and e.text and start <= e.start and e.end <= end]
     return len(seen) != len(set(seen))
+
+
+def _runs_again(statement: Stmt, emissions: list[Emission], start: int, end: int) -> bool:
+    """True when the loop `statement` runs more than once inside the span `[start, end)`.
+
+    Within one iteration the loop's own outputs (not those of a loop nested in it) write in source order,
+    each `if` in one branch; an output that writes at or before the previous one's place in the source, or
+    in another branch of an `if` taken already, starts a new iteration.
+    """
+    if not isinstance(statement.node, nodes.For):
+        return False
+    own: dict[int, Unit] = {}
+    bodies = list(statement.bodies)
+    while bodies:
+        for item in bodies.pop().items:
+            if isinstance(item, Unit):
+                own[item.uid] = item
+            elif not isinstance(item.node, nodes.For):
+                bodies.extend(item.bodies)
+    place, branches = -1, {}
+    for emission in emissions:
+        unit = own.get(emission.uid)
+        if unit is None or not emission.text or not (start <= emission.start and emission.end <= end):
+            continue
+        taken = {}
+        for body in unit.body.ancestors():
+            if body.parent is None or body.parent is statement:
+                break
+            taken[id(body.parent)] = id(body)
+        if unit.start <= place or any(branches.get(key, body) != body for key, body in taken.items()):
+            return True
+        place = unit.start
+        branches.update(taken)
+    return False
+
+
+def _opens_loop_run(
+    statement: Stmt | None, first: Emission, emissions: list[Emission], start: int, end: int, cut: Cut | None
+) -> bool:
+    """True when the span opens, at a whole output, with the first thing the loop `statement` writes for the
+    message, and the loop runs again inside the span."""
+    if (
+        statement is None
+        or (cut is not None and cut.side != "before")
+        or not _runs_again(statement, emissions, start, end)
+    ):
+        return False
+    inside = {unit.uid for unit in _units_of(statement)}
+    return not any(e.uid in inside and e.text and e.start < start and e.message == first.message for e in emissions)
 
 
 def _repeats_whole(first: Emission, emissions: list[Emission], end: int, cut: Cut | None, body: Body) -> bool:
@@ -325,7 +398,7 @@ def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
     return flow.parsed.source[start : tokens[index].start].strip()
 
 
-def _pair_alternatives(flow: Flow, regions: list[Region]) -> list[Region]:
+def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = False) -> list[Region]:
     """Pair a region with a later-starting one over the same outputs, to be chosen between at render time.
 
     A unit can open the turn in one render (its header stays out: the region starts inside it) and carry
@@ -334,6 +407,11 @@ def _pair_alternatives(flow: Flow, regions: list[Region]) -> list[Region]:
     `+` of the same output, and the computed operands between the two cuts are empty whenever the later
     cut applies (an empty reasoning field that leaves its framing to the header). The pair becomes one
     region written twice under that test.
+
+    With `pair_branches`, a third shape: the turn began in an earlier `if` of an enclosing body (reasoning
+    written in a block of its own, with a header of its own), so the region that follows is generated
+    whole; in renders where that branch did not run, the same outputs hold the turn's opening in pieces of
+    their own, which become the alternative, under the `if`'s test.
     """
     splits = [r for r in regions if r.start.side == "split"]
     paired: set[tuple[int, int]] = set()
@@ -351,6 +429,23 @@ def _pair_alternatives(flow: Flow, regions: list[Region]) -> list[Region]:
                 region.alternative, region.condition = other, condition
                 paired.add(other.key)
                 break
+    for region in regions if pair_branches else []:
+        condition = _branch_test(flow, *region.began_in) if region.began_in is not None else None
+        if region.alternative is not None or region.start.side != "before" or condition is None:
+            continue
+        inside = {
+            other.key: other
+            for other in regions
+            if other.key != region.key
+            and not other.closes
+            and region.start.offset < other.start.offset
+            and other.end.offset <= region.end.offset
+        }
+        ending = [r for r in inside.values() if r.body is region.body and r.end.offset == region.end.offset]
+        if len(ending) == 1:
+            region.alternative, region.condition = ending[0], condition
+            region.nested = [other for other in inside.values() if other is not ending[0]]
+            paired |= set(inside)
     return [r for r in regions if r.key not in paired or r.alternative is not None]
 
 
@@ -381,10 +476,14 @@ def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
     return " ~ ".join(computed) or None
 
 
-def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of) -> list[Region]:
+def plan_regions(
+    flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of, pair_branches: bool = False
+) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
-    `trained_roles_of(layout)` returns the set of message indices trained in that probe.
+    `trained_roles_of(layout)` returns the set of message indices trained in that probe. With
+    `pair_branches`, a region after an `if` that began the turn in some renders is written twice under
+    that `if`'s test (see `_pair_alternatives`); the plainer plan is tried first.
     """
     regions: list[Region] = []
     for layout, emissions in traces:
@@ -395,7 +494,7 @@ def plan_regions(flow: Flow, traces: list[tuple[Layout, list[Emission]]], traine
                 for region in regions_for_turn(flow, emissions, start, end):
                     region.closes = closes
                     regions.append(region)
-    regions = merge_regions(flow, [_trim(region) for region in _pair_alternatives(flow, regions)])
+    regions = merge_regions(flow, _pair_alternatives(flow, [_trim(region) for region in regions], pair_branches))
     outside = _foreign_units(traces) | _header_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
     for region in regions:

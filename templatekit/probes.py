@@ -174,6 +174,14 @@ def build_probes(speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = Fal
                 .say(speaker)
                 .say("user")
                 .probe,
+                # An agent's step: it thinks, then calls (the two written by different parts of a template).
+                new("reasoning_tool_call")
+                .with_tools()
+                .say("user")
+                .say(speaker, reasoning=True, tool_call=True, content=False)
+                .tool_result()
+                .say(speaker, reasoning=True)
+                .probe,
                 new("reasoning").say("user").say(speaker, reasoning=True).probe,
                 new("reasoning_multi_turn")
                 .say("system")

@@ -66,6 +66,11 @@ class Region:
     # when `condition`, the test of `opened_in`'s branch, is false.
     alternative: Region | None = None
     condition: str | None = None
+    # The statement (and branch) where the turn began, when it began in an earlier statement than the one
+    # holding this region (reasoning written in an `if` before the content's own branch).
+    began_in: tuple[Stmt, Body] | None = None
+    # Regions nested inside this one that the alternative tags whole (a piece in an `if` the turn opens in).
+    nested: list[Region] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:

@@ -114,10 +114,11 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         if condition is not None or open_start >= close_start:
             raise PlanError("a region that opens the turn in some renders cannot also be guarded by role")
         opening = region_edits(parsed, region.alternative, None)[0]
-        if not open_end <= opening.start < opening.end <= close_start:
+        inner = [edit for nested in region.nested for edit in region_edits(parsed, nested, None)]
+        if not all(open_end <= edit.start <= edit.end <= close_start for edit in [opening, *inner]):
             raise PlanError("a region and its alternative do not cover the same outputs")
-        shifted = Edit(opening.start - open_end, opening.end - open_end, opening.text)
-        alternative = apply_edits(parsed.source[open_end:close_start], [shifted])
+        shifted = [Edit(edit.start - open_end, edit.end - open_end, edit.text) for edit in [opening, *inner]]
+        alternative = apply_edits(parsed.source[open_end:close_start], shifted)
         if region.start.operator is not None:
             alternative = "{{ " + region.start.operator[3] + alternative
         if region.end.operator is not None:

@@ -124,7 +124,22 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     tail = prompt[last_end:].strip()
     if tail and (found := text.rfind(tail, start, first)) >= 0:
         return found + len(tail)
-    return start
+    # The prompt's tail written again with other whitespace between its pieces (indentation a template
+    # writes in one place and not the other): still the prompt.
+    spaced = _spaced_match(tail, text, anchor_end, first)
+    return spaced if spaced is not None and spaced > start else start
+
+
+def _spaced_match(tail: str, text: str, begin: int, end: int) -> int | None:
+    """Where `tail` ends in `text[begin:end]` when the latter starts with it up to whitespace, else None.
+
+    Example:
+        >>> _spaced_match("<a>\\n<b>", "x  <a><b>hi", 1, 11)
+        9
+    """
+    pattern = r"\s*".join(re.escape(piece) for piece in tail.split())
+    found = re.compile(r"\s*" + pattern).match(text, begin, end) if pattern else None
+    return found.end() if found is not None else None
 
 
 def _speaker_header(header: str, role: str, before: str) -> str | None:
@@ -247,7 +262,7 @@ def generated_turns(
         if end == last and next_start < len(text):
             # A render that ends on the turn ends it otherwise (Gemma 4 opens a tool's response there): the
             # marker the turn's own outputs write right after it ends it.
-            end, where = _own_marker(text, emissions, index, last), "turn"
+            end, where = _own_marker(text, emissions, index, last, header), "turn"
         final = MARKER.match(text, last) if next_start == len(text) and end == last else None
         if final is not None and not header.strip().startswith(final.group()):
             # The last reply ends with a marker of its own that history turns do not write (gpt-oss writes
@@ -267,14 +282,21 @@ def generated_turns(
     return turns
 
 
-def _own_marker(text: str, emissions: list[Emission], index: int, last: int) -> int:
-    """The end of a marker written right at `last` by the message's own outputs, else `last`."""
+def _own_marker(text: str, emissions: list[Emission], index: int, last: int, header: str) -> int:
+    """The end of a marker written right at `last` by the message's own outputs, else `last`.
+
+    Whitespace the outputs write before it is generated too (an end-of-sentence token after a space); the
+    trained speaker's own header written there is no stop.
+    """
     reach = last
     for emission in emissions:
         if emission.message == index and emission.start <= reach < emission.end:
             reach = emission.end
-    marker = MARKER.match(text, last, reach)
-    return marker.end() if marker is not None else last
+    gap = len(text[last:reach]) - len(text[last:reach].lstrip())
+    marker = MARKER.match(text, last + gap, reach)
+    if marker is None or (gap and header.strip().startswith(marker.group())):
+        return last
+    return marker.end()
 
 
 def _stop_after(text: str, end: int, last: int, next_start: int, where: str, header: str) -> tuple[int, str]:

@@ -14,6 +14,7 @@ from test_hard_cases import TOOLS, patched_and_original
 import templatekit
 from templatekit import PatchError, SpanRenderer
 from templatekit.fallback import FallbackError
+from templatekit.patcher import analyse
 
 
 def call(name: str, city: str, call_id: str) -> dict:
@@ -114,6 +115,61 @@ def test_granite_function_calling_keeps_its_newline():
         '\n<function_call> {"name": "get_weather", "arguments": {"city": "Paris"}}\n<|endoftext|>',
         "Sunny and noon. <|endoftext|>",
     ]
+
+
+def test_parallel_calls_whose_first_and_later_calls_come_from_different_branches():
+    # vLLM's DeepSeek-V3 writes the first call (with `<｜tool▁calls▁begin｜>`) in one branch and the others in
+    # another; each call writes its own end marker. The calls, the whitespace the template writes between them
+    # and the end of the turn are generated; the tool outputs and their markers are not.
+    trained, text = patched_and_original(
+        "hard/vllm__tool_chat_template_deepseekv3.jinja",
+        [QUESTION, TWO_CALLS, RESULT_1, RESULT_2, ANSWER, THANKS, WELCOME],
+        tools=TOOLS,
+    )
+    calls, answer, welcome = trained
+    assert calls.strip().startswith("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather")
+    assert 'get_time\n```json\n{"city": "Rome"}\n```<｜tool▁call▁end｜>' in calls
+    assert calls.endswith("<｜tool▁calls▁end｜><｜end▁of▁sentence｜>")
+    assert answer == "Sunny and noon.<｜end▁of▁sentence｜>" and welcome.strip() == "Welcome.<｜end▁of▁sentence｜>"
+    assert "22C" in text and not any("22C" in piece or "tool▁output" in piece for piece in trained)
+
+
+def test_a_stop_marker_after_whitespace_belongs_to_the_turn():
+    # xinference's DeepSeek-V3 writes `content  <｜end▁of▁sentence｜>` only when a message follows. The truth
+    # ends the turn after the marker; the one patch the plan finds would train the space before it in the last
+    # turn too (where no marker follows), so it is refused rather than leave the stop untrained.
+    template = read("hard/xinference__deepseek-v3.jinja")
+    layout = analyse(template, ("assistant",), False).layouts["multi_turn"]
+    first, last = layout.turns
+    assert layout.text[first.start : first.end] == "  tkassistcon2q  <｜end▁of▁sentence｜>"
+    assert layout.text[last.start : last.end] == "  tkassistcon4q"
+    with pytest.raises(PatchError, match="after the end of the turn is trained"):
+        templatekit.patch_template(template)
+
+
+def test_reasoning_then_tool_calls_in_one_message_is_probed():
+    # Muse Glimmer writes reasoning as a message to itself, then each call as a message to the tool, all after
+    # one generation prompt: after reasoning, the call's `<|start|>assistant` is generated, not a header. Only a
+    # probe with both in one message shows it; a patch that leaves it out is refused.
+    template = read("trl/muse_glimmer.jinja")
+    layout = analyse(template, ("assistant",), False).layouts["reasoning_tool_call"]
+    step = layout.text[layout.turns[0].start : layout.turns[0].end]
+    assert step.startswith(" to=self<|message|>tkassistrea1q<|eom|><|start|>assistant to=tkassistfun1q<|message|>")
+    assert step.endswith("</atem:function_calls><|eot|>")
+    with pytest.raises(PatchError):
+        templatekit.patch_template(template)
+
+
+def test_a_separator_the_previous_message_writes_is_generated():
+    # BlenderBot writes no generation prompt and separates messages with two spaces written by the message
+    # before: after the user's text the model generates "  reply</s>". That much is tagged (in the user's
+    # branch, when an assistant message follows); its tool-call probes still refuse it.
+    template = read("hard/hfjs__e2e-blenderbot.jinja")
+    layout = analyse(template, ("assistant",), False).layouts["single_turn"]
+    assert layout.text[layout.turns[0].start : layout.turns[0].end] == "  tkassistcon1q</s>"
+    with pytest.raises(PatchError) as refused:
+        templatekit.patch_template(template)
+    assert all("tool" in reason for reason in refused.value.reasons), refused.value.reasons
 
 
 def test_template_without_a_generation_prompt_and_eos_only_without_one():
