@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from jinja2 import nodes
 
+from .limits import attach_source, check_printable
 from .syntax import ParsedTemplate, RawToken, make_environment, node_start, probe_clock
 
 COMPOUND = (nodes.If, nodes.For, nodes.With, nodes.Scope, nodes.ScopedEvalContextModifier)
@@ -282,7 +283,8 @@ class _Recorder:
         self.pending_parts: dict[int, list] = {}
         self.length = 0
 
-    def emit(self, uid, value, targets):
+    def emit(self, uid, value, targets, offset=-1):
+        check_printable(value, offset)  # str() of a huge value would run outside every hook, unbounded
         text = str(value)
         position = next((k for k, t in enumerate(targets) if id(t) in self.ids), None)
         message = None if position is None else self.ids[id(targets[position])]
@@ -315,7 +317,7 @@ class Tracer:
     def __init__(self, flow: Flow):
         ast = copy.deepcopy(flow.parsed.ast)
         self._instrument(ast, flow)
-        self.template = make_environment().from_string(ast)
+        self.template = attach_source(make_environment().from_string(ast), flow.parsed.source)
 
     @staticmethod
     def _instrument(ast: nodes.Template, flow: Flow) -> None:
@@ -332,13 +334,14 @@ class Tracer:
                 if unit.parts:
                     operands = _chain(copied_child)
                     for position, operand in enumerate(operands):
-                        _replace(
-                            copied_child,
-                            operand,
-                            _call("_tk_part", nodes.Const(unit.uid), nodes.Const(position), operand),
-                        )
+                        part = _call("_tk_part", nodes.Const(unit.uid), nodes.Const(position), operand)
+                        part.lineno = operand.lineno  # where a limit reached in the call is reported
+                        _replace(copied_child, operand, part)
                 targets = nodes.Tuple([nodes.Name(name, "load") for name in unit.loop_targets], "load")
-                copied.nodes[index] = _call("_tk_emit", nodes.Const(unit.uid), copied_child, targets)
+                where = nodes.Const(getattr(copied_child.lineno, "offset", -1))  # where a limit reached there is
+                emit = _call("_tk_emit", nodes.Const(unit.uid), copied_child, targets, where)
+                emit.lineno = copied_child.lineno
+                copied.nodes[index] = emit
 
     def trace(self, messages: list[dict], **variables) -> tuple[str, list[Emission]]:
         """Render with `messages` and return the text and the emissions that make it up."""

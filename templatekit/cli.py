@@ -7,6 +7,10 @@
     templatekit apply --format NAME [SOURCE] [-o OUT | --in-place] [--force]
     templatekit show SOURCE [--messages CONV.json] [--tokenizer SOURCE] [--html OUT]
 
+patch, check, report and show take --timeout SECONDS and --max-memory SIZE (512M, 1G): the limits on each
+template's renders (default 10 s and 1 GiB, `templatekit.limits`). A template that goes past one is refused
+with one line naming the limit and the place (exit 2; report lists it and goes on).
+
 Exit codes: 0 success, 1 a template cannot be patched or fails its check, 2 bad usage or unreadable input.
 `patch` writes the patched template to stdout (or to `-o`, or back into a local model with `--in-place`); its
 verification summary and messages go to stderr, and the diff goes to stdout when `-o` or `--in-place` is given,
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from templatekit.errors import PatchError, TemplateSourceError
+from templatekit.errors import PatchError, TemplateLimitError, TemplateSourceError
 from templatekit.sources import (
     LoadedTemplate,
     NoChatTemplateError,
@@ -140,6 +144,16 @@ def _reason_of(exc: TemplateSourceError) -> str:
 
 def _train_roles(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(args.train_roles) if args.train_roles else ("assistant",)
+
+
+def _limits(args: argparse.Namespace) -> dict:
+    """`timeout` and `max_memory` as the core functions take them (the defaults when not given)."""
+    from templatekit.limits import DEFAULT
+
+    return {
+        "timeout": DEFAULT if args.timeout is None else args.timeout,
+        "max_memory": DEFAULT if args.max_memory is None else args.max_memory,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ patch
@@ -273,7 +287,12 @@ def _cmd_patch(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             return EXIT_USAGE
 
     core = _core()
-    options = {"train_roles": _train_roles(args), "only_last_turn": args.only_last_turn, "retag": not args.keep_tags}
+    options = {
+        "train_roles": _train_roles(args),
+        "only_last_turn": args.only_last_turn,
+        "retag": not args.keep_tags,
+        **_limits(args),
+    }
     results = []
     failed = False
     for template in templates:
@@ -327,7 +346,8 @@ def _cmd_check(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from templatekit import formats
 
     fmt = "json" if args.json else args.format
-    outcomes = formats.check_sources(args.sources, check=lambda text: _core().check_template(text))
+    limits = _limits(args)
+    outcomes = formats.check_sources(args.sources, check=lambda text: _core().check_template(text, **limits))
     if fmt == "json":
         out.raw(formats.to_json(outcomes))
     elif fmt == "github":
@@ -365,30 +385,38 @@ def _first(reasons: Sequence[str]) -> str:
     return reasons[0] + more
 
 
-def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...]) -> _Row:
+def _classify(core, template: LoadedTemplate, train_roles: tuple[str, ...], limits: dict) -> _Row:
+    from templatekit.limits import limit_scope
+
     row = _Row(template.label, "not patchable", source=str(template.origin or template.label), name=template.name)
     try:
-        if _TAG.search(template.text):
-            report = core.check_template(template.text)
-            if report.ok:
-                row.status = "already tagged"
-                return row
-            # Its own tags fail verification: `check` fails it; `patch` replaces them by default.
-            row.reason = "its generation tags fail verification: " + (_first(report.reasons) or "see check")
-            try:
-                core.patch_template(template.text, train_roles=train_roles, retag=True)
-                row.status = "retagged"
-            except PatchError as exc:
-                row.reason += f"; replacing them fails too: {_first(exc.reasons)}"
-            return row
-        result = core.patch_template(template.text, train_roles=train_roles, retag=True)
-        row.status = {"already_tagged": "already tagged"}.get(result.status, result.status)
+        with limit_scope(**limits):  # one time and memory budget for all the work on this template
+            return _classify_within(core, template, train_roles, row)
     except PatchError as exc:
         row.reason = _first(exc.reasons)
-    except TemplateSourceError as exc:
+    except TemplateSourceError as exc:  # malformed, unsafe, or past a limit (TemplateLimitError)
         row.reason = _reason_of(exc)
     except Exception as exc:  # one broken template must not stop a report over hundreds
         row.reason = f"internal error: {type(exc).__name__}: {exc}"
+    return row
+
+
+def _classify_within(core, template: LoadedTemplate, train_roles: tuple[str, ...], row: _Row) -> _Row:
+    if _TAG.search(template.text):
+        report = core.check_template(template.text)
+        if report.ok:
+            row.status = "already tagged"
+            return row
+        # Its own tags fail verification: `check` fails it; `patch` replaces them by default.
+        row.reason = "its generation tags fail verification: " + (_first(report.reasons) or "see check")
+        try:
+            core.patch_template(template.text, train_roles=train_roles, retag=True)
+            row.status = "retagged"
+        except PatchError as exc:
+            row.reason += f"; replacing them fails too: {_first(exc.reasons)}"
+        return row
+    result = core.patch_template(template.text, train_roles=train_roles, retag=True)
+    row.status = {"already_tagged": "already tagged"}.get(result.status, result.status)
     return row
 
 
@@ -419,6 +447,7 @@ def _cmd_report(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         return EXIT_USAGE
     core = _core()
     train_roles = _train_roles(args)
+    limits = _limits(args)
     rows: list[_Row] = []
     with _progress(err, len(files), args.quiet) as progress:
         task = progress.add_task("checking templates", total=len(files), current="") if progress else None
@@ -432,7 +461,7 @@ def _cmd_report(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             except TemplateSourceError as exc:
                 rows.append(_Row(str(path), "not patchable", _reason_of(exc), source=str(path)))
                 templates = []
-            rows.extend(_classify(core, template, train_roles) for template in templates)
+            rows.extend(_classify(core, template, train_roles, limits) for template in templates)
             if progress is not None:
                 progress.advance(task)
 
@@ -496,6 +525,7 @@ def _cmd_show(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             add_generation_prompt=args.add_generation_prompt,
             tokenizer=encode,
             fallback=True if args.fallback else None,
+            **_limits(args),
             **show.special_tokens(folder),
         )
     except ConversationError as exc:
@@ -588,6 +618,28 @@ def _cmd_apply(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 # ----------------------------------------------------------------------------------------------------- parser
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (e.g. 10 or 2.5)")
+    return seconds
+
+
+def _size(text: str) -> int:
+    from templatekit.limits import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M or 1G)")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for the `templatekit` command."""
     parser = argparse.ArgumentParser(
@@ -595,6 +647,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make chat templates trainable: insert verified {% generation %} tags around assistant output.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def limit_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--timeout",
+            type=_positive_seconds,
+            metavar="SECONDS",
+            help="wall time allowed for each template (patching and verifying it, or rendering it); default 10",
+        )
+        sub.add_argument(
+            "--max-memory",
+            type=_size,
+            metavar="SIZE",
+            help="memory a template may build while it is rendered (e.g. 512M, 1G); default 1G",
+        )
 
     def train_role(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -640,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tags.add_argument("--retag", action="store_true", help=argparse.SUPPRESS)  # the default since 0.2; kept working
     patch.add_argument("--force", action="store_true", help="allow -o to overwrite the input file")
+    limit_options(patch)
     patch.set_defaults(func=_cmd_patch)
 
     check = commands.add_parser(
@@ -660,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="the same as --format json")
     check.add_argument("-q", "--quiet", action="store_true", help="text format: print only the templates that fail")
+    limit_options(check)
     check.set_defaults(func=_cmd_check)
 
     show_cmd = commands.add_parser(
@@ -682,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd.add_argument(
         "--fallback", action="store_true", help="show what the delimiter fallback trains, even for a patchable template"
     )
+    limit_options(show_cmd)
     show_cmd.set_defaults(func=_cmd_show)
 
     apply = commands.add_parser(
@@ -721,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--json", action="store_true", help="one JSON document on stdout: every template, counts")
     train_role(report)
+    limit_options(report)
     report.set_defaults(func=_cmd_report)
     return parser
 
@@ -745,6 +815,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args, out, err)
     except BrokenPipeError:  # `templatekit patch x.jinja | head`
         return EXIT_OK
+    except TemplateLimitError as exc:  # wherever a command met it: one line, never a traceback
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
     finally:
         try:
             out.flush()

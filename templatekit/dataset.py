@@ -23,7 +23,8 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .errors import TemplateKitError
+from .errors import TemplateKitError, TemplateLimitError
+from .limits import DEFAULT, active_limits
 from .masks import labels_from_mask, spans_to_token_mask
 
 __all__ = ["DatasetRowError", "prepare_dataset"]
@@ -162,6 +163,10 @@ class _Preparer:
         # rendered as its own turn; its errors name the message, and here they gain the row.
         try:
             return self.renderer.render(messages, tools=tools or None, **self.render_kwargs)
+        except TemplateLimitError as error:  # still a limit error, now naming the row
+            raise TemplateLimitError(
+                error.limit, f"row {row}: {error.detail}", source=error.source, line=error.line, column=error.column
+            ) from None
         except TemplateKitError as error:
             index = getattr(error, "message", None)  # ConversationError: the message's index
             index = index if isinstance(index, int) else None
@@ -278,6 +283,8 @@ def prepare_dataset(
     tools_field: str = "tools",
     remove_columns: bool = True,
     progress: bool = True,
+    timeout: float | None = DEFAULT,
+    max_memory: int | str | None = DEFAULT,
 ) -> Any:
     """Tokenize a dataset of conversations with exact assistant masks, ready for TRL's `SFTTrainer`.
 
@@ -303,6 +310,9 @@ def prepare_dataset(
         messages_field, tools_field: the column names of the conversations and of the tool schemas.
         remove_columns: drop the input columns, keeping only the new ones.
         progress: show datasets' progress bar (a `Dataset` only; an `IterableDataset` maps lazily).
+        timeout, max_memory: the limits on the template (`templatekit.limits`): seconds (default 10) and bytes
+            or `"512M"` (default 1 GiB) for patching and verifying it, then again for each conversation
+            rendered; None for no limit.
 
     Returns:
         A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``).
@@ -310,6 +320,8 @@ def prepare_dataset(
     Raises:
         ValueError: the dataset has no rows or no such column, or no chat template is found.
         TypeError: the tokenizer is not a fast tokenizer (char-to-token maps are needed).
+        TemplateLimitError: the template goes past a limit (while it is patched, or rendering a row: the
+            message names the row).
         DatasetRowError: a conversation the renderer refuses, named by row (and message): not a non-empty
             list of messages, a message without a string role, content neither a string nor a list of blocks,
             no content and no tool calls, a weight other than 0/1, a role or shape the template raises on, or
@@ -348,6 +360,7 @@ def prepare_dataset(
     if messages_field not in columns:
         raise ValueError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
 
+    limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
     renderer_options = dict(
         train_roles=tuple(train_roles),
         last_response_only=last_response_only,
@@ -357,6 +370,9 @@ def prepare_dataset(
         instruction_part=instruction_part,
         response_part=response_part,
         fallback=fallback,
+        # Concrete numbers, not "the default in force": the options travel to worker processes.
+        timeout=limits.timeout,
+        max_memory=limits.max_memory,
     )
     drop = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
     keep = [c for c in columns if c not in drop]

@@ -24,6 +24,40 @@ class TemplateSourceError(TemplateKitError):
         super().__init__(f"{where}: {message}")
 
 
+class TemplateLimitError(TemplateSourceError):
+    """A template went past a resource limit (time, memory or recursion) while it was rendered.
+
+    `.limit` names the limit (`"time"`, `"memory"` or `"recursion"`); `.line` and `.column` say where in the
+    template it happened, when known. A template that needs more than the limits allow is refused like a
+    malformed one (it is a `TemplateSourceError`), so every command reports it as one line.
+
+    Example:
+        >>> error = TemplateLimitError("time", "the template ran past 10 s", line=2, column=4)
+        >>> str(error), error.limit
+        ('<template>:2:4: time limit exceeded: the template ran past 10 s', 'time')
+    """
+
+    def __init__(
+        self,
+        limit: str,
+        detail: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ):
+        self.limit = limit
+        self.detail = detail
+        super().__init__(f"{limit} limit exceeded: {detail}", source=source, line=line, column=column)
+
+    def __reduce__(self):  # picklable across datasets' worker processes
+        return (_rebuild_limit_error, (self.limit, self.detail, self.source, self.line, self.column))
+
+
+def _rebuild_limit_error(limit, detail, source, line, column) -> TemplateLimitError:
+    return TemplateLimitError(limit, detail, source=source, line=line, column=column)
+
+
 class PatchError(TemplateKitError):
     """No verified patch could be made; `.reasons` says why, one readable line each."""
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from .delimiters import Delimiters, find_spans
 from .errors import PatchError, TemplateKitError
 from .layout import GENERATED_KINDS, Layout, Turn, generation_prompt
+from .limits import bounded
 from .patcher import Analysis, analyse
 from .probes import ASSISTANT, Probe
 from .rewrite import strip_generation_tags
@@ -359,6 +360,7 @@ def _analyse(template: str, speakers: tuple[str, ...]) -> tuple[Analysis, list[_
     return analysis, seen, prompt
 
 
+@bounded
 def check_delimiters(template: str, delimiters: Delimiters, speakers: Sequence[str] = (ASSISTANT,)) -> list[str]:
     """Reasons `delimiters` miss the sentinel truth on the template's probe renders (empty when they hold).
 
@@ -380,6 +382,7 @@ def check_delimiters(template: str, delimiters: Delimiters, speakers: Sequence[s
     return _problems(seen, delimiters)
 
 
+@bounded
 def derive_delimiters(
     template: str,
     train_roles: Sequence[str] = (ASSISTANT,),

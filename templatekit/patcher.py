@@ -12,6 +12,7 @@ from jinja2 import nodes
 from .analysis import Flow, Tracer, build_flow
 from .errors import PatchError, TemplateSourceError
 from .layout import Layout, common_opening, generation_prompt, layout_probe, trained_messages
+from .limits import bounded
 from .plan import plan_regions
 from .probes import ASSISTANT, Probe, build_probes
 from .regions import PlanError, Region
@@ -236,6 +237,8 @@ def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bo
                     condition = _closing_condition(region, train_roles, only_last_turn)
                 else:
                     condition = _condition(region, train_roles, only_last_turn) if guarded else None
+                if region.when is not None:
+                    condition = f"({region.when})" + (f" and ({condition})" if condition else "")
                 edits += region_edits(analysis.parsed, region, condition)
             patched = apply_edits(source, edits)
         except PlanError as error:
@@ -248,6 +251,7 @@ def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bo
     return None, last_report
 
 
+@bounded  # timeout= and max_memory= (templatekit.limits): a template that outruns them raises TemplateLimitError
 def check_template(
     template: str, *, train_roles: tuple[str, ...] = (ASSISTANT,), only_last_turn: bool = False
 ) -> Report:
@@ -270,6 +274,7 @@ def check_template(
     return report
 
 
+@bounded
 def patch_template(
     template: str,
     *,

@@ -17,6 +17,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.parser import Parser
 
+from .limits import on_switch
 from .syntax import GENERATION_TAG, make_environment
 
 try:  # What transformers does to a conversation before rendering it: plain data only, reasoning under all its names.
@@ -28,6 +29,7 @@ except ImportError:  # releases that do neither
 
     def _alias_reasoning_fields(chat):
         return chat
+
 
 __all__ = ["MarkerCollision", "render_tagged"]
 
@@ -76,7 +78,10 @@ def _holds_marker(*values) -> bool:
 
 @lru_cache(maxsize=64)
 def _compiled(template: str) -> jinja2.Template:
-    return make_environment(_MarkedGeneration).from_string(template)
+    return make_environment(_MarkedGeneration).from_string(template)  # bounded: see templatekit.limits
+
+
+on_switch(_compiled.cache_clear)
 
 
 def render_tagged(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TemplateSourceError
+from .limits import DEFAULT
 from .masks import spans_to_token_mask
 from .sources import read_json_file
 from .verify import merge_adjacent
@@ -58,8 +59,11 @@ _ANSWER_PLAIN = {"role": "assistant", "content": "I cannot look it up, but Paris
 #: Built-in conversations for `show` without `--messages`, richest first: the first one a template renders is
 #: used (many templates reject tool turns, or a system message).
 DEMO_CONVERSATIONS: list[tuple[str, list[dict], list[dict] | None]] = [
-    ("system, user, tool call, tool result, answer", [_SYSTEM, _ASK, _CALL, _RESULT, _ANSWER, _THANKS, _NO],
-     [_WEATHER_TOOL]),
+    (
+        "system, user, tool call, tool result, answer",
+        [_SYSTEM, _ASK, _CALL, _RESULT, _ANSWER, _THANKS, _NO],
+        [_WEATHER_TOOL],
+    ),
     ("system and two exchanges", [_SYSTEM, _ASK, _ANSWER_PLAIN, _THANKS, _NO], None),
     ("two exchanges", [_ASK, _ANSWER_PLAIN, _THANKS, _NO], None),
 ]
@@ -194,6 +198,8 @@ def render_conversation(
     add_generation_prompt: bool = False,
     tokenizer: Callable[[str], list[tuple[int, str, int, int]]] | None = None,
     fallback: bool | None = None,
+    timeout: float | None = DEFAULT,
+    max_memory: int | str | None = DEFAULT,
     **template_kwargs,
 ) -> Rendering:
     """Render `messages` (the first built-in demo the template accepts when None) and find the trained spans:
@@ -201,7 +207,8 @@ def render_conversation(
     delimiters.
 
     Raises `PatchError`/`FallbackError` when neither generation tags nor delimiters can be found for the
-    template, and `ConversationError` when the template rejects the conversation.
+    template, `ConversationError` when the template rejects the conversation, and `TemplateLimitError` when
+    it goes past `timeout` seconds or `max_memory` bytes (defaults 10 s and 1 GiB; `templatekit.limits`).
 
     Example:
         >>> from templatekit import get_template
@@ -213,7 +220,7 @@ def render_conversation(
     from .policies import ConversationError
     from .spans import SpanRenderer  # imported on use: it pulls in the patcher and transformers
 
-    renderer = SpanRenderer(template, fallback=fallback)
+    renderer = SpanRenderer(template, fallback=fallback, timeout=timeout, max_memory=max_memory)
     notes = [f"generation tags could not be used: {reason}" for reason in (renderer.reasons or [])[:3]]
     if messages is not None:
         candidates = [("your conversation", list(messages), tools)]
@@ -293,8 +300,12 @@ def to_rich(rendering: Rendering):
     from rich.text import Text
 
     out = Text()
-    shades = {(True, 0): "black on green3", (True, 1): "black on dark_sea_green2",
-              (False, 0): "on grey19", (False, 1): "on grey30"}
+    shades = {
+        (True, 0): "black on green3",
+        (True, 1): "black on dark_sea_green2",
+        (False, 0): "on grey19",
+        (False, 1): "on grey30",
+    }
     for owner, start, end, trained in _segments(rendering):
         piece = rendering.text[start:end]
         if rendering.tokens is None:
@@ -383,6 +394,6 @@ def to_html(rendering: Rendering, title: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>templatekit show: {html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<p class=\"meta\">{html.escape(summary(rendering))}</p>\n{notes}"
+        f'<h1>{html.escape(title)}</h1>\n<p class="meta">{html.escape(summary(rendering))}</p>\n{notes}'
         f'<p class="legend">{legend}</p>\n<pre id="render">\n{"".join(body)}</pre>\n</body>\n</html>\n'
     )

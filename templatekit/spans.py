@@ -9,8 +9,8 @@
   end-of-turn marker that `fallback.derive_delimiters` learned from probe renders.
 
 Either way the text is exactly what `tokenizer.apply_chat_template(..., tokenize=False)` renders: the
-template is compiled once (transformers' cached `_compile_jinja_template`, same sandboxed environment) and
-rendered per conversation. Then `policies` ties each span to its message and applies weights,
+template is compiled once (in a bounded twin of transformers' sandboxed environment) and rendered per
+conversation, each render within the renderer's limits (`timeout`, `max_memory`: `templatekit.limits`). Then `policies` ties each span to its message and applies weights,
 `last_response_only`, `train_on_eot`, `train_reasoning` and `mask_out`.
 
 Pass what `apply_chat_template` would pass to the template (`bos_token`, `eos_token`, `enable_thinking`, …)
@@ -22,15 +22,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
-from transformers.utils.chat_template_utils import render_jinja_template
-
-from .errors import PatchError
+from .chat_render import render_chat
+from .errors import PatchError, TemplateLimitError, TemplateSourceError
 from .fallback import Delimiters, FallbackError, derive_delimiters, find_spans
+from .limits import DEFAULT, Limits, active_limits, limit_scope
 from .patcher import patch_template
 from .policies import ConversationError, Policy, Turn, apply_policy, attribute, check_messages, unknown_roles
 from .probes import build_probes
 from .render import MarkerCollision, render_tagged
-from .verify import follow_probe_clock, merge_adjacent, render_probe
+from .verify import merge_adjacent, render_probe
 
 __all__ = ["SpanRenderer", "render_with_spans"]
 
@@ -43,6 +43,8 @@ POLICY_KEYS = (
     "instruction_part",
     "response_part",
     "fallback",
+    "timeout",
+    "max_memory",
 )
 
 
@@ -84,6 +86,9 @@ class SpanRenderer:
         instruction_part, response_part: explicit delimiters (Unsloth's meaning); implies the fallback.
         fallback: `None` tags when the template can be patched, else delimiters; `True` always delimiters;
             `False` tags or `PatchError`.
+        timeout, max_memory: the limits (seconds; bytes or `"512M"`) for building the renderer (patching and
+            verifying the template, or learning its delimiters) and then for each conversation rendered;
+            default 10 s and 1 GiB. A template that goes past them raises `TemplateLimitError`.
 
     Attributes: `mode` (`"tags"` or `"delimiters"`), `template` (the tagged template in tags mode, the
     original otherwise), `delimiters` (in delimiters mode), `reasons` (why tags were not used).
@@ -115,33 +120,39 @@ class SpanRenderer:
         instruction_part: str | Sequence[str] | None = None,
         response_part: str | Sequence[str] | None = None,
         fallback: bool | None = None,
+        timeout: float | None = DEFAULT,
+        max_memory: int | str | None = DEFAULT,
     ):
-        if not isinstance(template, str) or not template.strip():
-            raise ValueError("a chat template (a non-empty string) is required")
-        self.policy = Policy(tuple(train_roles), last_response_only, train_on_eot, train_reasoning, tuple(mask_out))
-        self.original = template
-        self.reasons: list[str] = []
-        self.delimiters: Delimiters | None = None
-        explicit = instruction_part is not None or response_part is not None
-        speakers = self.policy.train_roles
-        if fallback is not True and not explicit:
-            try:
-                self.template = patch_template(template, train_roles=speakers, retag=True).template
-                self.mode = "tags"
-            except PatchError as error:
-                if fallback is False:
-                    raise
-                self.reasons = [f"cannot patch: {reason}" for reason in error.reasons]
-        if not hasattr(self, "mode"):
-            try:
-                self.delimiters = derive_delimiters(
-                    template, speakers, response_part=response_part, instruction_part=instruction_part
-                )
-            except FallbackError as error:
-                raise FallbackError(self.reasons + error.reasons) from None
-            self.template = template
-            self.mode = "delimiters"
-        self._shape: tuple[tuple[str, ...], str] | None = None
+        if not isinstance(template, str):  # as patch_template refuses it (and the fallback alike)
+            raise TemplateSourceError(f"a template must be text, not {type(template).__name__}")
+        if not template.strip():
+            raise TemplateSourceError("the template is empty", line=1, column=1)
+        self.limits: Limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
+        with limit_scope(self.limits):  # patching and verifying (or learning delimiters) within the limits
+            self.policy = Policy(tuple(train_roles), last_response_only, train_on_eot, train_reasoning, tuple(mask_out))
+            self.original = template
+            self.reasons: list[str] = []
+            self.delimiters: Delimiters | None = None
+            explicit = instruction_part is not None or response_part is not None
+            speakers = self.policy.train_roles
+            if fallback is not True and not explicit:
+                try:
+                    self.template = patch_template(template, train_roles=speakers, retag=True).template
+                    self.mode = "tags"
+                except PatchError as error:
+                    if fallback is False:
+                        raise
+                    self.reasons = [f"cannot patch: {reason}" for reason in error.reasons]
+            if not hasattr(self, "mode"):
+                try:
+                    self.delimiters = derive_delimiters(
+                        template, speakers, response_part=response_part, instruction_part=instruction_part
+                    )
+                except FallbackError as error:
+                    raise FallbackError(self.reasons + error.reasons) from None
+                self.template = template
+                self.mode = "delimiters"
+            self._shape: tuple[tuple[str, ...], str] | None = None
 
     def _eots_and_closer(self) -> tuple[tuple[str, ...], str]:
         if self._shape is None:
@@ -149,7 +160,8 @@ class SpanRenderer:
                 d = self.delimiters
                 self._shape = (d.eots, d.reasoning_close)
             else:
-                self._shape = _tag_shape(self.template, self.policy.train_roles)
+                with limit_scope(self.limits):
+                    self._shape = _tag_shape(self.template, self.policy.train_roles)
         return self._shape
 
     def render(
@@ -163,12 +175,16 @@ class SpanRenderer:
         """Render one conversation; return `(text, spans)` with `spans` the trained `[start, end)` ranges.
 
         Raises `ConversationError` for a malformed conversation, one the template rejects (naming roles it
-        was not probed with), or one whose trained messages the template does not render one turn each.
+        was not probed with), or one whose trained messages the template does not render one turn each;
+        `TemplateLimitError` when the render goes past the renderer's limits.
         """
         trained, weighted = check_messages(messages, self.policy.train_roles)
         tags = self.mode == "tags"
         try:
-            text, spans = _render(self.template, messages, tags, tools, add_generation_prompt, kwargs)
+            with limit_scope(self.limits):
+                text, spans = _render(self.template, messages, tags, tools, add_generation_prompt, kwargs)
+        except TemplateLimitError:
+            raise
         except Exception as error:  # the template's own raise_exception, or a type error inside it
             odd = unknown_roles(messages, self.policy.train_roles)
             hint = f" ({odd})" if odd else ""
@@ -213,7 +229,8 @@ def _hashable(value):
 
 def _render(template: str, messages, tags: bool, tools, add_generation_prompt: bool, kwargs: dict):
     """Text and generation spans: the template compiled once (render.py), or transformers' own renderer for
-    what only it prepares (tools given as Python functions) and for a conversation holding a marker character."""
+    what only it prepares (tools given as Python functions) and for a conversation holding a marker character.
+    Both are bounded by the limits in force."""
     if not tools or not any(callable(tool) for tool in tools):
         try:
             return render_tagged(
@@ -221,8 +238,7 @@ def _render(template: str, messages, tags: bool, tools, add_generation_prompt: b
             )
         except MarkerCollision:
             pass
-    follow_probe_clock(template)  # the real clock, as before, unless a caller renders probes with it
-    texts, indices = render_jinja_template(
+    texts, indices = render_chat(
         conversations=[messages],
         chat_template=template,
         return_assistant_tokens_mask=tags,
@@ -244,8 +260,9 @@ def render_with_spans(
     """Render `messages` with `template`; return the text and the trained character spans.
 
     Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
-    `instruction_part`, `response_part`, `fallback`) configure a cached `SpanRenderer`; every other keyword
-    goes to the template, as `apply_chat_template` passes them (`bos_token`, `enable_thinking`, …).
+    `instruction_part`, `response_part`, `fallback`) and the limits (`timeout`, `max_memory`) configure a
+    cached `SpanRenderer`; every other keyword goes to the template, as `apply_chat_template` passes them
+    (`bos_token`, `enable_thinking`, …).
 
     Example:
         >>> template = (

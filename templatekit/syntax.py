@@ -26,6 +26,7 @@ from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import TemplateSourceError
+from .limits import LimitedEnvironment, enabled
 
 GENERATION_TAG = "generation"
 
@@ -117,7 +118,8 @@ def strftime_now(fmt: str) -> str:
 
 
 def make_environment(generation: type[jinja2.ext.Extension] = GenerationTag) -> ImmutableSandboxedEnvironment:
-    """A sandboxed environment with transformers' chat-template settings.
+    """A sandboxed environment with transformers' chat-template settings, whose renders are bounded
+    (`templatekit.limits`: time, memory and call depth, as the limits in force say).
 
     `generation` is the extension that handles `{% generation %}` blocks (rendered unchanged by default).
 
@@ -125,9 +127,8 @@ def make_environment(generation: type[jinja2.ext.Extension] = GenerationTag) -> 
         >>> make_environment().from_string("{{ x | tojson }}").render(x="<b>")
         '"<b>"'
     """
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[generation, jinja2.ext.loopcontrols]
-    )
+    environment_class = LimitedEnvironment if enabled() else ImmutableSandboxedEnvironment
+    env = environment_class(trim_blocks=True, lstrip_blocks=True, extensions=[generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -217,13 +218,47 @@ def parse_template(source: str, name: str | None = None) -> ParsedTemplate:
         raise TemplateSourceError(f"a template must be text, not {type(source).__name__}", source=name)
     if not source.strip():
         raise TemplateSourceError("the template is empty", source=name, line=1, column=1)
-    env = make_environment()
-    tokens = _lex(env, source, name)
-    stream_tokens = (
-        (Pos(line_column(source, token.start)[0], token.start), token.type, token.value) for token in tokens
-    )
+    return _parse(_parsing_environment(), source, name)
+
+
+_PARSER_ENVIRONMENT: list[ImmutableSandboxedEnvironment] = []
+
+
+def _parsing_environment() -> ImmutableSandboxedEnvironment:
+    """One environment for parsing (the lexer and parser read only its settings and extensions)."""
+    if not _PARSER_ENVIRONMENT:
+        _PARSER_ENVIRONMENT.append(make_environment())
+    return _PARSER_ENVIRONMENT[0]
+
+
+def parse_with_offsets(env: jinja2.Environment, source: str, name: str | None = None) -> nodes.Template:
+    """`env`'s AST of `source`, whose line numbers are `Pos` (they know their offsets): what
+    `LimitedEnvironment` compiles, so that a limit reached at run time can name its column.
+
+    Raises `TemplateSourceError` for malformed Jinja.
+    """
     parser = Parser(env, source, name)
-    parser.stream = TokenStream(env.lexer.wrap(stream_tokens, name), name, None)
+    parser.stream = TokenStream(env.lexer.wrap(_offset_tokens(env, source, name), name), name, None)
+    return parser.parse()
+
+
+def _offset_tokens(env: jinja2.Environment, source: str, name: str | None) -> Iterator[tuple[Pos, str, str]]:
+    """`_lex` and `_positioned` in one pass, for a parse that needs no token list."""
+    cursor, line = 0, 1
+    for _lineno, kind, value in env.lexer.tokeniter(source, name):
+        start = source.find(value, cursor)
+        if start < 0 or (start > cursor and source[cursor:start].strip()):
+            raise TemplateSourceError(f"cannot locate token {value!r}", source=name)
+        line += source.count("\n", cursor, start)
+        yield Pos(line, start), kind, value
+        line += value.count("\n")
+        cursor = start + len(value)
+
+
+def _parse(env: jinja2.Environment, source: str, name: str | None) -> ParsedTemplate:
+    tokens = _lex(env, source, name)
+    parser = Parser(env, source, name)
+    parser.stream = TokenStream(env.lexer.wrap(_positioned(source, tokens), name), name, None)
     try:
         ast = parser.parse()
     except jinja2.TemplateSyntaxError as error:
@@ -235,6 +270,15 @@ def parse_template(source: str, name: str | None = None) -> ParsedTemplate:
             line, column = line_column(source, len(source))
         raise TemplateSourceError(error.message or str(error), source=name, line=line, column=column) from None
     return ParsedTemplate(source, tokens, ast)
+
+
+def _positioned(source: str, tokens: list[RawToken]) -> Iterator[tuple[Pos, str, str]]:
+    """The tokens as the parser reads them, each line number a `Pos` (counted once over the source)."""
+    line, cursor = 1, 0
+    for token in tokens:
+        line += source.count("\n", cursor, token.start)
+        cursor = token.start
+        yield Pos(line, token.start), token.type, token.value
 
 
 def node_start(node: nodes.Node) -> int | None:

@@ -1,20 +1,22 @@
 """Prove a tagged template: same text as the original on every probe, and spans that train exactly the turns.
 
-Rendering goes through transformers' own `render_jinja_template`, the code that TRL's masks come from, so
-what passes here is what training sees. Every probe render reads the clock at one fixed instant
-(`syntax.probe_clock`), so a template that writes the date gets the same verdict at any time.
+Rendering is transformers' own `render_jinja_template`, the code that TRL's masks come from (its preparation
+of the conversation and its `AssistantTracker`), with the template compiled in a bounded twin of transformers'
+environment (`chat_render`), so what passes here is what training sees and no render outruns the limits.
+Every probe render reads the clock at one fixed instant (`syntax.probe_clock`), so a template that writes the
+date gets the same verdict at any time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
-
+from .chat_render import render_chat
+from .errors import TemplateLimitError
 from .layout import Layout, Turn
 from .probes import Probe
 from .report import Report
-from .syntax import PROBE_INSTANT, probe_clock, strftime_now
+from .syntax import PROBE_INSTANT, probe_clock
 
 
 @dataclass
@@ -26,23 +28,21 @@ class Rendered:
     error: str | None = None
 
 
-def follow_probe_clock(template: str) -> None:
-    """Give transformers' cached compiled `template` (what `render_jinja_template` is about to use) our
-    `strftime_now`: the real clock, as transformers' own reads it, except inside `probe_clock()`."""
-    _compile_jinja_template(template).globals["strftime_now"] = strftime_now
-
-
 def render_probe(template: str, probe: Probe, *, spans: bool = False) -> Rendered:
-    """Render `probe` with transformers (sandboxed) at the probe instant; errors are returned, not raised."""
+    """Render `probe` as transformers does (sandboxed, bounded) at the probe instant.
+
+    The template's own errors are returned, not raised; going past a limit raises `TemplateLimitError`.
+    """
     try:
-        follow_probe_clock(template)
         with probe_clock():
-            texts, indices = render_jinja_template(
+            texts, indices = render_chat(
                 conversations=[probe.messages],
                 chat_template=template,
                 return_assistant_tokens_mask=spans,
                 **probe.render_kwargs(),
             )
+    except TemplateLimitError:
+        raise
     except Exception as error:  # any template error is a finding, not a crash
         return Rendered(None, [], f"{type(error).__name__}: {error}")
     return Rendered(texts[0], [tuple(span) for span in indices[0]] if spans else [])

@@ -17,12 +17,11 @@ from _paths import REPO_ROOT, corpus_dir, corpus_file
 import templatekit
 from templatekit import cli
 from templatekit.errors import PatchError
+from templatekit.limits import DEFAULT
 
 # How TRL decides a template has generation tags.
 TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
-SUMMARY_LINE = re.compile(
-    r"^(\d+) patched, (\d+) retagged, (\d+) already tagged, (\d+) not patchable \(of (\d+)\)$"
-)
+SUMMARY_LINE = re.compile(r"^(\d+) patched, (\d+) retagged, (\d+) already tagged, (\d+) not patchable \(of (\d+)\)$")
 # Corpus templates the core patches; the tests of CLI plumbing use these.
 PATCHABLE = "trl/qwen2_5.jinja"
 PATCHABLE_2 = "trl/llama3_2.jinja"
@@ -141,9 +140,14 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
     example = corpus_file(PATCHABLE)
     code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool")
     assert code in (0, 1), err
-    assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True}
+    defaults = {"timeout": DEFAULT, "max_memory": DEFAULT}  # the limits in force (templatekit.limits)
+    assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True, **defaults}
+    seen.clear()
+    code, _, err = run(capsys, "patch", example, "--timeout", "2.5", "--max-memory", "512M")
+    assert code in (0, 1), err
+    assert (seen["timeout"], seen["max_memory"]) == (2.5, 512 << 20)
     run(capsys, "patch", example, "--only-last-turn", "--keep-tags")
-    assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False}
+    assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False, **defaults}
 
 
 def test_patch_malformed_template_exits_2_with_line_and_column(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
