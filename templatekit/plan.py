@@ -414,6 +414,13 @@ def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = 
     their own, which become the alternative, under the `if`'s test.
     """
     splits = [r for r in regions if r.start.side == "split"]
+    # Where some renders began the turn in an earlier `if` (reasoning written first), the outputs after it are
+    # generated whole there, whichever part of a loop they are.
+    began: dict[int, list[str]] = {}  # by where the outputs start
+    for region in regions:
+        test = _branch_test(flow, *region.began_in) if region.began_in is not None else None
+        if test is not None and region.start.side == "before" and test not in began.get(region.start.offset, []):
+            began.setdefault(region.start.offset, []).append(test)
     paired: set[tuple[int, int]] = set()
     for region in regions:
         for other in splits:
@@ -429,6 +436,9 @@ def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = 
                 region.alternative, region.condition = other, condition
                 paired.add(other.key)
                 break
+    for region in regions:
+        if region.condition == "not loop.first" and began.get(region.start.offset):
+            region.condition = " or ".join([region.condition, *(f"({test})" for test in began[region.start.offset])])
     for region in regions if pair_branches else []:
         condition = _branch_test(flow, *region.began_in) if region.began_in is not None else None
         if region.alternative is not None or region.start.side != "before" or condition is None:
@@ -447,6 +457,36 @@ def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = 
             region.nested = [other for other in inside.values() if other is not ending[0]]
             paired |= set(inside)
     return [r for r in regions if r.key not in paired or r.alternative is not None]
+
+
+def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: set[int]) -> list[Region]:
+    """`region`, and apart from it the blank text it ends with when that text comes before an `if` whose branch
+    writes the stop marker and some turn ends before it (`content + ' ' + {% if not last %}eos{% endif %}`):
+    the blank text is generated only when the marker follows, so it is trained under the `if`'s test."""
+    items = region.body.items
+    tail = items[region.last]
+    following = items[region.last + 1] if region.last + 1 < len(items) else None
+    if not (
+        region.first < region.last
+        and isinstance(tail, Unit)
+        and tail.kind == "data"
+        and region.end.side == "after"
+        and region.end.item is tail
+        and not flow.parsed.source[tail.start : tail.end].strip()
+        and tail.start in ends
+        and isinstance(following, Stmt)
+        and isinstance(following.node, nodes.If)
+        and any(other.body is following.bodies[0] and other.first == 0 for other in regions)
+    ):
+        return [region]
+    test = _branch_test(flow, following, following.bodies[0])
+    if test is None:
+        return [region]
+    region.last -= 1
+    region.end = _after(items[region.last])
+    blank = Region(region.body, tail.index, tail.index, _before(tail), _after(tail), set(region.targets), region.guard)
+    blank.when = test
+    return [region, blank]
 
 
 def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
@@ -494,7 +534,9 @@ def plan_regions(
                 for region in regions_for_turn(flow, emissions, start, end):
                     region.closes = closes
                     regions.append(region)
+    ends = {region.end.offset for region in regions}
     regions = merge_regions(flow, _pair_alternatives(flow, [_trim(region) for region in regions], pair_branches))
+    regions = [piece for region in regions for piece in _blank_before_stop(flow, region, regions, ends)]
     outside = _foreign_units(traces) | _header_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
     for region in regions:

@@ -60,6 +60,9 @@ class Region:
     # writes it, guarded by the previous message's role) or "after" (written after the loop, guarded by
     # the last message's role); "" for the turn's own outputs.
     closes: str = ""
+    # A test under which the region is trained at all (blank text before an `if` that writes the stop marker:
+    # generated only when the marker follows).
+    when: str | None = None
     # The statement (and its branch body) where the turn began before this region, when it began deeper.
     opened_in: tuple[Stmt, Body] | None = None
     # Where the same items open the turn in other renders (split inside the first item): the region used

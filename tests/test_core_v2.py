@@ -135,29 +135,45 @@ def test_parallel_calls_whose_first_and_later_calls_come_from_different_branches
 
 
 def test_a_stop_marker_after_whitespace_belongs_to_the_turn():
-    # xinference's DeepSeek-V3 writes `content  <｜end▁of▁sentence｜>` only when a message follows. The truth
-    # ends the turn after the marker; the one patch the plan finds would train the space before it in the last
-    # turn too (where no marker follows), so it is refused rather than leave the stop untrained.
+    # xinference's DeepSeek-V3 writes `content  <｜end▁of▁sentence｜>`, the marker only when a message follows.
+    # The turn ends after the marker; the blank text before the marker's `if` is trained under its test, so
+    # the last reply (no marker) ends at its content.
     template = read("hard/xinference__deepseek-v3.jinja")
     layout = analyse(template, ("assistant",), False).layouts["multi_turn"]
     first, last = layout.turns
     assert layout.text[first.start : first.end] == "  tkassistcon2q  <｜end▁of▁sentence｜>"
     assert layout.text[last.start : last.end] == "  tkassistcon4q"
-    with pytest.raises(PatchError, match="after the end of the turn is trained"):
-        templatekit.patch_template(template)
+    trained, _ = patched_and_original("hard/xinference__deepseek-v3.jinja", [QUESTION, ANSWER, THANKS, WELCOME])
+    assert trained == ["  Sunny and noon.  <｜end▁of▁sentence｜>", "  Welcome."]
 
 
-def test_reasoning_then_tool_calls_in_one_message_is_probed():
+def test_reasoning_then_tool_calls_in_one_message_is_trained_as_generated():
     # Muse Glimmer writes reasoning as a message to itself, then each call as a message to the tool, all after
-    # one generation prompt: after reasoning, the call's `<|start|>assistant` is generated, not a header. Only a
-    # probe with both in one message shows it; a patch that leaves it out is refused.
+    # one generation prompt: after reasoning, the first call's `<|start|>assistant` is generated, not a header
+    # (a probe with both in one message shows it). The loop over calls is wrapped whole when the turn began
+    # in the reasoning branch or in later calls, and split after the header otherwise.
     template = read("trl/muse_glimmer.jinja")
     layout = analyse(template, ("assistant",), False).layouts["reasoning_tool_call"]
     step = layout.text[layout.turns[0].start : layout.turns[0].end]
     assert step.startswith(" to=self<|message|>tkassistrea1q<|eom|><|start|>assistant to=tkassistfun1q<|message|>")
-    assert step.endswith("</atem:function_calls><|eot|>")
-    with pytest.raises(PatchError):
-        templatekit.patch_template(template)
+    calls = (
+        '<|start|>assistant to=get_weather<|message|><atem:function_calls>\n<atem:invoke name="get_weather">\n'
+        '<atem:parameter name="city">Paris</atem:parameter>\n</atem:invoke>\n</atem:function_calls><|eom|>'
+        '<|start|>assistant to=get_time<|message|><atem:function_calls>\n<atem:invoke name="get_time">\n'
+        '<atem:parameter name="city">Rome</atem:parameter>\n</atem:invoke>\n</atem:function_calls><|eot|>'
+    )
+    answer = " to=user<|message|>Sunny and noon.<|eot|>"
+    thinking = dict(TWO_CALLS, reasoning_content="Look up.")
+    trained, _ = patched_and_original("trl/muse_glimmer.jinja", [QUESTION, thinking, RESULT_1, RESULT_2, ANSWER])
+    assert trained == [" to=self<|message|>Look up.<|eom|>" + calls, answer]
+    trained, _ = patched_and_original("trl/muse_glimmer.jinja", [QUESTION, TWO_CALLS, RESULT_1, RESULT_2, ANSWER])
+    assert trained == [calls.removeprefix("<|start|>assistant"), answer]
+    reply = {"role": "assistant", "content": "Sunny.", "reasoning_content": "Check it."}
+    trained, _ = patched_and_original("trl/muse_glimmer.jinja", [QUESTION, reply, THANKS, WELCOME])
+    assert trained == [
+        " to=self<|message|>Check it.<|eom|><|start|>assistant to=user<|message|>Sunny.<|eot|>",
+        " to=user<|message|>Welcome.<|eot|>",
+    ]
 
 
 def test_a_separator_the_previous_message_writes_is_generated():
