@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import TemplateSourceError
+from .errors import PatchError, TemplateSourceError
 from .report import Report
 from .sources import LoadedTemplate, load_templates
 from .writing import _element_start, _member_start, _skip
@@ -199,6 +199,11 @@ def _template_outcome(template: LoadedTemplate, check: Callable[[str], Report]) 
         outcome.line, outcome.column = line or outcome.line, column or outcome.column
         outcome.summary = f"{template.label}:{line}:{column}: {exc.message}" if line else f"{template.label}: {exc}"
         return outcome
+    except PatchError as exc:  # tags present, but the template renders no probe to verify them with
+        outcome.status = "failed"
+        outcome.findings = [Finding(reason) for reason in exc.reasons or ["generation tags cannot be verified"]]
+        outcome.summary = f"FAILED: cannot verify the generation tags: {exc.reasons[0] if exc.reasons else exc}"
+        return outcome
     outcome.summary = report.summary()
     if not report.ok:
         outcome.status = "failed" if report.tagged else "untagged"
@@ -207,9 +212,7 @@ def _template_outcome(template: LoadedTemplate, check: Callable[[str], Report]) 
     return outcome
 
 
-def check_sources(
-    sources: Iterable[str | Path], check: Callable[[str], Report] | None = None
-) -> list[CheckOutcome]:
+def check_sources(sources: Iterable[str | Path], check: Callable[[str], Report] | None = None) -> list[CheckOutcome]:
     """Check every template of every source; a source that cannot be read becomes one "error" outcome.
 
     Example:
