@@ -101,13 +101,17 @@ def load_hub_templates(repo_id: str, revision: str | None = None) -> list[Loaded
         found = ", ".join(name for name in TEMPLATE_FILES if "*" not in name and (folder / name).is_file())
         raise NoChatTemplateError(
             "the repo has no chat template "
-            + (f"(its {found} holds none)" if found else "(no tokenizer_config.json, chat_template.jinja or "
-               "chat_template.json)"),
+            + (
+                f"(its {found} holds none)"
+                if found
+                else "(no tokenizer_config.json, chat_template.jinja or chat_template.json)"
+            ),
             source=where,
         ) from None
     except TemplateSourceError as exc:  # a broken file in the repo: name it by repo and path, not by cache path
-        raise TemplateSourceError(exc.message, source=_renamed(exc.source, folder, where), line=exc.line,
-                                  column=exc.column) from None
+        raise TemplateSourceError(
+            exc.message, source=_renamed(exc.source, folder, where), line=exc.line, column=exc.column
+        ) from None
     return [replace(t, display=_renamed(str(t.origin), folder, where)) for t in templates]
 
 

@@ -138,7 +138,9 @@ def test_truncated_gguf_file(tmp_path: Path) -> None:
 )
 def test_patch_writes_a_new_verified_gguf(tmp_path: Path, capsys, endian: gguf.GGUFEndian, alignment) -> None:
     source = make_gguf(
-        tmp_path / "model.gguf", {"default": text_of(QWEN), "tool_use": text_of(LLAMA)}, endian=endian,
+        tmp_path / "model.gguf",
+        {"default": text_of(QWEN), "tool_use": text_of(LLAMA)},
+        endian=endian,
         alignment=alignment,
     )
     before = digest(source)
@@ -148,8 +150,10 @@ def test_patch_writes_a_new_verified_gguf(tmp_path: Path, capsys, endian: gguf.G
     assert f"wrote {target}" in err
     assert digest(source) == before  # the input is never modified
 
-    expected = {name: templatekit.patch_template(text_of(corpus)).template for name, corpus in
-                (("default", QWEN), ("tool_use", LLAMA))}
+    expected = {
+        name: templatekit.patch_template(text_of(corpus)).template
+        for name, corpus in (("default", QWEN), ("tool_use", LLAMA))
+    }
     written = read_gguf_templates(target)
     assert {t.name: t.text for t in written} == expected
     for template in written:

@@ -105,9 +105,13 @@ def test_renders_like_the_reference_template_for_the_format(name: str, reference
             for piece, answer in zip(trained, answers):
                 # The answer, then the end-of-turn marker; nothing before the answer but a space the model writes.
                 assert piece.lstrip(" ").startswith(answer), piece
-                assert piece[len(piece) - len(piece.lstrip(" ")) + len(answer) :] in ("</s>", "<|im_end|>",
-                                                                                         "<|eot_id|>", "<end_of_turn>",
-                                                                                         "<|end|>")
+                assert piece[len(piece) - len(piece.lstrip(" ")) + len(answer) :] in (
+                    "</s>",
+                    "<|im_end|>",
+                    "<|eot_id|>",
+                    "<end_of_turn>",
+                    "<|end|>",
+                )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -131,8 +135,16 @@ def test_chatml_and_llama3_train_tool_calls_but_not_tool_results() -> None:
         {"role": "tool", "content": "4 degrees, rain"},
         {"role": "assistant", "content": "It is 4 degrees and raining in Oslo."},
     ]
-    tools = [{"type": "function", "function": {"name": "weather", "description": "Current weather",
-                                               "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "Current weather",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
     for name in ("chatml", "llama3"):
         text, spans = render(templatekit.get_template(name), messages, tools=tools)
         trained = "".join(text[start:end] for start, end in spans)
@@ -143,8 +155,11 @@ def test_chatml_and_llama3_train_tool_calls_but_not_tool_results() -> None:
 
 @pytest.mark.parametrize(
     ("name", "fixture", "end"),
-    [("chatml", "qwen_tokenizer", "<|im_end|>"), ("llama3", "llama3_tokenizer", "<|eot_id|>"),
-     ("mistral", "mistral_tokenizer", "</s>")],
+    [
+        ("chatml", "qwen_tokenizer", "<|im_end|>"),
+        ("llama3", "llama3_tokenizer", "<|eot_id|>"),
+        ("mistral", "mistral_tokenizer", "</s>"),
+    ],
 )
 def test_real_tokenizer_masks_exactly_the_answers(request, name: str, fixture: str, end: str) -> None:
     """What TRL's assistant_only_loss reads: transformers' assistant mask over real token ids."""

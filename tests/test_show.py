@@ -121,9 +121,20 @@ def browser_view(page: Path, tmp_path: Path) -> dict:
     harness = tmp_path / "harness.html"
     harness.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE_SCRIPT + "</body>"), "utf-8")
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", harness.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            harness.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     reader = _ResultReader()
@@ -159,8 +170,11 @@ def tag_spans(template: str, probe) -> list[tuple[int, int]]:
     """transformers' own spans for the verified patched template (independent of the span renderer)."""
     patched = templatekit.patch_template(template).template
     _, spans = render_jinja_template(
-        conversations=[probe.messages], chat_template=patched, tools=probe.tools,
-        return_assistant_tokens_mask=True, **SPECIAL_TOKENS,
+        conversations=[probe.messages],
+        chat_template=patched,
+        tools=probe.tools,
+        return_assistant_tokens_mask=True,
+        **SPECIAL_TOKENS,
     )
     return merge_adjacent([tuple(span) for span in spans[0]])
 

@@ -234,8 +234,13 @@ def test_a_revision_is_refused_for_local_sources(tmp_path: Path) -> None:
 
 
 def test_labels_prefer_the_display_name() -> None:
-    config = LoadedTemplate("rag", "{{ x }}", Path("/cache/snap/tokenizer_config.json"), "tokenizer_config",
-                            display="org/model@main/tokenizer_config.json")
+    config = LoadedTemplate(
+        "rag",
+        "{{ x }}",
+        Path("/cache/snap/tokenizer_config.json"),
+        "tokenizer_config",
+        display="org/model@main/tokenizer_config.json",
+    )
     assert config.label == "org/model@main/tokenizer_config.json#rag"
     assert LoadedTemplate("tool_use", "{{ x }}", Path("m.gguf"), "gguf").label == "m.gguf#tool_use"
 
