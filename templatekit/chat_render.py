@@ -7,7 +7,7 @@ transformers' own `AssistantTracker` and `_render_with_assistant_indices`. Only 
 differently: by a `templatekit.limits.LimitedEnvironment` configured exactly like the environment
 transformers compiles chat templates with (read off one transformers compiled: its options, its extension
 classes, filters, tests, globals and policies), so every render is bounded by the limits in force. The text
-and spans are transformers' own; `tests/test_limits.py` checks that on every corpus template.
+and spans are transformers' own: the limit hooks check, then do exactly what jinja2 does.
 
 An untrusted template is never handed to transformers' own compiler: jinja2 runs some filters at compile
 time on constant arguments, and `{{ 'x' | center(10**10) }}` would be built there, outside any limit.
