@@ -186,7 +186,9 @@ def layout_probe(
             # Nothing generated is rendered (say, tool calls the template drops): what the message still
             # writes may be trained, but need not be.
             if own and own[0].start < own[-1].end:
-                turns.append(Turn(index, own[0].start, own[-1].end, own[0].start, own[0].start, optional=True))
+                # From where its prompt parts from the text, when that is known and comes before its outputs.
+                begin = min(own[0].start, truth[index].start) if index in truth else own[0].start
+                turns.append(Turn(index, begin, own[-1].end, begin, begin, optional=True))
             continue
         first = min(start for start, _ in positions)
         last = max(end for _, end in positions)

@@ -11,6 +11,7 @@ from jinja2 import nodes
 
 from .analysis import Flow, Tracer, build_flow
 from .errors import PatchError, TemplateSourceError
+from .inline import inlined_sources
 from .layout import Layout, common_opening, generation_prompt, layout_probe, trained_messages
 from .limits import bounded
 from .plan import plan_regions
@@ -126,7 +127,7 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
         trained = trained_messages(probe, speakers, only_last_turn)
         truth = generated_turns(probe, text, emissions, trained, _tracing(tracer, probe))
         quoted += [probe.name for turn in truth.values() if turn.quoted]
-        endings += [(_marker_of(turn.marker), turn.where) for turn in truth.values()]
+        endings += [(_marker_of(turn.marker), turn.where) for turn in truth.values() if not turn.empty]
         layout = layout_probe(probe, text, emissions, header, trained, truth)
         layout.trained = set(trained)
         layouts[probe.name] = layout
@@ -251,6 +252,21 @@ def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bo
     return None, last_report
 
 
+def _patch_inlined(analysis: Analysis, train_roles, only_last_turn, failed: Report) -> tuple[str | None, Report]:
+    """The plan of a rewrite with one macro written out at its only call, when it verifies against the
+    original template's own truth; else `failed` (the original's report)."""
+    for rewrite in inlined_sources(analysis.parsed):
+        inlined = analyse(rewrite.source, train_roles, only_last_turn)
+        patched, _ = _patch(inlined, train_roles, only_last_turn)
+        if patched is None:
+            continue
+        report = verify(analysis.parsed.source, patched, analysis.probes, analysis.layouts)
+        if report.ok:
+            report.notes.append(rewrite.note)
+            return patched, report
+    return None, failed
+
+
 @bounded  # timeout= and max_memory= (templatekit.limits): a template that outruns them raises TemplateLimitError
 def check_template(
     template: str, *, train_roles: tuple[str, ...] = (ASSISTANT,), only_last_turn: bool = False
@@ -320,6 +336,8 @@ def patch_template(
             if a.text != b.text:
                 raise PatchError([f"removing the existing tags changes the rendering (probe {probe.name!r})"])
     patched, report = _patch(analysis, train_roles, only_last_turn)
+    if patched is None:
+        patched, report = _patch_inlined(analysis, train_roles, only_last_turn, report)
     report.notes = analysis.notes + report.notes
     if patched is None:
         raise PatchError(report.reasons[:8], report=report)

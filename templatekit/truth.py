@@ -49,6 +49,9 @@ class Generated:
     # Whitespace between the turn's own stop marker and an end-of-sequence token written after it
     # (`<|end|>\n</s>`): it follows a stop marker, so it is not generated, but the token after it is.
     gap: tuple[int, int] | None = None
+    # The turn renders nothing generated (tool calls the template drops): only where its prompt parts from the
+    # text is known, and what the template writes from there to the message's own outputs may be trained.
+    empty: bool = False
 
 
 def common_prefix(a: str, b: str) -> int:
@@ -216,6 +219,8 @@ def generated_turns(
             }.values()
         )
         if not own:
+            if (parted := _empty_turn_start(probe, text, emissions, index, trace)) is not None:
+                turns[index] = Generated(index, parted, parted, empty=True)
             continue
         first, last = min(s for s, _ in own), max(e for _, e in own)
         closing = next(text[s:e] for s, e in own if e == last)
@@ -280,6 +285,19 @@ def generated_turns(
         )
         turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted, gap)
     return turns
+
+
+def _empty_turn_start(probe: Probe, text: str, emissions: list[Emission], index: int, trace: Trace) -> int | None:
+    """Where the prompt for a turn that renders nothing generated parts from `text`, when that is before the
+    message's own first output (a separator the previous message writes only when a message follows)."""
+    writes = [e.start for e in emissions if e.message == index and e.text]
+    prompt = trace(probe.messages[:index], True) if writes and probe.messages[index]["role"] == ASSISTANT else None
+    if prompt is None:
+        return None
+    bare = trace(probe.messages[:index], False)
+    header = _added_prompt(bare[0], prompt[0]) if bare is not None else ""
+    start = _turn_start(probe, text, prompt[0], header, writes[0], index)
+    return start if start is not None and start < writes[0] else None
 
 
 def _own_marker(text: str, emissions: list[Emission], index: int, last: int, header: str) -> int:

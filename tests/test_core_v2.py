@@ -179,13 +179,39 @@ def test_reasoning_then_tool_calls_in_one_message_is_trained_as_generated():
 def test_a_separator_the_previous_message_writes_is_generated():
     # BlenderBot writes no generation prompt and separates messages with two spaces written by the message
     # before: after the user's text the model generates "  reply</s>". That much is tagged (in the user's
-    # branch, when an assistant message follows); its tool-call probes still refuse it.
+    # branch, when an assistant message follows). It drops tool calls: a tool-call turn renders nothing of its
+    # own, and the separator before it is where its prompt parts from the text, so it may be trained there.
     template = read("hard/hfjs__e2e-blenderbot.jinja")
     layout = analyse(template, ("assistant",), False).layouts["single_turn"]
     assert layout.text[layout.turns[0].start : layout.turns[0].end] == "  tkassistcon1q</s>"
-    with pytest.raises(PatchError) as refused:
-        templatekit.patch_template(template)
-    assert all("tool" in reason for reason in refused.value.reasons), refused.value.reasons
+    empty = analyse(template, ("assistant",), False).layouts["tool_call"]
+    optional = [turn for turn in empty.turns if turn.optional]
+    assert [empty.text[turn.start : turn.end] for turn in optional] == ["    "]
+    trained, text = patched_and_original("hard/hfjs__e2e-blenderbot.jinja", [QUESTION, ANSWER, THANKS, WELCOME])
+    assert trained == ["  Sunny and noon.", "  Welcome.</s>"]
+    assert text == " Weather in Paris and Rome?  Sunny and noon.   thanks  Welcome.</s>"
+
+
+def test_a_reply_written_with_its_header_by_one_macro_call_is_tagged_once_the_macro_is_written_out():
+    # YandexGPT and Kimi K3 write the assistant's header and reply in one `{{ render(message) }}` call.
+    # transformers measures a generation block inside a macro from where the call began, so the body is
+    # written out at its only call (a `with` block binding the arguments) and tagged there.
+    trained, text = patched_and_original(
+        "hard/llama.cpp-tests__tct-yandex_YandexGPT-5-Lite-8B-instruct.jinja", [QUESTION, ANSWER, THANKS, WELCOME]
+    )
+    assert trained == [" Sunny and noon."] and " Ассистент: Sunny and noon.\n\n" in text
+    result = templatekit.patch_template(read("hard/llama.cpp__Kimi-K3.jinja"))
+    assert any("render_assistant" in note and "written out" in note for note in result.report.notes)
+    thinking = {"role": "assistant", "content": "Sunny.", "reasoning_content": "Check it."}
+    trained, _ = patched_and_original("hard/llama.cpp__Kimi-K3.jinja", [QUESTION, thinking])
+    assert trained == [
+        "Check it.<|close|>think<|sep|><|open|>response<|sep|>Sunny.<|close|>response<|sep|>"
+        "<|close|>message<|sep|><|end_of_msg|>"
+    ]
+    trained, _ = patched_and_original("hard/llama.cpp__Kimi-K3.jinja", [QUESTION, ONE_CALL, RESULT_1, ANSWER])
+    assert trained[0].startswith("<|close|>think<|sep|><|open|>response<|sep|><|close|>response<|sep|><|open|>tools")
+    assert trained[0].endswith("<|close|>tools<|sep|><|close|>message<|sep|><|end_of_msg|>")
+    assert "22C" not in "".join(trained)
 
 
 def test_template_without_a_generation_prompt_and_eos_only_without_one():
