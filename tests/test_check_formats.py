@@ -15,8 +15,8 @@ from _paths import REPO_ROOT, corpus_file
 from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
 import templatekit
+from templatekit.cli.check_formats import github_escape_data, github_escape_property
 from templatekit.errors import TemplateSourceError
-from templatekit.formats import github_escape_data, github_escape_property
 
 UNTAGGED = "trl/qwen2_5.jinja"
 # The library's ChatML with the assistant header moved inside the tags: tagged, but the header is trained.

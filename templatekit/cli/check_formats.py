@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import PatchError, TemplateSourceError
-from .report import Report
-from .sources import LoadedTemplate, load_templates
-from .writing import _element_start, _member_start, _skip
+from ..core.tags import first_start_tag
+from ..errors import PatchError, TemplateSourceError
+from ..sources import LoadedTemplate, load_templates
+from ..sources.json_positions import string_offsets, value_start
+
+if TYPE_CHECKING:
+    from ..core.report import Report
 
 __all__ = [
     "EXIT_FINDINGS",
@@ -40,8 +43,6 @@ __all__ = [
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT_ERROR = 0, 1, 2
 NO_TAGS = "the template carries no {% generation %} tags; `templatekit patch` adds verified ones"
-# TRL's and our own tag forms alike; the first one is where a finding about the tags points.
-_TAG = re.compile(r"\{%[-+]?\s*generation\b")
 
 
 @dataclass
@@ -94,38 +95,6 @@ def _offset_of(text: str, line: int, column: int) -> int:
     return min(start + max(column, 1) - 1, len(text))
 
 
-def _json_value_start(raw: str, path: list[str | int]) -> int | None:
-    """Offset in the JSON text `raw` where the value at `path` (object keys, array indices) begins.
-
-    Uses the JSON walker of `writing` (the in-place updater), which finds a value's position without parsing the
-    text into objects (positions are lost once parsed); a repeated key resolves to its last occurrence.
-    """
-    index: int | None = _skip(raw, 0)
-    for step in path:
-        index = _member_start(raw, index, step) if isinstance(step, str) else _element_start(raw, index, step)
-        if index is None:
-            return None
-    return index
-
-
-def _string_offsets(raw: str, quote: int) -> list[int]:
-    """For the JSON string literal opening at `quote`: the offset in `raw` of each decoded character, plus the
-    offset of the closing quote (so the position just past the last character maps too)."""
-    offsets, i = [], quote + 1
-    while i < len(raw) and raw[i] != '"':
-        offsets.append(i)
-        if raw[i] != "\\":
-            i += 1
-        elif raw[i + 1] != "u":
-            i += 2
-        elif 0xD800 <= int(raw[i + 2 : i + 6], 16) < 0xDC00 and raw[i + 6 : i + 8] == "\\u":
-            i += 12  # a surrogate pair: two escapes, one character
-        else:
-            i += 6
-    offsets.append(i)
-    return offsets
-
-
 class _Locator:
     """Maps a position in a template's text to a position in the file the template was read from."""
 
@@ -148,11 +117,11 @@ class _Locator:
             if isinstance(field_value, list):
                 names = [entry.get("name") if isinstance(entry, dict) else None for entry in field_value]
                 path += [names.index(template.name), "template"]
-            start = _json_value_start(self.file_text, path)
+            start = value_start(self.file_text, path)
         except (ValueError, KeyError, TypeError, IndexError):
             start = None
         if start is not None and self.file_text[start] == '"':
-            self.offsets = _string_offsets(self.file_text, start)
+            self.offsets = string_offsets(self.file_text, start)
         else:
             self.file_text = None
 
@@ -172,8 +141,8 @@ class _Locator:
 
     def anchor(self) -> tuple[int | None, int | None]:
         """Where a finding about the whole template points: its first generation tag, else its first character."""
-        tag = _TAG.search(self.template.text)
-        return self.at_offset(tag.start() if tag else 0)
+        tag = first_start_tag(self.template.text)
+        return self.at_offset(tag if tag is not None else 0)
 
 
 # ------------------------------------------------------------------------------------------------- checking
@@ -220,7 +189,7 @@ def check_sources(sources: Iterable[str | Path], check: Callable[[str], Report] 
         [('chat_template.jinja', 'untagged')]
     """
     if check is None:
-        from .patcher import check_template as check
+        from ..core.pipeline import check_template as check
     outcomes: list[CheckOutcome] = []
     for source in sources:
         try:

@@ -1,6 +1,6 @@
 """See what a template trains: a conversation rendered with the trained characters (and tokens) marked.
 
-`render_conversation` renders one conversation through `templatekit.spans` (generation tags when the template
+`render_conversation` renders one conversation through `templatekit.training.spans` (generation tags when the template
 can be patched, the delimiter fallback otherwise), and, given a tokenizer, splits the text into its tokens.
 `to_rich` draws it for a terminal, `to_plain` for a pipe, and `to_html` writes a self-contained page (inline
 CSS, no scripts, no external assets) in which every trained run of characters is a `<span class="trained">`
@@ -15,11 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TemplateSourceError
-from .limits import DEFAULT
-from .masks import spans_to_token_mask
-from .sources import read_json_file
-from .verify import merge_adjacent
+from ..core.probes import SPECIAL_TOKENS
+from ..core.sandbox import DEFAULT
+from ..core.verify import merge_adjacent
+from ..errors import ConversationError, TemplateSourceError
+from ..sources import read_json_file
+from ..training.masks import spans_to_token_mask
+from ..training.spans import SpanRenderer
 
 __all__ = [
     "DEMO_CONVERSATIONS",
@@ -167,8 +169,6 @@ def load_tokenizer(source: str | Path) -> Callable[[str], list[tuple[int, str, i
 def special_tokens(folder: Path | None) -> dict[str, str]:
     """`bos_token`, `eos_token`, … as the model's tokenizer_config.json names them (what apply_chat_template
     passes to the template); the probes' stand-ins where there is no config."""
-    from .probes import SPECIAL_TOKENS
-
     found = dict(SPECIAL_TOKENS)
     config = folder / "tokenizer_config.json" if folder is not None else None
     if config is None or not config.is_file():
@@ -208,7 +208,7 @@ def render_conversation(
 
     Raises `PatchError`/`FallbackError` when neither generation tags nor delimiters can be found for the
     template, `ConversationError` when the template rejects the conversation, and `TemplateLimitError` when
-    it goes past `timeout` seconds or `max_memory` bytes (defaults 10 s and 1 GiB; `templatekit.limits`).
+    it goes past `timeout` seconds or `max_memory` bytes (defaults 10 s and 1 GiB; `templatekit.core.sandbox`).
 
     Example:
         >>> from templatekit import get_template
@@ -217,9 +217,6 @@ def render_conversation(
         >>> shown.mode, [shown.text[s:e] for s, e in shown.spans]
         ('tags', ['Hello!<|im_end|>'])
     """
-    from .policies import ConversationError
-    from .spans import SpanRenderer  # imported on use: it pulls in the patcher and transformers
-
     renderer = SpanRenderer(template, fallback=fallback, timeout=timeout, max_memory=max_memory)
     notes = [f"generation tags could not be used: {reason}" for reason in (renderer.reasons or [])[:3]]
     if messages is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from jinja2 import nodes
 
-from .limits import attach_source, check_printable
+from .sandbox import attach_source, check_printable
 from .syntax import ParsedTemplate, RawToken, make_environment, node_start, probe_clock
 
 COMPOUND = (nodes.If, nodes.For, nodes.With, nodes.Scope, nodes.ScopedEvalContextModifier)
@@ -50,27 +50,28 @@ class Item:
     start: int
     end: int
 
-    def lift_to(self, target: Body) -> Item:
-        """The item of `target` that contains this one (itself when it already is in `target`)."""
-        item = self
-        while item.body is not target:
-            item = item.body.parent
-        return item
+
+@dataclass(frozen=True)
+class Operand:
+    """One operand of an `a + b ~ c` chain, and the operator token before it (-1 for the first operand)."""
+
+    node: nodes.Node
+    operator_start: int
+    operator_end: int
 
 
 @dataclass(eq=False)
 class Unit(Item):
     """One emitted piece: literal text (`kind == "data"`) or an expression (`kind == "expr"`).
 
-    For an expression, `start:end` covers the whole `{{ ... }}` tag. `parts` lists a string chain's
-    operands as (operand node, source offset of the operator token before it, operator token end).
+    For an expression, `start:end` covers the whole `{{ ... }}` tag. `parts` lists a string chain's operands.
     """
 
     uid: int = 0
     kind: str = "expr"
     node: nodes.Node | None = None
     loop_targets: tuple[str, ...] = ()  # names that may hold the message written for: loop targets first
-    parts: list[tuple[nodes.Node, int, int]] = field(default_factory=list)
+    parts: list[Operand] = field(default_factory=list)
     open_tag: RawToken | None = None
     close_tag: RawToken | None = None
 
@@ -187,11 +188,11 @@ class _FlowBuilder:
         body.items.append(unit)
         self.units.append(unit)
 
-    def _parts(self, expression: nodes.Node, open_index: int) -> list[tuple[nodes.Node, int, int]]:
+    def _parts(self, expression: nodes.Node, open_index: int) -> list[Operand]:
         operands = _chain(expression)
         if len(operands) < 2:
             return []
-        parts = [(operands[0], -1, -1)]
+        parts = [Operand(operands[0], -1, -1)]
         for operand in operands[1:]:
             index = self.parsed.token_index_at(node_start(operand)) - 1
             while self.tokens[index].type == "whitespace" or self.tokens[index].value == "(":
@@ -204,7 +205,7 @@ class _FlowBuilder:
             )
             if operator.value not in ("+", "~") or depth:
                 return []
-            parts.append((operand, operator.start, operator.end))
+            parts.append(Operand(operand, operator.start, operator.end))
         return parts
 
     def _add_stmt(self, body: Body, statement: nodes.Node, targets: tuple[str, ...]) -> None:
@@ -249,7 +250,7 @@ def build_flow(parsed: ParsedTemplate) -> Flow:
     """Read the top-level output flow of a parsed template.
 
     Example:
-        >>> from templatekit.syntax import parse_template
+        >>> from templatekit.core.syntax import parse_template
         >>> flow = build_flow(parse_template("{% for m in messages %}[{{ m.role + ':' + m.content }}]{% endfor %}"))
         >>> [unit.kind for unit in flow.units], len(flow.units[1].parts)
         (['data', 'expr', 'data'], 3)
@@ -306,7 +307,7 @@ class Tracer:
     """Renders probes through an instrumented copy of a template.
 
     Example:
-        >>> from templatekit.syntax import parse_template
+        >>> from templatekit.core.syntax import parse_template
         >>> flow = build_flow(parse_template("{% for m in messages %}<{{ m.content }}>{% endfor %}"))
         >>> messages = [{"role": "user", "content": "hi"}]
         >>> text, emissions = Tracer(flow).trace(messages)

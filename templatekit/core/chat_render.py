@@ -4,7 +4,7 @@
 masks come from): the same preparation of the conversation (plain data only, reasoning under each of its
 names, tools given as functions turned into schemas), the same rendering, and, for assistant masks,
 transformers' own `AssistantTracker` and `_render_with_assistant_indices`. Only the template is compiled
-differently: by a `templatekit.limits.LimitedEnvironment` configured exactly like the environment
+differently: by a `templatekit.core.sandbox.LimitedEnvironment` configured exactly like the environment
 transformers compiles chat templates with (read off one transformers compiled: its options, its extension
 classes, filters, tests, globals and policies), so every render is bounded by the limits in force. The text
 and spans are transformers' own: the limit hooks check, then do exactly what jinja2 does.
@@ -25,7 +25,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers.utils import chat_template_utils as _hf
 
-from . import limits
+from . import sandbox
 from .syntax import strftime_now
 
 __all__ = ["compile_chat_template", "render_chat", "transformers_environment"]
@@ -48,10 +48,10 @@ def transformers_environment() -> jinja2.Environment:
     except inside `syntax.probe_clock()` (probe renders read one fixed instant).
     """
     reference = _reference()
-    if limits.enabled():
+    if sandbox.enabled():
         # Compiled once per template text, many per patch: jinja2's own (faster) parser; a limit reached here
         # names its line (the traced renders before, from the parsed template, name the column too).
-        environment = limits.mirror_environment(reference, offsets=False)
+        environment = sandbox.mirror_environment(reference, offsets=False)
     else:  # the limits switched off (benchmarks): the same twin without hooks
         environment = _plain_twin(reference)
     environment.globals["strftime_now"] = strftime_now
@@ -77,8 +77,8 @@ def compile_chat_template(template: str) -> jinja2.Template:
     return transformers_environment().from_string(template)
 
 
-limits.on_switch(transformers_environment.cache_clear)
-limits.on_switch(compile_chat_template.cache_clear)
+sandbox.on_switch(transformers_environment.cache_clear)
+sandbox.on_switch(compile_chat_template.cache_clear)
 
 
 def _tool_schemas(tools: list | None) -> list | None:

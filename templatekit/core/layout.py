@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import PatchError
 from .analysis import Emission
-from .errors import PatchError
+from .markers import CLOSERS, MARKER, OPENERS
 from .probes import Probe
-from .truth import GENERATED_KINDS, MARKER, Generated, common_prefix
+from .truth import GENERATED_KINDS, Generated, common_prefix
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ class Layout:
     trained: set = None
 
 
+@dataclass(frozen=True)
+class TracedProbe:
+    """One probe, traced: its laid-out render and the emissions that wrote it (what plan and fallback read)."""
+
+    probe: Probe
+    layout: Layout
+    emissions: list[Emission]
+
+
 def generation_prompt(text_without: str, text_with: str) -> str:
     """The text `add_generation_prompt=True` writes where the render without it ends (some templates end
     a prompt-less render with an end-of-sequence token instead).
@@ -57,8 +67,8 @@ def generation_prompt(text_without: str, text_with: str) -> str:
         # never past the end of the text before it (a user's words that end right before the marker).
         while (
             common
-            and text_with[common] not in "<["
-            and not (text_with[common - 1].isspace() or text_with[common - 1] in ">]")
+            and text_with[common] not in OPENERS
+            and not (text_with[common - 1].isspace() or text_with[common - 1] in CLOSERS)
         ):
             common -= 1
     return text_with[common:]
@@ -81,8 +91,8 @@ def common_opening(renders) -> str:
     to where a marker or line ends.
 
     Example:
-        >>> from templatekit.analysis import Emission
-        >>> from templatekit.probes import Probe, Sentinel
+        >>> from templatekit.core.analysis import Emission
+        >>> from templatekit.core.probes import Probe, Sentinel
         >>> probe = Probe("p", [], sentinels=[Sentinel("A1", "assistant", 0, "content"),
         ...                                   Sentinel("B2", "assistant", 1, "tool_call")])
         >>> text = "<bot><say>A1<bot><act>B2"

@@ -1,4 +1,4 @@
-"""The public entry points: patch a template, check a template, patch a tokenizer.
+"""The pipeline: the one place that runs the core's steps in order, for patching and for checking a template.
 
 source text ─parse─▶ flow ─trace probes─▶ layouts ─plan─▶ regions ─rewrite─▶ patched text ─verify─▶ report
 """
@@ -9,18 +9,22 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
+from ..errors import PatchError, PlanError, TemplateSourceError
 from .analysis import Flow, Tracer, build_flow
-from .errors import PatchError, TemplateSourceError
-from .layout import Layout, common_opening, generation_prompt, layout_probe, trained_messages
-from .limits import bounded
+from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
+from .markers import last_marker
 from .plan import plan_regions
 from .probes import ASSISTANT, Probe, build_probes
-from .regions import PlanError, Region
+from .regions import Region
 from .report import PatchResult, Report
-from .rewrite import apply_edits, has_generation_tags, region_edits, strip_generation_tags
+from .rewrite import apply_edits, region_edits
+from .sandbox import bounded
 from .syntax import ParsedTemplate, line_column, parse_template
-from .truth import MARKER, generated_turns
+from .tags import has_generation_tags, strip_generation_tags
+from .truth import generated_turns
 from .verify import render_probe, verify
+
+__all__ = ["Analysis", "analyse", "check_template", "patch_template"]
 
 
 def _refuse_unsafe(parsed: ParsedTemplate, name: str | None) -> None:
@@ -45,7 +49,7 @@ class Analysis:
     flow: Flow
     probes: list[Probe]
     layouts: dict[str, Layout]
-    traces: list[tuple[Layout, list]]
+    traces: list[TracedProbe]
     notes: list[str]
 
 
@@ -89,12 +93,12 @@ def _generates(analysis: Analysis) -> bool:
 def _content_units(analysis: Analysis) -> set[int]:
     """The outputs that wrote a trained speaker's content in some probe."""
     units = set()
-    for probe, (layout, emissions) in zip([p for p in analysis.probes if p.name in analysis.layouts], analysis.traces):
-        for sentinel in probe.sentinels:
-            if sentinel.kind != "content" or sentinel.index not in layout.trained:
+    for trace in analysis.traces:
+        for sentinel in trace.probe.sentinels:
+            if sentinel.kind != "content" or sentinel.index not in trace.layout.trained:
                 continue
-            found = layout.text.find(sentinel.text)
-            units |= {e.uid for e in emissions if found >= 0 and e.start <= found < e.end}
+            found = trace.layout.text.find(sentinel.text)
+            units |= {e.uid for e in trace.emissions if found >= 0 and e.start <= found < e.end}
     return units
 
 
@@ -126,11 +130,11 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
         trained = trained_messages(probe, speakers, only_last_turn)
         truth = generated_turns(probe, text, emissions, trained, _tracing(tracer, probe))
         quoted += [probe.name for turn in truth.values() if turn.quoted]
-        endings += [(_marker_of(turn.marker), turn.where) for turn in truth.values()]
+        endings += [(last_marker(turn.marker), turn.where) for turn in truth.values()]
         layout = layout_probe(probe, text, emissions, header, trained, truth)
         layout.trained = set(trained)
         layouts[probe.name] = layout
-        traces.append((layout, emissions))
+        traces.append(TracedProbe(probe, layout, emissions))
     if quoted:
         raise PatchError(
             [
@@ -162,12 +166,6 @@ _WRITTEN_BY = {
     "after the turn": "written after the turn (at the end of the conversation)",
     "next role token": "a role token written right after the turn, trained where it follows the turn",
 }
-
-
-def _marker_of(ending: str) -> str:
-    """The stop marker in a turn's ending (the last special token of it), or the ending itself."""
-    markers = MARKER.findall(ending)
-    return markers[-1] if markers else ending
 
 
 def _ending_notes(endings: list[tuple[str, str]]) -> list[str]:
@@ -251,7 +249,7 @@ def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bo
     return None, last_report
 
 
-@bounded  # timeout= and max_memory= (templatekit.limits): a template that outruns them raises TemplateLimitError
+@bounded  # timeout= and max_memory= (templatekit.core.sandbox): a template that outruns them raises TemplateLimitError
 def check_template(
     template: str, *, train_roles: tuple[str, ...] = (ASSISTANT,), only_last_turn: bool = False
 ) -> Report:
@@ -327,19 +325,3 @@ def patch_template(
         report.notes.insert(0, "the template's own generation tags failed verification and were replaced")
     return PatchResult(patched, template, report, status)
 
-
-def patch_tokenizer(tokenizer, **options):
-    """Patch `tokenizer.chat_template` in place (each named template when it is a dict) and return it.
-
-    Example:
-        >>> # tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
-        >>> # tokenizer = patch_tokenizer(tokenizer); SFTConfig(assistant_only_loss=True)
-    """
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        raise PatchError(["the tokenizer has no chat_template"])
-    if isinstance(template, dict):
-        tokenizer.chat_template = {name: patch_template(text, **options).template for name, text in template.items()}
-    else:
-        tokenizer.chat_template = patch_template(template, **options).template
-    return tokenizer

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from jinja2 import nodes
 
+from ..errors import PlanError
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
-from .layout import Layout
-from .regions import Cut, PlanError, Region, cut_at, where
+from .layout import TracedProbe
+from .regions import Cut, Region, cut_at, where
 from .syntax import Pos
 
 
@@ -357,10 +358,11 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
     return found
 
 
-def _header_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
+def _header_units(traces: list[TracedProbe]) -> set[int]:
     """Units that only ever write a trained turn's header (a header piece one branch adds), never its body."""
     header, trained = set(), set()
-    for layout, emissions in traces:
+    for trace in traces:
+        layout, emissions = trace.layout, trace.emissions
         for turn in layout.turns:
             own = [e for e in emissions if e.message == turn.message and e.text]
             opening = min((e.start for e in own), default=turn.start)
@@ -372,14 +374,14 @@ def _header_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
     return header - trained
 
 
-def _foreign_units(traces: list[tuple[Layout, list[Emission]]]) -> set[int]:
+def _foreign_units(traces: list[TracedProbe]) -> set[int]:
     """Units that, while writing a trained message, wrote someone else's text (a tool result, say)."""
     return {
         emission.uid
-        for layout, emissions in traces
-        for emission in emissions
-        if emission.message in layout.trained
-        and any(emission.start < end and start < emission.end for start, end, _ in layout.forbidden)
+        for trace in traces
+        for emission in trace.emissions
+        if emission.message in trace.layout.trained
+        and any(emission.start < end and start < emission.end for start, end, _ in trace.layout.forbidden)
     }
 
 
@@ -503,21 +505,21 @@ def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
     unit, early, late = region.start.item, region.start.operator, later.start.operator
     if not isinstance(unit, Unit) or not unit.parts or early is None or late is None:
         return None
-    if early[2:] != ("", "") or late[2:] != ("", ""):
+    if early.left or early.right or late.left or late.right:
         return None  # only cuts at operators: the operands between them are whole
     source = flow.parsed.source
     computed = []
-    for position, (node, op_start, _) in enumerate(unit.parts):
-        if position == 0 or not early[0] <= op_start < late[0]:
+    for position, part in enumerate(unit.parts):
+        if position == 0 or not early.start <= part.operator_start < late.start:
             continue
-        end = unit.parts[position + 1][1] if position + 1 < len(unit.parts) else unit.close_tag.start
-        if not isinstance(node, nodes.Const):
-            computed.append("(" + source[unit.parts[position][2] : end].strip() + ")")
+        end = unit.parts[position + 1].operator_start if position + 1 < len(unit.parts) else unit.close_tag.start
+        if not isinstance(part.node, nodes.Const):
+            computed.append("(" + source[part.operator_end : end].strip() + ")")
     return " ~ ".join(computed) or None
 
 
 def plan_regions(
-    flow: Flow, traces: list[tuple[Layout, list[Emission]]], trained_roles_of, pair_branches: bool = False
+    flow: Flow, traces: list[TracedProbe], trained_roles_of, pair_branches: bool = False
 ) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
@@ -526,7 +528,8 @@ def plan_regions(
     that `if`'s test (see `_pair_alternatives`); the plainer plan is tried first.
     """
     regions: list[Region] = []
-    for layout, emissions in traces:
+    for trace in traces:
+        layout, emissions = trace.layout, trace.emissions
         for turn in layout.turns:
             if turn.end <= turn.start or turn.optional:
                 continue
@@ -541,7 +544,8 @@ def plan_regions(
     regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
-        for layout, emissions in traces:
+        for trace in traces:
+            layout, emissions = trace.layout, trace.emissions
             trained = trained_roles_of(layout)
             for emission in emissions:
                 if emission.uid not in uids or not emission.text:

@@ -12,14 +12,11 @@ from dataclasses import dataclass, field
 
 from jinja2 import nodes
 
+from ..errors import PlanError
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
+from .positions import line_column
 
-START_TAG = "{% generation %}"
-END_TAG = "{% endgeneration %}"
-
-
-class PlanError(Exception):
-    """A turn's span cannot be expressed with tags in the top-level flow."""
+__all__ = ["Cut", "Edit", "PlanError", "Region", "Split", "cut_at", "where"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +28,28 @@ class Edit:
     text: str
 
 
+@dataclass(frozen=True)
+class Split:
+    """How one output is split for a tag: `source[start:end]` (an operator token, a string literal or a computed
+    operand) becomes `left + " }}" + tag + "{{ " + right`."""
+
+    start: int
+    end: int
+    left: str = ""
+    right: str = ""
+
+
 @dataclass
 class Cut:
     """A place in the source where a tag can go: before/after `item`, or splitting it at `offset`.
 
-    For a split expression, `operator` is `(start, end, left, right)`: `source[start:end]` (an operator
-    token or a string literal) becomes `left + " }}" + tag + "{{ " + right`.
+    For a split expression, `operator` says how the output is split (see `Split`).
     """
 
     item: Item
     side: str  # "before" | "after"
     offset: int  # source offset of the cut
-    operator: tuple[int, int, str, str] | None = None
+    operator: Split | None = None
 
 
 @dataclass
@@ -93,7 +100,8 @@ def cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> Cu
         return Cut(unit, "split", unit.start + offset_in_unit)
     if unit.parts and emission.parts and all(isinstance(part, str) for part in emission.parts):
         operands = [
-            (node, (op_start, op_end), value) for (node, op_start, op_end), value in zip(unit.parts, emission.parts)
+            (part.node, (part.operator_start, part.operator_end), value)
+            for part, value in zip(unit.parts, emission.parts)
         ]
     else:
         operands = [(unit.node, None, emission.text)]
@@ -105,13 +113,13 @@ def cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> Cu
                 op_start -= 1
             while source[op_end] in " \t":
                 op_end += 1
-            return Cut(unit, "split", op_start, (op_start, op_end, "", ""))
+            return Cut(unit, "split", op_start, Split(op_start, op_end))
         if boundary < offset_in_unit < boundary + len(value):
             cut = offset_in_unit - boundary
             literal = _literal_token(flow, node, value)
             if literal is not None:
                 left, right = _encode(value[:cut], literal.value[0]), _encode(value[cut:], literal.value[0])
-                return Cut(unit, "split", literal.start, (literal.start, literal.end, left, right))
+                return Cut(unit, "split", literal.start, Split(literal.start, literal.end, left, right))
             sliced = _slice_cut(flow, unit, position, node, value, cut, side)
             if sliced is not None:
                 return sliced
@@ -133,8 +141,8 @@ def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int
     """
     source = flow.parsed.source
     if unit.parts:
-        start = unit.open_tag.end if position == 0 else unit.parts[position][2]
-        end = unit.parts[position + 1][1] if position + 1 < len(unit.parts) else unit.close_tag.start
+        start = unit.open_tag.end if position == 0 else unit.parts[position].operator_end
+        end = unit.parts[position + 1].operator_start if position + 1 < len(unit.parts) else unit.close_tag.start
     else:
         start, end = unit.open_tag.end, unit.close_tag.start
     while source[start] in " \t\n":
@@ -155,7 +163,7 @@ def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int
         if tail.strip():
             return None
         left, right = f"{operand}[:-{len(tail)}]", f"{operand}[-{len(tail)}:]"
-    return Cut(unit, "split", start, (start, end, left, right))
+    return Cut(unit, "split", start, Split(start, end, left, right))
 
 
 def _parenthesized(text: str) -> bool:
@@ -218,7 +226,5 @@ def _encode(text: str, quote: str) -> str:
 
 
 def where(flow: Flow, offset: int) -> str:
-    from .syntax import line_column
-
     line, column = line_column(flow.parsed.source, offset)
     return f"line {line}, column {column}"

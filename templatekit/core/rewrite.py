@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 
+from ..errors import PlanError
 from .analysis import Stmt
-from .regions import END_TAG, START_TAG, Cut, Edit, PlanError, Region
+from .regions import Cut, Edit, Region
 from .syntax import ParsedTemplate
-
-TAG_PATTERN = re.compile(r"\{%[-+]?\s*(end)?generation\s*[-+]?%\}")
+from .tags import END_TAG, START_TAG, end_tag, start_tag
 
 
 def apply_edits(source: str, edits: list[Edit]) -> str:
@@ -67,7 +67,7 @@ class _Writer:
     def open_position(self, cut: Cut) -> tuple[int, int, str, str]:
         """(edit start, edit end, text before the opening tags, left marker) for a region's start."""
         if cut.operator is not None:
-            return cut.operator[0], cut.operator[1], cut.operator[2] + " }}", ""
+            return cut.operator.start, cut.operator.end, cut.operator.left + " }}", ""
         position = self._past_stripped_indent(cut.offset)
         if self.source.startswith(("{{-", "{%-"), position):
             return position, position, "", "-"
@@ -79,7 +79,7 @@ class _Writer:
     def close_position(self, cut: Cut) -> tuple[int, int, str, str]:
         """(edit start, edit end, text after the closing tags, right marker) for a region's end."""
         if cut.operator is not None:
-            return cut.operator[0], cut.operator[1], "{{ " + cut.operator[3], ""
+            return cut.operator.start, cut.operator.end, "{{ " + cut.operator.right, ""
         position = self._past_stripped_indent(cut.offset)
         if self.source[:position].endswith(("-}}", "-%}")):
             return position, position, "", "-"
@@ -97,9 +97,9 @@ class _Writer:
     def region_text(self, region: Region, open_end: int, close_start: int) -> str:
         text = self.source[open_end:close_start]
         if region.start.operator is not None:
-            text = "{{ " + region.start.operator[3] + text
+            text = "{{ " + region.start.operator.right + text
         if region.end.operator is not None:
-            text = text + region.end.operator[2] + " }}"
+            text = text + region.end.operator.left + " }}"
         return text
 
 
@@ -120,9 +120,9 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         shifted = [Edit(edit.start - open_end, edit.end - open_end, edit.text) for edit in [opening, *inner]]
         alternative = apply_edits(parsed.source[open_end:close_start], shifted)
         if region.start.operator is not None:
-            alternative = "{{ " + region.start.operator[3] + alternative
+            alternative = "{{ " + region.start.operator.right + alternative
         if region.end.operator is not None:
-            alternative += region.end.operator[2] + " }}"
+            alternative += region.end.operator.left + " }}"
         body = writer.region_text(region, open_end, close_start)
         return [
             Edit(
@@ -131,21 +131,21 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
                 _if_else(before, left, region.condition, body, alternative + END_TAG, right, after),
             )
         ]
-    start_tag = "{%" + left + " generation %}"
+    opening_tag = start_tag(left)
     if region.start.operator is None and not left:
-        start_tag += writer.newline_to_eat(open_end, region.start)
+        opening_tag += writer.newline_to_eat(open_end, region.start)
     if condition is None:
-        end_tag = "{% endgeneration " + right + "%}"
+        closing_tag = end_tag(right)
         return [
             Edit(
                 open_start,
                 open_end,
-                before + start_tag + ("{{ " + region.start.operator[3] if region.start.operator else ""),
+                before + opening_tag + ("{{ " + region.start.operator.right if region.start.operator else ""),
             ),
             Edit(
                 close_start,
                 close_end,
-                (region.end.operator[2] + " }}" if region.end.operator else "") + end_tag + after,
+                (region.end.operator.left + " }}" if region.end.operator else "") + closing_tag + after,
             ),
         ]
     if open_start >= close_start:
@@ -161,26 +161,3 @@ def _if_else(before: str, left: str, condition: str, tagged: str, otherwise: str
         f"{before}{{%{left} if {condition} %}}{START_TAG}{tagged}{END_TAG}"
         f"{{% else %}}{otherwise}{{% endif {right}%}}{after}"
     )
-
-
-def strip_generation_tags(source: str) -> str:
-    """Remove every `{% generation %}` / `{% endgeneration %}` tag, keeping their whitespace markers' effect.
-
-    A tag with a `-` marker stripped whitespace next to it; an empty `{%- if true -%}`-like stand-in would
-    keep that, but a bare removal is what a reader expects, so the caller verifies the result renders alike.
-
-    Example:
-        >>> strip_generation_tags("a{% generation %}b{%- endgeneration %}c")
-        'abc'
-    """
-    return TAG_PATTERN.sub("", source)
-
-
-def has_generation_tags(source: str) -> bool:
-    """True when the text carries a generation tag in any form.
-
-    Example:
-        >>> has_generation_tags("{%- generation -%}x{% endgeneration %}")
-        True
-    """
-    return TAG_PATTERN.search(source) is not None

@@ -25,38 +25,23 @@ from jinja2.lexer import TokenStream
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import TemplateSourceError
-from .limits import LimitedEnvironment, enabled
+from ..errors import TemplateSourceError
+from .positions import Pos, line_column
+from .sandbox import LimitedEnvironment, enabled
+from .tags import GenerationTag
 
-GENERATION_TAG = "generation"
-
-
-class Pos(int):
-    """A line number (the int value, as jinja2 expects) that also knows its source offset."""
-
-    offset: int
-
-    def __new__(cls, lineno: int, offset: int) -> Pos:
-        pos = super().__new__(cls, lineno)
-        pos.offset = offset
-        return pos
-
-    def __getnewargs__(self) -> tuple[int, int]:  # keeps the offset through copy.deepcopy
-        return (int(self), self.offset)
-
-
-class GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}`: renders its body unchanged, like transformers' tracker."""
-
-    tags = {GENERATION_TAG}
-
-    def parse(self, parser: Parser) -> nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.CallBlock(self.call_method("_render_body"), [], [], body).set_lineno(lineno)
-
-    def _render_body(self, caller) -> str:
-        return caller()
+__all__ = [
+    "PROBE_INSTANT",
+    "ParsedTemplate",
+    "Pos",
+    "RawToken",
+    "line_column",
+    "make_environment",
+    "node_start",
+    "parse_template",
+    "probe_clock",
+    "strftime_now",
+]
 
 
 def _raise_exception(message: str):
@@ -119,7 +104,7 @@ def strftime_now(fmt: str) -> str:
 
 def make_environment(generation: type[jinja2.ext.Extension] = GenerationTag) -> ImmutableSandboxedEnvironment:
     """A sandboxed environment with transformers' chat-template settings, whose renders are bounded
-    (`templatekit.limits`: time, memory and call depth, as the limits in force say).
+    (`templatekit.core.sandbox`: time, memory and call depth, as the limits in force say).
 
     `generation` is the extension that handles `{% generation %}` blocks (rendered unchanged by default).
 
@@ -172,18 +157,6 @@ class ParsedTemplate:
         self._starts = {token.start: index for index, token in enumerate(self.tokens)}
 
 
-def line_column(source: str, offset: int) -> tuple[int, int]:
-    """1-based line and column of a character offset.
-
-    Example:
-        >>> line_column("ab\\ncd", 4)
-        (2, 2)
-    """
-    line = source.count("\n", 0, offset) + 1
-    column = offset - (source.rfind("\n", 0, offset) + 1) + 1
-    return line, column
-
-
 def _lex(env: ImmutableSandboxedEnvironment, source: str, name: str | None) -> list[RawToken]:
     tokens: list[RawToken] = []
     cursor = 0
@@ -229,30 +202,6 @@ def _parsing_environment() -> ImmutableSandboxedEnvironment:
     if not _PARSER_ENVIRONMENT:
         _PARSER_ENVIRONMENT.append(make_environment())
     return _PARSER_ENVIRONMENT[0]
-
-
-def parse_with_offsets(env: jinja2.Environment, source: str, name: str | None = None) -> nodes.Template:
-    """`env`'s AST of `source`, whose line numbers are `Pos` (they know their offsets): what
-    `LimitedEnvironment` compiles, so that a limit reached at run time can name its column.
-
-    Raises `TemplateSourceError` for malformed Jinja.
-    """
-    parser = Parser(env, source, name)
-    parser.stream = TokenStream(env.lexer.wrap(_offset_tokens(env, source, name), name), name, None)
-    return parser.parse()
-
-
-def _offset_tokens(env: jinja2.Environment, source: str, name: str | None) -> Iterator[tuple[Pos, str, str]]:
-    """`_lex` and `_positioned` in one pass, for a parse that needs no token list."""
-    cursor, line = 0, 1
-    for _lineno, kind, value in env.lexer.tokeniter(source, name):
-        start = source.find(value, cursor)
-        if start < 0 or (start > cursor and source[cursor:start].strip()):
-            raise TemplateSourceError(f"cannot locate token {value!r}", source=name)
-        line += source.count("\n", cursor, start)
-        yield Pos(line, start), kind, value
-        line += value.count("\n")
-        cursor = start + len(value)
 
 
 def _parse(env: jinja2.Environment, source: str, name: str | None) -> ParsedTemplate:

@@ -23,12 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .analysis import Emission
+from .markers import MARKER, ROLE_STOP
 from .probes import ASSISTANT, SPECIAL_TOKENS, Probe
-
-# A special token: `<|user|>`, `<｜end▁of▁sentence｜>`, `[/INST]`, `</s>`, `<end_of_turn>`.
-MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
-# A role token that stops a turn with no end marker of its own (GLM-4's `<|user|>`, `<|observation|>`).
-ROLE_STOP = re.compile(r"<\|[a-z_]{2,20}\|>")
 
 GENERATED_KINDS = ("content", "reasoning", "tool_name", "tool_call")
 # A user message appended to a conversation that ends on the turn, to see how the turn ends when it goes on.
@@ -192,7 +188,7 @@ def generated_turns(
 
     Example:
         >>> import jinja2
-        >>> from templatekit.probes import build_probes
+        >>> from templatekit.core.probes import build_probes
         >>> chatml = jinja2.Template(
         ...     "{% for m in messages %}<|im_start|>{{ m.role }}:{{ m.content }}<|im_end|> {% endfor %}"
         ...     "{% if add_generation_prompt %}<|im_start|>assistant:{% endif %}")

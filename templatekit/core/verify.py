@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import TemplateLimitError
 from .chat_render import render_chat
-from .errors import TemplateLimitError
 from .layout import Layout, Turn
 from .probes import Probe
 from .report import Report

@@ -2,8 +2,8 @@
 
 Each template carries `{% generation %}` tags around what the assistant generates (its content, tool calls
 where the format has them, and the end-of-turn marker), and passes `check_template`. They live in the
-repository's `templates/` folder, which is installed as the package `templatekit.templates`, so they are
-read through `importlib.resources` both from a source checkout and from an installed wheel.
+repository's `templates/` folder, which is installed as the package `templatekit.library.templates` (setup.py),
+so they are read through `importlib.resources` both from a source checkout and from an installed wheel.
 
 Use one to give a base model (a tokenizer without a chat template) a format it can be fine-tuned on:
 
@@ -15,16 +15,12 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from .errors import TemplateKitError
+from ..errors import UnknownTemplateError
 
-__all__ = ["UnknownTemplateError", "get_template", "list_templates"]
+__all__ = ["get_template", "list_templates"]
 
-_PACKAGE = "templatekit.templates"
+_PACKAGE = "templatekit.library.templates"
 _SUFFIX = ".jinja"
-
-
-class UnknownTemplateError(TemplateKitError, LookupError):
-    """No library template has the name asked for; the message lists the names there are."""
 
 
 def _key(name: str) -> str:

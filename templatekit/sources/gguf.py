@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from templatekit.errors import TemplateSourceError
-from templatekit.sources import MAX_TEMPLATE_BYTES, LoadedTemplate, NoChatTemplateError, _os_error, atomic_output
+from ..errors import NoChatTemplateError, TemplateSourceError
+from .atomic import atomic_output
+from .reading import MAX_TEMPLATE_BYTES, LoadedTemplate, _os_error
 
 __all__ = ["DEFAULT_KEY", "read_gguf_templates", "template_key", "write_gguf_templates"]
 

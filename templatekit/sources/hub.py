@@ -21,8 +21,9 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from templatekit.errors import TemplateSourceError
-from templatekit.sources import LoadedTemplate, NoChatTemplateError, load_templates
+from ..errors import NoChatTemplateError, TemplateSourceError
+from .local import load_model_folder
+from .reading import LoadedTemplate
 
 __all__ = ["TEMPLATE_FILES", "HubSettings", "hub_settings", "load_hub_templates"]
 
@@ -96,7 +97,7 @@ def load_hub_templates(repo_id: str, revision: str | None = None) -> list[Loaded
     try:
         if not folder.is_dir():  # none of the template files exists in the repo, so nothing was downloaded
             raise NoChatTemplateError("no template files", source=str(folder))
-        templates = load_templates(folder)
+        templates = load_model_folder(folder)
     except NoChatTemplateError:
         found = ", ".join(name for name in TEMPLATE_FILES if "*" not in name and (folder / name).is_file())
         raise NoChatTemplateError(

@@ -16,23 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from templatekit.errors import TemplateSourceError
-from templatekit.sources import (
-    MAX_CONFIG_BYTES,
-    MAX_TEMPLATE_BYTES,
-    LoadedTemplate,
-    read_file_bytes,
-    write_bytes_atomic,
-)
+from ..errors import TemplateSourceError
+from .atomic import write_bytes_atomic
+from .json_positions import replace_json_string
+from .reading import MAX_CONFIG_BYTES, MAX_TEMPLATE_BYTES, LoadedTemplate, read_file_bytes
 
-__all__ = ["FileUpdate", "apply_updates", "backup_path", "plan_in_place", "replace_json_string", "update_in_place"]
+__all__ = ["FileUpdate", "apply_updates", "backup_path", "plan_in_place", "update_in_place"]
 
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _JSON_KINDS = ("tokenizer_config", "chat_template_json")
 
 
@@ -54,70 +48,6 @@ class FileUpdate:
     def changed(self) -> bool:
         """Whether writing would change the file at all (an already tagged template does not)."""
         return self.old != self.new
-
-
-# ------------------------------------------------------------------------------------------------ JSON splice
-
-
-def _skip(text: str, index: int) -> int:
-    return _WHITESPACE.match(text, index).end()
-
-
-def _member_start(text: str, index: int, key: str) -> int | None:
-    """Where the value of `key` starts in the object starting at `index` (its last occurrence, as json.loads
-    keeps the last of duplicated keys)."""
-    decoder = json.JSONDecoder()
-    if text[index : index + 1] != "{":
-        return None
-    found = None
-    index = _skip(text, index + 1)
-    if text[index : index + 1] == "}":
-        return None
-    while True:
-        name, index = json.decoder.scanstring(text, index + 1)
-        index = _skip(text, _skip(text, index) + 1)  # past ':'
-        if name == key:
-            found = index
-        _, index = decoder.raw_decode(text, index)
-        index = _skip(text, index)
-        if text[index] == "}":
-            return found
-        index = _skip(text, index + 1)  # past ','
-
-
-def _element_start(text: str, index: int, position: int) -> int | None:
-    decoder = json.JSONDecoder()
-    if text[index : index + 1] != "[":
-        return None
-    index = _skip(text, index + 1)
-    for _ in range(position):
-        if text[index] == "]":
-            return None
-        _, index = decoder.raw_decode(text, index)
-        index = _skip(text, _skip(text, index) + 1)  # past ','
-    return None if text[index] == "]" else index
-
-
-def replace_json_string(text: str, path: Sequence[str | int], value: str) -> str:
-    """`text` (a valid JSON document) with the string at `path` replaced by `value`, every other character untouched.
-
-    The new string is escaped the way the file already is: raw non-ASCII characters if the file holds any,
-    `\\uXXXX` escapes otherwise.
-
-    Example:
-        >>> replace_json_string('{"a": 1,\\n  "chat_template": "x"}', ["chat_template"], "y\\n")
-        '{"a": 1,\\n  "chat_template": "y\\\\n"}'
-    """
-    index: int | None = _skip(text, 0)
-    for step in path:
-        index = _member_start(text, index, step) if isinstance(step, str) else _element_start(text, index, step)
-        if index is None:
-            raise KeyError(f"no {'/'.join(map(str, path))} in the JSON text")
-    old, end = json.JSONDecoder().raw_decode(text, index)
-    if not isinstance(old, str):
-        raise TypeError(f"{'/'.join(map(str, path))} is not a string")
-    keep_raw = any(ord(char) > 127 for char in text)
-    return text[:index] + json.dumps(value, ensure_ascii=not keep_raw) + text[end:]
 
 
 def _json_update(path: Path, old: bytes, templates: Sequence[LoadedTemplate], texts: Sequence[str]) -> bytes:

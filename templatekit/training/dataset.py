@@ -4,7 +4,7 @@ One batch of rows at a time (inside `datasets.map`):
 
     each conversation ──SpanRenderer.render──▶ text + trained character spans
     all texts ──one batched fast-tokenizer call──▶ token ids + encodings (char ↔ token maps, in Rust)
-    spans ──char_to_token at each span edge──▶ 0/1 token mask (the rule of `templatekit.masks`)
+    spans ──char_to_token at each span edge──▶ 0/1 token mask (the rule of `templatekit.training.masks`)
 
 The texts are tokenized with ``add_special_tokens=False``, as `apply_chat_template(tokenize=True)` and TRL's
 SFTTrainer do: the chat template writes BOS itself, and the tokenizer's post-processor would add a second one.
@@ -23,32 +23,14 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .errors import TemplateKitError, TemplateLimitError
-from .limits import DEFAULT, active_limits
+from ..core.sandbox import DEFAULT, active_limits
+from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
 from .masks import labels_from_mask, spans_to_token_mask
+from .spans import RENDERER_KEYWORDS, SpanRenderer
 
-__all__ = ["DatasetRowError", "prepare_dataset"]
+__all__ = ["prepare_dataset"]
 
 OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
-
-
-class DatasetRowError(TemplateKitError, ValueError):
-    """One conversation of a dataset cannot be prepared; names its row (and message) and the problem.
-
-    Example:
-        >>> str(DatasetRowError("'role' must be a string, got None", row=3, message=1))
-        "row 3, message 1: 'role' must be a string, got None"
-    """
-
-    def __init__(self, problem: str, *, row: int | None = None, message: int | None = None):
-        self.problem = problem
-        self.row = row
-        self.message = message
-        where = ", ".join(
-            f"{name} {value}" for name, value in (("row", row), ("message", message)) if value is not None
-        )
-        # Rebuilt from the message alone when unpickled from a worker process (row=None): no double prefix.
-        super().__init__(f"{where}: {problem}" if where else problem)
 
 
 def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) -> str:
@@ -60,13 +42,13 @@ def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) 
         template = named[template]
     if isinstance(template, Mapping):
         if "default" not in template:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the tokenizer holds named chat templates {sorted(template)} but none is called 'default'; "
                 "pass template=NAME or the template text"
             )
         template = template["default"]
     if not isinstance(template, str) or not template.strip():
-        raise ValueError("no chat template: the tokenizer has none and template= was not given")
+        raise InvalidArgumentError("no chat template: the tokenizer has none and template= was not given")
     return template
 
 
@@ -101,21 +83,17 @@ def _token_mask(encoding: Any, spans: Sequence[Sequence[int]], text_length: int)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_renderer(template: str, options: tuple[tuple[str, Any], ...]):
-    from .spans import SpanRenderer
-
+def _cached_renderer(template: str, options: tuple[tuple[str, Any], ...]) -> SpanRenderer:
     return SpanRenderer(template, **dict(options))
 
 
-def _build_renderer(template: str, options: dict[str, Any]):
+def _build_renderer(template: str, options: dict[str, Any]) -> SpanRenderer:
     """A SpanRenderer, reused for the same template and policy: building one patches and verifies the template
     (far slower than rendering a batch), and prepare_dataset is often called once per split."""
     key = tuple(sorted(options.items()))
     try:
         hash(key)
     except TypeError:  # an unhashable option (e.g. a custom fallback object): build afresh
-        from .spans import SpanRenderer
-
         return SpanRenderer(template, **options)
     return _cached_renderer(template, key)
 
@@ -288,10 +266,10 @@ def prepare_dataset(
 ) -> Any:
     """Tokenize a dataset of conversations with exact assistant masks, ready for TRL's `SFTTrainer`.
 
-    Every conversation is rendered by `templatekit.spans.SpanRenderer` (generation tags when the template can
+    Every conversation is rendered by `templatekit.training.spans.SpanRenderer` (generation tags when the template can
     be patched, the delimiter fallback otherwise), then the whole batch is tokenized in one fast-tokenizer
     call with ``add_special_tokens=False`` (the template already writes BOS). A token is in `assistant_masks`
-    iff one of its characters lies in a trained span (the rule of `templatekit.masks.spans_to_token_mask`).
+    iff one of its characters lies in a trained span (the rule of `templatekit.training.masks.spans_to_token_mask`).
 
     Args:
         dataset: a `datasets.Dataset` or `datasets.IterableDataset` with a column of conversations (lists of
@@ -310,7 +288,7 @@ def prepare_dataset(
         messages_field, tools_field: the column names of the conversations and of the tool schemas.
         remove_columns: drop the input columns, keeping only the new ones.
         progress: show datasets' progress bar (a `Dataset` only; an `IterableDataset` maps lazily).
-        timeout, max_memory: the limits on the template (`templatekit.limits`): seconds (default 10) and bytes
+        timeout, max_memory: the limits on the template (`templatekit.core.sandbox`): seconds (default 10) and bytes
             or `"512M"` (default 1 GiB) for patching and verifying it, then again for each conversation
             rendered; None for no limit.
 
@@ -318,8 +296,10 @@ def prepare_dataset(
         A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``).
 
     Raises:
-        ValueError: the dataset has no rows or no such column, or no chat template is found.
-        TypeError: the tokenizer is not a fast tokenizer (char-to-token maps are needed).
+        InvalidArgumentError (a ValueError): the dataset has no rows or no such column, or no chat template is
+            found.
+        ArgumentTypeError (a TypeError): the dataset is not a `datasets` dataset, or the tokenizer is not a fast
+            tokenizer (char-to-token maps are needed).
         TemplateLimitError: the template goes past a limit (while it is patched, or rendering a row: the
             message names the row).
         DatasetRowError: a conversation the renderer refuses, named by row (and message): not a non-empty
@@ -341,35 +321,31 @@ def prepare_dataset(
         >>> # 'Hello!<|im_end|>'
         >>> # SFTTrainer(model=model, args=SFTConfig(...), train_dataset=prepared, processing_class=tokenizer)
     """
+    arguments = locals()  # prepare_dataset's own arguments by name: the renderer's options are read off them
     from datasets import Dataset, IterableDataset
 
     if not isinstance(dataset, (Dataset, IterableDataset)):
-        raise TypeError(f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
+        raise ArgumentTypeError(f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
+        raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
     text = _resolve_template(tokenizer, template)
 
     columns = dataset.column_names
     if isinstance(dataset, IterableDataset):
         first = next(iter(dataset), None)  # a stream's emptiness and columns are only known by reading
         if first is None:
-            raise ValueError("the dataset is empty: no conversation to prepare")
+            raise InvalidArgumentError("the dataset is empty: no conversation to prepare")
         columns = columns or list(first)
     elif len(dataset) == 0:
-        raise ValueError("the dataset is empty: no conversation to prepare")
+        raise InvalidArgumentError("the dataset is empty: no conversation to prepare")
     if messages_field not in columns:
-        raise ValueError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
+        raise InvalidArgumentError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
 
     limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
-    renderer_options = dict(
+    renderer_options = {name: arguments[name] for name in RENDERER_KEYWORDS}
+    renderer_options.update(
         train_roles=tuple(train_roles),
-        last_response_only=last_response_only,
-        train_on_eot=train_on_eot,
-        train_reasoning=train_reasoning,
         mask_out=tuple(mask_out),
-        instruction_part=instruction_part,
-        response_part=response_part,
-        fallback=fallback,
         # Concrete numbers, not "the default in force": the options travel to worker processes.
         timeout=limits.timeout,
         max_memory=limits.max_memory,

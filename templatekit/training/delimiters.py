@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Delimiters", "find_spans"]
 
@@ -68,7 +68,6 @@ class Delimiters:
     reasoning_close: str = ""
     header_space: str = ""
     generation_prompt: str = ""
-    notes: tuple[str, ...] = field(default=(), compare=False)
     joins: tuple[tuple[str, str], ...] = ()
     continues: bool = False
     split_turns: bool = False

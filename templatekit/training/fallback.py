@@ -2,7 +2,7 @@
 
 When a template cannot be patched with generation tags, the trained text can still be found in a rendering
 by the strings the template writes around each turn (`delimiters.py` scans for them). They are learned here
-from the renders the patcher's verifier reads: `patcher.analyse` traces the probe conversations (sentinel
+from the renders the patcher's verifier reads: `core.pipeline.analyse` traces the probe conversations (sentinel
 contents, see `probes.py`) and lays each rendering out into the turns that must be trained (`layout.py`:
 header out, everything generated and the end-of-turn marker in, a turn split around a tool result the
 template writes inside it). Nothing comes from a model's name or a template's text. The rules, each
@@ -41,34 +41,21 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from ..core.layout import Layout, Turn, generation_prompt
+from ..core.markers import CLOSERS, MARKER, MARKER_AT_END, OPENERS
+from ..core.pipeline import Analysis, analyse
+from ..core.probes import ASSISTANT, Probe
+from ..core.sandbox import bounded
+from ..core.tags import strip_generation_tags
+from ..core.truth import GENERATED_KINDS
+from ..core.verify import check_spans
+from ..errors import FallbackError, PatchError
 from .delimiters import Delimiters, find_spans
-from .errors import PatchError, TemplateKitError
-from .layout import GENERATED_KINDS, Layout, Turn, generation_prompt
-from .limits import bounded
-from .patcher import Analysis, analyse
-from .probes import ASSISTANT, Probe
-from .rewrite import strip_generation_tags
-from .verify import check_spans
 
-__all__ = ["Delimiters", "FallbackError", "check_delimiters", "derive_delimiters", "find_spans"]
+__all__ = ["derive_delimiters"]
 
-# A marker a template writes as one piece: `<|im_end|>`, `</s>`, `<｜User｜>`, `[INST]`.
-_MARKER = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
-_MARKER_AT_END = re.compile(r"(?:<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\])\Z")
+# Quotes and brackets: what marks data (a tool result's JSON, a schema's field names), not a header.
 _DATA = re.compile(r"[\"'{}()\[\]]")
-
-
-class FallbackError(TemplateKitError):
-    """Even the delimiter fallback cannot apply to this template; `.reasons` says why.
-
-    Example:
-        >>> str(FallbackError(["no trained turn is rendered"]))
-        'even the fallback cannot apply: no trained turn is rendered'
-    """
-
-    def __init__(self, reasons: Sequence[str]):
-        self.reasons = list(reasons)
-        super().__init__("even the fallback cannot apply: " + "; ".join(self.reasons))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,7 +125,7 @@ def _observe(probe: Probe, layout: Layout, prompt: str) -> _Seen:
 
 def _leading(text: str) -> str:
     """What opens `text`: its leading marker, or else its first line (with the line end)."""
-    found = _MARKER.match(text)
+    found = MARKER.match(text)
     if found:
         return found.group()
     line_end = text.find("\n")
@@ -167,9 +154,9 @@ def _candidates(piece: _Piece) -> list[str]:
         rest = context[i:]
         if not rest.strip() or context[i].isspace():
             continue
-        opens_marker = context[i] in "<["
+        opens_marker = context[i] in OPENERS
         after_space = i > 0 and context[i - 1].isspace()
-        after_marker = i > 0 and context[i - 1] in ">]" and _MARKER_AT_END.search(context, 0, i) is not None
+        after_marker = i > 0 and context[i - 1] in CLOSERS and MARKER_AT_END.search(context, 0, i) is not None
         # The text's very first character starts a word too; elsewhere the context begins right after content.
         if opens_marker or after_space or after_marker or (i == 0 and piece.context_start == 0):
             out.append(rest)
@@ -203,7 +190,7 @@ class _Starts:
                     if end > s.limit or end in starts:
                         continue
                     inside = any(a < end <= b for a, b in covered)
-                    if inside and (_in_optional(s, end) or _MARKER_AT_END.search(s.layout.text, 0, at)):
+                    if inside and (_in_optional(s, end) or MARKER_AT_END.search(s.layout.text, 0, at)):
                         continue
                     count += 1
             self.cache[candidate] = count
@@ -256,7 +243,7 @@ def _instruction_parts(seen: list[_Seen]) -> tuple[str, ...]:
             # The marker nearest the message's text names its role (`<|im_start|>`, `<|USER_TOKEN|>`); with
             # none, the last line does (`### Instruction:`). Text before it may be a system prompt's prose.
             # Quotes and brackets mark data (a tool result's JSON, a schema's field names), not a header.
-            markers = [m for m in _MARKER.findall(context) if not _DATA.search(m[1:-1])]
+            markers = [m for m in MARKER.findall(context) if not _DATA.search(m[1:-1])]
             lines = [line.strip() for line in context.splitlines() if any(ch.isalnum() for ch in line)]
             headers += markers[-1:] or [line for line in lines[-1:] if not _DATA.search(line)]
     for header in dict.fromkeys(headers):
@@ -285,7 +272,7 @@ def _joins(seen: list[_Seen], delimiters: Delimiters) -> tuple[tuple[str, str], 
             inside = [(a, b) for a, b in spans if a < turn.end and b > turn.start]
             # Two spans inside one turn: the first ends on a marker, the gap is the header the scan skipped.
             for (_, end), (start, _) in zip(inside, inside[1:]):
-                marker = _MARKER_AT_END.search(text, 0, end)
+                marker = MARKER_AT_END.search(text, 0, end)
                 gap = text[end:start]
                 if marker is not None and turn.start < end and gap.strip():
                     joins.append((marker.group(), gap))
@@ -358,28 +345,6 @@ def _analyse(template: str, speakers: tuple[str, ...]) -> tuple[Analysis, list[_
         prompt = generation_prompt(layouts["ends_on_user"].text, layouts["generation_prompt"].text)
     seen = [_observe(p, layouts[p.name], prompt) for p in analysis.probes if p.name in layouts]
     return analysis, seen, prompt
-
-
-@bounded
-def check_delimiters(template: str, delimiters: Delimiters, speakers: Sequence[str] = (ASSISTANT,)) -> list[str]:
-    """Reasons `delimiters` miss the sentinel truth on the template's probe renders (empty when they hold).
-
-    The truth is the verifier's (`patcher.analyse` layouts, `verify.check_spans`): every trained turn
-    trained whole, with its end-of-turn marker; its header, the whitespace after it and every other
-    message's text untrained.
-
-    Example:
-        >>> template = (
-        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
-        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-        ... )
-        >>> check_delimiters(template, Delimiters(("<|im_start|>assistant\\n",), "<|im_end|>"))
-        []
-        >>> check_delimiters(template, Delimiters(("<|im_start|>",), "<|im_end|>"))[0]
-        "probe 'single_turn': message 1: the header 'assistant\\\\n' is trained"
-    """
-    _, seen, _ = _analyse(template, tuple(speakers) or (ASSISTANT,))
-    return _problems(seen, delimiters)
 
 
 @bounded

@@ -25,29 +25,24 @@ turn (dropped, or merged into another) makes the renderer raise rather than trai
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from .errors import TemplateKitError
+from ..errors import ConversationError, InvalidArgumentError
 
-__all__ = ["ConversationError", "Policy", "Turn", "apply_policy", "attribute", "check_messages"]
+__all__ = [
+    "POLICY_KEYWORDS",
+    "ConversationError",
+    "MessageSpan",
+    "Policy",
+    "apply_policy",
+    "attribute",
+    "check_messages",
+    "cut_out",
+]
 
 TRAIN_ON_EOT = ("all", "last", "none")
 # Roles every probe exercises; any other role is "unknown" to a template until it renders it.
 COMMON_ROLES = frozenset({"system", "user", "assistant", "tool"})
-
-
-class ConversationError(TemplateKitError, ValueError):
-    """A conversation that cannot be rendered or masked as asked; names the message at fault.
-
-    Example:
-        >>> str(ConversationError("content must be a string or a list of content blocks, got int", message=2))
-        'message 2: content must be a string or a list of content blocks, got int'
-    """
-
-    def __init__(self, problem: str, *, message: int | None = None):
-        self.problem = problem
-        self.message = message
-        super().__init__(problem if message is None else f"message {message}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ class Policy:
         >>> Policy(train_on_eot="sometimes")
         Traceback (most recent call last):
         ...
-        ValueError: train_on_eot must be one of ('all', 'last', 'none'), got 'sometimes'
+        templatekit.errors.InvalidArgumentError: train_on_eot must be one of ('all', 'last', 'none'), got 'sometimes'
     """
 
     train_roles: tuple[str, ...] = ("assistant",)
@@ -77,9 +72,9 @@ class Policy:
         object.__setattr__(self, "train_roles", tuple(self.train_roles))
         object.__setattr__(self, "mask_out", tuple(m for m in self.mask_out if m))
         if not self.train_roles or not all(isinstance(r, str) and r for r in self.train_roles):
-            raise ValueError(f"train_roles must be non-empty role names, got {self.train_roles!r}")
+            raise InvalidArgumentError(f"train_roles must be non-empty role names, got {self.train_roles!r}")
         if self.train_on_eot not in TRAIN_ON_EOT:
-            raise ValueError(f"train_on_eot must be one of {TRAIN_ON_EOT}, got {self.train_on_eot!r}")
+            raise InvalidArgumentError(f"train_on_eot must be one of {TRAIN_ON_EOT}, got {self.train_on_eot!r}")
 
     @property
     def narrows(self) -> bool:
@@ -87,8 +82,12 @@ class Policy:
         return self.last_response_only or self.train_on_eot != "all" or not self.train_reasoning or bool(self.mask_out)
 
 
+#: The loss-policy keywords, in the order `Policy` takes them: the one list every caller reads.
+POLICY_KEYWORDS = tuple(field.name for field in fields(Policy))
+
+
 @dataclass(frozen=True)
-class Turn:
+class MessageSpan:
     """One trained span `[start, end)` and the index of the message it belongs to (-1: not tied to one)."""
 
     message: int
@@ -150,7 +149,7 @@ def unknown_roles(messages: Sequence[Mapping], train_roles: Sequence[str]) -> st
     return "; ".join(odd)
 
 
-def attribute(spans: Sequence[tuple[int, int]], messages: Sequence[Mapping], trained: Sequence[int]) -> list[Turn]:
+def attribute(spans: Sequence[tuple[int, int]], messages: Sequence[Mapping], trained: Sequence[int]) -> list[MessageSpan]:
     """Tie each rendered trained span to its message: the k-th span is the k-th trained-role message.
 
     Templates render messages in order and every verified trained turn is one span, so the order decides;
@@ -159,7 +158,7 @@ def attribute(spans: Sequence[tuple[int, int]], messages: Sequence[Mapping], tra
 
     Example:
         >>> attribute([(5, 9)], [{"role": "user"}, {"role": "assistant"}], [1])
-        [Turn(message=1, start=5, end=9)]
+        [MessageSpan(message=1, start=5, end=9)]
     """
     if len(spans) != len(trained):
         roles = sorted({messages[i]["role"] for i in trained}) or ["(none)"]
@@ -168,11 +167,16 @@ def attribute(spans: Sequence[tuple[int, int]], messages: Sequence[Mapping], tra
             f"{'/'.join(roles)}: it drops or merges some of them (for instance an empty message), so which "
             "text belongs to which message is unknown; remove those messages or give them content"
         )
-    return [Turn(index, start, end) for index, (start, end) in zip(trained, spans)]
+    return [MessageSpan(index, start, end) for index, (start, end) in zip(trained, spans)]
 
 
-def _cut(spans: list[tuple[int, int]], text: str, needle: str) -> list[tuple[int, int]]:
-    """Remove every occurrence of `needle` inside the spans from them."""
+def cut_out(spans: list[tuple[int, int]], text: str, needle: str) -> list[tuple[int, int]]:
+    """Remove every occurrence of `needle` inside the spans from them.
+
+    Example:
+        >>> cut_out([(0, 11)], "a</think>b!", "</think>")
+        [(0, 1), (9, 11)]
+    """
     out = []
     for start, end in spans:
         cursor = start
@@ -189,7 +193,7 @@ def _cut(spans: list[tuple[int, int]], text: str, needle: str) -> list[tuple[int
 
 def apply_policy(
     text: str,
-    turns: Sequence[Turn],
+    turns: Sequence[MessageSpan],
     weighted: Sequence[int] | None,
     policy: Policy,
     *,
@@ -208,7 +212,7 @@ def apply_policy(
     Example:
         >>> text = "U: hi\\nA: <think>hm</think>Yes<eot>\\nU: ok\\nA: Fine<eot>"
         >>> first, second = text.index("<think>"), text.index("Fine")
-        >>> turns = [Turn(1, first, text.index("\\nU: ok")), Turn(3, second, len(text))]
+        >>> turns = [MessageSpan(1, first, text.index("\\nU: ok")), MessageSpan(3, second, len(text))]
         >>> spans = apply_policy(text, turns, [1, 3], Policy(train_on_eot="last", train_reasoning=False),
         ...                      eots=["<eot>"], reasoning_close="</think>")
         >>> [text[s:e] for s, e in spans]
@@ -234,5 +238,5 @@ def apply_policy(
         if end > start:
             spans.append((start, end))
     for needle in policy.mask_out:
-        spans = _cut(spans, text, needle)
+        spans = cut_out(spans, text, needle)
     return spans

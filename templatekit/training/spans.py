@@ -10,7 +10,8 @@
 
 Either way the text is exactly what `tokenizer.apply_chat_template(..., tokenize=False)` renders: the
 template is compiled once (in a bounded twin of transformers' sandboxed environment) and rendered per
-conversation, each render within the renderer's limits (`timeout`, `max_memory`: `templatekit.limits`). Then `policies` ties each span to its message and applies weights,
+conversation, each render within the renderer's limits (`timeout`, `max_memory`: `templatekit.core.sandbox`).
+Then `policies` ties each span to its message and applies weights,
 `last_response_only`, `train_on_eot`, `train_reasoning` and `mask_out`.
 
 Pass what `apply_chat_template` would pass to the template (`bos_token`, `eos_token`, `enable_thinking`, …)
@@ -22,30 +23,29 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
-from .chat_render import render_chat
-from .errors import PatchError, TemplateLimitError, TemplateSourceError
-from .fallback import Delimiters, FallbackError, derive_delimiters, find_spans
-from .limits import DEFAULT, Limits, active_limits, limit_scope
-from .patcher import patch_template
-from .policies import ConversationError, Policy, Turn, apply_policy, attribute, check_messages, unknown_roles
-from .probes import build_probes
-from .render import MarkerCollision, render_tagged
-from .verify import merge_adjacent, render_probe
-
-__all__ = ["SpanRenderer", "render_with_spans"]
-
-POLICY_KEYS = (
-    "train_roles",
-    "last_response_only",
-    "train_on_eot",
-    "train_reasoning",
-    "mask_out",
-    "instruction_part",
-    "response_part",
-    "fallback",
-    "timeout",
-    "max_memory",
+from ..core.chat_render import render_chat
+from ..core.pipeline import patch_template
+from ..core.probes import build_probes
+from ..core.sandbox import DEFAULT, Limits, active_limits, limit_scope
+from ..core.verify import merge_adjacent, render_probe
+from ..errors import (
+    ConversationError,
+    FallbackError,
+    MarkerCollision,
+    PatchError,
+    TemplateLimitError,
+    TemplateSourceError,
 )
+from .delimiters import Delimiters, find_spans
+from .fallback import derive_delimiters
+from .policies import POLICY_KEYWORDS, MessageSpan, Policy, apply_policy, attribute, check_messages, unknown_roles
+from .tagged_render import render_tagged
+
+__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans"]
+
+#: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
+#: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
+RENDERER_KEYWORDS = (*POLICY_KEYWORDS, "instruction_part", "response_part", "fallback", "timeout", "max_memory")
 
 
 def _tag_shape(tagged: str, speakers: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
@@ -129,7 +129,13 @@ class SpanRenderer:
             raise TemplateSourceError("the template is empty", line=1, column=1)
         self.limits: Limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
         with limit_scope(self.limits):  # patching and verifying (or learning delimiters) within the limits
-            self.policy = Policy(tuple(train_roles), last_response_only, train_on_eot, train_reasoning, tuple(mask_out))
+            self.policy = Policy(
+                train_roles=tuple(train_roles),
+                last_response_only=last_response_only,
+                train_on_eot=train_on_eot,
+                train_reasoning=train_reasoning,
+                mask_out=tuple(mask_out),
+            )
             self.original = template
             self.reasons: list[str] = []
             self.delimiters: Delimiters | None = None
@@ -203,7 +209,7 @@ class SpanRenderer:
             return text, spans
         if not per_message:
             # End-of-turn, reasoning and mask_out rules act on each span alone: no span need be tied to a message.
-            turns, weighted = [Turn(-1, start, end) for start, end in spans], None
+            turns, weighted = [MessageSpan(-1, start, end) for start, end in spans], None
         elif split and len(spans) != len(trained):
             raise ConversationError(
                 f"the template writes some {'/'.join(self.policy.train_roles)} messages in several pieces (around "
@@ -228,7 +234,7 @@ def _hashable(value):
 
 
 def _render(template: str, messages, tags: bool, tools, add_generation_prompt: bool, kwargs: dict):
-    """Text and generation spans: the template compiled once (render.py), or transformers' own renderer for
+    """Text and generation spans: the template compiled once (`tagged_render`), or transformers' own renderer for
     what only it prepares (tools given as Python functions) and for a conversation holding a marker character.
     Both are bounded by the limits in force."""
     if not tools or not any(callable(tool) for tool in tools):
@@ -267,12 +273,13 @@ def render_with_spans(
     Example:
         >>> template = (
         ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
         ... )
         >>> text, spans = render_with_spans(template, [{"role": "user", "content": "2+2?"},
         ...                                            {"role": "assistant", "content": "4"}])
         >>> [text[s:e] for s, e in spans]
         ['4<|im_end|>']
     """
-    options = tuple(sorted((key, _hashable(kwargs.pop(key))) for key in POLICY_KEYS if key in kwargs))
+    options = tuple(sorted((key, _hashable(kwargs.pop(key))) for key in RENDERER_KEYWORDS if key in kwargs))
     renderer = _renderer(template, options)
     return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)

@@ -14,11 +14,11 @@ import json
 from functools import lru_cache
 
 import jinja2
-from jinja2 import nodes
-from jinja2.parser import Parser
 
-from .limits import on_switch
-from .syntax import GENERATION_TAG, make_environment
+from ..core.sandbox import on_switch
+from ..core.syntax import make_environment
+from ..core.tags import CLOSE_MARK, OPEN_MARK, MarkedGenerationTag
+from ..errors import MarkerCollision
 
 try:  # What transformers does to a conversation before rendering it: plain data only, reasoning under all its names.
     from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
@@ -33,52 +33,15 @@ except ImportError:  # releases that do neither
 
 __all__ = ["MarkerCollision", "render_tagged"]
 
-OPEN, CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: no tokenizer or template writes them
-
-
-class MarkerCollision(ValueError):
-    """The conversation itself holds a marker character, so the markers cannot be told apart from it."""
-
-
-class _MarkedGeneration(jinja2.ext.Extension):
-    tags = {GENERATION_TAG}
-
-    def parse(self, parser: Parser) -> nodes.Node | list[nodes.Node]:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        if _sets_a_variable(body):
-            # A variable set inside the block must vanish with it, as in transformers' call block.
-            return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
-        # Otherwise the markers are plain text around the body: no call per block.
-        return [
-            nodes.Output([nodes.TemplateData(OPEN)]).set_lineno(lineno),
-            *body,
-            nodes.Output([nodes.TemplateData(CLOSE)]).set_lineno(lineno),
-        ]
-
-    def _mark(self, caller) -> str:
-        return OPEN + caller() + CLOSE
-
-
-def _sets_a_variable(body: list[nodes.Node]) -> bool:
-    """True when `body` sets a variable in its own scope (loops and macros have scopes of their own)."""
-    for node in body:
-        if isinstance(node, (nodes.Assign, nodes.AssignBlock)):
-            return True
-        if isinstance(node, nodes.If) and _sets_a_variable(node.body + node.else_ + [*node.elif_]):
-            return True
-    return False
-
-
 def _holds_marker(*values) -> bool:
     # One C-speed pass over everything the template can see; `default=str` covers what JSON cannot hold.
     text = json.dumps(values, ensure_ascii=False, default=str)
-    return OPEN in text or CLOSE in text
+    return OPEN_MARK in text or CLOSE_MARK in text
 
 
 @lru_cache(maxsize=64)
 def _compiled(template: str) -> jinja2.Template:
-    return make_environment(_MarkedGeneration).from_string(template)  # bounded: see templatekit.limits
+    return make_environment(MarkedGenerationTag).from_string(template)  # bounded: see templatekit.core.sandbox
 
 
 on_switch(_compiled.cache_clear)
@@ -112,14 +75,14 @@ def render_tagged(
         add_generation_prompt=add_generation_prompt,
         **_plain_template_data(variables),
     )
-    if OPEN not in raw:
+    if OPEN_MARK not in raw:
         return raw, []
     # Blocks do not nest: every piece after an opening marker holds exactly one closing marker.
-    head, *blocks = raw.split(OPEN)
+    head, *blocks = raw.split(OPEN_MARK)
     pieces, spans, length = [head], [], len(head)
     for block in blocks:
-        inside, closed, after = block.partition(CLOSE)
-        if not closed or CLOSE in after:
+        inside, closed, after = block.partition(CLOSE_MARK)
+        if not closed or CLOSE_MARK in after:
             raise MarkerCollision("generation markers out of order: a block inside a block")
         if inside:
             spans.append((length, length + len(inside)))
