@@ -324,4 +324,3 @@ def patch_template(
     if status == "retagged":
         report.notes.insert(0, "the template's own generation tags failed verification and were replaced")
     return PatchResult(patched, template, report, status)
-

@@ -518,9 +518,7 @@ def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
     return " ~ ".join(computed) or None
 
 
-def plan_regions(
-    flow: Flow, traces: list[TracedProbe], trained_roles_of, pair_branches: bool = False
-) -> list[Region]:
+def plan_regions(flow: Flow, traces: list[TracedProbe], trained_roles_of, pair_branches: bool = False) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
     `trained_roles_of(layout)` returns the set of message indices trained in that probe. With

@@ -60,7 +60,9 @@ def response_delimiters(tokenizer, instruction_part: str | None = None, response
         >>> # response_delimiters(tokenizer).response_parts  ->  ('<|im_start|>assistant\\n',) for a ChatML template
     """
     if (instruction_part is None) != (response_part is None):
-        raise InvalidArgumentError("give both instruction_part and response_part, or neither to detect them from the template")
+        raise InvalidArgumentError(
+            "give both instruction_part and response_part, or neither to detect them from the template"
+        )
     template = _template_of(tokenizer)
     if template is None:
         if response_part is None:

@@ -101,5 +101,3 @@ def load_templates(source: str | Path, *, revision: str | None = None) -> list[L
             f"a revision applies only to a Hugging Face Hub id (this is a {kind})", source=str(source)
         )
     return LOADERS[kind](source, revision=revision)
-
-

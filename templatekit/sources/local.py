@@ -128,7 +128,6 @@ def load_model_folder(source: str | Path) -> list[LoadedTemplate]:
     )
 
 
-
 def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
     """The template files under `paths`: each file given, and, in each folder (recursively, skipping hidden
     folders), every `*.jinja`, `tokenizer_config.json` and `chat_template.json`, sorted.
@@ -158,4 +157,3 @@ def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise TemplateSourceError("no such file or folder", source=str(entry))
     return found
-

@@ -70,7 +70,6 @@ class LoadedTemplate:
         return where
 
 
-
 # --------------------------------------------------------------------------------------------------- reading
 
 
@@ -203,5 +202,3 @@ def read_json_file(path: str | Path, limit: int = MAX_CONFIG_BYTES) -> object:
             line=line,
             column=column,
         ) from None
-
-

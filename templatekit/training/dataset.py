@@ -325,7 +325,9 @@ def prepare_dataset(
     from datasets import Dataset, IterableDataset
 
     if not isinstance(dataset, (Dataset, IterableDataset)):
-        raise ArgumentTypeError(f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
+        raise ArgumentTypeError(
+            f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}"
+        )
     if not getattr(tokenizer, "is_fast", False):
         raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
     text = _resolve_template(tokenizer, template)

@@ -149,7 +149,9 @@ def unknown_roles(messages: Sequence[Mapping], train_roles: Sequence[str]) -> st
     return "; ".join(odd)
 
 
-def attribute(spans: Sequence[tuple[int, int]], messages: Sequence[Mapping], trained: Sequence[int]) -> list[MessageSpan]:
+def attribute(
+    spans: Sequence[tuple[int, int]], messages: Sequence[Mapping], trained: Sequence[int]
+) -> list[MessageSpan]:
     """Tie each rendered trained span to its message: the k-th span is the k-th trained-role message.
 
     Templates render messages in order and every verified trained turn is one span, so the order decides;

@@ -33,6 +33,7 @@ except ImportError:  # releases that do neither
 
 __all__ = ["MarkerCollision", "render_tagged"]
 
+
 def _holds_marker(*values) -> bool:
     # One C-speed pass over everything the template can see; `default=str` covers what JSON cannot hold.
     text = json.dumps(values, ensure_ascii=False, default=str)

@@ -115,4 +115,3 @@ class LimitedCodeGenerator(CodeGenerator):
             extra_kwargs = dict(loop_kwargs, **block_kwargs)
         self.signature(node, frame, extra_kwargs)
         self.write(")")
-

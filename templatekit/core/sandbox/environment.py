@@ -73,7 +73,6 @@ class LimitedTemplate(jinja2.Template):
             scope.depth = depth
 
 
-
 def _finalize(value: Any) -> Any:
     """What `{{ … }}` writes: counted (and, for a value that is not text, its size checked first)."""
     scope = _SCOPE.get()
@@ -140,7 +139,9 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("finalize") is not None:
-            raise ArgumentTypeError("LimitedEnvironment counts output through finalize; it takes no finalize of its own")
+            raise ArgumentTypeError(
+                "LimitedEnvironment counts output through finalize; it takes no finalize of its own"
+            )
         kwargs["finalize"] = _finalize
         super().__init__(*args, **kwargs)
         self.filters = _GuardedFilters(self.filters)
@@ -305,7 +306,6 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             return text_type(vformat(text, args, kwargs))
 
         return functools.update_wrapper(wrapper, value)
-
 
 
 # ------------------------------------------------------------------------------ environments that mirror others

@@ -399,10 +399,8 @@ def attach_source(template: jinja2.Template, source: str) -> jinja2.Template:
     return template
 
 
-
 def _str_bytes(text: str) -> int:
     return len(text) if text.isascii() else 4 * len(text)
-
 
 
 def _loop(iterable, scope: _Scope, weight: int, line: int, offset: int) -> Iterator:

@@ -10,6 +10,7 @@ from ...errors import InvalidArgumentError
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
+
 class _Default:
     def __repr__(self) -> str:
         return "DEFAULT"
@@ -115,5 +116,3 @@ def format_size(size: float) -> str:
 
 def _format_seconds(seconds: float) -> str:
     return f"{seconds:g} s"
-
-

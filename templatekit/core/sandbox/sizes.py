@@ -88,6 +88,7 @@ def check_printable(value: Any, offset: int = -1) -> None:
 def _remaining(scope: _Scope) -> float:
     return scope.cap - scope.spent + 1
 
+
 _SIZED = (list, tuple, dict, str, range)
 _SHORT = 1024  # a sized loop this short needs no check per iteration: its body's hooks check the deadline
 
@@ -349,7 +350,6 @@ def _method_bytes(method: Any, args: tuple, kwargs: dict, scope: _Scope) -> floa
     return 3 * size
 
 
-
 _BIG = 1 << 16  # a result this small is built first and counted after
 
 
@@ -400,4 +400,3 @@ def _what(op: str, left: Any) -> str:
     return {"+": f"{kind} built with +", "*": f"{kind} repeated with *", "%": "a string formatted with %"}.get(
         op, "a value"
     )
-
