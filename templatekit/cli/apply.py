@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..errors import NoChatTemplateError, TemplateSourceError, UnknownTemplateError
-from ..library import get_template
 from ..sources import LoadedTemplate, load_templates, source_kind, write_text_atomic
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
 from .options import public_api
@@ -17,6 +16,8 @@ __all__ = ["add_parser", "run"]
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Give a model without a chat template (or, with --force, any model) a template from the library."""
+    from ..library import get_template  # on use: importlib.resources is not loaded for --help
+
     try:
         text = get_template(args.template_format)
     except UnknownTemplateError as exc:

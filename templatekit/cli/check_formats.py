@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.tags import first_start_tag
 from ..errors import PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates
 from ..sources.json_positions import string_offsets, value_start
@@ -141,6 +140,8 @@ class _Locator:
 
     def anchor(self) -> tuple[int | None, int | None]:
         """Where a finding about the whole template points: its first generation tag, else its first character."""
+        from ..core.tags import first_start_tag  # on use: jinja2 is not loaded for --help
+
         tag = first_start_tag(self.template.text)
         return self.at_offset(tag if tag is not None else 0)
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.tags import mentions_generation_tag
 from ..errors import NoChatTemplateError, PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, find_template_files, load_templates
 from .console import EXIT_OK, EXIT_USAGE, Console
@@ -55,6 +54,8 @@ def _classify(api: Any, template: LoadedTemplate, roles: tuple[str, ...], budget
 
 
 def _classify_within(api: Any, template: LoadedTemplate, roles: tuple[str, ...], row: _Row) -> _Row:
+    from ..core.tags import mentions_generation_tag  # on use: jinja2 is not loaded for --help
+
     if mentions_generation_tag(template.text):
         # Judged against the roles asked for: a template tagged for `--train-role bot` is already tagged for bot.
         report = api.check_template(template.text, train_roles=roles)
