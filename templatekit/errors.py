@@ -37,7 +37,9 @@ class TemplateSourceError(TemplateKitError):
         "chat.jinja:3:7: unexpected '}'"
     """
 
-    def __init__(self, message: str, *, source: str | None = None, line: int | None = None, column: int | None = None):
+    def __init__(
+        self, message: str, *, source: str | None = None, line: int | None = None, column: int | None = None
+    ) -> None:
         self.message = message
         self.source = source
         self.line = line
@@ -71,7 +73,7 @@ class TemplateLimitError(TemplateSourceError):
         source: str | None = None,
         line: int | None = None,
         column: int | None = None,
-    ):
+    ) -> None:
         self.limit = limit
         self.detail = detail
         super().__init__(f"{limit} limit exceeded: {detail}", source=source, line=line, column=column)
@@ -89,7 +91,7 @@ class NotTrainableError(TemplateKitError):
 
     prefix = "cannot train"
 
-    def __init__(self, reasons: Sequence[str]):
+    def __init__(self, reasons: Sequence[str]) -> None:
         self.reasons = list(reasons)
         super().__init__(f"{self.prefix}: " + "; ".join(self.reasons))
 
@@ -104,7 +106,7 @@ class PatchError(NotTrainableError):
 
     prefix = "cannot patch template"
 
-    def __init__(self, reasons: Sequence[str], *, report: Any = None):
+    def __init__(self, reasons: Sequence[str], *, report: Any = None) -> None:
         self.report = report
         super().__init__(reasons)
 
@@ -137,7 +139,7 @@ class ConversationError(TemplateKitError, ValueError):
         'message 2: content must be a string or a list of content blocks, got int'
     """
 
-    def __init__(self, problem: str, *, message: int | None = None):
+    def __init__(self, problem: str, *, message: int | None = None) -> None:
         self.problem = problem
         self.message = message
         super().__init__(problem if message is None else f"message {message}: {problem}")
@@ -151,7 +153,7 @@ class DatasetRowError(TemplateKitError, ValueError):
         "row 3, message 1: 'role' must be a string, got None"
     """
 
-    def __init__(self, problem: str, *, row: int | None = None, message: int | None = None):
+    def __init__(self, problem: str, *, row: int | None = None, message: int | None = None) -> None:
         self.problem = problem
         self.row = row
         self.message = message

@@ -28,7 +28,7 @@ STATUS_STYLE = {
 class Console:
     """One output stream: rich text and tables on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         try:
             self.tty = bool(stream.isatty())

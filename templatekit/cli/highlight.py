@@ -14,6 +14,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core.probes import SPECIAL_TOKENS
 from ..core.sandbox import DEFAULT
@@ -200,7 +201,7 @@ def render_conversation(
     fallback: bool | None = None,
     timeout: float | None = DEFAULT,
     max_memory: int | str | None = DEFAULT,
-    **template_kwargs,
+    **template_kwargs: Any,
 ) -> Rendering:
     """Render `messages` (the first built-in demo the template accepts when None) and find the trained spans:
     from verified generation tags when the template can be patched, else (or with `fallback=True`) from
@@ -286,7 +287,7 @@ def summary(rendering: Rendering) -> str:
 # ----------------------------------------------------------------------------------------------------- output
 
 
-def to_rich(rendering: Rendering):
+def to_rich(rendering: Rendering) -> Any:
     """A `rich.text.Text`: trained characters on green, others plain; with tokens, alternate shades mark where
     each token starts, and the tokens whose mask is 1 are underlined.
 

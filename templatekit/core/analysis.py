@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 from jinja2 import nodes
 
@@ -315,7 +316,7 @@ class Tracer:
         ('<hi>', [('<', 0), ('hi', 0), ('>', 0)])
     """
 
-    def __init__(self, flow: Flow):
+    def __init__(self, flow: Flow) -> None:
         ast = copy.deepcopy(flow.parsed.ast)
         self._instrument(ast, flow)
         self.template = attach_source(make_environment().from_string(ast), flow.parsed.source)
@@ -344,7 +345,7 @@ class Tracer:
                 emit.lineno = copied_child.lineno
                 copied.nodes[index] = emit
 
-    def trace(self, messages: list[dict], **variables) -> tuple[str, list[Emission]]:
+    def trace(self, messages: list[dict], **variables: Any) -> tuple[str, list[Emission]]:
         """Render with `messages` and return the text and the emissions that make it up."""
         recorder = _Recorder(messages)
         with probe_clock():  # probes are rendered at one fixed instant, as verify renders them

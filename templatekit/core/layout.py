@@ -8,6 +8,7 @@ someone else's text (optional), and messages that render nothing generated (opti
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import PatchError
@@ -83,7 +84,7 @@ def _generated(probe: Probe, text: str) -> dict[int, list[tuple[int, int]]]:
     return found
 
 
-def common_opening(renders) -> str:
+def common_opening(renders: Iterable[tuple[Probe, str, list[Emission], list[int]]]) -> str:
     """The header every trained turn opens with, for templates whose generation prompt writes nothing.
 
     `renders` yields `(probe, text, emissions, trained message indices)`. A turn's opening is what the

@@ -12,11 +12,13 @@ someone else's text or only header). Regions that the render also enters for unt
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from jinja2 import nodes
 
 from ..errors import PlanError
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
-from .layout import TracedProbe
+from .layout import Layout, TracedProbe
 from .regions import Cut, Region, cut_at, where
 from .syntax import Pos
 
@@ -518,7 +520,9 @@ def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
     return " ~ ".join(computed) or None
 
 
-def plan_regions(flow: Flow, traces: list[TracedProbe], trained_roles_of, pair_branches: bool = False) -> list[Region]:
+def plan_regions(
+    flow: Flow, traces: list[TracedProbe], trained_roles_of: Callable[[Layout], set], pair_branches: bool = False
+) -> list[Region]:
     """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
 
     `trained_roles_of(layout)` returns the set of message indices trained in that probe. With

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from ..errors import DatasetRowError, InvalidArgumentError
 from ..training.delimiters import Delimiters, find_spans
@@ -50,7 +51,9 @@ def _template_of(tokenizer) -> str | None:
     return template or None
 
 
-def response_delimiters(tokenizer, instruction_part: str | None = None, response_part: str | None = None) -> Delimiters:
+def response_delimiters(
+    tokenizer: Any, instruction_part: str | None = None, response_part: str | None = None
+) -> Delimiters:
     """The delimiters `train_on_responses_only` uses: the parts given, or both learned from the chat template.
 
     Given parts are taken as written: the response starts right after `response_part`. The end-of-turn
@@ -110,16 +113,16 @@ def _masker(tokenizer, delimiters: Delimiters, last_response_only: bool, mask_ou
 
 
 def train_on_responses_only(
-    trainer,
+    trainer: Any,
     instruction_part: str | None = None,
     response_part: str | None = None,
     *,
     last_response_only: bool = False,
     mask_out_tokens: str | Sequence[str] | None = None,
     num_proc: int | None = None,
-    tokenizer=None,
+    tokenizer: Any = None,
     return_function: bool = False,
-):
+) -> Any:
     """Mask every label outside the responses to -100 (Unsloth's `train_on_responses_only`, exact masks).
 
     Args:

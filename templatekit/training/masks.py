@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["encode_with_mask", "labels_from_mask", "spans_to_token_mask"]
 
@@ -96,7 +97,9 @@ def spans_to_token_mask(offsets: Sequence[Sequence[int]], spans: Iterable[Sequen
     return mask
 
 
-def encode_with_mask(tokenizer, text: str, spans: Iterable[Sequence[int]], *, add_special_tokens: bool = False):
+def encode_with_mask(
+    tokenizer: Any, text: str, spans: Iterable[Sequence[int]], *, add_special_tokens: bool = False
+) -> tuple[list[int], list[int]]:
     """Tokenize `text` and mark the tokens that overlap `spans` (the rule of `spans_to_token_mask`).
 
     `add_special_tokens=False` matches `apply_chat_template`, whose templates write BOS themselves; with

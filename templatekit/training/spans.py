@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..core.chat_render import render_chat
 from ..core.pipeline import patch_template
@@ -122,7 +123,7 @@ class SpanRenderer:
         fallback: bool | None = None,
         timeout: float | None = DEFAULT,
         max_memory: int | str | None = DEFAULT,
-    ):
+    ) -> None:
         if not isinstance(template, str):  # as patch_template refuses it (and the fallback alike)
             raise TemplateSourceError(f"a template must be text, not {type(template).__name__}")
         if not template.strip():
@@ -176,7 +177,7 @@ class SpanRenderer:
         *,
         tools: list | None = None,
         add_generation_prompt: bool = False,
-        **kwargs,
+        **kwargs: Any,
     ) -> tuple[str, list[tuple[int, int]]]:
         """Render one conversation; return `(text, spans)` with `spans` the trained `[start, end)` ranges.
 
@@ -261,7 +262,7 @@ def render_with_spans(
     *,
     tools: list | None = None,
     add_generation_prompt: bool = False,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages` with `template`; return the text and the trained character spans.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import Any
 
 import jinja2
 
@@ -55,7 +56,7 @@ def render_tagged(
     tools: list[dict] | None = None,
     documents: list[dict] | None = None,
     add_generation_prompt: bool = False,
-    **variables,
+    **variables: Any,
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of its generation blocks (empty ones left out).
 

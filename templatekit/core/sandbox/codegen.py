@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jinja2 import nodes
-from jinja2.compiler import CodeGenerator, optimizeconst
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 
 # ---------------------------------------------------------------------------------------------- the environment
 
@@ -32,7 +32,7 @@ def _literal_bytes(body: list[nodes.Node]) -> int:
 
 def _limited_binop(op: str):
     @optimizeconst
-    def visitor(self: LimitedCodeGenerator, node: nodes.BinExpr, frame) -> None:
+    def visitor(self: LimitedCodeGenerator, node: nodes.BinExpr, frame: Frame) -> None:
         line, offset = _place(node)
         self.write(f"environment.tk_binop(context, {op!r}, {line}, {offset}, ")
         self.visit(node.left, frame)
@@ -55,7 +55,7 @@ class LimitedCodeGenerator(CodeGenerator):
         super().__init__(*args, **kwargs)
         self._loop_iterables: dict[int, tuple[int, int, int]] = {}
 
-    def visit_For(self, node: nodes.For, frame) -> None:
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
         # jinja2 allows no custom node types: the iterable is recognised by identity when it is visited.
         self._loop_iterables[id(node.iter)] = (_literal_bytes(node.body), *_place(node))
         try:
@@ -72,7 +72,7 @@ class LimitedCodeGenerator(CodeGenerator):
         self.write(f", {loop[0]}, {loop[1]}, {loop[2]})")
 
     @optimizeconst
-    def visit_Concat(self, node: nodes.Concat, frame) -> None:
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         if frame.eval_ctx.volatile:  # as jinja2 writes it
             markup = "context.eval_ctx.volatile"
         else:
@@ -85,7 +85,7 @@ class LimitedCodeGenerator(CodeGenerator):
         self.write(f"), {markup}, {line}, {offset})")
 
     @optimizeconst
-    def visit_Getitem(self, node: nodes.Getitem, frame) -> None:
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
         if not isinstance(node.arg, nodes.Slice):
             super().visit_Getitem(node, frame)
             return
@@ -102,7 +102,7 @@ class LimitedCodeGenerator(CodeGenerator):
         self.write(f"), {line}, {offset})")
 
     @optimizeconst
-    def visit_Call(self, node: nodes.Call, frame, forward_caller: bool = False) -> None:
+    def visit_Call(self, node: nodes.Call, frame: Frame, forward_caller: bool = False) -> None:
         line, offset = _place(node)
         self.write(f"environment.tk_call(context, {line}, {offset}, ")
         self.visit(node.node, frame)

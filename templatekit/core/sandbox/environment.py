@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import LoopContext, Macro, markup_join, str_join
+from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
 from markupsafe import Markup
 
@@ -162,7 +162,12 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
                 pass
         return super()._parse(source, name, filename)
 
-    def from_string(self, source, globals=None, template_class=None):  # noqa: A002 - jinja2's signature
+    def from_string(  # noqa: A002 - jinja2's signature
+        self,
+        source: str | nodes.Template,
+        globals: dict[str, Any] | None = None,
+        template_class: type[jinja2.Template] | None = None,
+    ) -> jinja2.Template:
         template = super().from_string(source, globals, template_class)
         if isinstance(source, str):
             template.tk_source = source
@@ -185,7 +190,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             return _loop(iterable, scope, 0, line, offset)
         return _loop(iterable, scope, weight, line, offset)
 
-    def tk_binop(self, context, op: str, line: int, offset: int, left: Any, right: Any) -> Any:
+    def tk_binop(self, context: Context, op: str, line: int, offset: int, left: Any, right: Any) -> Any:
         scope = _SCOPE.get()
         if scope is None:
             return self.binop_table[op](left, right)
@@ -210,7 +215,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             return result
         return scope.account(self.binop_table[op](left, right), line, offset)
 
-    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         return self.tk_binop(context, operator, 0, -1, left, right)
 
     def tk_concat(self, parts: tuple, markup: bool, line: int, offset: int) -> str:
@@ -242,7 +247,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             scope.charge(size, line, offset)
         return value[part]
 
-    def tk_call(self, context, line: int, offset: int, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+    def tk_call(self, context: Context, line: int, offset: int, function: Any, /, *args: Any, **kwargs: Any) -> Any:
         scope = _SCOPE.get()
         if scope is None:
             return self.call(context, function, *args, **kwargs)

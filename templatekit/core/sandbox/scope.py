@@ -159,7 +159,7 @@ class LimitScope:
 
     __slots__ = ("limits", "scope", "token")
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.scope: _Scope | None = None
 
