@@ -199,6 +199,7 @@ def test_wheel_ships_the_library(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("templatekit-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        assert "templatekit/py.typed" in names  # the package says it is typed (PEP 561)
         for name in NAMES:
             member = f"templatekit/library/templates/{name}.jinja"
             assert member in names
