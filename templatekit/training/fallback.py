@@ -343,7 +343,7 @@ def _analyse(template: str, speakers: tuple[str, ...]) -> tuple[Analysis, list[_
     prompt = ""
     if "ends_on_user" in layouts and "generation_prompt" in layouts:
         prompt = generation_prompt(layouts["ends_on_user"].text, layouts["generation_prompt"].text)
-    seen = [_observe(p, layouts[p.name], prompt) for p in analysis.probes if p.name in layouts]
+    seen = [_observe(trace.probe, trace.layout, prompt) for trace in analysis.traces]
     return analysis, seen, prompt
 
 
