@@ -8,13 +8,15 @@ PY := $(VENV)/bin/python
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/templatekit patch examples/chatml_example.jinja --diff
 
-test: $(VENV)/.installed-test
-	$(PY) -m ruff check .
+# Lint (ruff, pinned in the test extra), the layer contracts (import-linter, see pyproject.toml), then the tests
+# and the package's doctests (pytest --doctest-modules, set in pyproject.toml).
+test: lint
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

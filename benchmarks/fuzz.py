@@ -51,7 +51,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import templatekit  # noqa: E402
-from templatekit import syntax  # noqa: E402
+from templatekit.core import syntax  # noqa: E402
 from templatekit.errors import TemplateKitError  # noqa: E402
 
 BATCH = 100  # hypothesis examples per seeded batch
@@ -325,7 +325,7 @@ def reproducer(case: Case, stage: str) -> str:
     }.get(stage, "...")
     kwargs = dict(case.policy, tools=case.tools, add_generation_prompt=case.add_generation_prompt)
     return (
-        "import templatekit\nfrom templatekit import syntax\n"
+        "import templatekit\nfrom templatekit.core import syntax\n"
         f"template = {case.template!r}\nmessages = {case.messages!r}\nkwargs = {kwargs!r}\n{call}\n"
     )
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/limits_overhead.py [--repeats 3] [--conversations 2000] [--corpus ../shared/corpus]
 
-Two workloads, each timed in this one process with `templatekit.limits` switched on (the default: templates
+Two workloads, each timed in this one process with `templatekit.core.sandbox` switched on (the default: templates
 compiled by `LimitedEnvironment`, every operation counted, a scope per template) and off (the same code with
 plain `ImmutableSandboxedEnvironment`s and no scopes, as before the limits existed):
 
@@ -33,15 +33,15 @@ from datasets import Dataset  # noqa: E402
 from masking import make_conversations  # noqa: E402
 
 import templatekit  # noqa: E402
-from templatekit import limits  # noqa: E402
-from templatekit.cli import _TAG  # noqa: E402
+from templatekit.core import sandbox as limits  # noqa: E402
+from templatekit.core.tags import mentions_generation_tag  # noqa: E402
 
 
 def report_work(texts: list[str]) -> None:
     """What `report` does with each template (without the printing)."""
     for text in texts:
         try:
-            if _TAG.search(text):
+            if mentions_generation_tag(text):
                 if templatekit.check_template(text).ok:
                     continue
             templatekit.patch_template(text)

@@ -40,7 +40,7 @@ from _unsloth import load_dataset_utils  # noqa: E402
 from datasets import Dataset, Features, Sequence, Value  # noqa: E402
 
 import templatekit  # noqa: E402
-from templatekit.dataset import prepare_dataset  # noqa: E402
+from templatekit.training.dataset import prepare_dataset  # noqa: E402
 
 TOPICS = ["the weather", "a recipe", "Python lists", "the French revolution", "tax forms", "a bicycle", "sleep"]
 WORDS = (
@@ -132,8 +132,8 @@ def check_agreement(ours: Dataset, trl: Dataset, unsloth: Dataset | None) -> lis
 
 def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> list[str]:
     """Where the time goes, stage by stage, outside datasets (best of `repeats`)."""
-    from templatekit.dataset import _token_mask
-    from templatekit.spans import SpanRenderer
+    from templatekit.training.dataset import _token_mask
+    from templatekit.training.spans import SpanRenderer
 
     renderer = SpanRenderer(original)
     special = dict(tokenizer.special_tokens_map)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     started = time.perf_counter()
-    from templatekit.spans import SpanRenderer
+    from templatekit.training.spans import SpanRenderer
 
     renderer = SpanRenderer(original)
     setup = time.perf_counter() - started

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _paths import corpus_dir  # noqa: E402
 
 import templatekit  # noqa: E402
-from templatekit.probes import build_probes  # noqa: E402
-from templatekit.syntax import make_environment  # noqa: E402
+from templatekit.core.probes import build_probes  # noqa: E402
+from templatekit.core.syntax import make_environment  # noqa: E402
 
 
 def best_of(repeats: int, work) -> float:

@@ -1,11 +1,37 @@
-"""templatekit: make any chat template trainable with assistant-only loss, verified."""
+"""templatekit: make any chat template trainable with assistant-only loss, verified.
 
-from .dataset import DatasetRowError, prepare_dataset
-from .errors import PatchError, TemplateKitError, TemplateSourceError
-from .library import get_template, list_templates
-from .patcher import check_template, patch_template, patch_tokenizer
-from .report import PatchResult, Report
-from .spans import SpanRenderer, render_with_spans
+The public API is loaded on first use (PEP 562): `import templatekit` and `templatekit --help` load neither
+transformers nor torch, datasets or trl; `templatekit.patch_template` loads what patching needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import DatasetRowError, PatchError, TemplateKitError, TemplateSourceError
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports these on first use
+    from .core.pipeline import check_template, patch_template
+    from .core.report import PatchResult, Report
+    from .integrations.trl import patch_tokenizer
+    from .library import get_template, list_templates
+    from .training.dataset import prepare_dataset
+    from .training.spans import SpanRenderer, render_with_spans
+
+# Each lazily loaded name and the module that defines it.
+_LAZY = {
+    "check_template": "templatekit.core.pipeline",
+    "patch_template": "templatekit.core.pipeline",
+    "PatchResult": "templatekit.core.report",
+    "Report": "templatekit.core.report",
+    "patch_tokenizer": "templatekit.integrations.trl",
+    "get_template": "templatekit.library",
+    "list_templates": "templatekit.library",
+    "prepare_dataset": "templatekit.training.dataset",
+    "SpanRenderer": "templatekit.training.spans",
+    "render_with_spans": "templatekit.training.spans",
+}
 
 __all__ = [
     "DatasetRowError",
@@ -24,3 +50,17 @@ __all__ = [
     "render_with_spans",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here, so later lookups are plain."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

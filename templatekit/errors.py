@@ -1,6 +1,28 @@
-"""Errors raised by templatekit, each naming what went wrong and where."""
+"""Every error templatekit raises on purpose, in one hierarchy rooted at `TemplateKitError`.
+
+    TemplateKitError
+    ├── TemplateSourceError            a template cannot be read or parsed (file, line, column)
+    │   ├── NoChatTemplateError        the source is readable but holds no chat template
+    │   └── TemplateLimitError         a render went past a time, memory or recursion limit
+    ├── NotTrainableError              a template cannot be made trainable as asked; `.reasons`
+    │   ├── PatchError                 no verified generation tags
+    │   └── FallbackError              not even the delimiter fallback
+    ├── PlanError                      (internal) a turn's span cannot be tagged in the top-level flow
+    ├── MarkerCollision                (internal) a conversation holds a generation marker character
+    ├── ConversationError              a conversation cannot be rendered or masked as asked (also ValueError)
+    ├── DatasetRowError                one dataset row cannot be prepared (also ValueError)
+    ├── UnknownTemplateError           no library template has that name (also LookupError)
+    ├── InvalidArgumentError           an argument with a wrong value (also ValueError)
+    └── ArgumentTypeError              an argument of a wrong type (also TypeError)
+
+The builtin second bases keep `except ValueError` (and the like) working where callers relied on it.
+This module imports nothing from the package: every layer may import it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 
 class TemplateKitError(Exception):
@@ -15,13 +37,19 @@ class TemplateSourceError(TemplateKitError):
         "chat.jinja:3:7: unexpected '}'"
     """
 
-    def __init__(self, message: str, *, source: str | None = None, line: int | None = None, column: int | None = None):
+    def __init__(
+        self, message: str, *, source: str | None = None, line: int | None = None, column: int | None = None
+    ) -> None:
         self.message = message
         self.source = source
         self.line = line
         self.column = column
         where = ":".join(str(part) for part in (source or "<template>", line, column) if part is not None)
         super().__init__(f"{where}: {message}")
+
+
+class NoChatTemplateError(TemplateSourceError):
+    """A config file or folder was read fine but holds no chat template."""
 
 
 class TemplateLimitError(TemplateSourceError):
@@ -45,7 +73,7 @@ class TemplateLimitError(TemplateSourceError):
         source: str | None = None,
         line: int | None = None,
         column: int | None = None,
-    ):
+    ) -> None:
         self.limit = limit
         self.detail = detail
         super().__init__(f"{limit} limit exceeded: {detail}", source=source, line=line, column=column)
@@ -58,10 +86,91 @@ def _rebuild_limit_error(limit, detail, source, line, column) -> TemplateLimitEr
     return TemplateLimitError(limit, detail, source=source, line=line, column=column)
 
 
-class PatchError(TemplateKitError):
-    """No verified patch could be made; `.reasons` says why, one readable line each."""
+class NotTrainableError(TemplateKitError):
+    """A template cannot be made trainable as asked; `.reasons` says why, one readable line each."""
 
-    def __init__(self, reasons: list[str], *, report=None):
+    prefix = "cannot train"
+
+    def __init__(self, reasons: Sequence[str]) -> None:
         self.reasons = list(reasons)
+        super().__init__(f"{self.prefix}: " + "; ".join(self.reasons))
+
+
+class PatchError(NotTrainableError):
+    """No verified patch could be made; `.reasons` says why, and `.report` holds the verifier's report when one ran.
+
+    Example:
+        >>> str(PatchError(["no trained turn is rendered"]))
+        'cannot patch template: no trained turn is rendered'
+    """
+
+    prefix = "cannot patch template"
+
+    def __init__(self, reasons: Sequence[str], *, report: Any = None) -> None:
         self.report = report
-        super().__init__("cannot patch template: " + "; ".join(self.reasons))
+        super().__init__(reasons)
+
+
+class FallbackError(NotTrainableError):
+    """Even the delimiter fallback cannot apply to this template; `.reasons` says why.
+
+    Example:
+        >>> str(FallbackError(["no trained turn is rendered"]))
+        'even the fallback cannot apply: no trained turn is rendered'
+    """
+
+    prefix = "even the fallback cannot apply"
+
+
+class PlanError(TemplateKitError):
+    """A turn's span cannot be expressed with tags in the top-level flow (caught inside the patcher)."""
+
+
+class MarkerCollision(TemplateKitError, ValueError):
+    """The conversation itself holds a marker character, so the markers cannot be told apart from it (the caller
+    then renders that conversation with transformers' renderer)."""
+
+
+class ConversationError(TemplateKitError, ValueError):
+    """A conversation that cannot be rendered or masked as asked; names the message at fault.
+
+    Example:
+        >>> str(ConversationError("content must be a string or a list of content blocks, got int", message=2))
+        'message 2: content must be a string or a list of content blocks, got int'
+    """
+
+    def __init__(self, problem: str, *, message: int | None = None) -> None:
+        self.problem = problem
+        self.message = message
+        super().__init__(problem if message is None else f"message {message}: {problem}")
+
+
+class DatasetRowError(TemplateKitError, ValueError):
+    """One conversation of a dataset cannot be prepared; names its row (and message) and the problem.
+
+    Example:
+        >>> str(DatasetRowError("'role' must be a string, got None", row=3, message=1))
+        "row 3, message 1: 'role' must be a string, got None"
+    """
+
+    def __init__(self, problem: str, *, row: int | None = None, message: int | None = None) -> None:
+        self.problem = problem
+        self.row = row
+        self.message = message
+        where = ", ".join(
+            f"{name} {value}" for name, value in (("row", row), ("message", message)) if value is not None
+        )
+        # Rebuilt from the message alone when unpickled from a worker process (row=None): no double prefix.
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class UnknownTemplateError(TemplateKitError, LookupError):
+    """No library template has the name asked for; the message lists the names there are."""
+
+
+class InvalidArgumentError(TemplateKitError, ValueError):
+    """An argument with a value templatekit cannot use (a negative timeout, an unknown `train_on_eot`, …)."""
+
+
+class ArgumentTypeError(TemplateKitError, TypeError):
+    """An argument of a type templatekit cannot use (a slow tokenizer where a fast one is needed, …)."""

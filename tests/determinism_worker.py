@@ -35,7 +35,7 @@ def _move_clock(start: str, step: float) -> None:
 def verdict(path: str, fallbacks: str) -> dict:
     import templatekit
     from templatekit.errors import TemplateSourceError
-    from templatekit.fallback import derive_delimiters
+    from templatekit.training.fallback import derive_delimiters
 
     text = open(path, encoding="utf-8").read()
     try:

@@ -15,8 +15,8 @@ from _paths import REPO_ROOT, corpus_file
 from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
 import templatekit
+from templatekit.cli.check_formats import github_escape_data, github_escape_property
 from templatekit.errors import TemplateSourceError
-from templatekit.formats import github_escape_data, github_escape_property
 
 UNTAGGED = "trl/qwen2_5.jinja"
 # The library's ChatML with the assistant header moved inside the tags: tagged, but the header is trained.
@@ -212,23 +212,68 @@ def test_quiet_text_prints_only_failures(capsys: pytest.CaptureFixture[str], sou
 # ------------------------------------------------------------------------------------------------- pre-commit
 
 
+def _shadow_repository(path: Path) -> str:
+    """A git repository at `path` holding this checkout's files as they are now (committed or not, ignored files
+    left out), committed: what `pre-commit try-repo` builds, here so that the hook's `args` can be set too."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():  # a file deleted but not yet committed is listed too
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, path / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q"], cwd=path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "shadow"], cwd=path, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
-    """`pre-commit try-repo` installs this repository's hook (.pre-commit-hooks.yaml) into its own virtualenv
-    and runs it on a repository holding a tagged and an untagged template and an unrelated file."""
+    """pre-commit installs this repository's hook (.pre-commit-hooks.yaml) into its own virtualenv and runs it on
+    a repository holding a tagged and an untagged template, an unrelated file, and a template tagged for a custom
+    role, which the same hook checks with `args: [--train-role, bot]`."""
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # the venv's scripts first
     pre_commit = shutil.which("pre-commit", path=search)
     assert pre_commit, "pre-commit is in the test extra; install it with pip install -e '.[test]'"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    rev = _shadow_repository(hooks)
     repo = tmp_path / "repo"
     (repo / "model").mkdir(parents=True)
+    (repo / "custom").mkdir()
     (repo / "good.jinja").write_text(templatekit.get_template("zephyr"), encoding="utf-8")
     shutil.copy(corpus_file(UNTAGGED), repo / "model" / "bad.jinja")
     (repo / "notes.txt").write_text("{% not a template %}", encoding="utf-8")
+    chatml = (REPO_ROOT / "examples" / "chatml_example.jinja").read_text(encoding="utf-8")
+    bot = templatekit.patch_template(chatml, train_roles=("bot",)).template
+    (repo / "custom" / "bot.jinja").write_text(bot, encoding="utf-8")
+    (repo / ".pre-commit-config.yaml").write_text(
+        "repos:\n"
+        f"  - repo: {hooks.as_posix()}\n"
+        f"    rev: {rev}\n"
+        "    hooks:\n"
+        "      - id: templatekit-check\n"
+        "        exclude: ^custom/\n"
+        "      - id: templatekit-check\n"
+        "        alias: templatekit-check-bot\n"
+        "        name: templatekit check --train-role bot\n"
+        "        files: ^custom/.*\\.jinja$\n"
+        "        args: [--train-role, bot]\n",
+        encoding="utf-8",
+    )
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"), "GIT_CONFIG_GLOBAL": os.devnull}
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q"], cwd=repo, check=True, env=env)
     subprocess.run([*git, "add", "."], cwd=repo, check=True, env=env)
     result = subprocess.run(
-        [pre_commit, "try-repo", str(REPO_ROOT), "templatekit-check", "--all-files"],
+        [pre_commit, "run", "--all-files", "--verbose"],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -238,6 +283,10 @@ def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert "good.jinja: ok" in output
-    assert "model/bad.jinja: FAILED" in output
-    assert "notes.txt" not in output.split("templatekit-check", 1)[-1]  # not a template file: not passed to the hook
+    default_run, bot_run = output.split("templatekit check --train-role bot", 1)
+    assert "good.jinja: ok" in default_run
+    assert "model/bad.jinja: FAILED" in default_run
+    assert "custom/bot.jinja" not in default_run  # excluded from the default hook
+    assert "notes.txt" not in default_run.split("templatekit-check", 1)[-1]  # not a template file: not passed
+    assert "custom/bot.jinja: ok" in bot_run  # tagged for bot, and checked for bot
+    assert "good.jinja" not in bot_run

@@ -16,8 +16,8 @@ from _paths import REPO_ROOT, corpus_dir, corpus_file
 
 import templatekit
 from templatekit import cli
+from templatekit.core.sandbox import DEFAULT
 from templatekit.errors import PatchError
-from templatekit.limits import DEFAULT
 
 # How TRL decides a template has generation tags.
 TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -140,7 +140,7 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
     example = corpus_file(PATCHABLE)
     code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool")
     assert code in (0, 1), err
-    defaults = {"timeout": DEFAULT, "max_memory": DEFAULT}  # the limits in force (templatekit.limits)
+    defaults = {"timeout": DEFAULT, "max_memory": DEFAULT}  # the limits in force (templatekit.core.sandbox)
     assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True, **defaults}
     seen.clear()
     code, _, err = run(capsys, "patch", example, "--timeout", "2.5", "--max-memory", "512M")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import templatekit
-from templatekit.probes import build_probes
-from templatekit.syntax import parse_template
-from templatekit.verify import merge_adjacent, render_probe
+from templatekit.core.probes import build_probes
+from templatekit.core.syntax import parse_template
+from templatekit.core.verify import merge_adjacent, render_probe
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 TEMPLATES = sorted(CORPUS.glob("*/*.jinja"))

@@ -13,8 +13,8 @@ from test_hard_cases import TOOLS, patched_and_original
 
 import templatekit
 from templatekit import PatchError, SpanRenderer
-from templatekit.fallback import FallbackError
-from templatekit.patcher import analyse
+from templatekit.core.pipeline import analyse
+from templatekit.errors import FallbackError
 
 
 def call(name: str, city: str, call_id: str) -> dict:

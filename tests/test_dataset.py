@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import templatekit
 from templatekit import DatasetRowError, prepare_dataset
-from templatekit.dataset import _token_mask
-from templatekit.masks import spans_to_token_mask
+from templatekit.training.dataset import _token_mask
+from templatekit.training.masks import spans_to_token_mask
 
 datasets = pytest.importorskip("datasets")
 Dataset, IterableDataset = datasets.Dataset, datasets.IterableDataset

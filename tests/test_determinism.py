@@ -21,11 +21,11 @@ from _paths import corpus_dir
 from transformers.utils.chat_template_utils import render_jinja_template
 
 import templatekit
-import templatekit.syntax
-from templatekit.probes import build_probes
-from templatekit.render import render_tagged
-from templatekit.syntax import PROBE_INSTANT, make_environment, probe_clock
-from templatekit.verify import render_probe
+import templatekit.core.syntax
+from templatekit.core.probes import build_probes
+from templatekit.core.syntax import PROBE_INSTANT, make_environment, probe_clock
+from templatekit.core.verify import render_probe
+from templatekit.training.tagged_render import render_tagged
 
 WORKER = Path(__file__).with_name("determinism_worker.py")
 TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
@@ -132,7 +132,7 @@ def _stopped_clock(monkeypatch, instant: datetime) -> None:
         def now(cls, tz=None):
             return instant
 
-    monkeypatch.setattr(templatekit.syntax, "datetime", Stopped)
+    monkeypatch.setattr(templatekit.core.syntax, "datetime", Stopped)
 
 
 def test_probe_renders_read_the_fixed_instant_and_user_renders_the_real_clock(monkeypatch):

@@ -14,12 +14,13 @@ import pytest
 from _paths import corpus_dir
 
 from templatekit import PatchError, SpanRenderer
-from templatekit.fallback import Delimiters, FallbackError, derive_delimiters, find_spans
-from templatekit.patcher import analyse
-from templatekit.policies import ConversationError
-from templatekit.rewrite import strip_generation_tags
-from templatekit.syntax import probe_clock
-from templatekit.verify import check_spans, merge_adjacent
+from templatekit.core.pipeline import analyse
+from templatekit.core.syntax import probe_clock
+from templatekit.core.tags import strip_generation_tags
+from templatekit.core.verify import check_spans, merge_adjacent
+from templatekit.errors import ConversationError, FallbackError
+from templatekit.training.delimiters import Delimiters, find_spans
+from templatekit.training.fallback import derive_delimiters
 
 TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
 IDS = [f"{p.parent.name}/{p.stem}" for p in TEMPLATES]

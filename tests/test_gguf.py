@@ -16,10 +16,10 @@ import pytest
 from _paths import corpus_file
 
 import templatekit
-from templatekit import cli, sources
+from templatekit import cli
 from templatekit.errors import TemplateSourceError
-from templatekit.gguf_file import read_gguf_templates, template_key, write_gguf_templates
-from templatekit.sources import NoChatTemplateError, load_templates
+from templatekit.sources import NoChatTemplateError, atomic, load_templates
+from templatekit.sources.gguf import read_gguf_templates, template_key, write_gguf_templates
 
 QWEN = "trl/qwen2_5.jinja"
 LLAMA = "trl/llama3_2.jinja"
@@ -223,7 +223,7 @@ def test_interrupted_gguf_write_leaves_no_file(tmp_path: Path, monkeypatch: pyte
     def broken_replace(src: str, dst: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(sources.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
         write_gguf_templates(source, target, {"default": templatekit.patch_template(text_of(QWEN)).template})
     assert target.read_bytes() == b"an older file the user keeps"
@@ -239,7 +239,7 @@ def test_unknown_template_name_is_refused(tmp_path: Path) -> None:
 
 def test_a_copy_that_does_not_read_back_identically_is_not_written(tmp_path: Path, monkeypatch) -> None:
     """Simulate a bad copy (one flipped byte in the tensor data): the read-back check refuses it."""
-    from templatekit import gguf_file
+    from templatekit.sources import gguf as gguf_file
 
     real_copy = gguf_file._copy_rest
 

@@ -149,8 +149,8 @@ def test_string_and_block_content_are_both_tagged_when_the_template_has_a_branch
 
 def test_a_statement_ends_at_its_own_tag_even_when_a_comment_follows():
     # llava: `{% endfor %}{# comment #}`: a tag put after the loop must not land inside the comment's `{#`.
-    from templatekit.analysis import build_flow
-    from templatekit.syntax import parse_template
+    from templatekit.core.analysis import build_flow
+    from templatekit.core.syntax import parse_template
 
     source = "{% for m in messages %}{% if m.x %}a{% endif %}{# note #}\n{% endfor %}"
     statement = build_flow(parse_template(source)).root.items[0].bodies[0].items[0]

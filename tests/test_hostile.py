@@ -37,9 +37,9 @@ from _paths import corpus_file
 from datasets import Dataset
 
 import templatekit
+from templatekit.cli.highlight import render_conversation
 from templatekit.errors import TemplateKitError, TemplateLimitError
-from templatekit.fallback import derive_delimiters
-from templatekit.show import render_conversation
+from templatekit.training.fallback import derive_delimiters
 
 CHAT_LOOP = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"

@@ -21,8 +21,8 @@ from hub_server import StandInHub
 import templatekit
 from templatekit import cli
 from templatekit.errors import TemplateSourceError
-from templatekit.hub import hub_settings, load_hub_templates
 from templatekit.sources import NoChatTemplateError, load_templates, source_kind
+from templatekit.sources.hub import hub_settings, load_hub_templates
 
 QWEN = "trl/qwen2_5.jinja"
 LLAMA = "trl/llama3_2.jinja"

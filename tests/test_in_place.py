@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 import templatekit
 from templatekit import cli, sources
 from templatekit.errors import PatchError
-from templatekit.writing import replace_json_string, update_in_place
+from templatekit.sources import atomic
+from templatekit.sources.in_place import update_in_place
+from templatekit.sources.json_positions import replace_json_string
 
 QWEN = "trl/qwen2_5.jinja"
 LLAMA = "trl/llama3_2.jinja"
@@ -178,7 +180,7 @@ def fail_replacing(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
             raise OSError(errno.EIO, "Input/output error", str(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(sources.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
 
 
 def test_failed_rename_leaves_the_original_intact(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +223,7 @@ def test_disk_full_midway_through_the_write(tmp_path: Path, monkeypatch: pytest.
         def __getattr__(self, name: str):
             return getattr(self.handle, name)
 
-    monkeypatch.setattr(sources.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     [loaded] = sources.load_templates(tmp_path)
     with pytest.raises(OSError, match="No space left"):
         update_in_place([loaded], [patched(QWEN)])

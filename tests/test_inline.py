@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from templatekit.chat_render import render_chat
-from templatekit.inline import inlined_sources
-from templatekit.syntax import make_environment, parse_template
+from templatekit.core.chat_render import render_chat
+from templatekit.core.inline import inlined_sources
+from templatekit.core.syntax import make_environment, parse_template
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

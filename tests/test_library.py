@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 from transformers.utils.chat_template_utils import render_jinja_template
 
 import templatekit
-from templatekit.library import UnknownTemplateError
+from templatekit.errors import UnknownTemplateError
 
 NAMES = ["alpaca", "chatml", "gemma", "llama3", "mistral", "phi3", "vicuna", "zephyr"]
 TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -199,8 +199,9 @@ def test_wheel_ships_the_library(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("templatekit-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        assert "templatekit/py.typed" in names  # the package says it is typed (PEP 561)
         for name in NAMES:
-            member = f"templatekit/templates/{name}.jinja"
+            member = f"templatekit/library/templates/{name}.jinja"
             assert member in names
             assert archive.read(member) == (REPO_ROOT / "templates" / f"{name}.jinja").read_bytes()
     target = tmp_path / "site"

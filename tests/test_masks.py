@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from templatekit.masks import spans_to_token_mask
+from templatekit.training.masks import spans_to_token_mask
 
 
 def naive_mask(offsets, spans):

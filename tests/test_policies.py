@@ -6,7 +6,8 @@ import pytest
 from _paths import corpus_file
 
 from templatekit import SpanRenderer, render_with_spans
-from templatekit.policies import ConversationError, Policy, attribute
+from templatekit.errors import ConversationError
+from templatekit.training.policies import Policy, attribute
 
 QWEN = "trl/qwen2_5.jinja"
 QWEN3 = "trl/qwen3.jinja"

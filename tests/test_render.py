@@ -6,10 +6,11 @@ import pytest
 from _paths import corpus_dir
 
 import templatekit
-from templatekit.probes import build_probes
-from templatekit.render import MarkerCollision, render_tagged
-from templatekit.syntax import probe_clock
-from templatekit.verify import merge_adjacent, render_probe
+from templatekit.core.probes import build_probes
+from templatekit.core.syntax import probe_clock
+from templatekit.core.verify import merge_adjacent, render_probe
+from templatekit.errors import MarkerCollision
+from templatekit.training.tagged_render import render_tagged
 
 TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
 

@@ -22,11 +22,11 @@ from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 from transformers.utils.chat_template_utils import render_jinja_template
 
 import templatekit
-from templatekit.masks import spans_to_token_mask
-from templatekit.probes import SPECIAL_TOKENS, build_probes
-from templatekit.show import DEMO_CONVERSATIONS
-from templatekit.spans import render_with_spans
-from templatekit.verify import merge_adjacent
+from templatekit.cli.highlight import DEMO_CONVERSATIONS
+from templatekit.core.probes import SPECIAL_TOKENS, build_probes
+from templatekit.core.verify import merge_adjacent
+from templatekit.training.masks import spans_to_token_mask
+from templatekit.training.spans import render_with_spans
 
 CHROMIUM = next((found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None)
 
@@ -294,7 +294,7 @@ def test_plain_output_brackets_trained_text_and_marks_tokens(capsys, tmp_path: P
 
 
 def test_rich_terminal_rendering_styles_exactly_the_trained_text() -> None:
-    from templatekit.show import render_conversation, to_rich
+    from templatekit.cli.highlight import render_conversation, to_rich
 
     probe = next(p for p in build_probes() if p.name == "multi_turn")
     rendering = render_conversation(templatekit.get_template("llama3"), probe.messages, **SPECIAL_TOKENS)

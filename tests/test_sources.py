@@ -17,6 +17,7 @@ from templatekit.errors import TemplateSourceError
 from templatekit.sources import (
     LoadedTemplate,
     NoChatTemplateError,
+    atomic,
     find_template_files,
     load_templates,
     register_loader,
@@ -309,7 +310,7 @@ def test_write_text_atomic_failure_keeps_the_old_file(tmp_path: Path, monkeypatc
     def broken_replace(src: str, dst: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(sources.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
         write_text_atomic(target, "new")
     assert target.read_text(encoding="utf-8") == "old"

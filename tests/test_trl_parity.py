@@ -16,8 +16,8 @@ import trl
 from test_core import CORPUS
 
 import templatekit
-from templatekit.patcher import analyse
-from templatekit.verify import render_probe
+from templatekit.core.pipeline import analyse
+from templatekit.core.verify import render_probe
 
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 PAIRS = sorted(

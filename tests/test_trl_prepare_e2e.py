@@ -15,7 +15,7 @@ from _paths import corpus_file
 from test_dataset import conversations, truth_spans
 
 from templatekit import prepare_dataset
-from templatekit.masks import spans_to_token_mask
+from templatekit.training.masks import spans_to_token_mask
 
 pytest.importorskip("trl")
 torch = pytest.importorskip("torch")

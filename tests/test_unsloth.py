@@ -24,7 +24,7 @@ from _paths import REPO_ROOT, corpus_file
 
 from templatekit import SpanRenderer
 from templatekit.integrations.unsloth import response_delimiters, train_on_responses_only
-from templatekit.masks import encode_with_mask, labels_from_mask
+from templatekit.training.masks import encode_with_mask, labels_from_mask
 
 UNSLOTH_ZOO = "unsloth-zoo==2026.10.9"
 CHATML = ("<|im_start|>user\n", "<|im_start|>assistant\n")

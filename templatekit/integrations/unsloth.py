@@ -19,9 +19,9 @@ At the edges of a span, Unsloth (unsloth_zoo 2026.10.9) does this, and so does t
 * whitespace after the end-of-turn marker is not trained.
 
 What differs from Unsloth, on purpose: the spans are found on *text*, not on token ids. Each row's
-`input_ids` are decoded, the spans are found with the delimiters of `fallback.py` (the parts given, or,
+`input_ids` are decoded, the spans are found with the delimiters of `training/fallback.py` (the parts given, or,
 when both are omitted, the ones learned from the tokenizer's chat template, which include the header's
-whitespace), and they become token labels through the offset mapping (`masks.spans_to_token_mask`), so a
+whitespace), and they become token labels through the offset mapping (`training.masks.spans_to_token_mask`), so a
 delimiter that the tokenizer merges with its neighbours is still found, where a token-id search misses it.
 And the template's end-of-turn marker is trained even where the tokenizer's EOS is another token (a base
 tokenizer whose EOS is `<|end_of_text|>`), so that the model learns to stop; Unsloth leaves it out there.
@@ -33,10 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
-from ..fallback import Delimiters, derive_delimiters, find_spans
-from ..masks import spans_to_token_mask
-from ..policies import _cut
+from ..errors import DatasetRowError, InvalidArgumentError
+from ..training.delimiters import Delimiters, find_spans
+from ..training.fallback import derive_delimiters
+from ..training.masks import spans_to_token_mask
+from ..training.policies import cut_out
 
 __all__ = ["response_delimiters", "train_on_responses_only"]
 
@@ -48,7 +51,9 @@ def _template_of(tokenizer) -> str | None:
     return template or None
 
 
-def response_delimiters(tokenizer, instruction_part: str | None = None, response_part: str | None = None) -> Delimiters:
+def response_delimiters(
+    tokenizer: Any, instruction_part: str | None = None, response_part: str | None = None
+) -> Delimiters:
     """The delimiters `train_on_responses_only` uses: the parts given, or both learned from the chat template.
 
     Given parts are taken as written: the response starts right after `response_part`. The end-of-turn
@@ -58,11 +63,13 @@ def response_delimiters(tokenizer, instruction_part: str | None = None, response
         >>> # response_delimiters(tokenizer).response_parts  ->  ('<|im_start|>assistant\\n',) for a ChatML template
     """
     if (instruction_part is None) != (response_part is None):
-        raise ValueError("give both instruction_part and response_part, or neither to detect them from the template")
+        raise InvalidArgumentError(
+            "give both instruction_part and response_part, or neither to detect them from the template"
+        )
     template = _template_of(tokenizer)
     if template is None:
         if response_part is None:
-            raise ValueError("the tokenizer has no chat_template to detect the parts from: pass both parts")
+            raise InvalidArgumentError("the tokenizer has no chat_template to detect the parts from: pass both parts")
         # As in Unsloth: the tokenizer's EOS ends a response, and is trained.
         return Delimiters((response_part,), getattr(tokenizer, "eos_token", None) or "", (instruction_part,))
     derived = derive_delimiters(template, response_part=response_part, instruction_part=instruction_part)
@@ -87,15 +94,16 @@ def _masker(tokenizer, delimiters: Delimiters, last_response_only: bool, mask_ou
             text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             if list(encoded["input_ids"]) != ids:
-                raise ValueError(
-                    f"row {row}: decoding then re-encoding its input_ids gives other ids, so the trained "
-                    "text cannot be placed on its tokens; build the dataset with templatekit.prepare_dataset"
+                raise DatasetRowError(
+                    "decoding then re-encoding its input_ids gives other ids, so the trained "
+                    "text cannot be placed on its tokens; build the dataset with templatekit.prepare_dataset",
+                    row=row,
                 )
             spans = find_spans(text, delimiters)
             if last_response_only:
                 spans = spans[-1:]
             for needle in mask_out:
-                spans = _cut(spans, text, needle)
+                spans = cut_out(spans, text, needle)
             mask = spans_to_token_mask(encoded["offset_mapping"], spans)
             source = ids if old is None else list(old[row])
             all_labels.append([label if bit else -100 for label, bit in zip(source, mask)])
@@ -105,16 +113,16 @@ def _masker(tokenizer, delimiters: Delimiters, last_response_only: bool, mask_ou
 
 
 def train_on_responses_only(
-    trainer,
+    trainer: Any,
     instruction_part: str | None = None,
     response_part: str | None = None,
     *,
     last_response_only: bool = False,
     mask_out_tokens: str | Sequence[str] | None = None,
     num_proc: int | None = None,
-    tokenizer=None,
+    tokenizer: Any = None,
     return_function: bool = False,
-):
+) -> Any:
     """Mask every label outside the responses to -100 (Unsloth's `train_on_responses_only`, exact masks).
 
     Args:
@@ -138,11 +146,11 @@ def train_on_responses_only(
     """
     if tokenizer is None:
         if trainer is None:
-            raise ValueError("pass a trainer or a tokenizer")
+            raise InvalidArgumentError("pass a trainer or a tokenizer")
         tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor's text tokenizer
     if tokenizer is None:
-        raise ValueError("the trainer has no tokenizer (processing_class); pass tokenizer=")
+        raise InvalidArgumentError("the trainer has no tokenizer (processing_class); pass tokenizer=")
     delimiters = response_delimiters(tokenizer, instruction_part, response_part)
     mask_out = [mask_out_tokens] if isinstance(mask_out_tokens, str) else list(mask_out_tokens or ())
     function = _masker(tokenizer, delimiters, last_response_only, mask_out)
@@ -154,7 +162,7 @@ def train_on_responses_only(
             return None
         columns = getattr(dataset, "column_names", None) or []
         if "input_ids" not in columns:
-            raise ValueError(f"the dataset has no input_ids column (columns: {columns}); tokenize it first")
+            raise InvalidArgumentError(f"the dataset has no input_ids column (columns: {columns}); tokenize it first")
         kwargs = {"num_proc": num_proc} if num_proc and num_proc > 1 else {}
         return dataset.map(function, batched=True, **kwargs)
 

@@ -1,0 +1,58 @@
+"""`templatekit check`: exit 0 only when every template carries generation tags that pass verification."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import check_formats
+from .console import STATUS_STYLE, Console
+from .options import add_limit_options, add_train_role, limits, public_api, train_roles
+
+__all__ = ["add_parser", "run"]
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Check every template of every source against the trained roles; the exit code (0, 1 or 2)."""
+    fmt = "json" if args.json else args.format
+    options = {"train_roles": train_roles(args), **limits(args)}
+    outcomes = check_formats.check_sources(
+        args.sources, check=lambda text: public_api().check_template(text, **options)
+    )
+    if fmt == "json":
+        out.raw(check_formats.to_json(outcomes))
+    elif fmt == "github":
+        out.raw(check_formats.to_github(outcomes))
+    else:
+        for outcome in outcomes:
+            if outcome.status == "error":
+                err.line(f"error: {outcome.summary}", "red")
+            elif not (outcome.ok and args.quiet):
+                out.line(f"{outcome.label}: {outcome.summary}", STATUS_STYLE["ok" if outcome.ok else "FAILED"])
+                for finding in outcome.findings:
+                    out.line(f"  - {finding.message}")
+    return check_formats.exit_code(outcomes)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `check` command."""
+    check = commands.add_parser(
+        "check",
+        help="exit 0 only if every template carries generation tags that pass verification",
+        description="Check templates for CI and pre-commit: every template of every SOURCE must carry generation "
+        "tags that pass verification.",
+        epilog="exit codes: 0 every template is tagged and verified; 1 findings (a template has no tags, or its tags "
+        "fail verification); 2 usage or input error (a source is missing, unreadable or malformed)",
+    )
+    check.add_argument("sources", nargs="+", metavar="SOURCE")
+    check.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text (default); json: one machine-readable document on stdout; github: GitHub Actions annotations "
+        "(::error file=…,line=…) pointing at the template's file and line",
+    )
+    check.add_argument("--json", action="store_true", help="the same as --format json")
+    check.add_argument("-q", "--quiet", action="store_true", help="text format: print only the templates that fail")
+    add_train_role(check)
+    add_limit_options(check)
+    check.set_defaults(func=run)

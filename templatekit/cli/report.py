@@ -1,0 +1,160 @@
+"""`templatekit report`: classify every template under some paths (patched, retagged, already tagged, not
+patchable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NoChatTemplateError, PatchError, TemplateSourceError
+from ..sources import LoadedTemplate, find_template_files, load_templates
+from .console import EXIT_OK, EXIT_USAGE, Console
+from .options import add_limit_options, add_train_role, limits, public_api, reason_of, train_roles
+
+__all__ = ["add_parser", "run"]
+
+_STATUSES = ("patched", "retagged", "already tagged", "not patchable")
+
+
+@dataclass
+class _Row:
+    """One template's line in the report."""
+
+    label: str
+    status: str  # "patched", "retagged" (its own tags fail and were replaced), "already tagged" or "not patchable"
+    reason: str = ""
+    source: str = ""  # the file; with `name`, what --json reports
+    name: str | None = None
+
+
+def _first(reasons: Sequence[str]) -> str:
+    if not reasons:
+        return ""
+    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return reasons[0] + more
+
+
+def _classify(api: Any, template: LoadedTemplate, roles: tuple[str, ...], budget: dict[str, Any]) -> _Row:
+    from ..core.sandbox import limit_scope
+
+    row = _Row(template.label, "not patchable", source=str(template.origin or template.label), name=template.name)
+    try:
+        with limit_scope(**budget):  # one time and memory budget for all the work on this template
+            return _classify_within(api, template, roles, row)
+    except PatchError as exc:
+        row.reason = _first(exc.reasons)
+    except TemplateSourceError as exc:  # malformed, unsafe, or past a limit (TemplateLimitError)
+        row.reason = reason_of(exc)
+    except Exception as exc:  # one broken template must not stop a report over hundreds
+        row.reason = f"internal error: {type(exc).__name__}: {exc}"
+    return row
+
+
+def _classify_within(api: Any, template: LoadedTemplate, roles: tuple[str, ...], row: _Row) -> _Row:
+    from ..core.tags import mentions_generation_tag  # on use: jinja2 is not loaded for --help
+
+    if mentions_generation_tag(template.text):
+        # Judged against the roles asked for: a template tagged for `--train-role bot` is already tagged for bot.
+        report = api.check_template(template.text, train_roles=roles)
+        if report.ok:
+            row.status = "already tagged"
+            return row
+        # Its own tags fail verification: `check` fails it; `patch` replaces them by default.
+        row.reason = "its generation tags fail verification: " + (_first(report.reasons) or "see check")
+        try:
+            api.patch_template(template.text, train_roles=roles, retag=True)
+            row.status = "retagged"
+        except PatchError as exc:
+            row.reason += f"; replacing them fails too: {_first(exc.reasons)}"
+        return row
+    # No tag at all, so the patch inserts tags: "patched" (a template already tagged is judged above).
+    row.status = api.patch_template(template.text, train_roles=roles, retag=True).status
+    return row
+
+
+def _progress(err: Console, total: int, quiet: bool) -> Any:
+    """A rich progress bar on stderr when stderr is a terminal (and not --quiet); otherwise a no-op stand-in."""
+    from contextlib import nullcontext
+
+    if quiet or err.rich is None or total < 2:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}", style="dim"),
+        console=err.rich,
+        transient=True,  # the bar goes away when done; the table and summary stay
+    )
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Classify every template under the paths and print the table (or one JSON document); exit 0 or 2."""
+    try:
+        files = find_template_files(args.paths)
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    api, roles, budget = public_api(), train_roles(args), limits(args)
+    rows: list[_Row] = []
+    with _progress(err, len(files), args.quiet) as progress:
+        task = progress.add_task("checking templates", total=len(files), current="") if progress else None
+        for path in files:
+            if progress is not None:
+                progress.update(task, current=path.name)
+            try:
+                templates = load_templates(path)
+            except NoChatTemplateError:
+                templates = []  # a tokenizer_config.json without a chat template is not a template
+            except TemplateSourceError as exc:
+                rows.append(_Row(str(path), "not patchable", reason_of(exc), source=str(path)))
+                templates = []
+            rows.extend(_classify(api, template, roles, budget) for template in templates)
+            if progress is not None:
+                progress.advance(task)
+
+    counts = {status: sum(r.status == status for r in rows) for status in _STATUSES}
+    if args.json:
+        document = {
+            "templates": [
+                {"source": r.source, "name": r.name, "label": r.label, "status": r.status, "reason": r.reason}
+                for r in rows
+            ],
+            "counts": counts,
+            "total": len(rows),
+        }
+        out.raw(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    shown = [r for r in rows if r.status in ("not patchable", "retagged")] if args.summary else rows
+    if shown and not args.quiet:
+        out.table(["template", "status", "reason"], [(r.label, r.status, r.reason) for r in shown], status_column=1)
+    out.line(
+        f"{counts['patched']} patched, {counts['retagged']} retagged, {counts['already tagged']} already tagged, "
+        f"{counts['not patchable']} not patchable (of {len(rows)})"
+    )
+    return EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `report` command."""
+    report = commands.add_parser(
+        "report",
+        help="classify every template under the given paths",
+        description="Find every *.jinja, tokenizer_config.json and chat_template.json under PATH and classify each "
+        "as patched, retagged (its own tags fail verification and were replaced), already tagged or not patchable.",
+    )
+    report.add_argument("paths", nargs="+", metavar="PATH")
+    report.add_argument("--summary", action="store_true", help="list only the templates that are not ok")
+    report.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the summary line (no table, no progress bar)"
+    )
+    report.add_argument("--json", action="store_true", help="one JSON document on stdout: every template, counts")
+    add_train_role(report)
+    add_limit_options(report)
+    report.set_defaults(func=run)

@@ -1,0 +1,98 @@
+"""`templatekit show`: a conversation rendered with the trained text (and tokens) marked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
+from ..sources import load_templates, write_text_atomic
+from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
+from .options import add_limit_options, limits, located
+
+__all__ = ["add_parser", "run"]
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Render a conversation with the trained text (and tokens) marked: terminal, pipe or HTML page."""
+    from . import highlight as show  # imported on use: it loads the renderer, and transformers with it
+
+    try:
+        templates = load_templates(args.source)
+        messages, tools = show.load_messages(args.messages) if args.messages else (None, None)
+        encode = show.load_tokenizer(args.tokenizer) if args.tokenizer else None
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    # One template is shown: the one --name picks, else the default one.
+    wanted = args.name or "default"
+    template = next((t for t in templates if t.name == wanted), None if args.name else templates[0])
+    if template is None:
+        names = ", ".join(t.name for t in templates)
+        err.line(f"error: {args.source}: no template named {args.name!r} (found: {names})", "red")
+        return EXIT_USAGE
+    # The special tokens the model's own config names, as apply_chat_template would pass them.
+    origin = template.origin if template.kind != "hub" else None
+    folder = origin.parent if origin is not None else None
+    if folder is None and args.tokenizer and Path(args.tokenizer).is_dir():
+        folder = Path(args.tokenizer)
+    try:
+        rendering = show.render_conversation(
+            template.text,
+            messages,
+            tools=tools,
+            add_generation_prompt=args.add_generation_prompt,
+            tokenizer=encode,
+            fallback=True if args.fallback else None,
+            **limits(args),
+            **show.special_tokens(folder),
+        )
+    except ConversationError as exc:
+        err.line(f"error: {args.messages or 'the demo conversations'}: {exc}", "red")
+        return EXIT_USAGE
+    except TemplateSourceError as exc:
+        err.line(f"error: {located(exc, template)}", "red")
+        return EXIT_USAGE
+    except TemplateKitError as exc:
+        err.line(f"{template.label}: cannot tell what is trained", "bold red")
+        reasons = exc.reasons if isinstance(exc, NotTrainableError) else []
+        for reason in reasons or [str(exc)]:
+            err.line(f"  - {reason}")
+        return EXIT_FAIL
+    for note in rendering.notes:
+        err.line(f"note: {note}", "dim")
+    err.line(f"{template.label}: {show.summary(rendering)}")
+    if args.html:
+        write_text_atomic(args.html, show.to_html(rendering, template.label))
+        err.line(f"wrote {args.html}")
+    elif out.tty and out.rich is not None:
+        out.rich.print(show.to_rich(rendering))
+    else:
+        out.raw(show.to_plain(rendering) + "\n")
+    return EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `show` command."""
+    show_cmd = commands.add_parser(
+        "show",
+        help="render a conversation with the trained text highlighted",
+        description="Render a conversation (a built-in demo with system, user, tool call and answer when --messages "
+        "is not given) with SOURCE's template and highlight what training would learn: the spans of the verified "
+        "patched template, or of the delimiter fallback when it cannot be patched. With --tokenizer, token "
+        "boundaries are shown too. In a terminal: colours; in a pipe: trained runs between ⟦ ⟧, token starts "
+        "marked ¦; --html OUT: a self-contained page.",
+    )
+    show_cmd.add_argument("source", metavar="SOURCE")
+    show_cmd.add_argument("--name", help="the named template to show (e.g. tool_use)")
+    show_cmd.add_argument(
+        "--messages", metavar="CONV.json", help='a JSON list of messages, or {"messages": [...], "tools": [...]}'
+    )
+    show_cmd.add_argument("--tokenizer", metavar="SOURCE", help="a local tokenizer folder or tokenizer.json")
+    show_cmd.add_argument("--html", metavar="OUT", help="write a self-contained HTML page here instead")
+    show_cmd.add_argument("--add-generation-prompt", action="store_true", help="render with the generation prompt")
+    show_cmd.add_argument(
+        "--fallback", action="store_true", help="show what the delimiter fallback trains, even for a patchable template"
+    )
+    add_limit_options(show_cmd)
+    show_cmd.set_defaults(func=run)

@@ -1,0 +1,355 @@
+"""From traced probes to text edits: where `{% generation %}` and `{% endgeneration %}` go.
+
+For every trained turn of every probe we know the expected span (layout.py) and which unit wrote each
+character (analysis.py); turn_regions.py turns each span into regions of the source. Here the regions of all
+probes are reconciled: a region that opens a turn
+in one render and continues one in another is paired with its alternative under the template's own test;
+regions are merged, and split around what must stay outside (a `set` read later, an output that wrote
+someone else's text or only header). Regions that the render also enters for untrained messages get a guard
+(`{% if message.role in [...] %}`) and the region is written twice, tagged and untagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jinja2 import nodes
+
+from ..errors import PlanError
+from .analysis import Body, Flow, Item, Stmt, Unit
+from .layout import Layout, TracedProbe
+from .regions import Cut, Region, where
+from .syntax import Pos
+from .turn_regions import cut_after, cut_before, loops_of, pieces_by_writer, regions_for_turn, units_in, units_of
+
+
+def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
+    """Drop duplicates and regions nested in others; merge overlapping regions of one body."""
+    unique: dict[tuple[int, int], Region] = {}
+    for region in regions:
+        kept = unique.setdefault(region.key, region)
+        if kept.closes != region.closes:
+            raise PlanError(
+                f"the output at {where(flow, region.start.offset)} both opens a turn and closes the one before"
+            )
+        kept.targets |= region.targets
+        kept.guard |= region.guard
+        if kept.alternative is None and region.alternative is not None:
+            kept.alternative, kept.condition = region.alternative, region.condition
+    ordered = sorted(unique.values(), key=lambda r: (r.start.offset, -r.end.offset))
+    merged: list[Region] = []
+    for region in ordered:
+        if merged and region.start.offset < merged[-1].end.offset:
+            outer = merged[-1]
+            if outer.closes != region.closes:
+                raise PlanError(
+                    f"the outputs at {where(flow, outer.start.offset)} both open a turn and close the one before"
+                )
+            if region.end.offset <= outer.end.offset:
+                outer.targets |= region.targets
+                outer.guard |= region.guard
+                continue
+            if region.body is not outer.body:
+                raise PlanError(
+                    f"spans overlap without nesting at {where(flow, outer.start.offset)} and {where(flow, region.start.offset)}"
+                )
+            outer.last, outer.end = region.last, region.end
+            outer.targets |= region.targets
+            outer.guard |= region.guard
+            continue
+        merged.append(region)
+    return merged
+
+
+def _silent(item: Item) -> bool:
+    return isinstance(item, Stmt) and not item.bodies
+
+
+def _trim(region: Region) -> Region:
+    """Leave statements that write nothing (`set`, `do`, macros) outside the region's ends.
+
+    A generation block is a call block: a variable set inside it does not outlive it.
+    """
+    items = region.body.items
+    while region.first < region.last and _silent(items[region.first]) and region.start.item is items[region.first]:
+        region.first += 1
+        region.start = cut_before(items[region.first])
+    while region.last > region.first and _silent(items[region.last]) and region.end.item is items[region.last]:
+        region.last -= 1
+        region.end = cut_after(items[region.last])
+    return region
+
+
+def _assigned_names(item: Item) -> set[str]:
+    """Variables that `item` sets in the scope it runs in: `set` statements, also inside `if` branches.
+
+    Loops, macros and call blocks have scopes of their own, so what they set never leaks out of them;
+    attribute sets (`ns.x = ...`) change an object and leak nowhere either.
+    """
+    if not isinstance(item, Stmt):
+        return set()
+    if isinstance(item.node, (nodes.Assign, nodes.AssignBlock)):
+        return {name.name for name in item.node.target.find_all(nodes.Name)} | (
+            {item.node.target.name} if isinstance(item.node.target, nodes.Name) else set()
+        )
+    if isinstance(item.node, nodes.If):
+        return {name for body in item.bodies for inner in body.items for name in _assigned_names(inner)}
+    return set()
+
+
+def _names_read_outside(flow: Flow, start: int, end: int) -> set[str]:
+    return {
+        name.name
+        for name in flow.parsed.ast.find_all(nodes.Name)
+        if name.ctx == "load" and isinstance(name.lineno, Pos) and not start <= name.lineno.offset < end
+    }
+
+
+def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
+    """`region` split around what must stay outside a generation block.
+
+    Two things must: a `set` whose variable is read after the region (a generation block is a call block,
+    so a variable set inside it vanishes when the block ends), and an output that writes someone else's
+    text or only ever header text in some probe (a tool result the template puts inside the assistant's
+    turn, a header piece one branch adds): `foreign` holds their unit ids. An `if` or loop holding one is entered and its bodies are wrapped one by one.
+    Adjacent pieces train the same characters as the whole region. Pieces that write nothing are dropped.
+    """
+    read_outside = _names_read_outside(flow, region.start.offset, region.end.offset)
+
+    def excluded(item: Item) -> bool:
+        if isinstance(item, Unit):
+            return item.uid in foreign
+        return bool(_assigned_names(item) & read_outside) or any(unit.uid in foreign for unit in units_of(item))
+
+    def pieces(body: Body, first: int, last: int, start: Cut | None, end: Cut | None) -> list[Region]:
+        found: list[Region] = []
+        run: list[Item] = []
+
+        def close_run(end_cut: Cut | None) -> None:
+            if any(unit for item in run for unit in units_of(item)):
+                head = start if run[0].index == first and start is not None else cut_before(run[0])
+                tail = end_cut if end_cut is not None else cut_after(run[-1])
+                found.append(
+                    Region(body, run[0].index, run[-1].index, head, tail, set(region.targets), closes=region.closes)
+                )
+            run.clear()
+
+        for item in body.items[first : last + 1]:
+            if excluded(item):
+                if run:
+                    close_run(None)
+                for sub in getattr(item, "bodies", []):
+                    if sub.items:
+                        found += pieces(sub, 0, len(sub.items) - 1, None, None)
+            else:
+                run.append(item)
+        if run:
+            close_run(end if run[-1].index == last else None)
+        return found
+
+    found = pieces(region.body, region.first, region.last, region.start, region.end)
+    if len(found) == 1 and (found[0].first, found[0].last, found[0].key) == (region.first, region.last, region.key):
+        return [region]  # nothing left out: keep the region with what it carries (an alternative)
+    return found
+
+
+def _header_units(traces: list[TracedProbe]) -> set[int]:
+    """Units that only ever write a trained turn's header (a header piece one branch adds), never its body."""
+    header, trained = set(), set()
+    for trace in traces:
+        layout, emissions = trace.layout, trace.emissions
+        for turn in layout.turns:
+            own = [e for e in emissions if e.message == turn.message and e.text]
+            opening = min((e.start for e in own), default=turn.start)
+            for emission in own:
+                if opening <= emission.start and emission.end <= turn.start and emission.text.strip():
+                    header.add(emission.uid)
+            # Whoever writes part of a turn is trained there (a stop marker the next message writes).
+            trained |= {e.uid for e in emissions if e.text and e.start < turn.end and turn.start < e.end}
+    return header - trained
+
+
+def _foreign_units(traces: list[TracedProbe]) -> set[int]:
+    """Units that, while writing a trained message, wrote someone else's text (a tool result, say)."""
+    return {
+        emission.uid
+        for trace in traces
+        for emission in trace.emissions
+        if emission.message in trace.layout.trained
+        and any(emission.start < end and start < emission.end for start, end, _ in trace.layout.forbidden)
+    }
+
+
+def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
+    """The source of the test that leads into `body`, when it is the only branch of an `if`."""
+    node = statement.node
+    if not isinstance(node, nodes.If) or node.elif_ or node.else_ or statement.bodies[0] is not body:
+        return None
+    tokens = flow.parsed.tokens
+    index = flow.parsed.token_index_at(statement.start)
+    while not (tokens[index].type == "name" and tokens[index].value == "if"):
+        index += 1
+    start = tokens[index].end
+    while tokens[index].type != "block_end":
+        index += 1
+    return flow.parsed.source[start : tokens[index].start].strip()
+
+
+def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = False) -> list[Region]:
+    """Pair a region with a later-starting one over the same outputs, to be chosen between at render time.
+
+    A unit can open the turn in one render (its header stays out: the region starts inside it) and carry
+    on a turn begun earlier in another. Two shapes have a test to tell them apart: the turn began in an
+    `if` just before the unit (reasoning written first), whose test is reused; or it began at an earlier
+    `+` of the same output, and the computed operands between the two cuts are empty whenever the later
+    cut applies (an empty reasoning field that leaves its framing to the header). The pair becomes one
+    region written twice under that test.
+
+    With `pair_branches`, a third shape: the turn began in an earlier `if` of an enclosing body (reasoning
+    written in a block of its own, with a header of its own), so the region that follows is generated
+    whole; in renders where that branch did not run, the same outputs hold the turn's opening in pieces of
+    their own, which become the alternative, under the `if`'s test.
+    """
+    splits = [r for r in regions if r.start.side == "split"]
+    # Where some renders began the turn in an earlier `if` (reasoning written first), the outputs after it are
+    # generated whole there, whichever part of a loop they are.
+    began: dict[int, list[str]] = {}  # by where the outputs start
+    for region in regions:
+        test = _branch_test(flow, *region.began_in) if region.began_in is not None else None
+        if test is not None and region.start.side == "before" and test not in began.get(region.start.offset, []):
+            began.setdefault(region.start.offset, []).append(test)
+    paired: set[tuple[int, int]] = set()
+    for region in regions:
+        for other in splits:
+            same_outputs = (
+                other is not region
+                and other.body is region.body
+                and other.start.item is region.start.item
+                and other.start.offset > region.start.offset
+                and (other.first, other.last, other.end.offset) == (region.first, region.last, region.end.offset)
+            )
+            condition = _alternative_test(flow, region, other) if same_outputs else None
+            if condition is not None:
+                region.alternative, region.condition = other, condition
+                paired.add(other.key)
+                break
+    for region in regions:
+        if region.condition == "not loop.first" and began.get(region.start.offset):
+            region.condition = " or ".join([region.condition, *(f"({test})" for test in began[region.start.offset])])
+    for region in regions if pair_branches else []:
+        condition = _branch_test(flow, *region.began_in) if region.began_in is not None else None
+        if region.alternative is not None or region.start.side != "before" or condition is None:
+            continue
+        inside = {
+            other.key: other
+            for other in regions
+            if other.key != region.key
+            and not other.closes
+            and region.start.offset < other.start.offset
+            and other.end.offset <= region.end.offset
+        }
+        ending = [r for r in inside.values() if r.body is region.body and r.end.offset == region.end.offset]
+        if len(ending) == 1:
+            region.alternative, region.condition = ending[0], condition
+            region.nested = [other for other in inside.values() if other is not ending[0]]
+            paired |= set(inside)
+    return [r for r in regions if r.key not in paired or r.alternative is not None]
+
+
+def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: set[int]) -> list[Region]:
+    """`region`, and apart from it the blank text it ends with when that text comes before an `if` whose branch
+    writes the stop marker and some turn ends before it (`content + ' ' + {% if not last %}eos{% endif %}`):
+    the blank text is generated only when the marker follows, so it is trained under the `if`'s test."""
+    items = region.body.items
+    tail = items[region.last]
+    following = items[region.last + 1] if region.last + 1 < len(items) else None
+    if not (
+        region.first < region.last
+        and isinstance(tail, Unit)
+        and tail.kind == "data"
+        and region.end.side == "after"
+        and region.end.item is tail
+        and not flow.parsed.source[tail.start : tail.end].strip()
+        and tail.start in ends
+        and isinstance(following, Stmt)
+        and isinstance(following.node, nodes.If)
+        and any(other.body is following.bodies[0] and other.first == 0 for other in regions)
+    ):
+        return [region]
+    test = _branch_test(flow, following, following.bodies[0])
+    if test is None:
+        return [region]
+    region.last -= 1
+    region.end = cut_after(items[region.last])
+    blank = Region(
+        region.body, tail.index, tail.index, cut_before(tail), cut_after(tail), set(region.targets), region.guard
+    )
+    blank.when = test
+    return [region, blank]
+
+
+def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
+    """The test under which `region` (which starts earlier) applies rather than `later`, if there is one."""
+    if region.start.side == "before":
+        if region.opened_in is not None:
+            return _branch_test(flow, *region.opened_in)
+        # Inside a loop over parts of one message (parallel tool calls), the first part's output opens the
+        # turn and every later one carries on: `'\n<tool_call>\n'` after the header, then as a separator.
+        unit = region.start.item
+        if isinstance(unit, Unit) and region.body is unit.body and loops_of(unit):
+            return "not loop.first"
+        return None
+    unit, early, late = region.start.item, region.start.operator, later.start.operator
+    if not isinstance(unit, Unit) or not unit.parts or early is None or late is None:
+        return None
+    if early.left or early.right or late.left or late.right:
+        return None  # only cuts at operators: the operands between them are whole
+    source = flow.parsed.source
+    computed = []
+    for position, part in enumerate(unit.parts):
+        if position == 0 or not early.start <= part.operator_start < late.start:
+            continue
+        end = unit.parts[position + 1].operator_start if position + 1 < len(unit.parts) else unit.close_tag.start
+        if not isinstance(part.node, nodes.Const):
+            computed.append("(" + source[part.operator_end : end].strip() + ")")
+    return " ~ ".join(computed) or None
+
+
+def plan_regions(
+    flow: Flow, traces: list[TracedProbe], trained_roles_of: Callable[[Layout], set], pair_branches: bool = False
+) -> list[Region]:
+    """Regions for every trained turn of every traced probe, merged, each marked with whether it needs a guard.
+
+    `trained_roles_of(layout)` returns the set of message indices trained in that probe. With
+    `pair_branches`, a region after an `if` that began the turn in some renders is written twice under
+    that `if`'s test (see `_pair_alternatives`); the plainer plan is tried first.
+    """
+    regions: list[Region] = []
+    for trace in traces:
+        layout, emissions = trace.layout, trace.emissions
+        for turn in layout.turns:
+            if turn.end <= turn.start or turn.optional:
+                continue
+            for start, end, closes in pieces_by_writer(flow, emissions, turn.message, turn.start, turn.end):
+                for region in regions_for_turn(flow, emissions, start, end):
+                    region.closes = closes
+                    regions.append(region)
+    ends = {region.end.offset for region in regions}
+    regions = merge_regions(flow, _pair_alternatives(flow, [_trim(region) for region in regions], pair_branches))
+    regions = [piece for region in regions for piece in _blank_before_stop(flow, region, regions, ends)]
+    outside = _foreign_units(traces) | _header_units(traces)
+    regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
+    for region in regions:
+        uids = {unit.uid for unit in units_in(region)}
+        for trace in traces:
+            layout, emissions = trace.layout, trace.emissions
+            trained = trained_roles_of(layout)
+            for emission in emissions:
+                if emission.uid not in uids or not emission.text:
+                    continue
+                if emission.message is not None:
+                    unit = flow.units[emission.uid]
+                    region.targets.add(unit.loop_targets[emission.target])
+                    if emission.message not in trained:
+                        region.guard = True
+    return regions

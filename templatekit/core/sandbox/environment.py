@@ -1,0 +1,359 @@
+"""`LimitedEnvironment`: jinja2's immutable sandbox whose compiled templates call the limit hooks."""
+
+from __future__ import annotations
+
+import functools
+import re
+import types
+from collections.abc import Callable, Iterator
+from time import monotonic
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
+from markupsafe import Markup
+
+from ...errors import ArgumentTypeError, InvalidArgumentError
+from ..positions import parse_with_offsets
+from .codegen import LimitedCodeGenerator
+from .scope import _SCOPE, LimitScope, _loop, _python_limit, _start_render, enabled
+from .settings import DEFAULT_LIMITS
+from .sizes import (
+    _BIG,
+    _SHORT,
+    _SIZED,
+    _SMALL,
+    _binop_bytes,
+    _GuardedFilters,
+    _method_bytes,
+    _printed,
+    _remaining,
+    _str_bytes,
+    _what,
+    lipsum,
+)
+
+
+class LimitedTemplate(jinja2.Template):
+    """A template whose renders run inside the limits in force (a default scope when none is)."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        scope = _SCOPE.get()
+        if scope is None:
+            if not enabled():
+                return super().render(*args, **kwargs)
+            with LimitScope(DEFAULT_LIMITS):
+                return self.render(*args, **kwargs)
+        depth = _start_render(scope)
+        try:
+            return super().render(*args, **kwargs)
+        except (RecursionError, MemoryError) as error:
+            raise _python_limit(scope, error) from None
+        finally:
+            scope.depth = depth
+
+    def generate(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        scope = _SCOPE.get()
+        if scope is None:
+            if not enabled():
+                yield from super().generate(*args, **kwargs)
+                return
+            with LimitScope(DEFAULT_LIMITS):
+                yield from self.generate(*args, **kwargs)
+            return
+        depth = _start_render(scope)
+        try:
+            yield from super().generate(*args, **kwargs)
+        except (RecursionError, MemoryError) as error:
+            raise _python_limit(scope, error) from None
+        finally:
+            scope.depth = depth
+
+
+def _finalize(value: Any) -> Any:
+    """What `{{ … }}` writes: counted (and, for a value that is not text, its size checked first)."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return value
+    kind = type(value)
+    if kind is str:
+        scope.spent += len(value) if value.isascii() else 4 * len(value)
+        if scope.spent > scope.cap:
+            scope.too_big(0, "", 0, -1)
+    elif kind not in _SMALL:
+        size = _printed(value, _remaining(scope))
+        scope.need(size, "the text of a value written")
+        scope.charge(size)
+    return value
+
+
+class _BoundedFormatterMixin:
+    _env: LimitedEnvironment
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        scope = _SCOPE.get()
+        if scope is not None:
+            widths = [int(number) if len(number) < 19 else float("inf") for number in re.findall(r"\d+", format_spec)]
+            size = max(widths, default=0) * 4 + _printed(value, _remaining(scope))
+            scope.need(size, "a formatted field")
+        result = super().format_field(value, format_spec)  # type: ignore[misc]
+        if scope is not None:
+            scope.charge(_str_bytes(result) if isinstance(result, str) else 64)
+        return result
+
+
+class _BoundedFormatter(_BoundedFormatterMixin, SandboxedFormatter):
+    pass
+
+
+class _BoundedEscapeFormatter(_BoundedFormatterMixin, SandboxedEscapeFormatter):
+    pass
+
+
+class LimitedEnvironment(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, counting time, memory and call depth (see the module docstring).
+
+    Templates render exactly as in `ImmutableSandboxedEnvironment` with the same options, extensions,
+    filters and globals, until a limit is reached.
+
+    Example:
+        >>> from templatekit.core.sandbox import limit_scope
+        >>> env = LimitedEnvironment(trim_blocks=True)
+        >>> env.from_string("{% for i in range(3) %}{{ i ~ '-' }}{% endfor %}").render()
+        '0-1-2-'
+        >>> with limit_scope(timeout=0.2):
+        ...     env.from_string("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}").render()
+        Traceback (most recent call last):
+        ...
+        templatekit.errors.TemplateLimitError: <template>:1:31: time limit exceeded: the template ran past 0.2 s
+    """
+
+    code_generator_class = LimitedCodeGenerator
+    template_class = LimitedTemplate
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
+    #: Parse with source offsets, so that an error can name its column (a little slower to compile).
+    offsets = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("finalize") is not None:
+            raise ArgumentTypeError(
+                "LimitedEnvironment counts output through finalize; it takes no finalize of its own"
+            )
+        kwargs["finalize"] = _finalize
+        super().__init__(*args, **kwargs)
+        self.filters = _GuardedFilters(self.filters)
+        self.globals["lipsum"] = lipsum
+
+    # -- parsing: with source offsets, so that errors can name a column
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        plain = self.offsets and all(
+            type(ext).preprocess is jinja2.ext.Extension.preprocess
+            and type(ext).filter_stream is jinja2.ext.Extension.filter_stream
+            for ext in self.extensions.values()
+        )
+        if plain:
+            try:
+                return parse_with_offsets(self, source, name)
+            except Exception:  # noqa: BLE001 - jinja2's own parser gives its own error below
+                pass
+        return super()._parse(source, name, filename)
+
+    def from_string(  # noqa: A002 - jinja2's signature
+        self,
+        source: str | nodes.Template,
+        globals: dict[str, Any] | None = None,
+        template_class: type[jinja2.Template] | None = None,
+    ) -> jinja2.Template:
+        template = super().from_string(source, globals, template_class)
+        if isinstance(source, str):
+            template.tk_source = source
+        return template
+
+    # -- hooks called by the compiled template
+
+    def tk_iter(self, iterable: Any, weight: int, line: int, offset: int) -> Any:
+        scope = _SCOPE.get()
+        if scope is None:
+            return iterable
+        if monotonic() > scope.deadline:
+            scope.late(line, offset)
+        if type(iterable) in _SIZED:
+            count = len(iterable)
+            if weight:
+                scope.charge(weight * count, line, offset)
+            if count <= _SHORT:
+                return iterable
+            return _loop(iterable, scope, 0, line, offset)
+        return _loop(iterable, scope, weight, line, offset)
+
+    def tk_binop(self, context: Context, op: str, line: int, offset: int, left: Any, right: Any) -> Any:
+        scope = _SCOPE.get()
+        if scope is None:
+            return self.binop_table[op](left, right)
+        left_kind = type(left)
+        if op == "+" and left_kind is str and type(right) is str:  # the common case, inline
+            size = len(left) + len(right)
+            if not (left.isascii() and right.isascii()):
+                size *= 4
+            if size > _BIG and scope.spent + size > scope.cap:
+                scope.too_big(size, "a string built with +", line, offset)
+            result = left + right
+            scope.spent += size
+            if scope.spent > scope.cap:
+                scope.too_big(size, "a string built with +", line, offset)
+            return result
+        size = _binop_bytes(op, left, right, scope, line, offset)
+        if size:
+            if scope.spent + size > scope.cap:
+                scope.too_big(size, _what(op, left), line, offset)
+            result = self.binop_table[op](left, right)
+            scope.spent += size
+            return result
+        return scope.account(self.binop_table[op](left, right), line, offset)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        return self.tk_binop(context, operator, 0, -1, left, right)
+
+    def tk_concat(self, parts: tuple, markup: bool, line: int, offset: int) -> str:
+        scope = _SCOPE.get()
+        if scope is not None:
+            size = 0.0
+            for part in parts:
+                if type(part) is str:
+                    size += len(part) if part.isascii() else 4 * len(part)
+                else:
+                    size += _printed(part, _remaining(scope))
+            if scope.spent + size > scope.cap:
+                scope.too_big(size, "a string joined with ~", line, offset)
+            scope.spent += size
+        return markup_join(parts) if markup else str_join(parts)
+
+    def tk_slice(self, value: Any, part: slice, line: int, offset: int) -> Any:
+        scope = _SCOPE.get()
+        if scope is not None and isinstance(value, (str, list, tuple)):
+            try:
+                count = len(range(*part.indices(len(value))))
+            except (TypeError, ValueError):
+                count = 0  # a bad slice: indexing raises jinja2's own error below
+            if isinstance(value, str):
+                size = count * (1 if value.isascii() else 4)
+            else:
+                size = 8 * count + 64
+            scope.need(size, "a slice", line, offset)
+            scope.charge(size, line, offset)
+        return value[part]
+
+    def tk_call(self, context: Context, line: int, offset: int, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        scope = _SCOPE.get()
+        if scope is None:
+            return self.call(context, function, *args, **kwargs)
+        if monotonic() > scope.deadline:
+            scope.late(line, offset)
+        kind = type(function)
+        if kind is types.BuiltinMethodType:
+            if isinstance(function.__self__, str):
+                size = _method_bytes(function, args, kwargs, scope)
+                if size and scope.spent + size > scope.cap:
+                    scope.too_big(size, f"str.{function.__name__}()'s result", line, offset)
+        elif kind is not types.MethodType and isinstance(function, (Macro, LoopContext)):
+            if isinstance(function, LoopContext) and args:  # loop(children): the children are a loop too
+                args = (self.tk_iter(args[0], 0, line, offset), *args[1:])
+            scope.enter(line, offset)
+            try:
+                result = self.call(context, function, *args, **kwargs)
+            finally:
+                scope.depth -= 1
+            return scope.account(result, line, offset)
+        # What SandboxedEnvironment.call does, without a frame of its own (this runs for every call).
+        if getattr(function, "unsafe_callable", False) or getattr(function, "alters_data", False):
+            raise SecurityError(f"{function!r} is not safely callable")
+        result = context.call(function, *args, **kwargs)
+        kind = type(result)
+        if kind is str:
+            scope.spent += len(result) if result.isascii() else 4 * len(result)
+            if scope.spent > scope.cap:
+                scope.too_big(0, "", line, offset)
+            return result
+        if kind in _SMALL:
+            return result
+        return scope.account(result, line, offset)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """jinja2's sandboxed `str.format` / `format_map`, with each field's size checked."""
+        if not isinstance(value, (types.MethodType, types.BuiltinMethodType)) or value.__name__ not in (
+            "format",
+            "format_map",
+        ):
+            return None
+        text = value.__self__
+        if not isinstance(text, str):
+            return None
+        text_type = type(text)
+        is_format_map = value.__name__ == "format_map"
+        if isinstance(text, Markup):
+            formatter: SandboxedFormatter = _BoundedEscapeFormatter(self, escape=text.escape)
+        else:
+            formatter = _BoundedFormatter(self)
+        vformat = formatter.vformat
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs:
+                    raise TypeError("format_map() takes no keyword arguments")
+                if len(args) != 1:
+                    raise TypeError(f"format_map() takes exactly one argument ({len(args)} given)")
+                kwargs = args[0]
+                args = ()
+            return text_type(vformat(text, args, kwargs))
+
+        return functools.update_wrapper(wrapper, value)
+
+
+# ------------------------------------------------------------------------------ environments that mirror others
+
+
+def mirror_environment(reference: jinja2.Environment, *, offsets: bool = True) -> LimitedEnvironment:
+    """A `LimitedEnvironment` configured exactly like `reference`: the same options, the same extension
+    classes (in order), filters, tests, globals and policies. `offsets=False` parses with jinja2's own
+    parser (faster to compile; errors then name the line only).
+
+    Example:
+        >>> from jinja2.sandbox import ImmutableSandboxedEnvironment
+        >>> twin = mirror_environment(ImmutableSandboxedEnvironment(trim_blocks=True))
+        >>> twin.trim_blocks, isinstance(twin, LimitedEnvironment)
+        (True, True)
+    """
+    if reference.finalize is not None or reference.is_async:
+        raise InvalidArgumentError("cannot mirror an environment with a finalize function or async rendering")
+    options = {
+        name: getattr(reference, name)
+        for name in (
+            "block_start_string",
+            "block_end_string",
+            "variable_start_string",
+            "variable_end_string",
+            "comment_start_string",
+            "comment_end_string",
+            "line_statement_prefix",
+            "line_comment_prefix",
+            "trim_blocks",
+            "lstrip_blocks",
+            "newline_sequence",
+            "keep_trailing_newline",
+            "optimized",
+            "undefined",
+            "autoescape",
+        )
+    }
+    environment = LimitedEnvironment(extensions=[type(ext) for ext in reference.extensions.values()], **options)
+    environment.offsets = offsets
+    environment.filters.update(reference.filters)
+    environment.tests = dict(reference.tests)
+    environment.globals.update(reference.globals)
+    environment.globals["lipsum"] = lipsum
+    environment.policies = dict(reference.policies)
+    return environment

@@ -1,0 +1,384 @@
+"""prepare_dataset: conversations in, `input_ids` + `attention_mask` + `assistant_masks` (+ `labels`) out.
+
+One batch of rows at a time (inside `datasets.map`):
+
+    each conversation ──SpanRenderer.render──▶ text + trained character spans
+    all texts ──one batched fast-tokenizer call──▶ token ids + encodings (char ↔ token maps, in Rust)
+    spans ──char_to_token at each span edge──▶ 0/1 token mask (the rule of `templatekit.training.masks`)
+
+The texts are tokenized with ``add_special_tokens=False``, as `apply_chat_template(tokenize=True)` and TRL's
+SFTTrainer do: the chat template writes BOS itself, and the tokenizer's post-processor would add a second one.
+
+The result trains as is in TRL's `SFTTrainer` (checked against TRL 1.16): a dataset with an `input_ids`
+column is taken as pre-tokenized, and `assistant_masks` is folded into `labels` (-100 outside the mask) whatever
+`assistant_only_loss` says. Leave `SFTConfig(assistant_only_loss=False)` (the default): with `True`, TRL insists
+on a conversational (`messages`) dataset and raises on a tokenized one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ..core.sandbox import DEFAULT, active_limits
+from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
+from .masks import labels_from_mask, spans_to_token_mask
+from .spans import RENDERER_KEYWORDS, SpanRenderer
+
+__all__ = ["prepare_dataset"]
+
+OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
+
+
+def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) -> str:
+    """The template text to prepare with: `template`, a name among the tokenizer's templates, or its default."""
+    named = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        template = named
+    elif isinstance(template, str) and isinstance(named, Mapping) and template in named:
+        template = named[template]
+    if isinstance(template, Mapping):
+        if "default" not in template:
+            raise InvalidArgumentError(
+                f"the tokenizer holds named chat templates {sorted(template)} but none is called 'default'; "
+                "pass template=NAME or the template text"
+            )
+        template = template["default"]
+    if not isinstance(template, str) or not template.strip():
+        raise InvalidArgumentError("no chat template: the tokenizer has none and template= was not given")
+    return template
+
+
+def _token_mask(encoding: Any, spans: Sequence[Sequence[int]], text_length: int) -> list[int]:
+    """`spans_to_token_mask` for one encoding, touching only the span edges instead of every offset.
+
+    The token holding a span's first character and the one holding its last character bound the trained
+    tokens (edge tokens straddle and are trained, as the rule says). Byte-level BPE can split one character
+    over several tokens (sharing its offsets, or the last piece alone); `char_to_token` names the first, so
+    the following tokens that still start inside the span are added.
+    With ``add_special_tokens=False`` every token covers text, so no zero-width token lies inside a span.
+    Where a character belongs to no token (a normaliser removed it), the exact rule runs over all offsets.
+    """
+    length = len(encoding)
+    mask = [0] * length
+    for start, end in spans:
+        end = min(end, text_length)
+        if end <= start:
+            continue
+        first = encoding.char_to_token(start)
+        last = encoding.char_to_token(end - 1)
+        if first is None or last is None:
+            return spans_to_token_mask(encoding.offsets, spans)
+        # Later tokens that still start inside the span hold the rest of a split last character.
+        while last + 1 < length:
+            following = encoding.token_to_chars(last + 1)
+            if following is None or following[0] >= end or following[1] <= following[0]:
+                break
+            last += 1
+        mask[first : last + 1] = [1] * (last + 1 - first)
+    return mask
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_renderer(template: str, options: tuple[tuple[str, Any], ...]) -> SpanRenderer:
+    return SpanRenderer(template, **dict(options))
+
+
+def _build_renderer(template: str, options: dict[str, Any]) -> SpanRenderer:
+    """A SpanRenderer, reused for the same template and policy: building one patches and verifies the template
+    (far slower than rendering a batch), and prepare_dataset is often called once per split."""
+    key = tuple(sorted(options.items()))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable option (e.g. a custom fallback object): build afresh
+        return SpanRenderer(template, **options)
+    return _cached_renderer(template, key)
+
+
+class _Preparer:
+    """The batched map function. Picklable for `num_proc`: the renderer is rebuilt in each process."""
+
+    def __init__(
+        self,
+        template: str,
+        renderer_options: dict[str, Any],
+        tokenizer: Any,
+        *,
+        messages_field: str,
+        tools_field: str,
+        max_length: int | None,
+        add_labels: bool,
+        arrow: bool = False,
+    ):
+        self.arrow = arrow  # return an Arrow table: datasets then stores the columns without a per-token copy
+        self.template = template
+        self.renderer_options = renderer_options
+        self.tokenizer = tokenizer
+        self.messages_field = messages_field
+        self.tools_field = tools_field
+        self.max_length = max_length
+        self.add_labels = add_labels
+        # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
+        self.render_kwargs = dict(tokenizer.special_tokens_map)
+        self._renderer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_renderer"] = None  # rebuilt on first use: keeps pickling (and datasets' fingerprint) cheap
+        return state
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            self._renderer = _build_renderer(self.template, self.renderer_options)
+        return self._renderer
+
+    def _render(self, messages: Any, tools: Any, row: int) -> tuple[str, Sequence[Sequence[int]]]:
+        # The renderer checks the conversation (roles, content, weights) and that every trained message is
+        # rendered as its own turn; its errors name the message, and here they gain the row.
+        try:
+            return self.renderer.render(messages, tools=tools or None, **self.render_kwargs)
+        except TemplateLimitError as error:  # still a limit error, now naming the row
+            raise TemplateLimitError(
+                error.limit, f"row {row}: {error.detail}", source=error.source, line=error.line, column=error.column
+            ) from None
+        except TemplateKitError as error:
+            index = getattr(error, "message", None)  # ConversationError: the message's index
+            index = index if isinstance(index, int) else None
+            raise DatasetRowError(getattr(error, "problem", str(error)), row=row, message=index) from error
+        except Exception as error:  # anything else the template or the renderer raised, still with its row
+            raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
+
+    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        conversations = batch[self.messages_field]
+        tools_column = batch.get(self.tools_field) or [None] * len(conversations)
+        texts, all_spans = [], []
+        for messages, tools, row in zip(conversations, tools_column, indices):
+            text, spans = self._render(messages, tools, row)
+            texts.append(text)
+            all_spans.append(spans)
+        # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once.
+        encoded = self.tokenizer(
+            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
+        )
+        input_ids, masks = encoded["input_ids"], []
+        limit = self.max_length
+        for position, (encoding, spans, text) in enumerate(zip(encoded.encodings, all_spans, texts)):
+            mask = _token_mask(encoding, spans, len(text))
+            if limit is not None and len(mask) > limit:
+                input_ids[position] = input_ids[position][:limit]
+                mask = mask[:limit]
+            masks.append(mask)
+        if self.arrow:
+            return _arrow_table(input_ids, masks, self.add_labels)
+        output = {
+            "input_ids": input_ids,
+            "attention_mask": [[1] * len(ids) for ids in input_ids],
+            "assistant_masks": masks,
+        }
+        if self.add_labels:
+            output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
+        return output
+
+
+def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool):
+    """The batch's columns as one Arrow table (int32 ids, int8 masks), built from flat numpy arrays.
+
+    Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(input_ids) + 1, dtype=np.int32)
+    np.cumsum([len(ids) for ids in input_ids], out=offsets[1:])
+    total = int(offsets[-1])
+    ids = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int32, count=total)
+    mask = np.fromiter(itertools.chain.from_iterable(masks), dtype=np.int8, count=total)
+    columns = {
+        "input_ids": pa.ListArray.from_arrays(offsets, ids),
+        "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(total, dtype=np.int8)),
+        "assistant_masks": pa.ListArray.from_arrays(offsets, mask),
+    }
+    if add_labels:
+        columns["labels"] = pa.ListArray.from_arrays(offsets, np.where(mask == 1, ids, -100).astype(np.int32))
+    return pa.table(columns)
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Switch datasets' progress bars off for one call when asked, and restore the user's setting."""
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    if not enabled and was_enabled:
+        datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not enabled and was_enabled:
+            datasets_logging.enable_progress_bar()
+
+
+def _output_features(dataset: Any, add_labels: bool, keep: list[str]):
+    """Arrow types for the new columns (int32 ids, int8 masks), plus the kept input columns when known."""
+    from datasets import Features, Sequence, Value
+
+    columns = {
+        "input_ids": Sequence(Value("int32")),
+        "attention_mask": Sequence(Value("int8")),
+        "assistant_masks": Sequence(Value("int8")),
+    }
+    if add_labels:
+        columns["labels"] = Sequence(Value("int32"))
+    if keep:
+        if dataset.features is None:
+            return None  # a stream of unknown schema: let datasets infer
+        columns = {**{name: dataset.features[name] for name in keep}, **columns}
+    return Features(columns)
+
+
+def prepare_dataset(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    template: str | Mapping[str, str] | None = None,
+    train_roles: Sequence[str] = ("assistant",),
+    last_response_only: bool = False,
+    train_on_eot: str = "all",
+    train_reasoning: bool = True,
+    mask_out: Sequence[str] = (),
+    instruction_part: str | None = None,
+    response_part: str | None = None,
+    fallback: Any = None,
+    max_length: int | None = None,
+    add_labels: bool = False,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    messages_field: str = "messages",
+    tools_field: str = "tools",
+    remove_columns: bool = True,
+    progress: bool = True,
+    timeout: float | None = DEFAULT,
+    max_memory: int | str | None = DEFAULT,
+) -> Any:
+    """Tokenize a dataset of conversations with exact assistant masks, ready for TRL's `SFTTrainer`.
+
+    Every conversation is rendered by `templatekit.training.spans.SpanRenderer` (generation tags when the template can
+    be patched, the delimiter fallback otherwise), then the whole batch is tokenized in one fast-tokenizer
+    call with ``add_special_tokens=False`` (the template already writes BOS). A token is in `assistant_masks`
+    iff one of its characters lies in a trained span (the rule of `templatekit.training.masks.spans_to_token_mask`).
+
+    Args:
+        dataset: a `datasets.Dataset` or `datasets.IterableDataset` with a column of conversations (lists of
+            ``{"role": ..., "content": ...}`` messages) and optionally a column of tool schemas.
+        tokenizer: a fast (Rust-backed) tokenizer; its ``special_tokens_map`` is passed to the template, as
+            ``apply_chat_template`` does.
+        template: the chat template; default ``tokenizer.chat_template``. A dict of named templates (or a
+            tokenizer holding one) uses ``"default"``; a string naming one of the tokenizer's templates uses it.
+        train_roles, last_response_only, train_on_eot, train_reasoning, mask_out, instruction_part,
+            response_part, fallback: the loss policy, passed to `SpanRenderer` unchanged (see there).
+        max_length: keep the first ``max_length`` tokens of each row (``None``: no truncation).
+        add_labels: also write ``labels`` (``input_ids`` with -100 where the mask is 0).
+        batch_size: rows rendered and tokenized together.
+        num_proc: worker processes for a `Dataset` (each rebuilds the renderer); ignored for an
+            `IterableDataset`, which maps lazily while it is read.
+        messages_field, tools_field: the column names of the conversations and of the tool schemas.
+        remove_columns: drop the input columns, keeping only the new ones.
+        progress: show datasets' progress bar (a `Dataset` only; an `IterableDataset` maps lazily).
+        timeout, max_memory: the limits on the template (`templatekit.core.sandbox`): seconds (default 10) and bytes
+            or `"512M"` (default 1 GiB) for patching and verifying it, then again for each conversation
+            rendered; None for no limit.
+
+    Returns:
+        A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``).
+
+    Raises:
+        InvalidArgumentError (a ValueError): the dataset has no rows or no such column, or no chat template is
+            found.
+        ArgumentTypeError (a TypeError): the dataset is not a `datasets` dataset, or the tokenizer is not a fast
+            tokenizer (char-to-token maps are needed).
+        TemplateLimitError: the template goes past a limit (while it is patched, or rendering a row: the
+            message names the row).
+        DatasetRowError: a conversation the renderer refuses, named by row (and message): not a non-empty
+            list of messages, a message without a string role, content neither a string nor a list of blocks,
+            no content and no tool calls, a weight other than 0/1, a role or shape the template raises on, or
+            a trained message the template drops or merges (so which text belongs to which message is unknown).
+
+    Documented behaviour rather than errors: a role the template renders but that is not in ``train_roles``
+    stays untrained; a row whose trained messages all carry ``weight: 0`` gets an all-zero mask; a row cut by
+    ``max_length`` keeps whatever part of its mask survives (TRL drops rows left with no trained token).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> # tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+        >>> # data = Dataset.from_dict({"messages": [[{"role": "user", "content": "Hi"},
+        >>> #                                         {"role": "assistant", "content": "Hello!"}]]})
+        >>> # prepared = prepare_dataset(data, tokenizer, add_labels=True)
+        >>> # tokenizer.decode([t for t, m in zip(prepared[0]["input_ids"], prepared[0]["assistant_masks"]) if m])
+        >>> # 'Hello!<|im_end|>'
+        >>> # SFTTrainer(model=model, args=SFTConfig(...), train_dataset=prepared, processing_class=tokenizer)
+    """
+    arguments = locals()  # prepare_dataset's own arguments by name: the renderer's options are read off them
+    from datasets import Dataset, IterableDataset
+
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        raise ArgumentTypeError(
+            f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
+    text = _resolve_template(tokenizer, template)
+
+    columns = dataset.column_names
+    if isinstance(dataset, IterableDataset):
+        first = next(iter(dataset), None)  # a stream's emptiness and columns are only known by reading
+        if first is None:
+            raise InvalidArgumentError("the dataset is empty: no conversation to prepare")
+        columns = columns or list(first)
+    elif len(dataset) == 0:
+        raise InvalidArgumentError("the dataset is empty: no conversation to prepare")
+    if messages_field not in columns:
+        raise InvalidArgumentError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
+
+    limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
+    renderer_options = {name: arguments[name] for name in RENDERER_KEYWORDS}
+    renderer_options.update(
+        train_roles=tuple(train_roles),
+        mask_out=tuple(mask_out),
+        # Concrete numbers, not "the default in force": the options travel to worker processes.
+        timeout=limits.timeout,
+        max_memory=limits.max_memory,
+    )
+    drop = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
+    keep = [c for c in columns if c not in drop]
+    preparer = _Preparer(
+        text,
+        renderer_options,
+        tokenizer,
+        messages_field=messages_field,
+        tools_field=tools_field,
+        max_length=max_length,
+        add_labels=add_labels,
+        # Arrow output when the result holds only the new columns (kept input columns stay with datasets).
+        arrow=not isinstance(dataset, IterableDataset) and not keep,
+    )
+    _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
+    options = dict(
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        remove_columns=drop,
+        features=_output_features(dataset, add_labels, keep),
+    )
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(preparer, **options)
+    with _progress_bars(progress):
+        return dataset.map(
+            preparer,
+            num_proc=num_proc,
+            desc="templatekit: rendering and tokenizing" if progress else None,
+            **options,
+        )

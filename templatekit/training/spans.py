@@ -1,0 +1,286 @@
+"""Rendered text plus trained character spans, for any chat template.
+
+`SpanRenderer` decides once per template how to find the trained text:
+
+* **tags**: `patch_template` makes a verified copy of the template with `{% generation %}` tags, and each
+  render reports the tagged spans (transformers' own tracker, the same one TRL reads);
+* **delimiters**: when the template cannot be patched (or `fallback=True`, or explicit
+  `instruction_part` / `response_part` are given), spans are found between the response parts and the
+  end-of-turn marker that `fallback.derive_delimiters` learned from probe renders.
+
+Either way the text is exactly what `tokenizer.apply_chat_template(..., tokenize=False)` renders: the
+template is compiled once (in a bounded twin of transformers' sandboxed environment) and rendered per
+conversation, each render within the renderer's limits (`timeout`, `max_memory`: `templatekit.core.sandbox`).
+Then `policies` ties each span to its message and applies weights,
+`last_response_only`, `train_on_eot`, `train_reasoning` and `mask_out`.
+
+Pass what `apply_chat_template` would pass to the template (`bos_token`, `eos_token`, `enable_thinking`, …)
+as keyword arguments: the renderer adds nothing the caller did not give.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..core.chat_render import render_chat
+from ..core.pipeline import patch_template
+from ..core.probes import build_probes
+from ..core.sandbox import DEFAULT, Limits, active_limits, limit_scope
+from ..core.verify import merge_adjacent, render_probe
+from ..errors import (
+    ConversationError,
+    FallbackError,
+    MarkerCollision,
+    PatchError,
+    TemplateLimitError,
+    TemplateSourceError,
+)
+from .delimiters import Delimiters, find_spans
+from .fallback import derive_delimiters
+from .policies import POLICY_KEYWORDS, MessageSpan, Policy, apply_policy, attribute, check_messages, unknown_roles
+from .tagged_render import render_tagged
+
+__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans"]
+
+#: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
+#: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
+RENDERER_KEYWORDS = (*POLICY_KEYWORDS, "instruction_part", "response_part", "fallback", "timeout", "max_memory")
+
+
+def _tag_shape(tagged: str, speakers: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """End-of-turn markers and the reasoning closer, as the tagged template's probe spans show them."""
+    eots: list[str] = []
+    closer = ""
+    for probe in build_probes(speakers):
+        rendered = render_probe(tagged, probe, spans=True)
+        if rendered.text is None:
+            continue
+        text = rendered.text
+        found = sorted((text.find(s.text), s) for s in probe.sentinels if s.role in speakers and s.text in text)
+        for start, end in merge_adjacent(rendered.spans):
+            inside = [(at, s) for at, s in found if start <= at < end]
+            if inside and inside[-1][1].kind == "content":
+                tail = text[inside[-1][0] + len(inside[-1][1].text) : end]
+                if tail.strip() and tail not in eots:
+                    eots.append(tail)
+            kinds = [s.kind for _, s in inside]
+            if not closer and "reasoning" in kinds and "content" in kinds:
+                at_r, r = next((at, s) for at, s in inside if s.kind == "reasoning")
+                at_c = next(at for at, s in inside if s.kind == "content")
+                if at_r < at_c:
+                    closer = text[at_r + len(r.text) : at_c].strip()
+    return tuple(eots), closer
+
+
+class SpanRenderer:
+    """Render conversations with one template and return the text and its trained character spans.
+
+    Args:
+        template: the chat template (with or without generation tags).
+        train_roles: roles whose turns are trained.
+        last_response_only: train only the last trained turn.
+        train_on_eot: `"all"`, `"last"` or `"none"`: which turns keep their end-of-turn marker trained.
+        train_reasoning: `False` leaves each turn's reasoning (through its closing marker) untrained.
+        mask_out: strings cut out of trained spans, e.g. `("</think>",)`.
+        instruction_part, response_part: explicit delimiters (Unsloth's meaning); implies the fallback.
+        fallback: `None` tags when the template can be patched, else delimiters; `True` always delimiters;
+            `False` tags or `PatchError`.
+        timeout, max_memory: the limits (seconds; bytes or `"512M"`) for building the renderer (patching and
+            verifying the template, or learning its delimiters) and then for each conversation rendered;
+            default 10 s and 1 GiB. A template that goes past them raises `TemplateLimitError`.
+
+    Attributes: `mode` (`"tags"` or `"delimiters"`), `template` (the tagged template in tags mode, the
+    original otherwise), `delimiters` (in delimiters mode), `reasons` (why tags were not used).
+
+    Example:
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        ... )
+        >>> renderer = SpanRenderer(template)
+        >>> text, spans = renderer.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}])
+        >>> renderer.mode, [text[s:e] for s, e in spans]
+        ('tags', ['Hey<|im_end|>'])
+        >>> text, spans = SpanRenderer(template, fallback=True).render(
+        ...     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}])
+        >>> [text[s:e] for s, e in spans]
+        ['Hey<|im_end|>']
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        train_roles: Sequence[str] = ("assistant",),
+        last_response_only: bool = False,
+        train_on_eot: str = "all",
+        train_reasoning: bool = True,
+        mask_out: Sequence[str] = (),
+        instruction_part: str | Sequence[str] | None = None,
+        response_part: str | Sequence[str] | None = None,
+        fallback: bool | None = None,
+        timeout: float | None = DEFAULT,
+        max_memory: int | str | None = DEFAULT,
+    ) -> None:
+        if not isinstance(template, str):  # as patch_template refuses it (and the fallback alike)
+            raise TemplateSourceError(f"a template must be text, not {type(template).__name__}")
+        if not template.strip():
+            raise TemplateSourceError("the template is empty", line=1, column=1)
+        self.limits: Limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
+        with limit_scope(self.limits):  # patching and verifying (or learning delimiters) within the limits
+            self.policy = Policy(
+                train_roles=tuple(train_roles),
+                last_response_only=last_response_only,
+                train_on_eot=train_on_eot,
+                train_reasoning=train_reasoning,
+                mask_out=tuple(mask_out),
+            )
+            self.original = template
+            self.reasons: list[str] = []
+            self.delimiters: Delimiters | None = None
+            explicit = instruction_part is not None or response_part is not None
+            speakers = self.policy.train_roles
+            if fallback is not True and not explicit:
+                try:
+                    self.template = patch_template(template, train_roles=speakers, retag=True).template
+                    self.mode = "tags"
+                except PatchError as error:
+                    if fallback is False:
+                        raise
+                    self.reasons = [f"cannot patch: {reason}" for reason in error.reasons]
+            if not hasattr(self, "mode"):
+                try:
+                    self.delimiters = derive_delimiters(
+                        template, speakers, response_part=response_part, instruction_part=instruction_part
+                    )
+                except FallbackError as error:
+                    raise FallbackError(self.reasons + error.reasons) from None
+                self.template = template
+                self.mode = "delimiters"
+            self._shape: tuple[tuple[str, ...], str] | None = None
+
+    def _eots_and_closer(self) -> tuple[tuple[str, ...], str]:
+        if self._shape is None:
+            if self.delimiters is not None:
+                d = self.delimiters
+                self._shape = (d.eots, d.reasoning_close)
+            else:
+                with limit_scope(self.limits):
+                    self._shape = _tag_shape(self.template, self.policy.train_roles)
+        return self._shape
+
+    def render(
+        self,
+        messages: Sequence[Mapping],
+        *,
+        tools: list | None = None,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """Render one conversation; return `(text, spans)` with `spans` the trained `[start, end)` ranges.
+
+        Raises `ConversationError` for a malformed conversation, one the template rejects (naming roles it
+        was not probed with), or one whose trained messages the template does not render one turn each;
+        `TemplateLimitError` when the render goes past the renderer's limits.
+        """
+        trained, weighted = check_messages(messages, self.policy.train_roles)
+        tags = self.mode == "tags"
+        try:
+            with limit_scope(self.limits):
+                text, spans = _render(self.template, messages, tags, tools, add_generation_prompt, kwargs)
+        except TemplateLimitError:
+            raise
+        except Exception as error:  # the template's own raise_exception, or a type error inside it
+            odd = unknown_roles(messages, self.policy.train_roles)
+            hint = f" ({odd})" if odd else ""
+            raise ConversationError(f"the template rejects the conversation{hint}: {type(error).__name__}: {error}")
+        if tags:
+            spans = merge_adjacent(spans)
+        else:
+            spans = find_spans(text, self.delimiters, add_generation_prompt=add_generation_prompt)
+        split = not tags and self.delimiters.split_turns
+        if not tags and not split and len(spans) > len(trained):
+            # More turns than trained messages, from a template that writes each message as one turn: a
+            # delimiter occurs inside some content.
+            attribute(spans, messages, trained)
+        per_message = len(weighted) != len(trained) or self.policy.last_response_only
+        if not per_message and not self.policy.narrows:
+            return text, spans
+        if not per_message:
+            # End-of-turn, reasoning and mask_out rules act on each span alone: no span need be tied to a message.
+            turns, weighted = [MessageSpan(-1, start, end) for start, end in spans], None
+        elif split and len(spans) != len(trained):
+            raise ConversationError(
+                f"the template writes some {'/'.join(self.policy.train_roles)} messages in several pieces (around "
+                f"tool results): {len(spans)} trained span(s) for {len(trained)} message(s), and delimiters cannot "
+                "tell which piece is whose, so per-message weights and last_response_only cannot be applied"
+            )
+        else:
+            turns = attribute(spans, messages, trained)
+        eots, closer = self._eots_and_closer()
+        return text, apply_policy(text, turns, weighted, self.policy, eots=eots, reasoning_close=closer)
+
+
+@functools.lru_cache(maxsize=32)
+def _renderer(template: str, options: tuple) -> SpanRenderer:
+    return SpanRenderer(template, **dict(options))
+
+
+def _hashable(value):
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _render(template: str, messages, tags: bool, tools, add_generation_prompt: bool, kwargs: dict):
+    """Text and generation spans: the template compiled once (`tagged_render`), or transformers' own renderer for
+    what only it prepares (tools given as Python functions) and for a conversation holding a marker character.
+    Both are bounded by the limits in force."""
+    if not tools or not any(callable(tool) for tool in tools):
+        try:
+            return render_tagged(
+                template, list(messages), tools=tools, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        except MarkerCollision:
+            pass
+    texts, indices = render_chat(
+        conversations=[messages],
+        chat_template=template,
+        return_assistant_tokens_mask=tags,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
+    )
+    return texts[0], [tuple(span) for span in indices[0]] if tags else []
+
+
+def render_with_spans(
+    template: str,
+    messages: Sequence[Mapping],
+    *,
+    tools: list | None = None,
+    add_generation_prompt: bool = False,
+    **kwargs: Any,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` with `template`; return the text and the trained character spans.
+
+    Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
+    `instruction_part`, `response_part`, `fallback`) and the limits (`timeout`, `max_memory`) configure a
+    cached `SpanRenderer`; every other keyword goes to the template, as `apply_chat_template` passes them
+    (`bos_token`, `enable_thinking`, …).
+
+    Example:
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        ... )
+        >>> text, spans = render_with_spans(template, [{"role": "user", "content": "2+2?"},
+        ...                                            {"role": "assistant", "content": "4"}])
+        >>> [text[s:e] for s, e in spans]
+        ['4<|im_end|>']
+    """
+    options = tuple(sorted((key, _hashable(kwargs.pop(key))) for key in RENDERER_KEYWORDS if key in kwargs))
+    renderer = _renderer(template, options)
+    return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
