@@ -7,6 +7,7 @@
     ├── NotTrainableError              a template cannot be made trainable as asked; `.reasons`
     │   ├── PatchError                 no verified generation tags
     │   └── FallbackError              not even the delimiter fallback
+    ├── StripError                     generation tags cannot be removed without changing the rendering; `.reasons`
     ├── PlanError                      (internal) a turn's span cannot be tagged in the top-level flow
     ├── MarkerCollision                (internal) a conversation holds a generation marker character
     ├── ConversationError              a conversation cannot be rendered or masked as asked (also ValueError)
@@ -120,6 +121,19 @@ class FallbackError(NotTrainableError):
     """
 
     prefix = "even the fallback cannot apply"
+
+
+class StripError(TemplateKitError):
+    """Removing a template's generation tags would change what it renders; `.reasons` says where.
+
+    Example:
+        >>> str(StripError(["probe 'single_turn': rendering differs at character 12"]))
+        "cannot strip generation tags: probe 'single_turn': rendering differs at character 12"
+    """
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = list(reasons)
+        super().__init__("cannot strip generation tags: " + "; ".join(self.reasons))
 
 
 class PlanError(TemplateKitError):
