@@ -44,8 +44,8 @@ def strip_tags_text(source: str) -> str:
     """The template without its generation tags and the whitespace only they removed (not verified).
 
     Example:
-        >>> strip_tags_text("{% for m in messages %}{% generation %}\\n\\n{{ m.content }}{% endgeneration %}{% endfor %}")
-        '{% for m in messages %}\\n{{ m.content }}{% endfor %}'
+        >>> strip_tags_text("{{ m.role }}{% generation %}\\n\\n{{ m.content }}{% endgeneration %}")
+        '{{ m.role }}\\n{{ m.content }}'
         >>> strip_tags_text("{{- x }}  {%- generation -%}  {{ y }}")
         '{{- x }}{{ y }}'
     """
