@@ -16,6 +16,8 @@
     ├── InvalidArgumentError           an argument with a wrong value (also ValueError)
     └── ArgumentTypeError              an argument of a wrong type (also TypeError)
 
+    GenerationTagsWarning (a UserWarning)  a GGUF file was written with generation tags in a template
+
 The builtin second bases keep `except ValueError` (and the like) working where callers relied on it.
 This module imports nothing from the package: every layer may import it.
 """
@@ -188,3 +190,9 @@ class InvalidArgumentError(TemplateKitError, ValueError):
 
 class ArgumentTypeError(TemplateKitError, TypeError):
     """An argument of a type templatekit cannot use (a slow tokenizer where a fast one is needed, …)."""
+
+
+class GenerationTagsWarning(UserWarning):
+    """A GGUF file was written with `{% generation %}` tags in a chat template: inference engines that do not know
+    the tag (llama.cpp and llama-cpp-python, text-generation-webui, tabbyAPI) fail to load it. A warning, not an
+    error: such a file is right for training; `templatekit strip` writes the copy to deploy."""

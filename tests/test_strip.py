@@ -228,7 +228,8 @@ def test_gguf_with_tags_warns_and_strip_writes_a_clean_one(capsys, tmp_path):
     pytest.importorskip("gguf")
     from test_gguf import make_gguf
 
-    from templatekit.sources.gguf import GenerationTagsWarning, read_gguf_templates, write_gguf_templates
+    from templatekit.errors import GenerationTagsWarning
+    from templatekit.sources.gguf import read_gguf_templates, write_gguf_templates
 
     original = corpus_file(QWEN).read_text(encoding="utf-8")
     source = make_gguf(tmp_path / "model.gguf", {"default": original})

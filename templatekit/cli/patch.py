@@ -7,9 +7,9 @@ import re
 import warnings
 from pathlib import Path
 
-from ..errors import PatchError, TemplateSourceError
+from ..errors import GenerationTagsWarning, PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates, source_kind, write_text_atomic
-from ..sources.gguf import GenerationTagsWarning, write_gguf_templates
+from ..sources.gguf import write_gguf_templates
 from ..sources.in_place import update_in_place
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
 from .options import add_limit_options, add_train_role, limits, located, public_api, train_roles

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NoChatTemplateError, TemplateSourceError
+from ..errors import GenerationTagsWarning, NoChatTemplateError, TemplateSourceError
 from .atomic import atomic_output
 from .reading import MAX_TEMPLATE_BYTES, LoadedTemplate, _os_error
 
@@ -59,11 +59,6 @@ _MAX_WALKED = 1 << 25  # string and array elements stepped over one by one (a 26
 _WINDOW = 1 << 20
 # A generation tag in any form (the same as `core.tags.TAG_OPENING`; sources may not import the core).
 _GENERATION_TAG = re.compile(r"\{%[-+]?\s*(?:end)?generation\b")
-
-
-class GenerationTagsWarning(UserWarning):
-    """A GGUF file was written with `{% generation %}` tags in a chat template: engines that do not know the tag
-    (llama.cpp and llama-cpp-python, text-generation-webui, tabbyAPI) fail to load it."""
 
 
 def _warn_if_tagged(target: Path, templates: Mapping[str, str]) -> None:
