@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import DatasetRowError, PatchError, TemplateKitError, TemplateSourceError
+from .errors import DatasetRowError, PatchError, StripError, TemplateKitError, TemplateSourceError
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports these on first use
     from .core.pipeline import check_template, patch_template
     from .core.report import PatchResult, Report
+    from .core.strip import strip_template
     from .integrations.trl import patch_tokenizer
     from .library import get_template, list_templates
     from .training.dataset import prepare_dataset
@@ -25,6 +26,7 @@ _LAZY = {
     "patch_template": "templatekit.core.pipeline",
     "PatchResult": "templatekit.core.report",
     "Report": "templatekit.core.report",
+    "strip_template": "templatekit.core.strip",
     "patch_tokenizer": "templatekit.integrations.trl",
     "get_template": "templatekit.library",
     "list_templates": "templatekit.library",
@@ -39,6 +41,7 @@ __all__ = [
     "PatchResult",
     "Report",
     "SpanRenderer",
+    "StripError",
     "TemplateKitError",
     "TemplateSourceError",
     "check_template",
@@ -48,6 +51,7 @@ __all__ = [
     "patch_tokenizer",
     "prepare_dataset",
     "render_with_spans",
+    "strip_template",
 ]
 __version__ = "0.1.0"
 

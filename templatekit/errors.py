@@ -7,6 +7,7 @@
     ├── NotTrainableError              a template cannot be made trainable as asked; `.reasons`
     │   ├── PatchError                 no verified generation tags
     │   └── FallbackError              not even the delimiter fallback
+    ├── StripError                     generation tags cannot be removed without changing the rendering; `.reasons`
     ├── PlanError                      (internal) a turn's span cannot be tagged in the top-level flow
     ├── MarkerCollision                (internal) a conversation holds a generation marker character
     ├── ConversationError              a conversation cannot be rendered or masked as asked (also ValueError)
@@ -14,6 +15,8 @@
     ├── UnknownTemplateError           no library template has that name (also LookupError)
     ├── InvalidArgumentError           an argument with a wrong value (also ValueError)
     └── ArgumentTypeError              an argument of a wrong type (also TypeError)
+
+    GenerationTagsWarning (a UserWarning)  a GGUF file was written with generation tags in a template
 
 The builtin second bases keep `except ValueError` (and the like) working where callers relied on it.
 This module imports nothing from the package: every layer may import it.
@@ -122,6 +125,19 @@ class FallbackError(NotTrainableError):
     prefix = "even the fallback cannot apply"
 
 
+class StripError(TemplateKitError):
+    """Removing a template's generation tags would change what it renders; `.reasons` says where.
+
+    Example:
+        >>> str(StripError(["probe 'single_turn': rendering differs at character 12"]))
+        "cannot strip generation tags: probe 'single_turn': rendering differs at character 12"
+    """
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = list(reasons)
+        super().__init__("cannot strip generation tags: " + "; ".join(self.reasons))
+
+
 class PlanError(TemplateKitError):
     """A turn's span cannot be expressed with tags in the top-level flow (caught inside the patcher)."""
 
@@ -174,3 +190,9 @@ class InvalidArgumentError(TemplateKitError, ValueError):
 
 class ArgumentTypeError(TemplateKitError, TypeError):
     """An argument of a type templatekit cannot use (a slow tokenizer where a fast one is needed, …)."""
+
+
+class GenerationTagsWarning(UserWarning):
+    """A GGUF file was written with `{% generation %}` tags in a chat template: inference engines that do not know
+    the tag (llama.cpp and llama-cpp-python, text-generation-webui, tabbyAPI) fail to load it. A warning, not an
+    error: such a file is right for training; `templatekit strip` writes the copy to deploy."""

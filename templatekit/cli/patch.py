@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from pathlib import Path
 
-from ..errors import PatchError, TemplateSourceError
+from ..errors import GenerationTagsWarning, PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates, source_kind, write_text_atomic
 from ..sources.gguf import write_gguf_templates
 from ..sources.in_place import update_in_place
@@ -89,11 +90,18 @@ def _chosen(args: argparse.Namespace, templates: list[LoadedTemplate], err: Cons
 def _write_gguf(args: argparse.Namespace, templates: list[LoadedTemplate], results: list, err: Console) -> int:
     target = Path(args.output)
     try:
-        write_gguf_templates(args.source, target, {t.name: r.template for t, r in zip(templates, results)})
+        with warnings.catch_warnings(record=True) as caught:  # the tags warning, printed as one line below
+            warnings.simplefilter("always", GenerationTagsWarning)
+            write_gguf_templates(args.source, target, {t.name: r.template for t, r in zip(templates, results)})
     except TemplateSourceError as exc:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE
     err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
+    for warning in caught:
+        if issubclass(warning.category, GenerationTagsWarning):
+            err.line(f"warning: {warning.message}", "yellow")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return EXIT_OK
 
 

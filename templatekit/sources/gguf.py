@@ -19,16 +19,24 @@ templates as written, all other entries byte-identical, tensor data identical.
 
 from __future__ import annotations
 
+import re
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NoChatTemplateError, TemplateSourceError
+from ..errors import GenerationTagsWarning, NoChatTemplateError, TemplateSourceError
 from .atomic import atomic_output
 from .reading import MAX_TEMPLATE_BYTES, LoadedTemplate, _os_error
 
-__all__ = ["DEFAULT_KEY", "read_gguf_templates", "template_key", "write_gguf_templates"]
+__all__ = [
+    "DEFAULT_KEY",
+    "GenerationTagsWarning",
+    "read_gguf_templates",
+    "template_key",
+    "write_gguf_templates",
+]
 
 #: Metadata key of the main chat template; named ones are `DEFAULT_KEY + "." + name`.
 DEFAULT_KEY = "tokenizer.chat_template"
@@ -49,6 +57,22 @@ _MAX_ENTRIES = 1 << 16  # metadata entries kept (real files have a few dozen)
 _MAX_DEPTH = 8  # arrays of arrays
 _MAX_WALKED = 1 << 25  # string and array elements stepped over one by one (a 262k-token vocabulary is 0.8M)
 _WINDOW = 1 << 20
+# A generation tag in any form (the same as `core.tags.TAG_OPENING`; sources may not import the core).
+_GENERATION_TAG = re.compile(r"\{%[-+]?\s*(?:end)?generation\b")
+
+
+def _warn_if_tagged(target: Path, templates: Mapping[str, str]) -> None:
+    tagged = [name for name, text in templates.items() if _GENERATION_TAG.search(text)]
+    if tagged:
+        names = ", ".join(repr(name) for name in tagged)
+        warnings.warn(
+            f"{target}: chat template {names} carries {{% generation %}} tags; inference engines without "
+            "generation-tag support (llama.cpp / llama-cpp-python, text-generation-webui, tabbyAPI) fail to load "
+            f"this file. Keep it for training; to deploy, write an untagged copy: templatekit strip {target} "
+            "-o NEW.gguf",
+            GenerationTagsWarning,
+            stacklevel=3,
+        )
 
 
 def template_key(name: str) -> str:
@@ -349,7 +373,9 @@ def write_gguf_templates(source: str | Path, target: str | Path, templates: Mapp
     The copy is written to a temporary file next to `target`, read back and checked (each template as given,
     every other metadata entry and the tensor descriptions byte-identical, the tensor data identical), and only
     then moved onto `target`. Raises `TemplateSourceError` when `target` is `source`, when a named template is
-    not in the file, or when the read-back check fails (nothing is written then).
+    not in the file, or when the read-back check fails (nothing is written then). Warns
+    (`GenerationTagsWarning`) once the file is written when a template carries generation tags: engines without
+    generation-tag support fail to load such a file, and `templatekit strip` writes one without them.
 
     Example:
         >>> write_gguf_templates("model.gguf", "model.patched.gguf", {"default": patched_text})  # doctest: +SKIP
@@ -384,6 +410,7 @@ def write_gguf_templates(source: str | Path, target: str | Path, templates: Mapp
             _copy_rest(original, handle)
             handle.flush()
             _check_written(temporary, source, layout, replaced)
+    _warn_if_tagged(target, templates)
 
 
 def _copy_rest(src, dst) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,9 +29,38 @@ from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, T
 from .masks import labels_from_mask, spans_to_token_mask
 from .spans import RENDERER_KEYWORDS, SpanRenderer
 
-__all__ = ["prepare_dataset"]
+__all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
 
 OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
+#: What `truncation=` accepts: keep the start, keep the end, or drop rows longer than `max_length`.
+TRUNCATION_MODES = ("right", "left", "drop")
+
+logger = logging.getLogger(__name__)
+
+
+def truncate_row(
+    ids: list[int], mask: list[int], max_length: int | None, truncation: str = "right"
+) -> tuple[list[int], list[int]] | None:
+    """One row cut to `max_length` tokens as `truncation` says, or None when the row is dropped.
+
+    `right` keeps the first `max_length` tokens, `left` the last ones, `drop` drops a longer row whole. Tokens
+    are kept or cut whole, so no token straddles the cut, and each kept token keeps the mask it had in the
+    whole row. A row that had trained tokens and keeps none is dropped (None); a row that had none (every
+    trained message weighted 0) is kept as it is.
+
+    Example:
+        >>> truncate_row([1, 2, 3, 4], [0, 0, 1, 1], 2, "left"), truncate_row([1, 2, 3, 4], [0, 0, 1, 1], 2, "right")
+        (([3, 4], [1, 1]), None)
+    """
+    if max_length is None or len(ids) <= max_length:
+        return ids, mask
+    if truncation == "drop":
+        return None
+    kept = slice(-max_length, None) if truncation == "left" else slice(0, max_length)
+    cut_ids, cut_mask = ids[kept], mask[kept]
+    if any(mask) and not any(cut_mask):
+        return None
+    return cut_ids, cut_mask
 
 
 def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) -> str:
@@ -112,6 +142,9 @@ class _Preparer:
         max_length: int | None,
         add_labels: bool,
         arrow: bool = False,
+        truncation: str = "right",
+        keep: Sequence[str] = (),
+        stream: bool = False,
     ):
         self.arrow = arrow  # return an Arrow table: datasets then stores the columns without a per-token copy
         self.template = template
@@ -120,6 +153,10 @@ class _Preparer:
         self.messages_field = messages_field
         self.tools_field = tools_field
         self.max_length = max_length
+        self.truncation = truncation
+        self.keep = list(keep)  # input columns carried into the output (rows may be dropped, so they are copied)
+        self.stream = stream  # an IterableDataset: the dropped rows are logged here, on the first one
+        self.dropped = 0
         self.add_labels = add_labels
         # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
         self.render_kwargs = dict(tokenizer.special_tokens_map)
@@ -164,17 +201,22 @@ class _Preparer:
         encoded = self.tokenizer(
             texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
         )
-        input_ids, masks = encoded["input_ids"], []
-        limit = self.max_length
-        for position, (encoding, spans, text) in enumerate(zip(encoded.encodings, all_spans, texts)):
-            mask = _token_mask(encoding, spans, len(text))
-            if limit is not None and len(mask) > limit:
-                input_ids[position] = input_ids[position][:limit]
-                mask = mask[:limit]
-            masks.append(mask)
+        input_ids, masks, kept = [], [], []
+        for position, (ids, encoding, spans, text) in enumerate(
+            zip(encoded["input_ids"], encoded.encodings, all_spans, texts)
+        ):
+            row = truncate_row(ids, _token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
+            if row is None:
+                continue
+            input_ids.append(row[0])
+            masks.append(row[1])
+            kept.append(position)
+        if len(kept) < len(texts) and self.stream:
+            self._log_stream_drop(len(texts) - len(kept))
         if self.arrow:
             return _arrow_table(input_ids, masks, self.add_labels)
         output = {
+            **{column: [batch[column][position] for position in kept] for column in self.keep},
             "input_ids": input_ids,
             "attention_mask": [[1] * len(ids) for ids in input_ids],
             "assistant_masks": masks,
@@ -182,6 +224,23 @@ class _Preparer:
         if self.add_labels:
             output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
         return output
+
+    def _log_stream_drop(self, count: int) -> None:
+        """A stream's count is known only once it is read to the end: say so on the first drop, once."""
+        self.dropped += count
+        if self.dropped == count:
+            logger.warning(
+                "prepare_dataset: %s; this stream is read lazily, so the total is not known in advance",
+                _drop_message(self.max_length, self.truncation, None),
+            )
+
+
+def _drop_message(max_length: int | None, truncation: str, count: int | None) -> str:
+    rows = "rows" if count is None else f"{count} row{'s' if count != 1 else ''}"
+    if truncation == "drop":
+        return f"dropping {rows} longer than max_length={max_length} (truncation='drop')"
+    hint = "; truncation='left' keeps the end of each row" if truncation == "right" else ""
+    return f"dropping {rows} whose trained tokens were all cut by max_length={max_length} (truncation={truncation!r}{hint})"
 
 
 def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool):
@@ -254,6 +313,7 @@ def prepare_dataset(
     response_part: str | None = None,
     fallback: Any = None,
     max_length: int | None = None,
+    truncation: str = "right",
     add_labels: bool = False,
     batch_size: int = 1000,
     num_proc: int | None = None,
@@ -280,7 +340,15 @@ def prepare_dataset(
             tokenizer holding one) uses ``"default"``; a string naming one of the tokenizer's templates uses it.
         train_roles, last_response_only, train_on_eot, train_reasoning, mask_out, instruction_part,
             response_part, fallback: the loss policy, passed to `SpanRenderer` unchanged (see there).
-        max_length: keep the first ``max_length`` tokens of each row (``None``: no truncation).
+        max_length: the most tokens a row may have (``None``: no limit). No row of the result is longer.
+        truncation: what happens to a longer row: ``"right"`` (the default) keeps its first ``max_length``
+            tokens; ``"left"`` keeps its last ones, so the last turn survives (the start, BOS and system prompt
+            included, is cut); ``"drop"`` drops the row. Tokens are kept or cut whole, so no token straddles
+            the cut (a character that byte-level BPE splits over several tokens may lose some of its pieces),
+            and every kept token has the mask it has in the whole row. In every mode a row whose trained
+            tokens were all cut is dropped; how many rows were dropped is logged once per call (a warning
+            on the ``templatekit.training.dataset`` logger; for an `IterableDataset`, read lazily, on the
+            first dropped row).
         add_labels: also write ``labels`` (``input_ids`` with -100 where the mask is 0).
         batch_size: rows rendered and tokenized together.
         num_proc: worker processes for a `Dataset` (each rebuilds the renderer); ignored for an
@@ -296,8 +364,9 @@ def prepare_dataset(
         A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``).
 
     Raises:
-        InvalidArgumentError (a ValueError): the dataset has no rows or no such column, or no chat template is
-            found.
+        InvalidArgumentError (a ValueError): the dataset has no rows or no such column, no chat template is
+            found, ``truncation`` is not one of ``"right"``, ``"left"``, ``"drop"``, or ``max_length`` is not a
+            positive integer.
         ArgumentTypeError (a TypeError): the dataset is not a `datasets` dataset, or the tokenizer is not a fast
             tokenizer (char-to-token maps are needed).
         TemplateLimitError: the template goes past a limit (while it is patched, or rendering a row: the
@@ -308,8 +377,8 @@ def prepare_dataset(
             a trained message the template drops or merges (so which text belongs to which message is unknown).
 
     Documented behaviour rather than errors: a role the template renders but that is not in ``train_roles``
-    stays untrained; a row whose trained messages all carry ``weight: 0`` gets an all-zero mask; a row cut by
-    ``max_length`` keeps whatever part of its mask survives (TRL drops rows left with no trained token).
+    stays untrained; a row whose trained messages all carry ``weight: 0`` gets an all-zero mask (and is kept, cut
+    or not); a row cut by ``max_length`` keeps whatever part of its mask survives, and is dropped when none does.
 
     Example:
         >>> from datasets import Dataset
@@ -330,6 +399,11 @@ def prepare_dataset(
         )
     if not getattr(tokenizer, "is_fast", False):
         raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
+    if truncation not in TRUNCATION_MODES:
+        allowed = ", ".join(repr(mode) for mode in TRUNCATION_MODES)
+        raise InvalidArgumentError(f"truncation must be one of {allowed}, got {truncation!r}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidArgumentError(f"max_length must be a positive integer or None, got {max_length!r}")
     text = _resolve_template(tokenizer, template)
 
     columns = dataset.column_names
@@ -352,8 +426,9 @@ def prepare_dataset(
         timeout=limits.timeout,
         max_memory=limits.max_memory,
     )
-    drop = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
-    keep = [c for c in columns if c not in drop]
+    replaced = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
+    keep = [c for c in columns if c not in replaced]
+    stream = isinstance(dataset, IterableDataset)
     preparer = _Preparer(
         text,
         renderer_options,
@@ -361,24 +436,32 @@ def prepare_dataset(
         messages_field=messages_field,
         tools_field=tools_field,
         max_length=max_length,
+        truncation=truncation,
         add_labels=add_labels,
-        # Arrow output when the result holds only the new columns (kept input columns stay with datasets).
-        arrow=not isinstance(dataset, IterableDataset) and not keep,
+        # Arrow output when the result holds only the new columns (else the kept input columns are copied).
+        arrow=not stream and not keep,
+        keep=keep,
+        stream=stream,
     )
     _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
     options = dict(
         batched=True,
         batch_size=batch_size,
         with_indices=True,
-        remove_columns=drop,
+        # Every input column: rows may be dropped, so the kept ones are copied by the preparer, row for row.
+        remove_columns=list(columns),
         features=_output_features(dataset, add_labels, keep),
     )
-    if isinstance(dataset, IterableDataset):
+    if stream:
         return dataset.map(preparer, **options)
     with _progress_bars(progress):
-        return dataset.map(
+        prepared = dataset.map(
             preparer,
             num_proc=num_proc,
             desc="templatekit: rendering and tokenizing" if progress else None,
             **options,
         )
+    dropped = len(dataset) - len(prepared)  # counted here: worker processes each see only their shard
+    if dropped:
+        logger.warning("prepare_dataset: %s", _drop_message(max_length, truncation, dropped))
+    return prepared

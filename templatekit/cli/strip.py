@@ -1,0 +1,149 @@
+"""`templatekit strip`: remove the generation tags for deployment, verified to render identically.
+
+Reads and writes like `patch`: any source `patch` takes; stdout by default, `-o OUT` (a file, a folder, or a
+new GGUF file from a GGUF source), or `--in-place` for a local model (with a `.bak` backup). Exit 0 when every
+template is stripped (or had no tags), 1 when removing the tags would change what a template renders (nothing
+is written), 2 for usage or input errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from ..errors import StripError, TemplateSourceError
+from ..sources import load_templates, source_kind, write_text_atomic
+from ..sources.gguf import write_gguf_templates
+from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
+from .options import add_limit_options, limits, located
+from .patch import _chosen, _is_input, _output_problem, _targets, write_in_place
+
+__all__ = ["add_parser", "run"]
+
+
+def _diff(original: str, stripped: str) -> str:
+    lines = difflib.unified_diff(
+        original.splitlines(keepends=True), stripped.splitlines(keepends=True), fromfile="tagged", tofile="stripped"
+    )
+    return "".join(lines)
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Strip the source's templates and write them where asked; the exit code."""
+    from ..core.strip import strip_template  # on use: jinja2 and transformers are not needed for --help
+    from ..core.tags import TAG
+
+    kind = source_kind(args.source)
+    problem = _output_problem(args, kind)
+    if problem:
+        err.line(f"error: {problem}", "red")
+        return EXIT_USAGE
+    try:
+        templates = load_templates(args.source, revision=args.revision)
+    except TemplateSourceError as exc:
+        err.line(f"error: {exc}", "red")
+        return EXIT_USAGE
+    templates = _chosen(args, templates, err)
+    if templates is None:
+        return EXIT_USAGE
+    gguf_out = bool(args.output) and Path(args.output).suffix.lower() == ".gguf"
+    targets: list[Path] = []
+    if args.output and not gguf_out:
+        try:
+            targets = _targets(args, templates)
+        except TemplateSourceError as exc:
+            err.line(f"error: {exc}", "red")
+            return EXIT_USAGE
+        clobbered = [t for t in targets if _is_input(t, templates)]
+        if clobbered and not args.force:
+            err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
+            return EXIT_USAGE
+
+    stripped: list[str] = []
+    failed = False
+    for template in templates:
+        try:
+            stripped.append(strip_template(template.text, **limits(args)))
+        except TemplateSourceError as exc:
+            err.line(f"error: {located(exc, template)}", "red")
+            return EXIT_USAGE
+        except StripError as exc:
+            failed = True
+            err.line(f"{template.label}: cannot strip", "bold red")
+            for reason in exc.reasons:
+                err.line(f"  - {reason}")
+    writes = args.output or args.in_place
+    if failed:
+        err.line("nothing written" if writes else "no template printed", "red")
+        return EXIT_FAIL
+
+    diff_out = out if writes else err
+    for template, text in zip(templates, stripped):
+        removed = len(TAG.findall(template.text))
+        if removed:
+            err.line(
+                f"{template.label}: removed {removed} generation tags; renders identically on every probe", "green"
+            )
+        else:
+            err.line(f"{template.label}: no generation tags; unchanged")
+        if args.diff:
+            err.flush()
+            diff_out.diff(_diff(template.text, text) or "(no changes)\n")
+            diff_out.flush()
+    err.flush()
+
+    if gguf_out:
+        target = Path(args.output)
+        try:
+            write_gguf_templates(args.source, target, {t.name: text for t, text in zip(templates, stripped)})
+        except TemplateSourceError as exc:
+            err.line(f"error: {exc}", "red")
+            return EXIT_USAGE
+        err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
+        return EXIT_OK
+    if args.in_place:
+        return write_in_place(templates, stripped, err)
+    if args.output:
+        for target, text in zip(targets, stripped):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, text)
+            err.line(f"wrote {target}")
+    else:
+        text = stripped[0]
+        out.raw(text + "\n" if out.tty and not text.endswith("\n") else text)
+    return EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `strip` command."""
+    strip = commands.add_parser(
+        "strip",
+        help="remove generation tags for deployment, verified to render identically",
+        description="Remove the {% generation %} tags from a template (any source patch takes) so that inference "
+        "engines without generation-tag support (llama.cpp, text-generation-webui, tabbyAPI) can load the model. "
+        "The result is rendered beside the tagged template on every probe conversation and written only if they "
+        "are identical. Prints the stripped template (--stdout, the default), writes it with -o, or updates a "
+        "local model in place with --in-place.",
+    )
+    strip.add_argument("source", metavar="SOURCE")
+    strip.add_argument("--revision", metavar="REV", help="for a Hub id: the branch, tag or commit (default: main)")
+    written = strip.add_mutually_exclusive_group()
+    written.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="write the stripped template here (a folder: chat_template.jinja + additional_chat_templates/; "
+        "NEW.gguf from a GGUF source: a new GGUF file with the stripped templates)",
+    )
+    written.add_argument("--stdout", action="store_true", help="print the stripped template (the default)")
+    written.add_argument(
+        "--in-place",
+        action="store_true",
+        help="update the local model folder or file where it keeps its template, with a .bak backup",
+    )
+    strip.add_argument("--diff", action="store_true", help="show the unified diff from the tagged template")
+    strip.add_argument("--name", help="strip only the named template (e.g. tool_use)")
+    strip.add_argument("--force", action="store_true", help="allow -o to overwrite the input file")
+    add_limit_options(strip)
+    strip.set_defaults(func=run)
