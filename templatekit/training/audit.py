@@ -348,7 +348,10 @@ def audit_conversations(
     `SpanRenderer` raises for a template neither tags nor delimiters can train (`NotTrainableError`).
 
     Example:
-        >>> template = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>' }}{% endfor %}"
+        >>> template = (
+        ...     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        ...     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        ... )
         >>> report = audit_conversations(template, [
         ...     {"messages": [{"role": "user", "content": "Hi"},
         ...                   {"role": "assistant", "content": "Hey", "thinking": "greet back"}]}])
