@@ -306,3 +306,37 @@ def test_library_field_checks_are_capped_and_say_so():
     assert any("checked on the first 2 of 5" in note for note in report.notes)
     with pytest.raises(ValueError, match="needs a tokenizer"):
         audit_conversations(template, rows, max_length=10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal for stderr")
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_progress_bar_on_a_terminal_only_in_text_mode(tmp_path, fmt):
+    import os
+    import pty
+
+    rows = [{"messages": [user(f"q{i}"), assistant(f"a{i}")]} for i in range(20)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    master, slave = pty.openpty()
+    command = [sys.executable, "-m", "templatekit", "audit", str(corpus_file("trl/qwen2_5.jinja")), "--data", str(data)]
+    process = subprocess.Popen(
+        [*command, "--format", fmt], stdout=subprocess.PIPE, stderr=slave, text=True, cwd=REPO_ROOT
+    )
+    os.close(slave)
+    out, _ = process.communicate(timeout=300)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    err = b"".join(chunks).decode("utf-8", errors="replace")
+    assert process.returncode == 0
+    if fmt == "json":
+        assert err == "" and json.loads(out)["rows"] == 20
+    else:
+        assert "auditing" in err and "/20" in err
+        assert out.startswith(f"{data} against") and "\x1b" not in out  # stdout is a pipe: plain text

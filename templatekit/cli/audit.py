@@ -23,38 +23,43 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 _MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
-class _UsageError(Exception):
-    """A problem with what was asked (printed as one `error:` line, exit 2)."""
-
-
 def read_jsonl(path: str | Path, messages_field: str = "messages") -> tuple[list[dict], list[int]]:
-    """The rows of a JSONL file and the line number of each; `_UsageError` names `file:line` for a bad line."""
+    """The rows of a JSONL file and the line number of each; a `TemplateSourceError` names `file:line` for a bad
+    line."""
     rows, lines = [], []
     try:
         handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; errors name the file)
     except OSError as exc:
-        raise _UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
     with handle:
         try:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 if len(line) > _MAX_LINE_BYTES:
-                    raise _UsageError(f"{path}:{number}: line longer than {_MAX_LINE_BYTES // 2**20} MiB")
+                    raise TemplateSourceError(
+                        f"line longer than {_MAX_LINE_BYTES // 2**20} MiB", source=str(path), line=number
+                    )
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise _UsageError(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+                    raise TemplateSourceError(
+                        f"invalid JSON: {exc.msg} (column {exc.colno})", source=str(path), line=number
+                    ) from None
                 if not isinstance(row, dict):
-                    raise _UsageError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                    raise TemplateSourceError(
+                        f"expected a JSON object, got {type(row).__name__}", source=str(path), line=number
+                    )
                 if not isinstance(row.get(messages_field), list):
-                    raise _UsageError(f"{path}:{number}: expected a list of messages under {messages_field!r}")
+                    raise TemplateSourceError(
+                        f"expected a list of messages under {messages_field!r}", source=str(path), line=number
+                    )
                 rows.append(row)
                 lines.append(number)
         except UnicodeDecodeError as exc:
-            raise _UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
+            raise TemplateSourceError(f"not UTF-8 text ({exc.reason})", source=str(path)) from None
     if not rows:
-        raise _UsageError(f"{path}: no conversation in the file")
+        raise TemplateSourceError("no conversation in the file", source=str(path))
     return rows, lines
 
 
@@ -70,13 +75,14 @@ def _load_tokenizer(path: Path) -> Any:
 
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         else:
-            raise _UsageError(f"{path}: no such tokenizer folder or tokenizer.json file")
-    except _UsageError:
+            raise TemplateSourceError("no such tokenizer folder or tokenizer.json file", source=str(path))
+    except TemplateSourceError:
         raise
     except Exception as exc:  # transformers raises many kinds for a folder it cannot read
-        raise _UsageError(f"{path}: cannot load a tokenizer: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TemplateSourceError(f"cannot load a tokenizer: {first}", source=str(path)) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise _UsageError(f"{path}: a fast tokenizer is needed (its offsets place the trained tokens)")
+        raise TemplateSourceError("a fast tokenizer is needed (its offsets place the trained tokens)", source=str(path))
     return tokenizer
 
 
@@ -95,7 +101,7 @@ def _choose(args: argparse.Namespace, templates: list[LoadedTemplate]) -> Loaded
     template = next((t for t in templates if t.name == wanted), None if args.name else templates[0])
     if template is None:
         names = ", ".join(t.name for t in templates)
-        raise _UsageError(f"{args.source}: no template named {args.name!r} (found: {names})")
+        raise TemplateSourceError(f"no template named {args.name!r} (found: {names})", source=str(args.source))
     return template
 
 
@@ -166,11 +172,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         tokenizer_path = Path(args.tokenizer) if args.tokenizer else folder
         tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
         if args.max_length is not None and tokenizer is None:
-            raise _UsageError("--max-length counts tokens: pass --tokenizer PATH (SOURCE holds no tokenizer)")
-    except _UsageError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
-    except TemplateSourceError as exc:
+            raise InvalidArgumentError("--max-length counts tokens: pass --tokenizer PATH (SOURCE holds no tokenizer)")
+    except (TemplateSourceError, InvalidArgumentError) as exc:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE
     render_kwargs = special_tokens(folder if folder is not None else tokenizer_path)
