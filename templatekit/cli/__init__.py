@@ -7,6 +7,7 @@
     templatekit apply --format NAME [SOURCE] [-o OUT | --in-place] [--force]
     templatekit show SOURCE [--messages CONV.json] [--tokenizer SOURCE] [--html OUT]
     templatekit strip SOURCE [--revision REV] [-o OUT | --stdout | --in-place] [--diff] [--name NAME]
+    templatekit audit SOURCE --data FILE.jsonl [--tokenizer PATH] [--max-length N] [--format text|json]
 
 patch, check, report, show and strip take --timeout SECONDS and --max-memory SIZE (512M, 1G): the limits on each
 template's renders (default 10 s and 1 GiB, `templatekit.core.sandbox`). A template that goes past one is refused
@@ -17,7 +18,7 @@ Exit codes: 0 success, 1 a template cannot be patched or fails its check, 2 bad 
 verification summary and messages go to stderr, and the diff goes to stdout when `-o` or `--in-place` is given,
 to stderr otherwise. Colour and tables are used only when the stream is a terminal.
 
-One module per command (`patch`, `check`, `show`, `apply`, `report`, `strip`), each with `add_parser` and `run`; `console`
+One module per command (`patch`, `check`, `show`, `apply`, `report`, `strip`, `audit`), each with `add_parser` and `run`; `console`
 writes, `options` holds what several commands share. Nothing heavy is imported before a command runs, so
 `templatekit --help` loads neither the core nor transformers.
 """
@@ -29,7 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TemplateLimitError
-from . import apply, check, patch, report, show, strip
+from . import apply, audit, check, patch, report, show, strip
 from .console import EXIT_OK, EXIT_USAGE, Console
 
 __all__ = ["build_parser", "main"]
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make chat templates trainable: insert verified {% generation %} tags around assistant output.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (patch, check, show, apply, report, strip):  # the order --help lists them in
+    for command in (patch, check, show, apply, report, strip, audit):  # the order --help lists them in
         command.add_parser(commands)
     return parser
 
