@@ -69,7 +69,9 @@ def _turn_mismatch(template: str, probe: Probe, full: str, k: int) -> str | None
     # Where the model starts generating: the end of what the prompt shares with the render ending on the turn.
     start = g0
     if prompt is not None:
-        shared = next((i for i, (a, b) in enumerate(zip(prompt, generated)) if a != b), min(len(prompt), len(generated)))
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(prompt, generated)) if a != b), min(len(prompt), len(generated))
+        )
         start = max(g0, shared)
     position = g0 + at - start
     if position >= 0:

@@ -11,8 +11,8 @@ from jinja2 import nodes
 
 from ..errors import PatchError, PlanError, TemplateSourceError
 from .analysis import Flow, Tracer, build_flow
-from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
 from .history import history_mismatch
+from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
 from .markers import last_marker
 from .plan import plan_regions
 from .probes import ASSISTANT, Probe, build_probes

@@ -21,17 +21,29 @@ import contextlib
 import functools
 import itertools
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..core.sandbox import DEFAULT, active_limits
-from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
+from ..core.history import history_mismatch
+from ..core.sandbox import DEFAULT, active_limits, limit_scope
+from ..errors import (
+    ArgumentTypeError,
+    DatasetRowError,
+    HistoryMismatchWarning,
+    InvalidArgumentError,
+    TemplateKitError,
+    TemplateLimitError,
+)
 from .masks import labels_from_mask, spans_to_token_mask
+from .policies import check_messages
 from .spans import RENDERER_KEYWORDS, SpanRenderer
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
 
 OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
+#: What `per_turn=True` adds to each row: the index of the conversation it comes from and of its trained message.
+PER_TURN_COLUMNS = ("source_row", "turn_index")
 #: What `truncation=` accepts: keep the start, keep the end, or drop rows longer than `max_length`.
 TRUNCATION_MODES = ("right", "left", "drop")
 
@@ -145,6 +157,8 @@ class _Preparer:
         truncation: str = "right",
         keep: Sequence[str] = (),
         stream: bool = False,
+        per_turn: bool = False,
+        last_turn_only: bool = False,
     ):
         self.arrow = arrow  # return an Arrow table: datasets then stores the columns without a per-token copy
         self.template = template
@@ -158,6 +172,10 @@ class _Preparer:
         self.stream = stream  # an IterableDataset: the dropped rows are logged here, on the first one
         self.dropped = 0
         self.add_labels = add_labels
+        # One row per trained turn k, rendered as `messages[:k + 1]` with only its last turn trained (the
+        # renderer's options then say last_response_only=True); `last_turn_only`: the last trained turn alone.
+        self.per_turn = per_turn
+        self.last_turn_only = last_turn_only
         # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
         self.render_kwargs = dict(tokenizer.special_tokens_map)
         self._renderer = None
@@ -189,22 +207,44 @@ class _Preparer:
         except Exception as error:  # anything else the template or the renderer raised, still with its row
             raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
 
-    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+    def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
+        """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""
+        try:
+            _, weighted = check_messages(messages, self.renderer.policy.train_roles)
+        except TemplateKitError:
+            self._render(messages, tools, row)  # raises the renderer's own error, naming the row and message
+            raise
+        return weighted[-1:] if self.last_turn_only else weighted
+
+    def _units(self, batch: Mapping[str, list], indices: list[int]) -> list[tuple[int, int, int, Any, Any]]:
+        """What becomes one output row each: (position in the batch, dataset row, turn or -1, messages, tools)."""
         conversations = batch[self.messages_field]
         tools_column = batch.get(self.tools_field) or [None] * len(conversations)
+        units = []
+        for position, (messages, tools, row) in enumerate(zip(conversations, tools_column, indices)):
+            if not self.per_turn:
+                units.append((position, row, -1, messages, tools))
+                continue
+            for turn in self._turns(messages, tools, row):
+                units.append((position, row, turn, messages[: turn + 1], tools))
+        return units
+
+    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        units = self._units(batch, indices)
         texts, all_spans = [], []
-        for messages, tools, row in zip(conversations, tools_column, indices):
+        for _, row, _, messages, tools in units:
             text, spans = self._render(messages, tools, row)
             texts.append(text)
             all_spans.append(spans)
         # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once.
-        encoded = self.tokenizer(
-            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
+        encoded = (
+            self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+            if texts
+            else {"input_ids": [], "encodings": []}
         )
+        encodings = encoded.encodings if texts else []
         input_ids, masks, kept = [], [], []
-        for position, (ids, encoding, spans, text) in enumerate(
-            zip(encoded["input_ids"], encoded.encodings, all_spans, texts)
-        ):
+        for position, (ids, encoding, spans, text) in enumerate(zip(encoded["input_ids"], encodings, all_spans, texts)):
             row = truncate_row(ids, _token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
             if row is None:
                 continue
@@ -213,10 +253,17 @@ class _Preparer:
             kept.append(position)
         if len(kept) < len(texts) and self.stream:
             self._log_stream_drop(len(texts) - len(kept))
+        extra = {}
+        if self.per_turn:
+            extra = {
+                "source_row": [units[position][1] for position in kept],
+                "turn_index": [units[position][2] for position in kept],
+            }
         if self.arrow:
-            return _arrow_table(input_ids, masks, self.add_labels)
+            return _arrow_table(input_ids, masks, self.add_labels, extra)
         output = {
-            **{column: [batch[column][position] for position in kept] for column in self.keep},
+            **{column: [batch[column][units[position][0]] for position in kept] for column in self.keep},
+            **extra,
             "input_ids": input_ids,
             "attention_mask": [[1] * len(ids) for ids in input_ids],
             "assistant_masks": masks,
@@ -243,7 +290,7 @@ def _drop_message(max_length: int | None, truncation: str, count: int | None) ->
     return f"dropping {rows} whose trained tokens were all cut by max_length={max_length} (truncation={truncation!r}{hint})"
 
 
-def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool):
+def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool, extra: Mapping[str, list]):
     """The batch's columns as one Arrow table (int32 ids, int8 masks), built from flat numpy arrays.
 
     Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
@@ -257,6 +304,10 @@ def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels:
     ids = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int32, count=total)
     mask = np.fromiter(itertools.chain.from_iterable(masks), dtype=np.int8, count=total)
     columns = {
+        **{
+            name: pa.array(values, type=pa.int64() if name == "source_row" else pa.int32())
+            for name, values in extra.items()
+        },
         "input_ids": pa.ListArray.from_arrays(offsets, ids),
         "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(total, dtype=np.int8)),
         "assistant_masks": pa.ListArray.from_arrays(offsets, mask),
@@ -281,11 +332,12 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
             datasets_logging.enable_progress_bar()
 
 
-def _output_features(dataset: Any, add_labels: bool, keep: list[str]):
+def _output_features(dataset: Any, add_labels: bool, keep: list[str], per_turn: bool = False):
     """Arrow types for the new columns (int32 ids, int8 masks), plus the kept input columns when known."""
     from datasets import Features, Sequence, Value
 
     columns = {
+        **({"source_row": Value("int64"), "turn_index": Value("int32")} if per_turn else {}),
         "input_ids": Sequence(Value("int32")),
         "attention_mask": Sequence(Value("int8")),
         "assistant_masks": Sequence(Value("int8")),
@@ -314,6 +366,7 @@ def prepare_dataset(
     fallback: Any = None,
     max_length: int | None = None,
     truncation: str = "right",
+    per_turn: bool = False,
     add_labels: bool = False,
     batch_size: int = 1000,
     num_proc: int | None = None,
@@ -349,6 +402,15 @@ def prepare_dataset(
             tokens were all cut is dropped; how many rows were dropped is logged once per call (a warning
             on the ``templatekit.training.dataset`` logger; for an `IterableDataset`, read lazily, on the
             first dropped row).
+        per_turn: one row per trained turn instead of one per conversation. The row of turn k is the
+            conversation up to and including it, rendered exactly as ``apply_chat_template(messages[:k + 1])``
+            renders it (same tools, same options), and trains only turn k (its reasoning, content, tool calls and
+            stop marker; the earlier turns in the row are context). So each turn is trained as the model generates
+            it, even with a template that renders history differently (Qwen3 drops earlier turns' reasoning:
+            `check` notes such templates, and ``per_turn=False`` then warns with a `HistoryMismatchWarning`).
+            Rows gain ``source_row`` (the conversation's index in ``dataset``) and ``turn_index`` (the message's
+            index in it); a turn of ``weight: 0`` gets no row; with ``last_response_only`` only the last trained
+            turn gets one. ``max_length`` and ``truncation`` act on each row as usual.
         add_labels: also write ``labels`` (``input_ids`` with -100 where the mask is 0).
         batch_size: rows rendered and tokenized together.
         num_proc: worker processes for a `Dataset` (each rebuilds the renderer); ignored for an
@@ -361,7 +423,8 @@ def prepare_dataset(
             rendered; None for no limit.
 
     Returns:
-        A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``).
+        A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``;
+        and ``source_row``, ``turn_index`` with ``per_turn``).
 
     Raises:
         InvalidArgumentError (a ValueError): the dataset has no rows or no such column, no chat template is
@@ -419,6 +482,8 @@ def prepare_dataset(
 
     limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
     renderer_options = {name: arguments[name] for name in RENDERER_KEYWORDS}
+    if per_turn:
+        renderer_options["last_response_only"] = True  # the row's last message is its one trained turn
     renderer_options.update(
         train_roles=tuple(train_roles),
         mask_out=tuple(mask_out),
@@ -442,15 +507,19 @@ def prepare_dataset(
         arrow=not stream and not keep,
         keep=keep,
         stream=stream,
+        per_turn=per_turn,
+        last_turn_only=last_response_only,
     )
     _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
+    if not per_turn and not last_response_only:
+        _warn_history(text, tuple(train_roles), limits)
     options = dict(
         batched=True,
         batch_size=batch_size,
         with_indices=True,
         # Every input column: rows may be dropped, so the kept ones are copied by the preparer, row for row.
         remove_columns=list(columns),
-        features=_output_features(dataset, add_labels, keep),
+        features=_output_features(dataset, add_labels, keep, per_turn),
     )
     if stream:
         return dataset.map(preparer, **options)
@@ -461,7 +530,37 @@ def prepare_dataset(
             desc="templatekit: rendering and tokenizing" if progress else None,
             **options,
         )
-    dropped = len(dataset) - len(prepared)  # counted here: worker processes each see only their shard
+    # Counted here: worker processes each see only their shard. A per-turn row is one trained turn.
+    expected = _count_turns(dataset, messages_field, train_roles, last_response_only) if per_turn else len(dataset)
+    dropped = expected - len(prepared) if max_length is not None else 0
     if dropped:
         logger.warning("prepare_dataset: %s", _drop_message(max_length, truncation, dropped))
     return prepared
+
+
+def _count_turns(dataset: Any, messages_field: str, train_roles: Sequence[str], last_only: bool) -> int:
+    """The rows `per_turn` makes before truncation: the trained turns (weight 1) of every conversation."""
+    total = 0
+    for batch in dataset.select_columns([messages_field]).iter(batch_size=1000):
+        for messages in batch[messages_field]:
+            _, weighted = check_messages(messages, tuple(train_roles))  # every row rendered, so none raises
+            total += min(len(weighted), 1) if last_only else len(weighted)
+    return total
+
+
+@functools.lru_cache(maxsize=8)
+def _history_note(template: str, train_roles: tuple[str, ...], limits: Any) -> str | None:
+    with limit_scope(limits):
+        return history_mismatch(template, train_roles)
+
+
+def _warn_history(template: str, train_roles: tuple[str, ...], limits: Any) -> None:
+    """Warn (once per call site, as warnings do) when the template renders history unlike generated turns."""
+    note = _history_note(template, train_roles, limits)
+    if note:
+        warnings.warn(
+            f"prepare_dataset: {note.split('; ')[0]}; every turn but the last of each conversation "
+            "is trained in a form the model does not generate: pass per_turn=True to train each turn as generated",
+            HistoryMismatchWarning,
+            stacklevel=3,
+        )
