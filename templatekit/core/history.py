@@ -104,8 +104,8 @@ def history_mismatch(
         ...     "{% for m in messages %}{{ m.role + ': ' }}{% if m.role == 'assistant' and loop.last %}"
         ...     "{{ '<think>' + m.reasoning_content + '</think>' }}{% endif %}{{ m.content + '\\n' }}{% endfor %}"
         ... )
-        >>> print(history_mismatch(dropping).split(';')[0])
-        history renders message 2 unlike the turn as generated (probe 'reasoning_multi_turn'): first difference at character 0 of the turn: history 'tkassistcon2q\\nuser: tkusercon…', generated '<think>tkassistrea2q</think>…'
+        >>> print(history_mismatch(dropping).split(": history")[0])
+        history renders message 2 unlike the turn as generated (probe 'reasoning_multi_turn'): first difference at character 11 of the turn
     """
     speakers = tuple(train_roles) or (ASSISTANT,)
     battery = list(probes) if probes is not None else build_probes(speakers)

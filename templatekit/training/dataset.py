@@ -21,29 +21,18 @@ import contextlib
 import functools
 import itertools
 import logging
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..core.history import history_mismatch
-from ..core.sandbox import DEFAULT, active_limits, limit_scope
-from ..errors import (
-    ArgumentTypeError,
-    DatasetRowError,
-    HistoryMismatchWarning,
-    InvalidArgumentError,
-    TemplateKitError,
-    TemplateLimitError,
-)
+from ..core.sandbox import DEFAULT, active_limits
+from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
 from .masks import labels_from_mask, spans_to_token_mask
-from .policies import check_messages
+from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
 from .spans import RENDERER_KEYWORDS, SpanRenderer
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
 
 OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
-#: What `per_turn=True` adds to each row: the index of the conversation it comes from and of its trained message.
-PER_TURN_COLUMNS = ("source_row", "turn_index")
 #: What `truncation=` accepts: keep the start, keep the end, or drop rows longer than `max_length`.
 TRUNCATION_MODES = ("right", "left", "drop")
 
@@ -172,10 +161,7 @@ class _Preparer:
         self.stream = stream  # an IterableDataset: the dropped rows are logged here, on the first one
         self.dropped = 0
         self.add_labels = add_labels
-        # One row per trained turn k, rendered as `messages[:k + 1]` with only its last turn trained (the
-        # renderer's options then say last_response_only=True); `last_turn_only`: the last trained turn alone.
-        self.per_turn = per_turn
-        self.last_turn_only = last_turn_only
+        self.per_turn, self.last_turn_only = per_turn, last_turn_only  # one row per trained turn (`per_turn`)
         # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
         self.render_kwargs = dict(tokenizer.special_tokens_map)
         self._renderer = None
@@ -210,41 +196,26 @@ class _Preparer:
     def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
         """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""
         try:
-            _, weighted = check_messages(messages, self.renderer.policy.train_roles)
+            return trained_turns(messages, self.renderer.policy.train_roles, self.last_turn_only)
         except TemplateKitError:
             self._render(messages, tools, row)  # raises the renderer's own error, naming the row and message
             raise
-        return weighted[-1:] if self.last_turn_only else weighted
-
-    def _units(self, batch: Mapping[str, list], indices: list[int]) -> list[tuple[int, int, int, Any, Any]]:
-        """What becomes one output row each: (position in the batch, dataset row, turn or -1, messages, tools)."""
-        conversations = batch[self.messages_field]
-        tools_column = batch.get(self.tools_field) or [None] * len(conversations)
-        units = []
-        for position, (messages, tools, row) in enumerate(zip(conversations, tools_column, indices)):
-            if not self.per_turn:
-                units.append((position, row, -1, messages, tools))
-                continue
-            for turn in self._turns(messages, tools, row):
-                units.append((position, row, turn, messages[: turn + 1], tools))
-        return units
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
-        units = self._units(batch, indices)
+        turns = self._turns if self.per_turn else None
+        units = split_rows(batch[self.messages_field], batch.get(self.tools_field), indices, turns)
         texts, all_spans = [], []
         for _, row, _, messages, tools in units:
             text, spans = self._render(messages, tools, row)
             texts.append(text)
             all_spans.append(spans)
-        # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once.
-        encoded = (
-            self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-            if texts
-            else {"input_ids": [], "encodings": []}
-        )
-        encodings = encoded.encodings if texts else []
+        # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once
+        # (none for a per_turn batch without a trained turn: the tokenizer refuses an empty list).
+        options = dict(add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        encoded = self.tokenizer(texts, **options) if texts else None
+        pairs = zip(encoded["input_ids"], encoded.encodings) if texts else ()
         input_ids, masks, kept = [], [], []
-        for position, (ids, encoding, spans, text) in enumerate(zip(encoded["input_ids"], encodings, all_spans, texts)):
+        for position, ((ids, encoding), spans, text) in enumerate(zip(pairs, all_spans, texts)):
             row = truncate_row(ids, _token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
             if row is None:
                 continue
@@ -253,12 +224,7 @@ class _Preparer:
             kept.append(position)
         if len(kept) < len(texts) and self.stream:
             self._log_stream_drop(len(texts) - len(kept))
-        extra = {}
-        if self.per_turn:
-            extra = {
-                "source_row": [units[position][1] for position in kept],
-                "turn_index": [units[position][2] for position in kept],
-            }
+        extra = per_turn_columns(units, kept) if self.per_turn else {}
         if self.arrow:
             return _arrow_table(input_ids, masks, self.add_labels, extra)
         output = {
@@ -402,15 +368,10 @@ def prepare_dataset(
             tokens were all cut is dropped; how many rows were dropped is logged once per call (a warning
             on the ``templatekit.training.dataset`` logger; for an `IterableDataset`, read lazily, on the
             first dropped row).
-        per_turn: one row per trained turn instead of one per conversation. The row of turn k is the
-            conversation up to and including it, rendered exactly as ``apply_chat_template(messages[:k + 1])``
-            renders it (same tools, same options), and trains only turn k (its reasoning, content, tool calls and
-            stop marker; the earlier turns in the row are context). So each turn is trained as the model generates
-            it, even with a template that renders history differently (Qwen3 drops earlier turns' reasoning:
-            `check` notes such templates, and ``per_turn=False`` then warns with a `HistoryMismatchWarning`).
-            Rows gain ``source_row`` (the conversation's index in ``dataset``) and ``turn_index`` (the message's
-            index in it); a turn of ``weight: 0`` gets no row; with ``last_response_only`` only the last trained
-            turn gets one. ``max_length`` and ``truncation`` act on each row as usual.
+        per_turn: one row per trained turn k (weight 1; the last one alone with ``last_response_only``):
+            ``apply_chat_template(messages[:k + 1])``'s text, training only turn k, as the model generates it (for
+            templates that render history otherwise, e.g. Qwen3; without it they warn: `HistoryMismatchWarning`).
+            Rows gain ``source_row`` and ``turn_index``; ``max_length``/``truncation`` act on each row as usual.
         add_labels: also write ``labels`` (``input_ids`` with -100 where the mask is 0).
         batch_size: rows rendered and tokenized together.
         num_proc: worker processes for a `Dataset` (each rebuilds the renderer); ignored for an
@@ -512,7 +473,7 @@ def prepare_dataset(
     )
     _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
     if not per_turn and not last_response_only:
-        _warn_history(text, tuple(train_roles), limits)
+        warn_history(text, tuple(train_roles), limits)
     options = dict(
         batched=True,
         batch_size=batch_size,
@@ -531,36 +492,8 @@ def prepare_dataset(
             **options,
         )
     # Counted here: worker processes each see only their shard. A per-turn row is one trained turn.
-    expected = _count_turns(dataset, messages_field, train_roles, last_response_only) if per_turn else len(dataset)
+    expected = count_turns(dataset, messages_field, train_roles, last_response_only) if per_turn else len(dataset)
     dropped = expected - len(prepared) if max_length is not None else 0
     if dropped:
         logger.warning("prepare_dataset: %s", _drop_message(max_length, truncation, dropped))
     return prepared
-
-
-def _count_turns(dataset: Any, messages_field: str, train_roles: Sequence[str], last_only: bool) -> int:
-    """The rows `per_turn` makes before truncation: the trained turns (weight 1) of every conversation."""
-    total = 0
-    for batch in dataset.select_columns([messages_field]).iter(batch_size=1000):
-        for messages in batch[messages_field]:
-            _, weighted = check_messages(messages, tuple(train_roles))  # every row rendered, so none raises
-            total += min(len(weighted), 1) if last_only else len(weighted)
-    return total
-
-
-@functools.lru_cache(maxsize=8)
-def _history_note(template: str, train_roles: tuple[str, ...], limits: Any) -> str | None:
-    with limit_scope(limits):
-        return history_mismatch(template, train_roles)
-
-
-def _warn_history(template: str, train_roles: tuple[str, ...], limits: Any) -> None:
-    """Warn (once per call site, as warnings do) when the template renders history unlike generated turns."""
-    note = _history_note(template, train_roles, limits)
-    if note:
-        warnings.warn(
-            f"prepare_dataset: {note.split('; ')[0]}; every turn but the last of each conversation "
-            "is trained in a form the model does not generate: pass per_turn=True to train each turn as generated",
-            HistoryMismatchWarning,
-            stacklevel=3,
-        )
