@@ -273,3 +273,15 @@ def test_prepare_dataset_warns_without_per_turn(case):
     assert len(history) == int(case["rewrites"])  # once, and only without per_turn
     if history:
         assert "per_turn=True" in str(history[0].message) and history[0].filename == __file__
+
+
+def test_report_and_patch_carry_the_note(case, tmp_path, capsys):
+    path = tmp_path / f"{case['name']}.jinja"
+    path.write_text(case["tokenizer"].chat_template, encoding="utf-8")
+    assert cli.main(["report", "--json", str(path)]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["templates"]
+    assert entry["status"] == "patched" and bool(entry["note"]) == case["rewrites"]
+    assert cli.main(["report", str(path)]) == 0
+    assert ("per_turn=True" in capsys.readouterr().out) == case["rewrites"]
+    assert cli.main(["patch", str(path), "-o", str(tmp_path / "out.jinja")]) == 0
+    assert ("note: history renders message" in capsys.readouterr().err) == case["rewrites"]
