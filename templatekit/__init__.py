@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .core.strip import strip_template
     from .integrations.trl import patch_tokenizer
     from .library import get_template, list_templates
+    from .training.audit import audit_conversations
     from .training.dataset import prepare_dataset
     from .training.spans import SpanRenderer, render_with_spans
 
@@ -30,6 +31,7 @@ _LAZY = {
     "patch_tokenizer": "templatekit.integrations.trl",
     "get_template": "templatekit.library",
     "list_templates": "templatekit.library",
+    "audit_conversations": "templatekit.training.audit",
     "prepare_dataset": "templatekit.training.dataset",
     "SpanRenderer": "templatekit.training.spans",
     "render_with_spans": "templatekit.training.spans",
@@ -44,6 +46,7 @@ __all__ = [
     "StripError",
     "TemplateKitError",
     "TemplateSourceError",
+    "audit_conversations",
     "check_template",
     "get_template",
     "list_templates",

@@ -17,6 +17,7 @@
     └── ArgumentTypeError              an argument of a wrong type (also TypeError)
 
     GenerationTagsWarning (a UserWarning)  a GGUF file was written with generation tags in a template
+    HistoryMismatchWarning (a UserWarning) prepare_dataset without per_turn on a template that rewrites history
 
 The builtin second bases keep `except ValueError` (and the like) working where callers relied on it.
 This module imports nothing from the package: every layer may import it.
@@ -196,3 +197,9 @@ class GenerationTagsWarning(UserWarning):
     """A GGUF file was written with `{% generation %}` tags in a chat template: inference engines that do not know
     the tag (llama.cpp and llama-cpp-python, text-generation-webui, tabbyAPI) fail to load it. A warning, not an
     error: such a file is right for training; `templatekit strip` writes the copy to deploy."""
+
+
+class HistoryMismatchWarning(UserWarning):
+    """`prepare_dataset(per_turn=False)` with a template that renders a past turn unlike the turn as generated (the
+    Qwen3 family drops earlier turns' reasoning): every turn but the last would be trained in a form the model does
+    not generate. `per_turn=True` trains each turn in its own row, as generated."""

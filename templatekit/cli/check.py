@@ -30,6 +30,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 out.line(f"{outcome.label}: {outcome.summary}", STATUS_STYLE["ok" if outcome.ok else "FAILED"])
                 for finding in outcome.findings:
                     out.line(f"  - {finding.message}")
+                for note in outcome.notes:
+                    out.line(f"  note: {note}", "dim")
     return check_formats.exit_code(outcomes)
 
 

@@ -69,6 +69,7 @@ class CheckOutcome:
     line: int | None = None
     column: int | None = None
     summary: str = ""
+    notes: list[str] = field(default_factory=list)  # facts that are not findings (a history that differs)
 
     @property
     def ok(self) -> bool:
@@ -175,6 +176,8 @@ def _template_outcome(template: LoadedTemplate, check: Callable[[str], Report]) 
         outcome.summary = f"FAILED: cannot verify the generation tags: {exc.reasons[0] if exc.reasons else exc}"
         return outcome
     outcome.summary = report.summary()
+    if getattr(report, "history_mismatch", None):
+        outcome.notes.append(report.history_mismatch)
     if not report.ok:
         outcome.status = "failed" if report.tagged else "untagged"
         reasons = report.reasons if report.tagged else [NO_TAGS]

@@ -28,6 +28,7 @@ class _Row:
     reason: str = ""
     source: str = ""  # the file; with `name`, what --json reports
     name: str | None = None
+    note: str = ""  # the template renders a past turn unlike the turn as generated (train with per_turn=True)
 
 
 def _first(reasons: Sequence[str]) -> str:
@@ -61,6 +62,7 @@ def _classify_within(api: Any, template: LoadedTemplate, roles: tuple[str, ...],
         report = api.check_template(template.text, train_roles=roles)
         if report.ok:
             row.status = "already tagged"
+            row.note = report.history_mismatch or ""
             return row
         # Its own tags fail verification: `check` fails it; `patch` replaces them by default.
         row.reason = "its generation tags fail verification: " + (_first(report.reasons) or "see check")
@@ -71,8 +73,14 @@ def _classify_within(api: Any, template: LoadedTemplate, roles: tuple[str, ...],
             row.reason += f"; replacing them fails too: {_first(exc.reasons)}"
         return row
     # No tag at all, so the patch inserts tags: "patched" (a template already tagged is judged above).
-    row.status = api.patch_template(template.text, train_roles=roles, retag=True).status
+    result = api.patch_template(template.text, train_roles=roles, retag=True)
+    row.status, row.note = result.status, result.report.history_mismatch or ""
     return row
+
+
+def _short(note: str) -> str:
+    """The table's form of a history note: what differs, and what to do."""
+    return "note: history renders past turns unlike the turn as generated; train with per_turn=True" if note else ""
 
 
 def _progress(err: Console, total: int, quiet: bool) -> Any:
@@ -123,7 +131,14 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.json:
         document = {
             "templates": [
-                {"source": r.source, "name": r.name, "label": r.label, "status": r.status, "reason": r.reason}
+                {
+                    "source": r.source,
+                    "name": r.name,
+                    "label": r.label,
+                    "status": r.status,
+                    "reason": r.reason,
+                    "note": r.note,
+                }
                 for r in rows
             ],
             "counts": counts,
@@ -133,7 +148,11 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_OK
     shown = [r for r in rows if r.status in ("not patchable", "retagged")] if args.summary else rows
     if shown and not args.quiet:
-        out.table(["template", "status", "reason"], [(r.label, r.status, r.reason) for r in shown], status_column=1)
+        out.table(
+            ["template", "status", "reason"],
+            [(r.label, r.status, r.reason or _short(r.note)) for r in shown],
+            status_column=1,
+        )
     out.line(
         f"{counts['patched']} patched, {counts['retagged']} retagged, {counts['already tagged']} already tagged, "
         f"{counts['not patchable']} not patchable (of {len(rows)})"

@@ -11,6 +11,7 @@ from jinja2 import nodes
 
 from ..errors import PatchError, PlanError, TemplateSourceError
 from .analysis import Flow, Tracer, build_flow
+from .history import history_mismatch
 from .inline import inlined_sources
 from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
 from .markers import last_marker
@@ -285,7 +286,15 @@ def check_template(
     analysis = analyse(untagged, tuple(train_roles), only_last_turn)
     report = verify(untagged, template, analysis.probes, analysis.layouts)
     report.tagged = True
+    _note_history(report, untagged, train_roles)
     return report
+
+
+def _note_history(report: Report, template: str, train_roles: tuple[str, ...]) -> None:
+    """A note (not a failure) when the template renders a past turn unlike the turn as generated."""
+    report.history_mismatch = history_mismatch(template, tuple(train_roles))
+    if report.history_mismatch:
+        report.notes.append(report.history_mismatch)
 
 
 @bounded
@@ -341,4 +350,5 @@ def patch_template(
         raise PatchError(report.reasons[:8], report=report)
     if status == "retagged":
         report.notes.insert(0, "the template's own generation tags failed verification and were replaced")
+    _note_history(report, source, train_roles)
     return PatchResult(patched, template, report, status)

@@ -12,6 +12,8 @@ class Report:
 
     `ok` is True only when the template carries generation tags and every probe passed.
     `reasons` holds one readable line per failure; `notes` holds facts worth knowing that are not failures.
+    `history_mismatch` is the note (also in `notes`) saying where the template renders a past turn unlike the
+    turn as generated (it drops earlier reasoning, say): train such a template with `prepare_dataset(per_turn=True)`.
 
     Example:
         >>> report = Report(ok=False, reasons=["probe 'single_turn': rendering differs at char 12"])
@@ -25,6 +27,7 @@ class Report:
     probes_passed: int = 0
     probes_skipped: int = 0
     tagged: bool = False
+    history_mismatch: str | None = None
 
     def summary(self) -> str:
         """One line: the verdict and the probe counts."""

@@ -27,6 +27,7 @@ from typing import Any
 from ..core.sandbox import DEFAULT, active_limits
 from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
 from .masks import labels_from_mask, spans_to_token_mask
+from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
 from .spans import RENDERER_KEYWORDS, SpanRenderer
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
@@ -145,6 +146,8 @@ class _Preparer:
         truncation: str = "right",
         keep: Sequence[str] = (),
         stream: bool = False,
+        per_turn: bool = False,
+        last_turn_only: bool = False,
     ):
         self.arrow = arrow  # return an Arrow table: datasets then stores the columns without a per-token copy
         self.template = template
@@ -158,6 +161,7 @@ class _Preparer:
         self.stream = stream  # an IterableDataset: the dropped rows are logged here, on the first one
         self.dropped = 0
         self.add_labels = add_labels
+        self.per_turn, self.last_turn_only = per_turn, last_turn_only  # one row per trained turn (`per_turn`)
         # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
         self.render_kwargs = dict(tokenizer.special_tokens_map)
         self._renderer = None
@@ -189,22 +193,29 @@ class _Preparer:
         except Exception as error:  # anything else the template or the renderer raised, still with its row
             raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
 
+    def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
+        """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""
+        try:
+            return trained_turns(messages, self.renderer.policy.train_roles, self.last_turn_only)
+        except TemplateKitError:
+            self._render(messages, tools, row)  # raises the renderer's own error, naming the row and message
+            raise
+
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
-        conversations = batch[self.messages_field]
-        tools_column = batch.get(self.tools_field) or [None] * len(conversations)
+        turns = self._turns if self.per_turn else None
+        units = split_rows(batch[self.messages_field], batch.get(self.tools_field), indices, turns)
         texts, all_spans = [], []
-        for messages, tools, row in zip(conversations, tools_column, indices):
+        for _, row, _, messages, tools in units:
             text, spans = self._render(messages, tools, row)
             texts.append(text)
             all_spans.append(spans)
-        # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once.
-        encoded = self.tokenizer(
-            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
-        )
+        # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once
+        # (none for a per_turn batch without a trained turn: the tokenizer refuses an empty list).
+        options = dict(add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        encoded = self.tokenizer(texts, **options) if texts else None
+        pairs = zip(encoded["input_ids"], encoded.encodings) if texts else ()
         input_ids, masks, kept = [], [], []
-        for position, (ids, encoding, spans, text) in enumerate(
-            zip(encoded["input_ids"], encoded.encodings, all_spans, texts)
-        ):
+        for position, ((ids, encoding), spans, text) in enumerate(zip(pairs, all_spans, texts)):
             row = truncate_row(ids, _token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
             if row is None:
                 continue
@@ -213,10 +224,12 @@ class _Preparer:
             kept.append(position)
         if len(kept) < len(texts) and self.stream:
             self._log_stream_drop(len(texts) - len(kept))
+        extra = per_turn_columns(units, kept) if self.per_turn else {}
         if self.arrow:
-            return _arrow_table(input_ids, masks, self.add_labels)
+            return _arrow_table(input_ids, masks, self.add_labels, extra)
         output = {
-            **{column: [batch[column][position] for position in kept] for column in self.keep},
+            **{column: [batch[column][units[position][0]] for position in kept] for column in self.keep},
+            **extra,
             "input_ids": input_ids,
             "attention_mask": [[1] * len(ids) for ids in input_ids],
             "assistant_masks": masks,
@@ -243,7 +256,7 @@ def _drop_message(max_length: int | None, truncation: str, count: int | None) ->
     return f"dropping {rows} whose trained tokens were all cut by max_length={max_length} (truncation={truncation!r}{hint})"
 
 
-def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool):
+def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool, extra: Mapping[str, list]):
     """The batch's columns as one Arrow table (int32 ids, int8 masks), built from flat numpy arrays.
 
     Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
@@ -257,6 +270,10 @@ def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels:
     ids = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int32, count=total)
     mask = np.fromiter(itertools.chain.from_iterable(masks), dtype=np.int8, count=total)
     columns = {
+        **{
+            name: pa.array(values, type=pa.int64() if name == "source_row" else pa.int32())
+            for name, values in extra.items()
+        },
         "input_ids": pa.ListArray.from_arrays(offsets, ids),
         "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(total, dtype=np.int8)),
         "assistant_masks": pa.ListArray.from_arrays(offsets, mask),
@@ -281,11 +298,12 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
             datasets_logging.enable_progress_bar()
 
 
-def _output_features(dataset: Any, add_labels: bool, keep: list[str]):
+def _output_features(dataset: Any, add_labels: bool, keep: list[str], per_turn: bool = False):
     """Arrow types for the new columns (int32 ids, int8 masks), plus the kept input columns when known."""
     from datasets import Features, Sequence, Value
 
     columns = {
+        **({"source_row": Value("int64"), "turn_index": Value("int32")} if per_turn else {}),
         "input_ids": Sequence(Value("int32")),
         "attention_mask": Sequence(Value("int8")),
         "assistant_masks": Sequence(Value("int8")),
@@ -314,6 +332,7 @@ def prepare_dataset(
     fallback: Any = None,
     max_length: int | None = None,
     truncation: str = "right",
+    per_turn: bool = False,
     add_labels: bool = False,
     batch_size: int = 1000,
     num_proc: int | None = None,
@@ -349,6 +368,10 @@ def prepare_dataset(
             tokens were all cut is dropped; how many rows were dropped is logged once per call (a warning
             on the ``templatekit.training.dataset`` logger; for an `IterableDataset`, read lazily, on the
             first dropped row).
+        per_turn: one row per trained turn k (weight 1; the last one alone with ``last_response_only``):
+            ``apply_chat_template(messages[:k + 1])``'s text, training only turn k, as the model generates it (for
+            templates that render history otherwise, e.g. Qwen3; without it they warn: `HistoryMismatchWarning`).
+            Rows gain ``source_row`` and ``turn_index``; ``max_length``/``truncation`` act on each row as usual.
         add_labels: also write ``labels`` (``input_ids`` with -100 where the mask is 0).
         batch_size: rows rendered and tokenized together.
         num_proc: worker processes for a `Dataset` (each rebuilds the renderer); ignored for an
@@ -361,7 +384,8 @@ def prepare_dataset(
             rendered; None for no limit.
 
     Returns:
-        A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``).
+        A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``;
+        and ``source_row``, ``turn_index`` with ``per_turn``).
 
     Raises:
         InvalidArgumentError (a ValueError): the dataset has no rows or no such column, no chat template is
@@ -419,6 +443,8 @@ def prepare_dataset(
 
     limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
     renderer_options = {name: arguments[name] for name in RENDERER_KEYWORDS}
+    if per_turn:
+        renderer_options["last_response_only"] = True  # the row's last message is its one trained turn
     renderer_options.update(
         train_roles=tuple(train_roles),
         mask_out=tuple(mask_out),
@@ -442,15 +468,19 @@ def prepare_dataset(
         arrow=not stream and not keep,
         keep=keep,
         stream=stream,
+        per_turn=per_turn,
+        last_turn_only=last_response_only,
     )
     _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
+    if not per_turn and not last_response_only:
+        warn_history(text, tuple(train_roles), limits)
     options = dict(
         batched=True,
         batch_size=batch_size,
         with_indices=True,
         # Every input column: rows may be dropped, so the kept ones are copied by the preparer, row for row.
         remove_columns=list(columns),
-        features=_output_features(dataset, add_labels, keep),
+        features=_output_features(dataset, add_labels, keep, per_turn),
     )
     if stream:
         return dataset.map(preparer, **options)
@@ -461,7 +491,9 @@ def prepare_dataset(
             desc="templatekit: rendering and tokenizing" if progress else None,
             **options,
         )
-    dropped = len(dataset) - len(prepared)  # counted here: worker processes each see only their shard
+    # Counted here: worker processes each see only their shard. A per-turn row is one trained turn.
+    expected = count_turns(dataset, messages_field, train_roles, last_response_only) if per_turn else len(dataset)
+    dropped = expected - len(prepared) if max_length is not None else 0
     if dropped:
         logger.warning("prepare_dataset: %s", _drop_message(max_length, truncation, dropped))
     return prepared
