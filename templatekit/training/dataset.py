@@ -22,10 +22,13 @@ import functools
 import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..core.sandbox import DEFAULT, active_limits
 from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
+from .encoding import render_and_encode
+from .fingerprint import map_fingerprint
 from .masks import labels_from_mask, spans_to_token_mask
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
 from .spans import RENDERER_KEYWORDS, SpanRenderer
@@ -204,26 +207,25 @@ class _Preparer:
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         turns = self._turns if self.per_turn else None
         units = split_rows(batch[self.messages_field], batch.get(self.tools_field), indices, turns)
-        texts, all_spans = [], []
-        for _, row, _, messages, tools in units:
-            text, spans = self._render(messages, tools, row)
-            texts.append(text)
-            all_spans.append(spans)
-        # One call for the whole batch: the Rust tokenizer works in parallel and the Python overhead is paid once
-        # (none for a per_turn batch without a trained turn: the tokenizer refuses an empty list).
-        options = dict(add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-        encoded = self.tokenizer(texts, **options) if texts else None
-        pairs = zip(encoded["input_ids"], encoded.encodings) if texts else ()
+
+        def render(position: int) -> tuple[str, Sequence[Sequence[int]]]:
+            _, row, _, messages, tools = units[position]
+            return self._render(messages, tools, row)
+
+        # Chunks of the batch are tokenized on a worker thread (the Rust tokenizer releases the GIL) while the
+        # next chunk is rendered here.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="templatekit-tokenize") as pool:
+            rows = render_and_encode(len(units), render, self.tokenizer, pool)
         input_ids, masks, kept = [], [], []
-        for position, ((ids, encoding), spans, text) in enumerate(zip(pairs, all_spans, texts)):
+        for position, (text, spans, ids, encoding) in enumerate(rows):
             row = truncate_row(ids, _token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
             if row is None:
                 continue
             input_ids.append(row[0])
             masks.append(row[1])
             kept.append(position)
-        if len(kept) < len(texts) and self.stream:
-            self._log_stream_drop(len(texts) - len(kept))
+        if len(kept) < len(rows) and self.stream:
+            self._log_stream_drop(len(rows) - len(kept))
         extra = per_turn_columns(units, kept) if self.per_turn else {}
         if self.arrow:
             return _arrow_table(input_ids, masks, self.add_labels, extra)
@@ -484,10 +486,13 @@ def prepare_dataset(
     )
     if stream:
         return dataset.map(preparer, **options)
+    written = dict(renderer_options, max_length=max_length, truncation=truncation, add_labels=add_labels)
+    written.update(messages_field=messages_field, tools_field=tools_field, per_turn=per_turn, keep=keep)
     with _progress_bars(progress):
         prepared = dataset.map(
             preparer,
             num_proc=num_proc,
+            new_fingerprint=map_fingerprint(dataset, text, written, tokenizer),
             desc="templatekit: rendering and tokenizing" if progress else None,
             **options,
         )

@@ -35,10 +35,43 @@ except ImportError:  # releases that do neither
 __all__ = ["MarkerCollision", "render_tagged"]
 
 
-def _holds_marker(*values) -> bool:
-    # One C-speed pass over everything the template can see; `default=str` covers what JSON cannot hold.
-    text = json.dumps(values, ensure_ascii=False, default=str)
-    return OPEN_MARK in text or CLOSE_MARK in text
+class _Marked(Exception):
+    """A string the template can see holds a marker character."""
+
+
+def _plain(value: Any) -> Any:
+    """transformers' `_plain_template_data`, with a fast path for the exact JSON types a dataset row is made of,
+    that also refuses a string holding a marker character (raises `_Marked`).
+
+    Example:
+        >>> _plain({"role": "user", "content": ["hi", 1, None]})
+        {'role': 'user', 'content': ['hi', 1, None]}
+    """
+    kind = type(value)
+    if kind is str:
+        if OPEN_MARK in value or CLOSE_MARK in value:
+            raise _Marked
+        return value
+    if kind is dict:
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if kind is list:
+        return [_plain(item) for item in value]
+    if value is None or kind in (int, float, bool):
+        return value
+    plain = _plain_template_data(value)  # anything else, as transformers makes it plain
+    if not isinstance(plain, (dict, list, tuple, str)):
+        return plain
+    if isinstance(plain, str):
+        return _plain(plain)
+    _holds_marker(plain)
+    return plain
+
+
+def _holds_marker(value: Any) -> None:
+    # One C-speed pass over a converted value; `default=str` covers what JSON cannot hold.
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if OPEN_MARK in text or CLOSE_MARK in text:
+        raise _Marked
 
 
 @lru_cache(maxsize=64)
@@ -68,14 +101,16 @@ def render_tagged(
         >>> render_tagged(tagged, [{"role": "assistant", "content": "Hi"}])
         ('assistant: Hi.', [(11, 13)])
     """
-    if _holds_marker(messages, tools, documents, variables):
-        raise MarkerCollision("the conversation holds a generation marker character itself")
+    try:
+        messages, tools, documents, variables = _plain([messages, tools, documents, variables])
+    except _Marked:
+        raise MarkerCollision("the conversation holds a generation marker character itself") from None
     raw = _compiled(template).render(
-        messages=_alias_reasoning_fields(_plain_template_data(messages)),
-        tools=_plain_template_data(tools),
-        documents=_plain_template_data(documents),
+        messages=_alias_reasoning_fields(messages),
+        tools=tools,
+        documents=documents,
         add_generation_prompt=add_generation_prompt,
-        **_plain_template_data(variables),
+        **variables,
     )
     if OPEN_MARK not in raw:
         return raw, []
