@@ -147,7 +147,7 @@ def check_agreement(ours: Dataset, trl: Dataset, unsloth: Dataset | None) -> lis
 
 def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> list[str]:
     """Where the time goes, stage by stage, outside datasets (best of `repeats`)."""
-    from templatekit.training.dataset import _token_mask
+    from templatekit.training.masks import encoding_token_mask
     from templatekit.training.spans import SpanRenderer
 
     renderer = SpanRenderer(original)
@@ -164,7 +164,7 @@ def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> li
         ],
         "tokenize the batch (one fast-tokenizer call)": lambda: tokenizer(texts, add_special_tokens=False),
         "spans -> token masks (span edges)": lambda: [
-            _token_mask(e, spans, len(text)) for e, (text, spans) in zip(encoded.encodings, rendered)
+            encoding_token_mask(e, spans, len(text)) for e, (text, spans) in zip(encoded.encodings, rendered)
         ],
     }
     best = dict.fromkeys(stages, float("inf"))

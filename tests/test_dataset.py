@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 
 import templatekit
 from templatekit import DatasetRowError, prepare_dataset
-from templatekit.training.dataset import _token_mask
-from templatekit.training.masks import spans_to_token_mask
+from templatekit.training.masks import encoding_token_mask, spans_to_token_mask
 
 datasets = pytest.importorskip("datasets")
 Dataset, IterableDataset = datasets.Dataset, datasets.IterableDataset
@@ -401,7 +400,7 @@ def test_span_edge_mask_equals_the_rule(request, name, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=0, max_size=6)))
     spans = list(zip(cuts[::2], cuts[1::2]))
     encoded = tokenizer([text], add_special_tokens=False, return_offsets_mapping=True)
-    assert _token_mask(encoded.encodings[0], spans, len(text)) == spans_to_token_mask(
+    assert encoding_token_mask(encoded.encodings[0], spans, len(text)) == spans_to_token_mask(
         encoded["offset_mapping"][0], spans
     )
 
@@ -414,5 +413,5 @@ def test_span_edge_mask_split_character_with_unequal_pieces(qwen_tokenizer):
     assert encoded["offset_mapping"][0] == [(0, 1), (1, 3), (2, 3), (3, 4)]
     for span in [(0, 3), (2, 3), (1, 2), (0, 4)]:
         expected = spans_to_token_mask(encoded["offset_mapping"][0], [span])
-        assert _token_mask(encoded.encodings[0], [span], len(text)) == expected
-    assert _token_mask(encoded.encodings[0], [(0, 3)], len(text)) == [1, 1, 1, 0]
+        assert encoding_token_mask(encoded.encodings[0], [span], len(text)) == expected
+    assert encoding_token_mask(encoded.encodings[0], [(0, 3)], len(text)) == [1, 1, 1, 0]

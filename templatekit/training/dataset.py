@@ -29,7 +29,7 @@ from ..core.sandbox import DEFAULT, active_limits
 from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
 from .encoding import render_and_encode
 from .fingerprint import map_fingerprint
-from .masks import labels_from_mask, spans_to_token_mask
+from .masks import encoding_token_mask, labels_from_mask
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
 from .spans import RENDERER_KEYWORDS, SpanRenderer
 
@@ -84,36 +84,6 @@ def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) 
     if not isinstance(template, str) or not template.strip():
         raise InvalidArgumentError("no chat template: the tokenizer has none and template= was not given")
     return template
-
-
-def _token_mask(encoding: Any, spans: Sequence[Sequence[int]], text_length: int) -> list[int]:
-    """`spans_to_token_mask` for one encoding, touching only the span edges instead of every offset.
-
-    The token holding a span's first character and the one holding its last character bound the trained
-    tokens (edge tokens straddle and are trained, as the rule says). Byte-level BPE can split one character
-    over several tokens (sharing its offsets, or the last piece alone); `char_to_token` names the first, so
-    the following tokens that still start inside the span are added.
-    With ``add_special_tokens=False`` every token covers text, so no zero-width token lies inside a span.
-    Where a character belongs to no token (a normaliser removed it), the exact rule runs over all offsets.
-    """
-    length = len(encoding)
-    mask = [0] * length
-    for start, end in spans:
-        end = min(end, text_length)
-        if end <= start:
-            continue
-        first = encoding.char_to_token(start)
-        last = encoding.char_to_token(end - 1)
-        if first is None or last is None:
-            return spans_to_token_mask(encoding.offsets, spans)
-        # Later tokens that still start inside the span hold the rest of a split last character.
-        while last + 1 < length:
-            following = encoding.token_to_chars(last + 1)
-            if following is None or following[0] >= end or following[1] <= following[0]:
-                break
-            last += 1
-        mask[first : last + 1] = [1] * (last + 1 - first)
-    return mask
 
 
 @functools.lru_cache(maxsize=8)
@@ -218,7 +188,7 @@ class _Preparer:
             rows = render_and_encode(len(units), render, self.tokenizer, pool)
         input_ids, masks, kept = [], [], []
         for position, (text, spans, ids, encoding) in enumerate(rows):
-            row = truncate_row(ids, _token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
+            row = truncate_row(ids, encoding_token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
             if row is None:
                 continue
             input_ids.append(row[0])

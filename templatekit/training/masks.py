@@ -28,7 +28,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["encode_with_mask", "labels_from_mask", "spans_to_token_mask"]
+__all__ = ["encode_with_mask", "encoding_token_mask", "labels_from_mask", "spans_to_token_mask"]
 
 
 def _merge_spans(spans: Iterable[Sequence[int]]) -> tuple[list[int], list[int]]:
@@ -123,3 +123,33 @@ def labels_from_mask(input_ids: Sequence[int], mask: Sequence[int], *, ignore_in
         [-100, 6, 7]
     """
     return [token if bit else ignore_index for token, bit in zip(input_ids, mask)]
+
+
+def encoding_token_mask(encoding: Any, spans: Sequence[Sequence[int]], text_length: int) -> list[int]:
+    """`spans_to_token_mask` for one encoding, touching only the span edges instead of every offset.
+
+    The token holding a span's first character and the one holding its last character bound the trained
+    tokens (edge tokens straddle and are trained, as the rule says). Byte-level BPE can split one character
+    over several tokens (sharing its offsets, or the last piece alone); `char_to_token` names the first, so
+    the following tokens that still start inside the span are added.
+    With ``add_special_tokens=False`` every token covers text, so no zero-width token lies inside a span.
+    Where a character belongs to no token (a normaliser removed it), the exact rule runs over all offsets.
+    """
+    length = len(encoding)
+    mask = [0] * length
+    for start, end in spans:
+        end = min(end, text_length)
+        if end <= start:
+            continue
+        first = encoding.char_to_token(start)
+        last = encoding.char_to_token(end - 1)
+        if first is None or last is None:
+            return spans_to_token_mask(encoding.offsets, spans)
+        # Later tokens that still start inside the span hold the rest of a split last character.
+        while last + 1 < length:
+            following = encoding.token_to_chars(last + 1)
+            if following is None or following[0] >= end or following[1] <= following[0]:
+                break
+            last += 1
+        mask[first : last + 1] = [1] * (last + 1 - first)
+    return mask
