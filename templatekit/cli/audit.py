@@ -182,33 +182,21 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     names = [f"{args.data}:{line}" for line in lines]
     progress = _progress(err, len(rows), args.format == "text")
     try:
+        options = dict(
+            tokenizer=tokenizer,
+            max_length=args.max_length,
+            truncation=args.truncation,
+            train_roles=train_roles(args),
+            render_kwargs=render_kwargs,
+            row_names=names,
+            **limits(args),
+        )
         if progress is not None:
             with progress:
                 task = progress.add_task("audit", total=len(rows))
-                report = audit_conversations(
-                    template.text,
-                    rows,
-                    tokenizer=tokenizer,
-                    max_length=args.max_length,
-                    truncation=args.truncation,
-                    train_roles=train_roles(args),
-                    render_kwargs=render_kwargs,
-                    row_names=names,
-                    on_row=lambda _: progress.advance(task),
-                    **limits(args),
-                )
+                report = audit_conversations(template.text, rows, on_row=lambda _: progress.advance(task), **options)
         else:
-            report = audit_conversations(
-                template.text,
-                rows,
-                tokenizer=tokenizer,
-                max_length=args.max_length,
-                truncation=args.truncation,
-                train_roles=train_roles(args),
-                render_kwargs=render_kwargs,
-                row_names=names,
-                **limits(args),
-            )
+            report = audit_conversations(template.text, rows, **options)
     except InvalidArgumentError as exc:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE

@@ -123,21 +123,21 @@ def write_in_place(templates: list[LoadedTemplate], texts: list[str], err: Conso
     return EXIT_OK
 
 
-def run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """Patch the source's templates and write them where asked; the exit code."""
-    kind = source_kind(args.source)
-    problem = _output_problem(args, kind)
+def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, list[Path], bool] | None:
+    """The source's chosen templates, the files to write them to and whether the output is a GGUF file, for
+    commands that rewrite templates (`patch`, `strip`); None once a usage error is printed."""
+    problem = _output_problem(args, source_kind(args.source))
     if problem:
         err.line(f"error: {problem}", "red")
-        return EXIT_USAGE
+        return None
     try:
         templates = load_templates(args.source, revision=args.revision)
     except TemplateSourceError as exc:
         err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
+        return None
     templates = _chosen(args, templates, err)
     if templates is None:
-        return EXIT_USAGE
+        return None
     gguf_out = bool(args.output) and Path(args.output).suffix.lower() == ".gguf"
     targets: list[Path] = []
     if args.output and not gguf_out:
@@ -145,11 +145,20 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             targets = _targets(args, templates)
         except TemplateSourceError as exc:
             err.line(f"error: {exc}", "red")
-            return EXIT_USAGE
+            return None
         clobbered = [t for t in targets if _is_input(t, templates)]
         if clobbered and not args.force:
             err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
-            return EXIT_USAGE
+            return None
+    return templates, targets, gguf_out
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Patch the source's templates and write them where asked; the exit code."""
+    chosen = inputs_and_outputs(args, err)
+    if chosen is None:
+        return EXIT_USAGE
+    templates, targets, gguf_out = chosen
 
     api = public_api()
     options = {

@@ -13,11 +13,11 @@ import difflib
 from pathlib import Path
 
 from ..errors import StripError, TemplateSourceError
-from ..sources import load_templates, source_kind, write_text_atomic
+from ..sources import write_text_atomic
 from ..sources.gguf import write_gguf_templates
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
 from .options import add_limit_options, limits, located
-from .patch import _chosen, _is_input, _output_problem, _targets, write_in_place
+from .patch import inputs_and_outputs, write_in_place
 
 __all__ = ["add_parser", "run"]
 
@@ -34,31 +34,10 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ..core.strip import strip_template  # on use: jinja2 and transformers are not needed for --help
     from ..core.tags import TAG
 
-    kind = source_kind(args.source)
-    problem = _output_problem(args, kind)
-    if problem:
-        err.line(f"error: {problem}", "red")
+    chosen = inputs_and_outputs(args, err)
+    if chosen is None:
         return EXIT_USAGE
-    try:
-        templates = load_templates(args.source, revision=args.revision)
-    except TemplateSourceError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
-    templates = _chosen(args, templates, err)
-    if templates is None:
-        return EXIT_USAGE
-    gguf_out = bool(args.output) and Path(args.output).suffix.lower() == ".gguf"
-    targets: list[Path] = []
-    if args.output and not gguf_out:
-        try:
-            targets = _targets(args, templates)
-        except TemplateSourceError as exc:
-            err.line(f"error: {exc}", "red")
-            return EXIT_USAGE
-        clobbered = [t for t in targets if _is_input(t, templates)]
-        if clobbered and not args.force:
-            err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
-            return EXIT_USAGE
+    templates, targets, gguf_out = chosen
 
     stripped: list[str] = []
     failed = False
