@@ -213,6 +213,29 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str, before: str) -> None:
+    """SOURCE, --revision, -o / --stdout / --in-place, --diff and --name, as the commands that rewrite templates
+    take them (`verb`/`done`: "patch"/"patched", "strip"/"stripped"; `before`: what --diff compares with)."""
+    parser.add_argument("source", metavar="SOURCE")
+    parser.add_argument("--revision", metavar="REV", help="for a Hub id: the branch, tag or commit (default: main)")
+    written = parser.add_mutually_exclusive_group()
+    written.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help=f"write the {done} template here (a folder: chat_template.jinja + additional_chat_templates/; "
+        f"NEW.gguf from a GGUF source: a new GGUF file with the {done} templates)",
+    )
+    written.add_argument("--stdout", action="store_true", help=f"print the {done} template (the default)")
+    written.add_argument(
+        "--in-place",
+        action="store_true",
+        help="update the local model folder or file where it keeps its template, with a .bak backup",
+    )
+    parser.add_argument("--diff", action="store_true", help=f"show the unified diff from {before}")
+    parser.add_argument("--name", help=f"{verb} only the named template (e.g. tool_use)")
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the `patch` command."""
     patch = commands.add_parser(
@@ -222,24 +245,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "file or Hugging Face Hub model id) and verify it renders byte-identically. Prints the patched template "
         "(--stdout, the default), writes it with -o, or updates a local model in place with --in-place.",
     )
-    patch.add_argument("source", metavar="SOURCE")
-    patch.add_argument("--revision", metavar="REV", help="for a Hub id: the branch, tag or commit (default: main)")
-    written = patch.add_mutually_exclusive_group()
-    written.add_argument(
-        "-o",
-        "--output",
-        metavar="OUT",
-        help="write the patched template here (a folder: chat_template.jinja + additional_chat_templates/; "
-        "NEW.gguf from a GGUF source: a new GGUF file with the patched templates)",
-    )
-    written.add_argument("--stdout", action="store_true", help="print the patched template (the default)")
-    written.add_argument(
-        "--in-place",
-        action="store_true",
-        help="update the local model folder or file where it keeps its template, with a .bak backup",
-    )
-    patch.add_argument("--diff", action="store_true", help="show the unified diff from the original")
-    patch.add_argument("--name", help="patch only the named template (e.g. tool_use)")
+    add_source_and_output(patch, "patch", "patched", "the original")
     add_train_role(patch)
     patch.add_argument("--only-last-turn", action="store_true", help="train only the last assistant turn")
     tags = patch.add_mutually_exclusive_group()

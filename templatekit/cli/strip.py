@@ -17,7 +17,7 @@ from ..sources import write_text_atomic
 from ..sources.gguf import write_gguf_templates
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
 from .options import add_limit_options, limits, located
-from .patch import inputs_and_outputs, write_in_place
+from .patch import add_source_and_output, inputs_and_outputs, write_in_place
 
 __all__ = ["add_parser", "run"]
 
@@ -105,24 +105,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "are identical. Prints the stripped template (--stdout, the default), writes it with -o, or updates a "
         "local model in place with --in-place.",
     )
-    strip.add_argument("source", metavar="SOURCE")
-    strip.add_argument("--revision", metavar="REV", help="for a Hub id: the branch, tag or commit (default: main)")
-    written = strip.add_mutually_exclusive_group()
-    written.add_argument(
-        "-o",
-        "--output",
-        metavar="OUT",
-        help="write the stripped template here (a folder: chat_template.jinja + additional_chat_templates/; "
-        "NEW.gguf from a GGUF source: a new GGUF file with the stripped templates)",
-    )
-    written.add_argument("--stdout", action="store_true", help="print the stripped template (the default)")
-    written.add_argument(
-        "--in-place",
-        action="store_true",
-        help="update the local model folder or file where it keeps its template, with a .bak backup",
-    )
-    strip.add_argument("--diff", action="store_true", help="show the unified diff from the tagged template")
-    strip.add_argument("--name", help="strip only the named template (e.g. tool_use)")
+    add_source_and_output(strip, "strip", "stripped", "the tagged template")
     strip.add_argument("--force", action="store_true", help="allow -o to overwrite the input file")
     add_limit_options(strip)
     strip.set_defaults(func=run)
