@@ -35,13 +35,9 @@ except ImportError:  # releases that do neither
 __all__ = ["MarkerCollision", "render_tagged"]
 
 
-class _Marked(Exception):
-    """A string the template can see holds a marker character."""
-
-
 def _plain(value: Any) -> Any:
     """transformers' `_plain_template_data`, with a fast path for the exact JSON types a dataset row is made of,
-    that also refuses a string holding a marker character (raises `_Marked`).
+    that also refuses a string holding a marker character (raises `MarkerCollision`).
 
     Example:
         >>> _plain({"role": "user", "content": ["hi", 1, None]})
@@ -50,7 +46,7 @@ def _plain(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         if OPEN_MARK in value or CLOSE_MARK in value:
-            raise _Marked
+            raise MarkerCollision("the conversation holds a generation marker character itself")
         return value
     if kind is dict:
         return {_plain(key): _plain(item) for key, item in value.items()}
@@ -71,7 +67,7 @@ def _holds_marker(value: Any) -> None:
     # One C-speed pass over a converted value; `default=str` covers what JSON cannot hold.
     text = json.dumps(value, ensure_ascii=False, default=str)
     if OPEN_MARK in text or CLOSE_MARK in text:
-        raise _Marked
+        raise MarkerCollision("the conversation holds a generation marker character itself")
 
 
 @lru_cache(maxsize=64)
@@ -101,10 +97,7 @@ def render_tagged(
         >>> render_tagged(tagged, [{"role": "assistant", "content": "Hi"}])
         ('assistant: Hi.', [(11, 13)])
     """
-    try:
-        messages, tools, documents, variables = _plain([messages, tools, documents, variables])
-    except _Marked:
-        raise MarkerCollision("the conversation holds a generation marker character itself") from None
+    messages, tools, documents, variables = _plain([messages, tools, documents, variables])
     raw = _compiled(template).render(
         messages=_alias_reasoning_fields(messages),
         tools=tools,
