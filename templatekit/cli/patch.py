@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import GenerationTagsWarning, PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates, source_kind, write_text_atomic
@@ -153,6 +155,29 @@ def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, li
     return templates, targets, gguf_out
 
 
+def rewrite_each(
+    templates: list, rewrite: Callable[[str], Any], refused: type[Exception], verb: str, args, err: Console
+) -> tuple[list, int | None]:
+    """`rewrite(template.text)` for every template, and None; or, once any fails, what was done and the exit
+    code, its reasons printed (a refusal: every template is tried, then nothing is written; bad input: at once)."""
+    results, failed = [], False
+    for template in templates:
+        try:
+            results.append(rewrite(template.text))
+        except TemplateSourceError as exc:
+            err.line(f"error: {located(exc, template)}", "red")
+            return results, EXIT_USAGE
+        except refused as exc:
+            failed = True
+            err.line(f"{template.label}: cannot {verb}", "bold red")
+            for reason in exc.reasons:
+                err.line(f"  - {reason}")
+    if failed:
+        err.line("nothing written" if args.output or args.in_place else "no template printed", "red")
+        return results, EXIT_FAIL
+    return results, None
+
+
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Patch the source's templates and write them where asked; the exit code."""
     chosen = inputs_and_outputs(args, err)
@@ -167,23 +192,12 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "retag": not args.keep_tags,
         **limits(args),
     }
-    results = []
-    failed = False
-    for template in templates:
-        try:
-            results.append(api.patch_template(template.text, **options))
-        except TemplateSourceError as exc:
-            err.line(f"error: {located(exc, template)}", "red")
-            return EXIT_USAGE
-        except PatchError as exc:
-            failed = True
-            err.line(f"{template.label}: cannot patch", "bold red")
-            for reason in exc.reasons:
-                err.line(f"  - {reason}")
+    results, code = rewrite_each(
+        templates, lambda text: api.patch_template(text, **options), PatchError, "patch", args, err
+    )
+    if code is not None:
+        return code
     writes = args.output or args.in_place
-    if failed:
-        err.line("nothing written" if writes else "no template printed", "red")
-        return EXIT_FAIL
 
     diff_out = out if writes else err
     for template, result in zip(templates, results):

@@ -15,9 +15,9 @@ from pathlib import Path
 from ..errors import StripError, TemplateSourceError
 from ..sources import write_text_atomic
 from ..sources.gguf import write_gguf_templates
-from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
-from .options import add_limit_options, limits, located
-from .patch import add_source_and_output, inputs_and_outputs, write_in_place
+from .console import EXIT_OK, EXIT_USAGE, Console
+from .options import add_limit_options, limits
+from .patch import add_source_and_output, inputs_and_outputs, rewrite_each, write_in_place
 
 __all__ = ["add_parser", "run"]
 
@@ -39,23 +39,12 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_USAGE
     templates, targets, gguf_out = chosen
 
-    stripped: list[str] = []
-    failed = False
-    for template in templates:
-        try:
-            stripped.append(strip_template(template.text, **limits(args)))
-        except TemplateSourceError as exc:
-            err.line(f"error: {located(exc, template)}", "red")
-            return EXIT_USAGE
-        except StripError as exc:
-            failed = True
-            err.line(f"{template.label}: cannot strip", "bold red")
-            for reason in exc.reasons:
-                err.line(f"  - {reason}")
+    stripped, code = rewrite_each(
+        templates, lambda text: strip_template(text, **limits(args)), StripError, "strip", args, err
+    )
+    if code is not None:
+        return code
     writes = args.output or args.in_place
-    if failed:
-        err.line("nothing written" if writes else "no template printed", "red")
-        return EXIT_FAIL
 
     diff_out = out if writes else err
     for template, text in zip(templates, stripped):
