@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
+from .analysis import build_flow
 from .positions import line_column
-from .syntax import ParsedTemplate, RawToken
+from .syntax import ParsedTemplate, RawToken, node_start
 
 # Statements whose body is a scope of its own: a name set there is not the top-level one the macro sees.
 _SCOPES = (nodes.For, nodes.Macro, nodes.With, nodes.CallBlock, nodes.FilterBlock, nodes.Scope)
@@ -58,20 +59,22 @@ def inlined_sources(parsed: ParsedTemplate) -> list[Inlined]:
         >>> [rewrite.source[62:] for rewrite in inlined_sources(parse_template(source))]
         ['{% for message in messages %}{%+ with m = message %}<{{ m.role }}>{{ m.content }}{% endwith +%}{% endfor %}']
     """
+    # The template's own outputs (macros, call and `set` blocks excluded), as analysis walks them.
+    outputs = [unit.node for unit in build_flow(parsed).units]
     found = []
     for macro in parsed.ast.body:
-        if isinstance(macro, nodes.Macro) and (rewrite := _inline(parsed, macro)) is not None:
+        if isinstance(macro, nodes.Macro) and (rewrite := _inline(parsed, macro, outputs)) is not None:
             found.append((rewrite.at, rewrite))
     return [rewrite for _, rewrite in sorted(found, key=lambda pair: pair[0])]
 
 
-def _inline(parsed: ParsedTemplate, macro: nodes.Macro) -> Inlined | None:
-    call = _only_call(parsed.ast, macro)
+def _inline(parsed: ParsedTemplate, macro: nodes.Macro, outputs: list[nodes.Node]) -> Inlined | None:
+    call = _only_call(parsed.ast, macro, outputs)
     if call is None or _reads_shadowed_names(parsed.ast, macro):
         return None
     source, tokens = parsed.source, parsed.tokens
     definition = _Tag.around(source, tokens, macro.lineno.offset)
-    site = _Tag.around(source, tokens, _first_offset(call))
+    site = _Tag.around(source, tokens, node_start(call))
     end = _endmacro(source, tokens, definition.close_index) if definition is not None else None
     if end is None or site is None:
         return None
@@ -91,7 +94,7 @@ def _inline(parsed: ParsedTemplate, macro: nodes.Macro) -> Inlined | None:
     return Inlined(macro.name, int(macro.lineno), line_column(source, site.start), rewritten)
 
 
-def _only_call(ast: nodes.Template, macro: nodes.Macro) -> nodes.Call | None:
+def _only_call(ast: nodes.Template, macro: nodes.Macro, outputs: list[nodes.Node]) -> nodes.Call | None:
     """The macro's one use, when it is a whole output of the template's own flow (not inside a macro)."""
     if sum(isinstance(node, nodes.Macro) and node.name == macro.name for node in ast.body) != 1:
         return None
@@ -100,26 +103,10 @@ def _only_call(ast: nodes.Template, macro: nodes.Macro) -> nodes.Call | None:
     if any(name.name in _MACRO_ONLY for name in macro.find_all(nodes.Name)):
         return None
     uses = [name for name in ast.find_all(nodes.Name) if name.name == macro.name and name.ctx == "load"]
-    outputs = [child for output in _flow_outputs(ast.body) for child in output.nodes]
     calls = [child for child in outputs if isinstance(child, nodes.Call) and child.node in uses]
     if len(uses) != 1 or len(calls) != 1 or calls[0].dyn_args or calls[0].dyn_kwargs:
         return None
     return calls[0]
-
-
-def _flow_outputs(statements: list[nodes.Node]):
-    """Output statements of the template's own flow: not inside macros, call blocks or `set` blocks."""
-    for statement in statements:
-        if isinstance(statement, nodes.Output):
-            yield statement
-        elif isinstance(statement, nodes.If):
-            for body in (statement.body, *(branch.body for branch in statement.elif_), statement.else_):
-                yield from _flow_outputs(body)
-        elif isinstance(statement, nodes.For):
-            yield from _flow_outputs(statement.body)
-            yield from _flow_outputs(statement.else_)
-        elif isinstance(statement, (nodes.With, nodes.Scope, nodes.ScopedEvalContextModifier)):
-            yield from _flow_outputs(statement.body)
 
 
 def _reads_shadowed_names(ast: nodes.Template, macro: nodes.Macro) -> bool:
@@ -139,10 +126,6 @@ def _reads_shadowed_names(ast: nodes.Template, macro: nodes.Macro) -> bool:
             continue
         scoped |= {name.name for name in scope.find_all(nodes.Name) if name.ctx in ("store", "param")}
     return bool(free & scoped)
-
-
-def _first_offset(node: nodes.Node) -> int:
-    return min(n.lineno.offset for n in [node, *node.find_all(nodes.Node)] if hasattr(n.lineno, "offset"))
 
 
 @dataclass(frozen=True)

@@ -220,10 +220,10 @@ def generated_turns(
             continue
         first, last = min(s for s, _ in own), max(e for _, e in own)
         closing = next(text[s:e] for s, e in own if e == last)
-        prompt, bare = trace(probe.messages[:index], True), trace(probe.messages[:index], False)
-        if prompt is None:
+        given = _prompt_and_header(probe, index, trace)
+        if given is None:
             continue
-        header = _added_prompt(bare[0], prompt[0]) if bare is not None else ""
+        prompt, header = given
         role = probe.messages[index]["role"]
         if role != ASSISTANT:
             # The generation prompt opens the assistant's turn; another trained speaker's turn opens with the
@@ -232,7 +232,7 @@ def generated_turns(
             header = _speaker_header(header, role, text[:first])
             if header is None:
                 continue
-        start = _turn_start(probe, text, prompt[0], header, first, index)
+        start = _turn_start(probe, text, prompt, header, first, index)
         if start is None:
             continue
         next_start = _next_start(text, emissions, occurrences, index, last)
@@ -276,8 +276,8 @@ def generated_turns(
         in_alone = alone[0].rfind(closing) if alone is not None else -1
         quoted = (
             in_alone >= 0
-            and not _follows_prompt(probe, text, prompt[0], start)
-            and quoted_in_prompt(prompt[0], alone[0], in_alone + len(closing))
+            and not _follows_prompt(probe, text, prompt, start)
+            and quoted_in_prompt(prompt, alone[0], in_alone + len(closing))
         )
         turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted, gap)
     return turns
@@ -287,13 +287,20 @@ def _empty_turn_start(probe: Probe, text: str, emissions: list[Emission], index:
     """Where the prompt for a turn that renders nothing generated parts from `text`, when that is before the
     message's own first output (a separator the previous message writes only when a message follows)."""
     writes = [e.start for e in emissions if e.message == index and e.text]
-    prompt = trace(probe.messages[:index], True) if writes and probe.messages[index]["role"] == ASSISTANT else None
+    given = _prompt_and_header(probe, index, trace) if writes and probe.messages[index]["role"] == ASSISTANT else None
+    if given is None:
+        return None
+    start = _turn_start(probe, text, *given, writes[0], index)
+    return start if start is not None and start < writes[0] else None
+
+
+def _prompt_and_header(probe: Probe, index: int, trace: Trace) -> tuple[str, str] | None:
+    """The prompt the model is given for turn `index` and what its generation prompt adds (its header), or
+    None when the template rejects the conversation before the turn."""
+    prompt, bare = trace(probe.messages[:index], True), trace(probe.messages[:index], False)
     if prompt is None:
         return None
-    bare = trace(probe.messages[:index], False)
-    header = _added_prompt(bare[0], prompt[0]) if bare is not None else ""
-    start = _turn_start(probe, text, prompt[0], header, writes[0], index)
-    return start if start is not None and start < writes[0] else None
+    return prompt[0], _added_prompt(bare[0], prompt[0]) if bare is not None else ""
 
 
 def _own_marker(text: str, emissions: list[Emission], index: int, last: int, header: str) -> int:

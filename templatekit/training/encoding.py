@@ -50,13 +50,11 @@ def render_and_encode(
             for future in pending:
                 future.exception()
     if pool is None:
-        pending = [_done(_encode(tokenizer, [text for text, _ in rendered]))] if rendered else []
-    ids: list[list[int]] = []
-    encodings: list[Any] = []
-    for future in pending:
-        chunk_ids, chunk_encodings = future.result()
-        ids += chunk_ids
-        encodings += chunk_encodings
+        chunks = [_encode(tokenizer, [text for text, _ in rendered])] if rendered else []
+    else:
+        chunks = [future.result() for future in pending]
+    ids = [row for chunk_ids, _ in chunks for row in chunk_ids]
+    encodings = [encoding for _, chunk_encodings in chunks for encoding in chunk_encodings]
     return [(text, spans, row_ids, encoding) for (text, spans), row_ids, encoding in zip(rendered, ids, encodings)]
 
 
@@ -69,9 +67,3 @@ def _encode(tokenizer: Any, texts: list[str]) -> tuple[list[list[int]], list[Any
         return [encoding.ids for encoding in encodings], encodings
     encoded = tokenizer(texts, **_ENCODE_OPTIONS)
     return encoded["input_ids"], getattr(encoded, "encodings", None) or [None] * len(texts)
-
-
-def _done(value: Any) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
