@@ -6,7 +6,8 @@ All four run in this one process, single-process (num_proc=None), on the same ge
 turns after a system prompt) and the real Qwen2.5 tokenizer (built offline, as the tests do), each as one
 `Dataset.map` from the same in-memory dataset to a dataset of token ids:
 
-  (a) prepare_dataset  templatekit: SpanRenderer per conversation, one batched tokenizer call, masks from span edges
+  (a) prepare_dataset  templatekit: SpanRenderer per conversation; chunks tokenized on a worker thread meanwhile,
+                       without offsets or the no-op NFC normalizer, masks from token byte lengths (BatchEncoder)
   (b) TRL              per example apply_chat_template(tokenize=True, return_assistant_tokens_mask=True) with the
                        patched (tagged) template, as SFTTrainer does for assistant_only_loss=True
   (c) Unsloth          render all, tokenize the batch, then unsloth_zoo's train_on_responses_only masking function
@@ -147,6 +148,7 @@ def check_agreement(ours: Dataset, trl: Dataset, unsloth: Dataset | None) -> lis
 
 def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> list[str]:
     """Where the time goes, stage by stage, outside datasets (best of `repeats`)."""
+    from templatekit.training.encoding import BatchEncoder
     from templatekit.training.masks import encoding_token_mask
     from templatekit.training.spans import SpanRenderer
 
@@ -154,7 +156,12 @@ def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> li
     special = dict(tokenizer.special_tokens_map)
     rendered = [renderer.render(m, **special) for m in conversations]
     texts = [text for text, _ in rendered]
-    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+    encoder = BatchEncoder(tokenizer)
+
+    def offsets_route():
+        encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [encoding_token_mask(e, spans, len(text)) for e, (text, spans) in zip(encodings, rendered)]
+
     stages = {
         "render, original template (apply_chat_template, batch)": lambda: tokenizer.apply_chat_template(
             conversations, chat_template=original, tokenize=False
@@ -162,10 +169,9 @@ def stage_breakdown(conversations, tokenizer, original: str, repeats: int) -> li
         "render + spans (SpanRenderer.render, per conversation)": lambda: [
             renderer.render(m, **special) for m in conversations
         ],
-        "tokenize the batch (one fast-tokenizer call)": lambda: tokenizer(texts, add_special_tokens=False),
-        "spans -> token masks (span edges)": lambda: [
-            encoding_token_mask(e, spans, len(text)) for e, (text, spans) in zip(encoded.encodings, rendered)
-        ],
+        "tokenize the batch (transformers' call, the raw floor's)": lambda: tokenizer(texts, add_special_tokens=False),
+        "ids + masks, offsets route (encode_batch, char_to_token)": offsets_route,
+        "ids + masks, bytes route (BatchEncoder.encode)": lambda: encoder.encode(rendered),
     }
     best = dict.fromkeys(stages, float("inf"))
     for _ in range(repeats):

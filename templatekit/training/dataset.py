@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from ..core.sandbox import DEFAULT, active_limits
 from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
-from .encoding import render_and_encode
+from .encoding import BatchEncoder, EncodedRows, render_and_encode
 from .fingerprint import map_fingerprint
-from .masks import encoding_token_mask, labels_from_mask
+from .masks import labels_from_mask
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
 from .spans import RENDERER_KEYWORDS, SpanRenderer
 
@@ -56,15 +57,33 @@ def truncate_row(
         >>> truncate_row([1, 2, 3, 4], [0, 0, 1, 1], 2, "left"), truncate_row([1, 2, 3, 4], [0, 0, 1, 1], 2, "right")
         (([3, 4], [1, 1]), None)
     """
-    if max_length is None or len(ids) <= max_length:
-        return ids, mask
+    kept = _kept_range(mask, max_length, truncation)
+    return None if kept is None else (ids[kept[0] : kept[1]], mask[kept[0] : kept[1]])
+
+
+def _kept_range(mask: Sequence[int], max_length: int | None, truncation: str) -> tuple[int, int] | None:
+    """The range of a row's tokens that `truncate_row` keeps, or None when it drops the row."""
+    length = len(mask)
+    if max_length is None or length <= max_length:
+        return 0, length
     if truncation == "drop":
         return None
-    kept = slice(-max_length, None) if truncation == "left" else slice(0, max_length)
-    cut_ids, cut_mask = ids[kept], mask[kept]
-    if any(mask) and not any(cut_mask):
+    start, end = (length - max_length, length) if truncation == "left" else (0, max_length)
+    if any(mask) and not any(mask[start:end]):
         return None
-    return cut_ids, cut_mask
+    return start, end
+
+
+def _truncate(encoded: EncodedRows, max_length: int | None, truncation: str) -> tuple[EncodedRows, list[int]]:
+    """`truncate_row` on every row: the rows kept, and their positions in `encoded`."""
+    if max_length is None or len(encoded) == 0 or int(np.diff(encoded.offsets).max()) <= max_length:
+        return encoded, list(range(len(encoded)))
+    ranges = []
+    for row, (start, end) in enumerate(zip(encoded.offsets[:-1].tolist(), encoded.offsets[1:].tolist())):
+        kept = _kept_range(encoded.mask[start:end], max_length, truncation)
+        if kept is not None:
+            ranges.append((row, *kept))
+    return encoded.take(ranges), [row for row, _, _ in ranges]
 
 
 def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) -> str:
@@ -137,12 +156,19 @@ class _Preparer:
         self.per_turn, self.last_turn_only = per_turn, last_turn_only  # one row per trained turn (`per_turn`)
         # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
         self.render_kwargs = dict(tokenizer.special_tokens_map)
-        self._renderer = None
+        self._renderer = self._encoder = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_renderer"] = None  # rebuilt on first use: keeps pickling (and datasets' fingerprint) cheap
+        # Rebuilt on first use: keeps pickling (and datasets' fingerprint) cheap.
+        state["_renderer"] = state["_encoder"] = None
         return state
+
+    @property
+    def encoder(self) -> BatchEncoder:
+        if self._encoder is None:
+            self._encoder = BatchEncoder(self.tokenizer)
+        return self._encoder
 
     @property
     def renderer(self):
@@ -185,26 +211,20 @@ class _Preparer:
         # Chunks of the batch are tokenized on a worker thread (the Rust tokenizer releases the GIL) while the
         # next chunk is rendered here.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="templatekit-tokenize") as pool:
-            rows = render_and_encode(len(units), render, self.tokenizer, pool)
-        input_ids, masks, kept = [], [], []
-        for position, (text, spans, ids, encoding) in enumerate(rows):
-            row = truncate_row(ids, encoding_token_mask(encoding, spans, len(text)), self.max_length, self.truncation)
-            if row is None:
-                continue
-            input_ids.append(row[0])
-            masks.append(row[1])
-            kept.append(position)
-        if len(kept) < len(rows) and self.stream:
-            self._log_stream_drop(len(rows) - len(kept))
+            encoded = render_and_encode(len(units), render, self.encoder, pool)
+        encoded, kept = _truncate(encoded, self.max_length, self.truncation)
+        if len(kept) < len(units) and self.stream:
+            self._log_stream_drop(len(units) - len(kept))
         extra = per_turn_columns(units, kept) if self.per_turn else {}
         if self.arrow:
-            return _arrow_table(input_ids, masks, self.add_labels, extra)
+            return _arrow_table(encoded, self.add_labels, extra)
+        input_ids, masks = zip(*(encoded.row(index) for index in range(len(encoded)))) if kept else ((), ())
         output = {
             **{column: [batch[column][units[position][0]] for position in kept] for column in self.keep},
             **extra,
-            "input_ids": input_ids,
+            "input_ids": list(input_ids),
             "attention_mask": [[1] * len(ids) for ids in input_ids],
-            "assistant_masks": masks,
+            "assistant_masks": list(masks),
         }
         if self.add_labels:
             output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
@@ -228,30 +248,26 @@ def _drop_message(max_length: int | None, truncation: str, count: int | None) ->
     return f"dropping {rows} whose trained tokens were all cut by max_length={max_length} (truncation={truncation!r}{hint})"
 
 
-def _arrow_table(input_ids: list[list[int]], masks: list[list[int]], add_labels: bool, extra: Mapping[str, list]):
-    """The batch's columns as one Arrow table (int32 ids, int8 masks), built from flat numpy arrays.
+def _arrow_table(encoded: EncodedRows, add_labels: bool, extra: Mapping[str, list]):
+    """The batch's columns as one Arrow table (int32 ids, int8 masks), straight from the flat arrays.
 
     Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
     """
-    import numpy as np
     import pyarrow as pa
 
-    offsets = np.zeros(len(input_ids) + 1, dtype=np.int32)
-    np.cumsum([len(ids) for ids in input_ids], out=offsets[1:])
-    total = int(offsets[-1])
-    ids = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int32, count=total)
-    mask = np.fromiter(itertools.chain.from_iterable(masks), dtype=np.int8, count=total)
+    offsets = encoded.offsets.astype(np.int32)
+    ids = encoded.ids.astype(np.int32)
     columns = {
         **{
             name: pa.array(values, type=pa.int64() if name == "source_row" else pa.int32())
             for name, values in extra.items()
         },
         "input_ids": pa.ListArray.from_arrays(offsets, ids),
-        "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(total, dtype=np.int8)),
-        "assistant_masks": pa.ListArray.from_arrays(offsets, mask),
+        "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(len(ids), dtype=np.int8)),
+        "assistant_masks": pa.ListArray.from_arrays(offsets, encoded.mask),
     }
     if add_labels:
-        columns["labels"] = pa.ListArray.from_arrays(offsets, np.where(mask == 1, ids, -100).astype(np.int32))
+        columns["labels"] = pa.ListArray.from_arrays(offsets, np.where(encoded.mask == 1, ids, -100).astype(np.int32))
     return pa.table(columns)
 
 
