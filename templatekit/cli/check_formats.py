@@ -178,6 +178,7 @@ def _template_outcome(template: LoadedTemplate, check: Callable[[str], Report]) 
     outcome.summary = report.summary()
     if getattr(report, "history_mismatch", None):
         outcome.notes.append(report.history_mismatch)
+    outcome.notes += [note for note in report.notes if note.startswith("with ") and "train the wrong text" in note]
     if not report.ok:
         outcome.status = "failed" if report.tagged else "untagged"
         reasons = report.reasons if report.tagged else [NO_TAGS]

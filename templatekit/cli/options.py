@@ -61,6 +61,38 @@ def add_train_role(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """`NAME=VALUE`, the value read as JSON when it is (true, false, null, a number), else as text."""
+    import json
+
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. enable_thinking=false), got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return name, parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+
+
+def add_template_kwargs(sub: argparse.ArgumentParser) -> None:
+    """`--template-kwarg NAME=VALUE` (repeatable): the template's switches the tags are planned and verified for."""
+    sub.add_argument(
+        "--template-kwarg",
+        dest="template_kwargs",
+        action="append",
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="render with this template switch, as apply_chat_template's keyword (e.g. enable_thinking=false); "
+        "the tags are planned and verified for it (repeat for several)",
+    )
+
+
+def template_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The switches `--template-kwarg` set."""
+    return dict(args.template_kwargs or [])
+
+
 def train_roles(args: argparse.Namespace) -> tuple[str, ...]:
     """The roles `--train-role` named, or the assistant."""
     return tuple(args.train_roles) if args.train_roles else ("assistant",)

@@ -14,7 +14,16 @@ from ..sources import LoadedTemplate, load_templates, source_kind, write_text_at
 from ..sources.gguf import write_gguf_templates
 from ..sources.in_place import update_in_place
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
-from .options import add_limit_options, add_train_role, limits, located, public_api, train_roles
+from .options import (
+    add_limit_options,
+    add_template_kwargs,
+    add_train_role,
+    limits,
+    located,
+    public_api,
+    template_kwargs,
+    train_roles,
+)
 
 __all__ = ["add_parser", "run", "write_in_place"]
 
@@ -190,6 +199,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "train_roles": train_roles(args),
         "only_last_turn": args.only_last_turn,
         "retag": not args.keep_tags,
+        "template_kwargs": template_kwargs(args),
         **limits(args),
     }
     results, code = rewrite_each(
@@ -261,6 +271,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_source_and_output(patch, "patch", "patched", "the original")
     add_train_role(patch)
+    add_template_kwargs(patch)
     patch.add_argument("--only-last-turn", action="store_true", help="train only the last assistant turn")
     tags = patch.add_mutually_exclusive_group()
     tags.add_argument(

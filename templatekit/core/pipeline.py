@@ -5,11 +5,11 @@ source text ─parse─▶ flow ─trace probes─▶ layouts ─plan─▶ regi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jinja2 import nodes
 
-from ..errors import PatchError, PlanError, TemplateSourceError
+from ..errors import PatchError, PlanError, TemplateKitError, TemplateLimitError, TemplateSourceError
 from .analysis import Flow, Tracer, build_flow
 from .history import history_mismatch
 from .inline import inlined_sources
@@ -21,6 +21,7 @@ from .regions import Region
 from .report import PatchResult, Report
 from .rewrite import apply_edits, region_edits
 from .sandbox import bounded
+from .switches import MAX_SWITCHES, template_switches
 from .syntax import ParsedTemplate, line_column, parse_template
 from .tags import has_generation_tags, strip_generation_tags
 from .truth import generated_turns
@@ -53,10 +54,18 @@ class Analysis:
     layouts: dict[str, Layout]
     traces: list[TracedProbe]
     notes: list[str]
+    template_kwargs: dict = field(default_factory=dict)
 
 
-def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, name: str | None = None) -> Analysis:
-    """Parse and trace `source` (which must carry no generation tags) over the probe battery.
+def analyse(
+    source: str,
+    train_roles: tuple[str, ...],
+    only_last_turn: bool,
+    name: str | None = None,
+    template_kwargs: dict | None = None,
+) -> Analysis:
+    """Parse and trace `source` (which must carry no generation tags) over the probe battery, rendered with
+    `template_kwargs` (the template's switches, e.g. ``{"enable_thinking": False}``).
 
     Probes come in two content shapes, plain strings and lists of text blocks. A template that writes
     blocks through an output of their own (a loop over the parts) is analysed with both, so that both
@@ -67,7 +76,10 @@ def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, nam
     flow = build_flow(parsed)
     tracer = Tracer(flow)
     speakers = tuple(train_roles) if train_roles else (ASSISTANT,)
-    strings, blocks = (_analyse_shape(parsed, flow, tracer, speakers, only_last_turn, shape) for shape in (False, True))
+    kwargs = dict(template_kwargs or {})
+    strings, blocks = (
+        _analyse_shape(parsed, flow, tracer, speakers, only_last_turn, shape, kwargs) for shape in (False, True)
+    )
     if _generates(strings) and _generates(blocks) and _content_units(blocks) - _content_units(strings):
         for probe in blocks.probes:
             probe.name += "[blocks]"
@@ -79,6 +91,7 @@ def analyse(source: str, train_roles: tuple[str, ...], only_last_turn: bool, nam
             {**strings.layouts, **blocks.layouts},
             strings.traces + blocks.traces,
             list(dict.fromkeys(strings.notes + blocks.notes)),
+            kwargs,
         )
     for analysis in (strings, blocks):
         if _generates(analysis):
@@ -104,9 +117,9 @@ def _content_units(analysis: Analysis) -> set[int]:
     return units
 
 
-def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool) -> Analysis:
+def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool, kwargs: dict) -> Analysis:
     """Trace the probe battery in one content shape and lay out each probe's trained turns."""
-    probes = build_probes(speakers, blocks=blocks)
+    probes = build_probes(speakers, blocks=blocks, template_kwargs=kwargs)
     rendered: dict[str, tuple[str, list]] = {}
     errors: list[str] = []
     for probe in probes:
@@ -147,7 +160,7 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
         )
     notes = [f"probe rejected: {e}" for e in errors]
     notes += _ending_notes(endings)
-    return Analysis(parsed, flow, probes, layouts, traces, notes)
+    return Analysis(parsed, flow, probes, layouts, traces, notes, kwargs)
 
 
 def _tracing(tracer: Tracer, probe: Probe):
@@ -255,7 +268,7 @@ def _patch_inlined(analysis: Analysis, train_roles, only_last_turn, failed: Repo
     """The plan of a rewrite with one macro written out at its only call, when it verifies against the
     original template's own truth; else `failed` (the original's report)."""
     for rewrite in inlined_sources(analysis.parsed):
-        inlined = analyse(rewrite.source, train_roles, only_last_turn)
+        inlined = analyse(rewrite.source, train_roles, only_last_turn, template_kwargs=analysis.template_kwargs)
         patched, _ = _patch(inlined, train_roles, only_last_turn)
         if patched is None:
             continue
@@ -268,12 +281,17 @@ def _patch_inlined(analysis: Analysis, train_roles, only_last_turn, failed: Repo
 
 @bounded  # timeout= and max_memory= (templatekit.core.sandbox): a template that outruns them raises TemplateLimitError
 def check_template(
-    template: str, *, train_roles: tuple[str, ...] = (ASSISTANT,), only_last_turn: bool = False
+    template: str,
+    *,
+    train_roles: tuple[str, ...] = (ASSISTANT,),
+    only_last_turn: bool = False,
+    template_kwargs: dict | None = None,
 ) -> Report:
     """Verify a template's own generation tags.
 
     `ok` only when the template carries tags, renders exactly like itself without them, and trains exactly
-    the trained turns on every probe.
+    the trained turns on every probe, rendered with `template_kwargs`. The template's other switches are
+    checked both ways too (`Report.switch_problems`).
 
     Example:
         >>> check_template("{% for m in messages %}{{ m.content }}{% endfor %}").reasons
@@ -283,18 +301,64 @@ def check_template(
         parse_template(template)
         return Report(ok=False, reasons=["the template carries no {% generation %} tags"])
     untagged = strip_generation_tags(template)
-    analysis = analyse(untagged, tuple(train_roles), only_last_turn)
+    analysis = analyse(untagged, tuple(train_roles), only_last_turn, template_kwargs=template_kwargs)
     report = verify(untagged, template, analysis.probes, analysis.layouts)
     report.tagged = True
-    _note_history(report, untagged, train_roles)
+    if report.ok:
+        _finish(report, analysis, template, train_roles, only_last_turn)
+    else:
+        _note_history(report, analysis, train_roles)
     return report
 
 
-def _note_history(report: Report, template: str, train_roles: tuple[str, ...]) -> None:
+def _note_history(report: Report, analysis: Analysis, train_roles: tuple[str, ...]) -> None:
     """A note (not a failure) when the template renders a past turn unlike the turn as generated."""
-    report.history_mismatch = history_mismatch(template, tuple(train_roles))
+    speakers = tuple(train_roles) or (ASSISTANT,)
+    probes = build_probes(speakers, template_kwargs=analysis.template_kwargs)
+    report.history_mismatch = history_mismatch(analysis.parsed.source, speakers, probes)
     if report.history_mismatch:
         report.notes.append(report.history_mismatch)
+
+
+def _check_switches(report: Report, analysis: Analysis, tagged: str, train_roles, only_last_turn: bool) -> None:
+    """Verify `tagged` again with each of the template's switches set True and False (those `template_kwargs`
+    leaves open), against the truth of that setting; record the settings it does not hold for."""
+    source, fixed = analysis.parsed.source, analysis.template_kwargs
+    if fixed:
+        report.notes.append(f"verified for data rendered with template_kwargs={fixed!r}")
+    switches = [name for name in template_switches(analysis.parsed.ast) if name not in fixed]
+    held = []
+    for name in switches[:MAX_SWITCHES]:
+        for value in (True, False):
+            try:
+                setting = analyse(source, train_roles, only_last_turn, template_kwargs={**fixed, name: value})
+            except TemplateLimitError:
+                raise
+            except TemplateKitError:  # the template takes no such value (it raises, or renders no turn)
+                continue
+            checked = verify(source, tagged, setting.probes, setting.layouts)
+            if checked.probes_passed == 0 and not checked.ok:
+                continue
+            if checked.ok:
+                held.append(f"{name}={value}")
+            else:
+                report.switch_problems[f"{name}={value}"] = checked.reasons[:3]
+    for setting, reasons in report.switch_problems.items():
+        name, value = setting.split("=", 1)
+        report.notes.append(
+            f"with {setting} the tags train the wrong text ({reasons[0]}); for data rendered that way, patch with "
+            f"template_kwargs={{{name!r}: {value}}} (CLI: --template-kwarg {name}={value.lower()})"
+        )
+    if held:
+        report.notes.append(f"also verified with {', '.join(held)}")
+    if len(switches) > MAX_SWITCHES:
+        report.notes.append(f"switches not checked (more than {MAX_SWITCHES}): {', '.join(switches[MAX_SWITCHES:])}")
+
+
+def _finish(report: Report, analysis: Analysis, patched: str, train_roles, only_last_turn: bool) -> None:
+    """The notes every verified patch gets: the history note, then the switch check."""
+    _note_history(report, analysis, train_roles)
+    _check_switches(report, analysis, patched, train_roles, only_last_turn)
 
 
 @bounded
@@ -304,8 +368,14 @@ def patch_template(
     train_roles: tuple[str, ...] = (ASSISTANT,),
     only_last_turn: bool = False,
     retag: bool = True,
+    template_kwargs: dict | None = None,
 ) -> PatchResult:
     """Insert verified `{% generation %}` tags around everything the trained speakers generate.
+
+    The template is verified as rendered with `template_kwargs` (its switches, as passed to
+    ``apply_chat_template``, e.g. ``{"enable_thinking": False}``; default none). Its other switches are then
+    checked both ways: the settings the tags do not hold for are in `Report.switch_problems`, and a note says
+    to patch with them for data rendered so.
 
     Raises `PatchError` (with `.reasons`) when no patch passes verification, and `TemplateSourceError`
     for malformed or unsafe templates. A template that already carries correct tags is returned as is;
@@ -325,7 +395,9 @@ def patch_template(
     status = "patched"
     source = template
     if has_generation_tags(template):
-        existing = check_template(template, train_roles=train_roles, only_last_turn=only_last_turn)
+        existing = check_template(
+            template, train_roles=train_roles, only_last_turn=only_last_turn, template_kwargs=template_kwargs
+        )
         if existing.ok:
             return PatchResult(template, template, existing, "already_tagged")
         if not retag:
@@ -336,7 +408,7 @@ def patch_template(
             )
         source = strip_generation_tags(template)
         status = "retagged"
-    analysis = analyse(source, train_roles, only_last_turn)
+    analysis = analyse(source, train_roles, only_last_turn, template_kwargs=template_kwargs)
     if status == "retagged":
         for probe in analysis.probes:
             a, b = render_probe(template, probe), render_probe(source, probe)
@@ -350,5 +422,5 @@ def patch_template(
         raise PatchError(report.reasons[:8], report=report)
     if status == "retagged":
         report.notes.insert(0, "the template's own generation tags failed verification and were replaced")
-    _note_history(report, source, train_roles)
+    _finish(report, analysis, patched, train_roles, only_last_turn)
     return PatchResult(patched, template, report, status)

@@ -39,10 +39,17 @@ class Probe:
     tools: list[dict] | None = None
     add_generation_prompt: bool = False
     sentinels: list[Sentinel] = field(default_factory=list)
+    # The template's own switches for this render (`enable_thinking=False`, ...), as apply_chat_template's kwargs.
+    template_kwargs: dict = field(default_factory=dict)
 
     def render_kwargs(self) -> dict:
         """Keyword arguments for a chat-template render of this probe."""
-        return {"add_generation_prompt": self.add_generation_prompt, "tools": self.tools, **SPECIAL_TOKENS}
+        return {
+            **self.template_kwargs,
+            "add_generation_prompt": self.add_generation_prompt,
+            "tools": self.tools,
+            **SPECIAL_TOKENS,
+        }
 
 
 def _call_id(number: int) -> str:
@@ -121,8 +128,10 @@ class _Builder:
         return self
 
 
-def build_probes(speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = False) -> list[Probe]:
-    """The probe battery, with each trained speaker in the assistant's seat.
+def build_probes(
+    speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = False, template_kwargs: dict | None = None
+) -> list[Probe]:
+    """The probe battery, with each trained speaker in the assistant's seat, rendered with `template_kwargs`.
 
     Example:
         >>> probes = build_probes()
@@ -196,4 +205,6 @@ def build_probes(speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = Fal
         probes.append(
             _Builder("untrained_assistant", blocks).say("user").say(speakers[0]).say("user").say(ASSISTANT).probe
         )
+    for probe in probes:
+        probe.template_kwargs = dict(template_kwargs or {})
     return probes

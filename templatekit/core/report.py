@@ -14,6 +14,8 @@ class Report:
     `reasons` holds one readable line per failure; `notes` holds facts worth knowing that are not failures.
     `history_mismatch` is the note (also in `notes`) saying where the template renders a past turn unlike the
     turn as generated (it drops earlier reasoning, say): train such a template with `prepare_dataset(per_turn=True)`.
+    `switch_problems` names the settings of the template's own switches (``enable_thinking=False``) under which
+    the tags would train the wrong text, with the first reasons (also in `notes`).
 
     Example:
         >>> report = Report(ok=False, reasons=["probe 'single_turn': rendering differs at char 12"])
@@ -28,6 +30,9 @@ class Report:
     probes_skipped: int = 0
     tagged: bool = False
     history_mismatch: str | None = None
+    # Template switches set one way (``"enable_thinking=False"``) under which the tags train the wrong text: the
+    # first reasons. The verdict `ok` is for the settings verified; patch with the switch set for such data.
+    switch_problems: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: the verdict and the probe counts."""

@@ -113,7 +113,9 @@ def _cached_renderer(template: str, options: tuple[tuple[str, Any], ...]) -> Spa
 def _build_renderer(template: str, options: dict[str, Any]) -> SpanRenderer:
     """A SpanRenderer, reused for the same template and policy: building one patches and verifies the template
     (far slower than rendering a batch), and prepare_dataset is often called once per split."""
-    key = tuple(sorted(options.items()))
+    key = tuple(
+        sorted((name, tuple(sorted(v.items())) if isinstance(v, Mapping) else v) for name, v in options.items())
+    )
     try:
         hash(key)
     except TypeError:  # an unhashable option (e.g. a custom fallback object): build afresh
@@ -318,6 +320,7 @@ def prepare_dataset(
     instruction_part: str | None = None,
     response_part: str | None = None,
     fallback: Any = None,
+    template_kwargs: Mapping[str, Any] | None = None,
     max_length: int | None = None,
     truncation: str = "right",
     per_turn: bool = False,
@@ -347,6 +350,10 @@ def prepare_dataset(
             tokenizer holding one) uses ``"default"``; a string naming one of the tokenizer's templates uses it.
         train_roles, last_response_only, train_on_eot, train_reasoning, mask_out, instruction_part,
             response_part, fallback: the loss policy, passed to `SpanRenderer` unchanged (see there).
+        template_kwargs: the template's switches every conversation is rendered with, as ``apply_chat_template``
+            takes them (``{"enable_thinking": False}``); the tags are planned and verified for them. A switch that
+            moves what the model generates (Qwen3's ``enable_thinking=False`` writes the empty think block into the
+            prompt) must be given here, not left to the template's default.
         max_length: the most tokens a row may have (``None``: no limit). No row of the result is longer.
         truncation: what happens to a longer row: ``"right"`` (the default) keeps its first ``max_length``
             tokens; ``"left"`` keeps its last ones, so the last turn survives (the start, BOS and system prompt
@@ -434,6 +441,7 @@ def prepare_dataset(
     if per_turn:
         renderer_options["last_response_only"] = True  # the row's last message is its one trained turn
     renderer_options.update(
+        template_kwargs=dict(template_kwargs or {}),
         train_roles=tuple(train_roles),
         mask_out=tuple(mask_out),
         # Concrete numbers, not "the default in force": the options travel to worker processes.

@@ -46,7 +46,15 @@ __all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans"]
 
 #: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
 #: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
-RENDERER_KEYWORDS = (*POLICY_KEYWORDS, "instruction_part", "response_part", "fallback", "timeout", "max_memory")
+RENDERER_KEYWORDS = (
+    *POLICY_KEYWORDS,
+    "instruction_part",
+    "response_part",
+    "fallback",
+    "template_kwargs",
+    "timeout",
+    "max_memory",
+)
 
 
 def _tag_shape(tagged: str, speakers: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
@@ -121,6 +129,7 @@ class SpanRenderer:
         instruction_part: str | Sequence[str] | None = None,
         response_part: str | Sequence[str] | None = None,
         fallback: bool | None = None,
+        template_kwargs: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         timeout: float | None = DEFAULT,
         max_memory: int | str | None = DEFAULT,
     ) -> None:
@@ -138,14 +147,20 @@ class SpanRenderer:
                 mask_out=tuple(mask_out),
             )
             self.original = template
+            # The template's switches every render gets (`enable_thinking=False`): the tags are planned for them.
+            self.template_kwargs = dict(template_kwargs or {})
+            self.switch_problems: dict[str, list[str]] = {}
             self.reasons: list[str] = []
             self.delimiters: Delimiters | None = None
             explicit = instruction_part is not None or response_part is not None
             speakers = self.policy.train_roles
             if fallback is not True and not explicit:
                 try:
-                    self.template = patch_template(template, train_roles=speakers, retag=True).template
-                    self.mode = "tags"
+                    patched = patch_template(
+                        template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs
+                    )
+                    self.template, self.mode = patched.template, "tags"
+                    self.switch_problems = patched.report.switch_problems
                 except PatchError as error:
                     if fallback is False:
                         raise
@@ -187,6 +202,15 @@ class SpanRenderer:
         """
         trained, weighted = check_messages(messages, self.policy.train_roles)
         tags = self.mode == "tags"
+        wrong = [f"{k}={v!r}" for k, v in kwargs.items() if f"{k}={v!r}" in self.switch_problems] if tags else []
+        if wrong:
+            name, value = wrong[0].split("=", 1)
+            raise ConversationError(
+                f"the tags were planned for template_kwargs={self.template_kwargs!r}, and with {wrong[0]} they train "
+                f"the wrong text ({self.switch_problems[wrong[0]][0]}): pass template_kwargs={{{name!r}: {value}}} "
+                "so that they are planned for it"
+            )
+        kwargs = {**self.template_kwargs, **kwargs}
         try:
             with limit_scope(self.limits):
                 text, spans = _render(self.template, messages, tags, tools, add_generation_prompt, kwargs)
@@ -231,6 +255,8 @@ def _renderer(template: str, options: tuple) -> SpanRenderer:
 def _hashable(value):
     if isinstance(value, list):
         return tuple(value)
+    if isinstance(value, Mapping):
+        return tuple(sorted(value.items()))
     return value
 
 
@@ -269,7 +295,9 @@ def render_with_spans(
     Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
     `instruction_part`, `response_part`, `fallback`) and the limits (`timeout`, `max_memory`) configure a
     cached `SpanRenderer`; every other keyword goes to the template, as `apply_chat_template` passes them
-    (`bos_token`, `enable_thinking`, …).
+    (`bos_token`, `enable_thinking`, …). Those of plain value (a bool, number or string; not a special token)
+    are also the `template_kwargs` the tags are planned and verified for, so that a switch such as
+    ``enable_thinking=False`` moves the trained text with it.
 
     Example:
         >>> template = (
@@ -281,6 +309,12 @@ def render_with_spans(
         >>> [text[s:e] for s, e in spans]
         ['4<|im_end|>']
     """
-    options = tuple(sorted((key, _hashable(kwargs.pop(key))) for key in RENDERER_KEYWORDS if key in kwargs))
-    renderer = _renderer(template, options)
+    options = {key: kwargs.pop(key) for key in RENDERER_KEYWORDS if key in kwargs}
+    switches = {
+        key: value
+        for key, value in kwargs.items()
+        if not key.endswith("_token") and (value is None or isinstance(value, (bool, int, float, str)))
+    }
+    options["template_kwargs"] = {**switches, **dict(options.get("template_kwargs") or {})}
+    renderer = _renderer(template, tuple(sorted((key, _hashable(value)) for key, value in options.items())))
     return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
