@@ -141,13 +141,20 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
     code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool")
     assert code in (0, 1), err
     defaults = {"timeout": DEFAULT, "max_memory": DEFAULT}  # the limits in force (templatekit.core.sandbox)
-    assert seen == {"train_roles": ("assistant", "tool"), "only_last_turn": False, "retag": True, **defaults}
+    assert seen == {
+        "train_roles": ("assistant", "tool"),
+        "only_last_turn": False,
+        "retag": True,
+        "template_kwargs": {},
+        **defaults,
+    }
     seen.clear()
     code, _, err = run(capsys, "patch", example, "--timeout", "2.5", "--max-memory", "512M")
     assert code in (0, 1), err
     assert (seen["timeout"], seen["max_memory"]) == (2.5, 512 << 20)
-    run(capsys, "patch", example, "--only-last-turn", "--keep-tags")
-    assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False, **defaults}
+    run(capsys, "patch", example, "--only-last-turn", "--keep-tags", "--template-kwarg", "enable_thinking=false")
+    switch = {"template_kwargs": {"enable_thinking": False}}
+    assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False, **switch, **defaults}
 
 
 def test_patch_malformed_template_exits_2_with_line_and_column(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
