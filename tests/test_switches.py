@@ -131,3 +131,19 @@ def test_the_cli_patches_and_checks_for_a_switch(tmp_path, capsys):
     assert "with enable_thinking=False the tags train the wrong text" in " ".join(capsys.readouterr().out.split())
     assert cli.main(["patch", str(source), "--template-kwarg", "enable_thinking"]) == 2
     assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def test_prepare_dataset_reads_trls_per_row_chat_template_kwargs(qwen3):
+    datasets = pytest.importorskip("datasets")
+    rows = [
+        {"messages": CHAT, "chat_template_kwargs": {"enable_thinking": False}},
+        {"messages": CHAT, "chat_template_kwargs": {}},  # Arrow writes the missing key as None: left unset
+        {"messages": CHAT, "chat_template_kwargs": {"enable_thinking": True}},
+    ]
+    prepared = prepare_dataset(datasets.Dataset.from_list(rows), qwen3, progress=False)
+    trained = [trained_text(qwen3, row["input_ids"], row["assistant_masks"]) for row in prepared]
+    assert trained == ["It is 4.<|im_end|>"] + ["<think>\n\n</think>\n\nIt is 4.<|im_end|>"] * 2
+    for row, source in zip(prepared, rows):
+        settings = {k: v for k, v in source["chat_template_kwargs"].items() if v is not None}
+        expected = qwen3.apply_chat_template(CHAT, tokenize=True, return_dict=True, **settings)["input_ids"]
+        assert row["input_ids"] == expected

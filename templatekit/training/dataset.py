@@ -32,58 +32,16 @@ from .encoding import BatchEncoder, EncodedRows, render_and_encode
 from .fingerprint import map_fingerprint
 from .masks import labels_from_mask
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
-from .spans import RENDERER_KEYWORDS, SpanRenderer
+from .spans import RENDERER_KEYWORDS, SpanRenderer, plain_switches
+from .truncation import TRUNCATION_MODES, drop_message, truncate_row, truncate_rows
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
 
 OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
-#: What `truncation=` accepts: keep the start, keep the end, or drop rows longer than `max_length`.
-TRUNCATION_MODES = ("right", "left", "drop")
+#: TRL's column of per-row `apply_chat_template` keywords (``{"enable_thinking": False}``), read when present.
+KWARGS_COLUMN = "chat_template_kwargs"
 
 logger = logging.getLogger(__name__)
-
-
-def truncate_row(
-    ids: list[int], mask: list[int], max_length: int | None, truncation: str = "right"
-) -> tuple[list[int], list[int]] | None:
-    """One row cut to `max_length` tokens as `truncation` says, or None when the row is dropped.
-
-    `right` keeps the first `max_length` tokens, `left` the last ones, `drop` drops a longer row whole. Tokens
-    are kept or cut whole, so no token straddles the cut, and each kept token keeps the mask it had in the
-    whole row. A row that had trained tokens and keeps none is dropped (None); a row that had none (every
-    trained message weighted 0) is kept as it is.
-
-    Example:
-        >>> truncate_row([1, 2, 3, 4], [0, 0, 1, 1], 2, "left"), truncate_row([1, 2, 3, 4], [0, 0, 1, 1], 2, "right")
-        (([3, 4], [1, 1]), None)
-    """
-    kept = _kept_range(mask, max_length, truncation)
-    return None if kept is None else (ids[kept[0] : kept[1]], mask[kept[0] : kept[1]])
-
-
-def _kept_range(mask: Sequence[int], max_length: int | None, truncation: str) -> tuple[int, int] | None:
-    """The range of a row's tokens that `truncate_row` keeps, or None when it drops the row."""
-    length = len(mask)
-    if max_length is None or length <= max_length:
-        return 0, length
-    if truncation == "drop":
-        return None
-    start, end = (length - max_length, length) if truncation == "left" else (0, max_length)
-    if any(mask) and not any(mask[start:end]):
-        return None
-    return start, end
-
-
-def _truncate(encoded: EncodedRows, max_length: int | None, truncation: str) -> tuple[EncodedRows, list[int]]:
-    """`truncate_row` on every row: the rows kept, and their positions in `encoded`."""
-    if max_length is None or len(encoded) == 0 or int(np.diff(encoded.offsets).max()) <= max_length:
-        return encoded, list(range(len(encoded)))
-    ranges = []
-    for row, (start, end) in enumerate(zip(encoded.offsets[:-1].tolist(), encoded.offsets[1:].tolist())):
-        kept = _kept_range(encoded.mask[start:end], max_length, truncation)
-        if kept is not None:
-            ranges.append((row, *kept))
-    return encoded.take(ranges), [row for row, _, _ in ranges]
 
 
 def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) -> str:
@@ -178,11 +136,12 @@ class _Preparer:
             self._renderer = _build_renderer(self.template, self.renderer_options)
         return self._renderer
 
-    def _render(self, messages: Any, tools: Any, row: int) -> tuple[str, Sequence[Sequence[int]]]:
+    def _render(self, messages: Any, tools: Any, row: int, settings: Any = None) -> tuple[str, Sequence[Sequence[int]]]:
         # The renderer checks the conversation (roles, content, weights) and that every trained message is
         # rendered as its own turn; its errors name the message, and here they gain the row.
         try:
-            return self.renderer.render(messages, tools=tools or None, **self.render_kwargs)
+            renderer, other = self._renderer_for(settings) if settings else (self.renderer, {})
+            return renderer.render(messages, tools=tools or None, **self.render_kwargs, **other)
         except TemplateLimitError as error:  # still a limit error, now naming the row
             raise TemplateLimitError(
                 error.limit, f"row {row}: {error.detail}", source=error.source, line=error.line, column=error.column
@@ -193,6 +152,17 @@ class _Preparer:
             raise DatasetRowError(getattr(error, "problem", str(error)), row=row, message=index) from error
         except Exception as error:  # anything else the template or the renderer raised, still with its row
             raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
+
+    def _renderer_for(self, settings: Mapping[str, Any]) -> tuple[SpanRenderer, dict[str, Any]]:
+        """The renderer whose tags are planned for a row's own `chat_template_kwargs` (its plain-valued switches,
+        over `template_kwargs`), and the row's other keywords. A key the row lacks is left unset: Arrow writes it
+        as None when other rows have it."""
+        given = {key: value for key, value in settings.items() if value is not None}
+        switches = plain_switches(given)
+        options = dict(self.renderer_options)
+        options["template_kwargs"] = {**options["template_kwargs"], **switches}
+        other = {key: value for key, value in given.items() if key not in switches}
+        return _build_renderer(self.template, options), other
 
     def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
         """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""
@@ -205,16 +175,17 @@ class _Preparer:
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         turns = self._turns if self.per_turn else None
         units = split_rows(batch[self.messages_field], batch.get(self.tools_field), indices, turns)
+        settings = batch.get(KWARGS_COLUMN) or [None] * len(indices)
 
         def render(position: int) -> tuple[str, Sequence[Sequence[int]]]:
-            _, row, _, messages, tools = units[position]
-            return self._render(messages, tools, row)
+            source, row, _, messages, tools = units[position]
+            return self._render(messages, tools, row, settings[source])
 
         # Chunks of the batch are tokenized on a worker thread (the Rust tokenizer releases the GIL) while the
         # next chunk is rendered here.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="templatekit-tokenize") as pool:
             encoded = render_and_encode(len(units), render, self.encoder, pool)
-        encoded, kept = _truncate(encoded, self.max_length, self.truncation)
+        encoded, kept = truncate_rows(encoded, self.max_length, self.truncation)
         if len(kept) < len(units) and self.stream:
             self._log_stream_drop(len(units) - len(kept))
         extra = per_turn_columns(units, kept) if self.per_turn else {}
@@ -238,16 +209,8 @@ class _Preparer:
         if self.dropped == count:
             logger.warning(
                 "prepare_dataset: %s; this stream is read lazily, so the total is not known in advance",
-                _drop_message(self.max_length, self.truncation, None),
+                drop_message(self.max_length, self.truncation, None),
             )
-
-
-def _drop_message(max_length: int | None, truncation: str, count: int | None) -> str:
-    rows = "rows" if count is None else f"{count} row{'s' if count != 1 else ''}"
-    if truncation == "drop":
-        return f"dropping {rows} longer than max_length={max_length} (truncation='drop')"
-    hint = "; truncation='left' keeps the end of each row" if truncation == "right" else ""
-    return f"dropping {rows} whose trained tokens were all cut by max_length={max_length} (truncation={truncation!r}{hint})"
 
 
 def _arrow_table(encoded: EncodedRows, add_labels: bool, extra: Mapping[str, list]):
@@ -353,7 +316,8 @@ def prepare_dataset(
         template_kwargs: the template's switches every conversation is rendered with, as ``apply_chat_template``
             takes them (``{"enable_thinking": False}``); the tags are planned and verified for them. A switch that
             moves what the model generates (Qwen3's ``enable_thinking=False`` writes the empty think block into the
-            prompt) must be given here, not left to the template's default.
+            prompt) must be given here, not left to the template's default. A ``chat_template_kwargs`` column
+            (TRL's per-row keywords) adds each row's own, over these; its tags are planned for that row's setting.
         max_length: the most tokens a row may have (``None``: no limit). No row of the result is longer.
         truncation: what happens to a longer row: ``"right"`` (the default) keeps its first ``max_length``
             tokens; ``"left"`` keeps its last ones, so the last turn survives (the start, BOS and system prompt
@@ -494,5 +458,5 @@ def prepare_dataset(
     expected = count_turns(dataset, messages_field, train_roles, last_response_only) if per_turn else len(dataset)
     dropped = expected - len(prepared) if max_length is not None else 0
     if dropped:
-        logger.warning("prepare_dataset: %s", _drop_message(max_length, truncation, dropped))
+        logger.warning("prepare_dataset: %s", drop_message(max_length, truncation, dropped))
     return prepared

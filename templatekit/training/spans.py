@@ -42,7 +42,7 @@ from .fallback import derive_delimiters
 from .policies import POLICY_KEYWORDS, MessageSpan, Policy, apply_policy, attribute, check_messages, unknown_roles
 from .tagged_render import render_tagged
 
-__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans"]
+__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "plain_switches", "render_with_spans"]
 
 #: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
 #: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
@@ -282,6 +282,21 @@ def _render(template: str, messages, tags: bool, tools, add_generation_prompt: b
     return texts[0], [tuple(span) for span in indices[0]] if tags else []
 
 
+def plain_switches(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords a template's tags can be planned for: plain values (a bool, number, text or None), other
+    than special tokens (``bos_token``, ...), which every render gets alike.
+
+    Example:
+        >>> plain_switches({"enable_thinking": False, "bos_token": "<s>", "custom_tools": [{"name": "f"}]})
+        {'enable_thinking': False}
+    """
+    return {
+        key: value
+        for key, value in kwargs.items()
+        if not key.endswith("_token") and (value is None or isinstance(value, (bool, int, float, str)))
+    }
+
+
 def render_with_spans(
     template: str,
     messages: Sequence[Mapping],
@@ -310,11 +325,6 @@ def render_with_spans(
         ['4<|im_end|>']
     """
     options = {key: kwargs.pop(key) for key in RENDERER_KEYWORDS if key in kwargs}
-    switches = {
-        key: value
-        for key, value in kwargs.items()
-        if not key.endswith("_token") and (value is None or isinstance(value, (bool, int, float, str)))
-    }
-    options["template_kwargs"] = {**switches, **dict(options.get("template_kwargs") or {})}
+    options["template_kwargs"] = {**plain_switches(kwargs), **dict(options.get("template_kwargs") or {})}
     renderer = _renderer(template, tuple(sorted((key, _hashable(value)) for key, value in options.items())))
     return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
