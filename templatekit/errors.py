@@ -18,6 +18,7 @@
 
     GenerationTagsWarning (a UserWarning)  a GGUF file was written with generation tags in a template
     HistoryMismatchWarning (a UserWarning) prepare_dataset without per_turn on a template that rewrites history
+    TemplateSwitchWarning (a UserWarning)  patch_tokenizer: the tags do not hold for a setting of a template switch
 
 The builtin second bases keep `except ValueError` (and the like) working where callers relied on it.
 This module imports nothing from the package: every layer may import it.
@@ -203,3 +204,9 @@ class HistoryMismatchWarning(UserWarning):
     """`prepare_dataset(per_turn=False)` with a template that renders a past turn unlike the turn as generated (the
     Qwen3 family drops earlier turns' reasoning): every turn but the last would be trained in a form the model does
     not generate. `per_turn=True` trains each turn in its own row, as generated."""
+
+
+class TemplateSwitchWarning(UserWarning):
+    """A tokenizer was patched whose tags do not hold for some setting of the template's own switches (Qwen3 with
+    `enable_thinking=False`): rows rendered with that setting (TRL: a `chat_template_kwargs` column) would train
+    the wrong text. Patch with `template_kwargs=` set as the data is rendered."""

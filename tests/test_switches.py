@@ -7,6 +7,7 @@ generation prompt, so it is no longer generated. The tags verified with the swit
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import tokenizers_offline
@@ -147,3 +148,19 @@ def test_prepare_dataset_reads_trls_per_row_chat_template_kwargs(qwen3):
         settings = {k: v for k, v in source["chat_template_kwargs"].items() if v is not None}
         expected = qwen3.apply_chat_template(CHAT, tokenize=True, return_dict=True, **settings)["input_ids"]
         assert row["input_ids"] == expected
+
+
+def test_patch_tokenizer_warns_of_a_setting_its_tags_do_not_hold_for(qwen3):
+    from templatekit.errors import TemplateSwitchWarning
+    from templatekit.integrations.trl import patch_tokenizer
+
+    with pytest.warns(TemplateSwitchWarning, match=r"enable_thinking=False .*template_kwargs=\{'enable_thinking'"):
+        patch_tokenizer(copy.deepcopy(qwen3))
+    tokenizer = copy.deepcopy(qwen3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemplateSwitchWarning)
+        patch_tokenizer(tokenizer, template_kwargs={"enable_thinking": False})
+    out = tokenizer.apply_chat_template(
+        CHAT, enable_thinking=False, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    assert trained_text(tokenizer, out["input_ids"], out["assistant_masks"]) == "It is 4.<|im_end|>"

@@ -6,12 +6,13 @@ not know the tag fail to load a model whose template carries it."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..core.pipeline import patch_template
 from ..core.strip import strip_template
-from ..errors import NoChatTemplateError, PatchError, StripError
+from ..errors import NoChatTemplateError, PatchError, StripError, TemplateSwitchWarning
 from ..sources import load_templates
 from ..sources.in_place import update_in_place
 
@@ -26,20 +27,33 @@ _TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json", "chat_templat
 def patch_tokenizer(tokenizer: Any, **options: Any) -> Any:
     """Patch `tokenizer.chat_template` in place (each named template when it is a dict) and return it.
 
-    `options` are `patch_template`'s (`train_roles`, `only_last_turn`, `retag`, `timeout`, `max_memory`).
-    Raises `PatchError` when the tokenizer has no template or a template cannot be patched.
+    `options` are `patch_template`'s (`train_roles`, `only_last_turn`, `retag`, `template_kwargs`, `timeout`,
+    `max_memory`). Raises `PatchError` when the tokenizer has no template or a template cannot be patched.
+    Warns (`TemplateSwitchWarning`) when the tags do not hold for some setting of the template's switches: TRL
+    renders each row with its own `chat_template_kwargs`, and rows with that setting would train the wrong text.
 
     Example:
-        >>> # tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
-        >>> # tokenizer = patch_tokenizer(tokenizer); SFTConfig(assistant_only_loss=True)
+        >>> # tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen3-8B")
+        >>> # tokenizer = patch_tokenizer(tokenizer, template_kwargs={"enable_thinking": False})
+        >>> # SFTConfig(assistant_only_loss=True)
     """
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise PatchError(["the tokenizer has no chat_template"])
-    if isinstance(template, dict):
-        tokenizer.chat_template = {name: patch_template(text, **options).template for name, text in template.items()}
-    else:
-        tokenizer.chat_template = patch_template(template, **options).template
+    named = template if isinstance(template, dict) else {None: template}
+    results = {name: patch_template(text, **options) for name, text in named.items()}
+    for name, result in results.items():
+        for setting, reasons in result.report.switch_problems.items():
+            which = f"template {name!r}" if name else "the chat template"
+            warnings.warn(
+                f"{which}: with {setting} the tags train the wrong text ({reasons[0]}); rows rendered that way "
+                f"(chat_template_kwargs) would be mistrained: patch with template_kwargs={{{setting.split('=')[0]!r}: "
+                f"{setting.split('=')[1]}}} for such data",
+                TemplateSwitchWarning,
+                stacklevel=2,
+            )
+    patched = {name: result.template for name, result in results.items()}
+    tokenizer.chat_template = patched if isinstance(template, dict) else patched[None]
     return tokenizer
 
 
