@@ -164,3 +164,29 @@ def test_patch_tokenizer_warns_of_a_setting_its_tags_do_not_hold_for(qwen3):
         CHAT, enable_thinking=False, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     assert trained_text(tokenizer, out["input_ids"], out["assistant_masks"]) == "It is 4.<|im_end|>"
+
+
+def test_audit_renders_each_row_with_its_own_switches(qwen3, tmp_path, capsys):
+    import json
+
+    from templatekit import audit_conversations, cli
+
+    rows = [
+        {"messages": CHAT, "chat_template_kwargs": {"enable_thinking": False}},
+        {"messages": CHAT},
+    ]
+    report = audit_conversations(qwen3.chat_template, rows, tokenizer=qwen3)
+    think_block = len(qwen3("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
+    assert report.trained[1] - report.trained[0] == think_block  # the first row's block is prompt, not trained
+    fixed = audit_conversations(
+        qwen3.chat_template, rows[1:], tokenizer=qwen3, template_kwargs={"enable_thinking": False}
+    )
+    assert fixed.trained == report.trained[:1]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows[1:]), encoding="utf-8")
+    template = tmp_path / "qwen3.jinja"
+    template.write_text(qwen3.chat_template, encoding="utf-8")
+    argv = ["audit", str(template), "--data", str(data), "--format", "json"]
+    assert cli.main([*argv, "--template-kwarg", "enable_thinking=false"]) == 0
+    document = json.loads(capsys.readouterr().out)  # no tokenizer beside the file: characters are counted
+    assert document["unit"] == "characters" and document["trained_tokens"]["max"] == len("It is 4.<|im_end|>")

@@ -15,7 +15,15 @@ from typing import Any
 from ..errors import InvalidArgumentError, NotTrainableError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates
 from .console import EXIT_FAIL, EXIT_USAGE, Console
-from .options import add_limit_options, add_train_role, limits, located, train_roles
+from .options import (
+    add_limit_options,
+    add_template_kwargs,
+    add_train_role,
+    limits,
+    located,
+    template_kwargs,
+    train_roles,
+)
 
 __all__ = ["add_parser", "read_jsonl", "run"]
 
@@ -188,6 +196,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             truncation=args.truncation,
             train_roles=train_roles(args),
             render_kwargs=render_kwargs,
+            template_kwargs=template_kwargs(args),
             row_names=names,
             **limits(args),
         )
@@ -237,12 +246,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     audit = commands.add_parser(
         "audit",
         help="check a JSONL dataset against a template: trained tokens, dropped fields, rejected rows",
-        description='Render every conversation of a JSONL file (one {"messages": [...], "tools": [...]} per '
-        "line) with SOURCE's template, patched as `patch` does, and report the trained tokens per row, rows that "
-        "train nothing, rows longer than --max-length, message fields the template never renders (a `thinking` "
-        "key where it reads `reasoning_content`, tool calls it ignores), unknown roles and conversations it "
-        "rejects. Tokens are counted with --tokenizer, or the tokenizer SOURCE's folder holds; characters "
-        "otherwise. Exit 1 when a row trains nothing or loses data, 0 otherwise, 2 for bad input.",
+        description='Render every conversation of a JSONL file (one {"messages": [...], "tools": [...]} per line, '
+        "optionally with TRL's per-row \"chat_template_kwargs\") with SOURCE's template, patched as `patch` does, "
+        "and report the trained tokens per row, rows that train nothing, rows longer than --max-length, message "
+        "fields the template never renders (a `thinking` key where it reads `reasoning_content`, tool calls it "
+        "ignores), unknown roles and conversations it rejects. Tokens are counted with --tokenizer, or the "
+        "tokenizer SOURCE's folder holds; characters otherwise. Exit 1 when a row trains nothing or loses data, 0 "
+        "otherwise, 2 for bad input.",
     )
     audit.add_argument("source", metavar="SOURCE")
     audit.add_argument("--data", required=True, metavar="FILE.jsonl", help="the conversations, one JSON object a line")
@@ -259,5 +269,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     audit.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or one JSON document")
     add_train_role(audit)
+    add_template_kwargs(audit)
     add_limit_options(audit)
     audit.set_defaults(func=run)

@@ -29,10 +29,11 @@ from typing import Any
 
 from ..core.sandbox import DEFAULT
 from ..errors import InvalidArgumentError, TemplateKitError
-from .dataset import TRUNCATION_MODES, truncate_row
 from .masks import spans_to_token_mask
 from .policies import COMMON_ROLES
-from .spans import SpanRenderer
+from .roles import template_roles
+from .spans import SpanRenderer, plain_switches
+from .truncation import TRUNCATION_MODES, truncate_row
 
 __all__ = ["METADATA_FIELDS", "AuditReport", "audit_conversations", "template_roles"]
 
@@ -152,57 +153,6 @@ class AuditReport:
         }
 
 
-# ------------------------------------------------------------------------------------------------ template roles
-
-
-def _is_role(node: Any) -> bool:
-    from jinja2 import nodes
-
-    if isinstance(node, nodes.Getattr):
-        return node.attr == "role"
-    if isinstance(node, nodes.Getitem):
-        return isinstance(node.arg, nodes.Const) and node.arg.value == "role"
-    return isinstance(node, nodes.Name) and node.name == "role"
-
-
-def _constants(node: Any) -> list[str]:
-    from jinja2 import nodes
-
-    if isinstance(node, nodes.Const) and isinstance(node.value, str):
-        return [node.value]
-    if isinstance(node, (nodes.Tuple, nodes.List)):
-        return [item.value for item in node.items if isinstance(item, nodes.Const) and isinstance(item.value, str)]
-    return []
-
-
-def template_roles(template: str) -> set[str]:
-    """The roles a template tests for: the constants compared with `message.role`, `message['role']` or a
-    variable `role` (`==`, `!=`, `in`, `not in`).
-
-    Example:
-        >>> sorted(template_roles("{% if m.role == 'bot' or m['role'] in ('ipython', 'tool') %}{% endif %}"))
-        ['bot', 'ipython', 'tool']
-    """
-    from jinja2 import Environment, TemplateSyntaxError, nodes
-
-    try:
-        tree = Environment(extensions=["jinja2.ext.loopcontrols", "jinja2.ext.do"]).parse(template)
-    except TemplateSyntaxError:
-        return set()
-    found: set[str] = set()
-    for compare in tree.find_all(nodes.Compare):
-        left = compare.expr
-        for operand in compare.ops:
-            right = operand.expr
-            if operand.op in ("eq", "ne", "in", "notin"):
-                if _is_role(left):
-                    found.update(_constants(right))
-                elif _is_role(right):
-                    found.update(_constants(left))
-            left = right
-    return found
-
-
 # ------------------------------------------------------------------------------------------------ field paths
 
 
@@ -318,6 +268,7 @@ def audit_conversations(
     truncation: str = "right",
     train_roles: Sequence[str] = ("assistant",),
     render_kwargs: Mapping[str, Any] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
     row_names: Sequence[str] | None = None,
     field_check_rows: int | None = 1000,
     messages_field: str = "messages",
@@ -339,6 +290,8 @@ def audit_conversations(
         train_roles: the roles trained.
         render_kwargs: what the template is rendered with (`bos_token`, …); default the tokenizer's special
             tokens, or the probes' stand-ins without a tokenizer.
+        template_kwargs: the template's switches (``{"enable_thinking": False}``), as `prepare_dataset` takes them;
+            a row's own ``chat_template_kwargs`` (TRL's per-row keywords) are added over them.
         row_names: how problems name each row (default `row N`, counting from 0).
         field_check_rows: each field path is checked on at most this many rows (None: every row).
         on_row: called with the row index after each row (a progress bar).
@@ -364,7 +317,20 @@ def audit_conversations(
         raise InvalidArgumentError("max_length counts tokens: it needs a tokenizer")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise InvalidArgumentError(f"max_length must be a positive integer, got {max_length!r}")
-    renderer = SpanRenderer(template, train_roles=tuple(train_roles), timeout=timeout, max_memory=max_memory)
+    limits = {"train_roles": tuple(train_roles), "timeout": timeout, "max_memory": max_memory}
+    fixed = dict(template_kwargs or {})
+    renderer = SpanRenderer(template, template_kwargs=fixed, **limits)
+    renderers = {(): renderer}  # by the row's own switches
+
+    def renderer_for(row: Mapping[str, Any]) -> tuple[SpanRenderer, dict[str, Any]]:
+        settings = row.get("chat_template_kwargs") if isinstance(row, Mapping) else None
+        given = {k: v for k, v in settings.items() if v is not None} if isinstance(settings, Mapping) else {}
+        switches = plain_switches(given)
+        key = tuple(sorted(switches.items()))
+        if key not in renderers:
+            renderers[key] = SpanRenderer(template, template_kwargs={**fixed, **switches}, **limits)
+        return renderers[key], {k: v for k, v in given.items() if k not in switches}
+
     if render_kwargs is None:
         if tokenizer is not None:
             render_kwargs = dict(tokenizer.special_tokens_map)
@@ -390,7 +356,14 @@ def audit_conversations(
     for index, row in enumerate(rows):
         name = row_names[index] if row_names is not None else f"row {index}"
         report.rows += 1
-        _audit_row(renderer, row, name, report, roles, known, tokenizer, render_kwargs, messages_field, tools_field)
+        try:
+            chosen, extra = renderer_for(row)
+        except TemplateKitError as error:  # the tags cannot be planned for this row's setting
+            report.rejected += 1
+            report.first_rejection = report.first_rejection or f"{name}: {error}"
+            continue
+        kwargs = {**render_kwargs, **extra}
+        _audit_row(chosen, row, name, report, roles, known, tokenizer, kwargs, messages_field, tools_field)
         if on_row is not None:
             on_row(index)
     report.unknown_roles = dict(roles)
