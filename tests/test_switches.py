@@ -98,6 +98,10 @@ def test_a_renderer_refuses_a_switch_its_tags_do_not_hold_for(qwen3):
     with pytest.raises(ConversationError, match=r"template_kwargs=\{'enable_thinking': False\}"):
         renderer.render(CHAT, enable_thinking=False)
     assert renderer.render(CHAT, enable_thinking=True)[1]  # a setting the tags hold for renders
+    planned = SpanRenderer(qwen3.chat_template, template_kwargs={"enable_thinking": False})
+    assert planned.render(CHAT, enable_thinking=False)[1]
+    with pytest.raises(ConversationError, match="planned for template_kwargs=.'enable_thinking': False"):
+        planned.render(CHAT, enable_thinking=True)  # the tags were planned for the other setting
 
 
 def test_prepare_dataset_renders_and_masks_with_the_given_switch(qwen3):

@@ -202,13 +202,19 @@ class SpanRenderer:
         """
         trained, weighted = check_messages(messages, self.policy.train_roles)
         tags = self.mode == "tags"
-        wrong = [f"{k}={v!r}" for k, v in kwargs.items() if f"{k}={v!r}" in self.switch_problems] if tags else []
-        if wrong:
-            name, value = wrong[0].split("=", 1)
+        # A switch set otherwise than the tags were planned for: one they fail, or one they were planned with.
+        planned = self.template_kwargs
+        wrong = [
+            (key, value)
+            for key, value in kwargs.items()
+            if f"{key}={value!r}" in self.switch_problems or (key in planned and planned[key] != value)
+        ]
+        if tags and wrong:
+            key, value = wrong[0]
+            found = self.switch_problems.get(f"{key}={value!r}", ["they were verified for the other setting"])[0]
             raise ConversationError(
-                f"the tags were planned for template_kwargs={self.template_kwargs!r}, and with {wrong[0]} they train "
-                f"the wrong text ({self.switch_problems[wrong[0]][0]}): pass template_kwargs={{{name!r}: {value}}} "
-                "so that they are planned for it"
+                f"the tags were planned for template_kwargs={planned!r}, and with {key}={value!r} they train the "
+                f"wrong text ({found}): pass template_kwargs={{{key!r}: {value!r}}} so that they are planned for it"
             )
         kwargs = {**self.template_kwargs, **kwargs}
         try:
