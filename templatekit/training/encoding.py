@@ -141,7 +141,7 @@ class BatchEncoder:
     def _by_bytes(self, rendered: Sequence[Rendered]) -> tuple[EncodedRows, np.ndarray]:
         """Encode without offsets and mask by byte positions. Also returns which rows can be trusted: those
         whose tokens' byte lengths are all known and add up to their text's byte count."""
-        backend = self.twin or self.backend
+        backend = self.twin if self.twin is not None else self.backend
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         id_rows = [encoding.ids for encoding in encode([text for text, _ in rendered], add_special_tokens=False)]
         offsets = np.zeros(len(id_rows) + 1, dtype=np.int64)
