@@ -194,3 +194,19 @@ def test_audit_renders_each_row_with_its_own_switches(qwen3, tmp_path, capsys):
     assert cli.main([*argv, "--template-kwarg", "enable_thinking=false"]) == 0
     document = json.loads(capsys.readouterr().out)  # no tokenizer beside the file: characters are counted
     assert document["unit"] == "characters" and document["trained_tokens"]["max"] == len("It is 4.<|im_end|>")
+
+
+def test_show_marks_what_trains_under_a_switch(tmp_path, capsys):
+    import json
+
+    from templatekit import cli
+
+    template = tmp_path / "qwen3.jinja"
+    template.write_text(corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8"), encoding="utf-8")
+    conversation = tmp_path / "chat.json"
+    conversation.write_text(json.dumps(CHAT), encoding="utf-8")
+    argv = ["show", str(template), "--messages", str(conversation)]
+    assert cli.main([*argv, "--template-kwarg", "enable_thinking=false"]) == 0
+    assert "</think>\n\n⟦It is 4.<|im_end|>⟧" in capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert "⟦<think>\n\n</think>\n\nIt is 4.<|im_end|>⟧" in capsys.readouterr().out

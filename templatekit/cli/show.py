@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
 from ..sources import load_templates, write_text_atomic
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
-from .options import add_limit_options, limits, located
+from .options import add_limit_options, add_template_kwargs, limits, located, template_kwargs
 
 __all__ = ["add_parser", "run"]
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             fallback=True if args.fallback else None,
             **limits(args),
             **show.special_tokens(folder),
+            **template_kwargs(args),
         )
     except ConversationError as exc:
         err.line(f"error: {args.messages or 'the demo conversations'}: {exc}", "red")
@@ -94,5 +95,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     show_cmd.add_argument(
         "--fallback", action="store_true", help="show what the delimiter fallback trains, even for a patchable template"
     )
+    add_template_kwargs(show_cmd)
     add_limit_options(show_cmd)
     show_cmd.set_defaults(func=run)
