@@ -22,7 +22,7 @@ from ..core.verify import merge_adjacent
 from ..errors import ConversationError, TemplateSourceError
 from ..sources import read_json_file
 from ..training.masks import spans_to_token_mask
-from ..training.spans import SpanRenderer, plain_switches
+from ..training.spans import SpanRenderer, split_switches
 
 __all__ = [
     "DEMO_CONVERSATIONS",
@@ -219,11 +219,10 @@ def render_conversation(
         ('tags', ['Hello!<|im_end|>'])
     """
     # Plain-valued switches (`enable_thinking=False`) plan the tags, as render_with_spans does.
-    switches = plain_switches(template_kwargs)
+    switches, template_kwargs = split_switches(template_kwargs)
     renderer = SpanRenderer(
         template, fallback=fallback, template_kwargs=switches, timeout=timeout, max_memory=max_memory
     )
-    template_kwargs = {key: value for key, value in template_kwargs.items() if key not in switches}
     notes = [f"generation tags could not be used: {reason}" for reason in (renderer.reasons or [])[:3]]
     if messages is not None:
         candidates = [("your conversation", list(messages), tools)]

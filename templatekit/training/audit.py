@@ -32,7 +32,7 @@ from ..errors import InvalidArgumentError, TemplateKitError
 from .masks import spans_to_token_mask
 from .policies import COMMON_ROLES
 from .roles import template_roles
-from .spans import SpanRenderer, plain_switches
+from .spans import SpanRenderer, row_switches
 from .truncation import TRUNCATION_MODES, truncate_row
 
 __all__ = ["METADATA_FIELDS", "AuditReport", "audit_conversations", "template_roles"]
@@ -323,13 +323,11 @@ def audit_conversations(
     renderers = {(): renderer}  # by the row's own switches
 
     def renderer_for(row: Mapping[str, Any]) -> tuple[SpanRenderer, dict[str, Any]]:
-        settings = row.get("chat_template_kwargs") if isinstance(row, Mapping) else None
-        given = {k: v for k, v in settings.items() if v is not None} if isinstance(settings, Mapping) else {}
-        switches = plain_switches(given)
+        switches, other = row_switches(row.get("chat_template_kwargs") if isinstance(row, Mapping) else None)
         key = tuple(sorted(switches.items()))
         if key not in renderers:
             renderers[key] = SpanRenderer(template, template_kwargs={**fixed, **switches}, **limits)
-        return renderers[key], {k: v for k, v in given.items() if k not in switches}
+        return renderers[key], other
 
     if render_kwargs is None:
         if tokenizer is not None:

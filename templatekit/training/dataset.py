@@ -32,7 +32,7 @@ from .encoding import BatchEncoder, EncodedRows, render_and_encode
 from .fingerprint import map_fingerprint
 from .masks import labels_from_mask
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
-from .spans import RENDERER_KEYWORDS, SpanRenderer, plain_switches
+from .spans import RENDERER_KEYWORDS, SpanRenderer, row_switches
 from .truncation import TRUNCATION_MODES, drop_message, truncate_row, truncate_rows
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
@@ -154,14 +154,11 @@ class _Preparer:
             raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
 
     def _renderer_for(self, settings: Mapping[str, Any]) -> tuple[SpanRenderer, dict[str, Any]]:
-        """The renderer whose tags are planned for a row's own `chat_template_kwargs` (its plain-valued switches,
-        over `template_kwargs`), and the row's other keywords. A key the row lacks is left unset: Arrow writes it
-        as None when other rows have it."""
-        given = {key: value for key, value in settings.items() if value is not None}
-        switches = plain_switches(given)
+        """The renderer whose tags are planned for a row's own `chat_template_kwargs` (its switches, over
+        `template_kwargs`), and the row's other keywords."""
+        switches, other = row_switches(settings)
         options = dict(self.renderer_options)
         options["template_kwargs"] = {**options["template_kwargs"], **switches}
-        other = {key: value for key, value in given.items() if key not in switches}
         return _build_renderer(self.template, options), other
 
     def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:

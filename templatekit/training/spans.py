@@ -42,7 +42,7 @@ from .fallback import derive_delimiters
 from .policies import POLICY_KEYWORDS, MessageSpan, Policy, apply_policy, attribute, check_messages, unknown_roles
 from .tagged_render import render_tagged
 
-__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "plain_switches", "render_with_spans"]
+__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans", "row_switches", "split_switches"]
 
 #: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
 #: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
@@ -206,10 +206,10 @@ class SpanRenderer:
         planned = self.template_kwargs
         wrong = [
             (key, value)
-            for key, value in kwargs.items()
+            for key, value in (kwargs.items() if tags and (planned or self.switch_problems) else ())
             if f"{key}={value!r}" in self.switch_problems or (key in planned and planned[key] != value)
         ]
-        if tags and wrong:
+        if wrong:
             key, value = wrong[0]
             found = self.switch_problems.get(f"{key}={value!r}", ["they were verified for the other setting"])[0]
             raise ConversationError(
@@ -288,19 +288,33 @@ def _render(template: str, messages, tags: bool, tools, add_generation_prompt: b
     return texts[0], [tuple(span) for span in indices[0]] if tags else []
 
 
-def plain_switches(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The keywords a template's tags can be planned for: plain values (a bool, number, text or None), other
-    than special tokens (``bos_token``, ...), which every render gets alike.
+def split_switches(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Render keywords as `(switches, others)`: the switches are those a template's tags can be planned for,
+    plain values (a bool, number, text or None) other than special tokens (``bos_token``, ...), which every
+    render gets alike.
 
     Example:
-        >>> plain_switches({"enable_thinking": False, "bos_token": "<s>", "custom_tools": [{"name": "f"}]})
-        {'enable_thinking': False}
+        >>> split_switches({"enable_thinking": False, "bos_token": "<s>", "custom_tools": [{"name": "f"}]})
+        ({'enable_thinking': False}, {'bos_token': '<s>', 'custom_tools': [{'name': 'f'}]})
     """
-    return {
-        key: value
-        for key, value in kwargs.items()
-        if not key.endswith("_token") and (value is None or isinstance(value, (bool, int, float, str)))
-    }
+    switches, others = {}, {}
+    for key, value in kwargs.items():
+        plain = not key.endswith("_token") and (value is None or isinstance(value, (bool, int, float, str)))
+        (switches if plain else others)[key] = value
+    return switches, others
+
+
+def row_switches(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`split_switches` of a row's own keywords (TRL's `chat_template_kwargs`): a key the row lacks is left
+    unset, though Arrow writes it as None when other rows have it; anything but a mapping is no keywords.
+
+    Example:
+        >>> row_switches({"enable_thinking": False, "reasoning_effort": None})
+        ({'enable_thinking': False}, {})
+    """
+    if not isinstance(settings, Mapping):
+        return {}, {}
+    return split_switches({key: value for key, value in settings.items() if value is not None})
 
 
 def render_with_spans(
@@ -331,6 +345,6 @@ def render_with_spans(
         ['4<|im_end|>']
     """
     options = {key: kwargs.pop(key) for key in RENDERER_KEYWORDS if key in kwargs}
-    options["template_kwargs"] = {**plain_switches(kwargs), **dict(options.get("template_kwargs") or {})}
+    options["template_kwargs"] = {**split_switches(kwargs)[0], **dict(options.get("template_kwargs") or {})}
     renderer = _renderer(template, tuple(sorted((key, _hashable(value)) for key, value in options.items())))
     return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
