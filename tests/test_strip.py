@@ -131,13 +131,31 @@ def test_untagged_template_is_returned_unchanged():
 
 
 def test_a_strip_that_would_change_the_rendering_raises_with_reasons():
-    # The tag's text inside a string literal is not a tag: removing it changes what is rendered.
-    tagged = "{{ '{% generation %}' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    # A generation block is a call block: a variable set inside it vanishes with it. Without the block it does
+    # not, so removing the tags changes what is rendered.
+    tagged = "{% generation %}{% set x = 'y' %}{% endgeneration %}{{ x }}{% for m in messages %}{{ m.content }}{% endfor %}"
     with pytest.raises(StripError) as caught:
         templatekit.strip_template(tagged)
     assert isinstance(caught.value, TemplateKitError)
     assert caught.value.reasons and "rendering differs at character 0" in caught.value.reasons[0]
     assert len(caught.value.reasons) <= 6  # five probes, then how many more
+
+
+def test_tags_in_comments_and_strings_are_not_tags():
+    # TRL's templates mention `{% generation %}` in a comment: that text is not a tag, and stays.
+    template = "{# wrap with {% generation %} #}{{ '{% generation %}' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert not has_generation_tags(template)
+    assert templatekit.strip_template(template) == template
+
+
+def test_a_tag_that_kept_a_newline_from_a_later_dash_marker_is_stripped_exactly():
+    # `{% generation %}` between `}}` and `{%-`: the newline before the tag is rendered (lstrip_blocks takes only
+    # the indentation), but with the tag gone the `{%-` would strip it: it is written as a string instead.
+    tagged = "{% for m in messages %}{{- m.role }}\n  {% generation %}\n  {%- if m %}{{ m.content }}{% endif %}{% endgeneration %}{% endfor %}"
+    stripped = templatekit.strip_template(tagged)
+    assert not has_generation_tags(stripped)
+    assert renders_alike(tagged, stripped)
+    assert '{{ "\\n" }}' in stripped
 
 
 def test_malformed_template_is_a_source_error():
@@ -197,7 +215,10 @@ def test_cli_strip_in_place_model_folder_keeps_a_backup(capsys, tmp_path):
 
 def test_cli_strip_failure_writes_nothing_exit_1(capsys, tmp_path):
     path = tmp_path / "odd.jinja"
-    path.write_text("{{ '{% generation %}' }}{% for m in messages %}{{ m.content }}{% endfor %}", encoding="utf-8")
+    path.write_text(
+        "{% generation %}{% set x = 'y' %}{% endgeneration %}{{ x }}{% for m in messages %}{{ m.content }}{% endfor %}",
+        encoding="utf-8",
+    )
     target = tmp_path / "out.jinja"
     code, out, err = run(capsys, "strip", path, "-o", target)
     assert code == 1 and "cannot strip" in err and "nothing written" in err

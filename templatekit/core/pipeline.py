@@ -19,10 +19,11 @@ from .plan import plan_regions
 from .probes import ASSISTANT, Probe, build_probes
 from .regions import Region
 from .report import PatchResult, Report
-from .rewrite import apply_edits, region_edits
+from .rewrite import region_edits
 from .sandbox import bounded
-from .switches import MAX_SWITCHES, template_switches
-from .syntax import ParsedTemplate, line_column, parse_template
+from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
+from .switches import Setting, settings
+from .syntax import ParsedTemplate, lf_line_ends, line_column, parse_template, restore_line_ends
 from .tags import has_generation_tags, strip_generation_tags
 from .truth import generated_turns
 from .verify import render_probe, verify
@@ -220,19 +221,21 @@ def _closing_condition(region: Region, train_roles: tuple[str, ...], only_last_t
     return f"loop.previtem is defined and loop.previtem.role in {roles}"
 
 
-def _patch(analysis: Analysis, train_roles, only_last_turn) -> tuple[str | None, Report]:
-    """The first plan that verifies, tried plainest first; the plainest plan's report when none does."""
+def _plan(analysis: Analysis, truth: Analysis, train_roles, only_last_turn) -> tuple[Plan | None, Report]:
+    """The first plan of `analysis`'s source that verifies against `truth` (the original template's analysis under
+    the same setting), tried plainest first; the plainest plan's report when none does."""
     reports = []
     for pair_branches in (False, True):
-        patched, report = _try_plan(analysis, train_roles, only_last_turn, pair_branches)
-        if patched is not None:
-            return patched, report
+        plan, report = _try_plan(analysis, truth, train_roles, only_last_turn, pair_branches)
+        if plan is not None:
+            return plan, report
         reports.append(report)
     return None, reports[0]
 
 
-def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bool) -> tuple[str | None, Report]:
-    source = analysis.parsed.source
+def _try_plan(
+    analysis: Analysis, truth: Analysis, train_roles, only_last_turn, pair_branches: bool
+) -> tuple[Plan | None, Report]:
     try:
         regions = plan_regions(analysis.flow, analysis.traces, lambda layout: layout.trained, pair_branches)
     except PlanError as error:
@@ -243,7 +246,7 @@ def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bo
     last_report = None
     for guard_all in attempts:
         try:
-            edits = []
+            groups = []
             for region in regions:
                 guarded = region.guard or (guard_all and bool(region.targets))
                 if region.closes:
@@ -252,28 +255,175 @@ def _try_plan(analysis: Analysis, train_roles, only_last_turn, pair_branches: bo
                     condition = _condition(region, train_roles, only_last_turn) if guarded else None
                 if region.when is not None:
                     condition = f"({region.when})" + (f" and ({condition})" if condition else "")
-                edits += region_edits(analysis.parsed, region, condition)
-            patched = apply_edits(source, edits)
+                groups.append(tuple(region_edits(analysis.parsed, region, condition)))
+            plan = Plan(analysis.parsed.source, tuple(groups))
+            patched = plan.text
         except PlanError as error:
             last_report = Report(ok=False, reasons=[str(error)])
             continue
-        report = verify(source, patched, analysis.probes, analysis.layouts)
+        report = verify(truth.parsed.source, patched, truth.probes, truth.layouts)
         if report.ok:
-            return patched, report
+            return plan, report
         last_report = report
     return None, last_report
 
 
-def _patch_inlined(analysis: Analysis, train_roles, only_last_turn, failed: Report) -> tuple[str | None, Report]:
-    """The plan of a rewrite with one macro written out at its only call, when it verifies against the
-    original template's own truth; else `failed` (the original's report)."""
-    for rewrite in inlined_sources(analysis.parsed):
-        inlined = analyse(rewrite.source, train_roles, only_last_turn, template_kwargs=analysis.template_kwargs)
-        patched, _ = _patch(inlined, train_roles, only_last_turn)
-        if patched is None:
+@dataclass
+class Settings:
+    """The template analysed under each setting of its switches (`switches.settings`): the first is the caller's
+    own (or none); `alike` maps a setting that renders every probe as an earlier one does to that one."""
+
+    analyses: dict[Setting, Analysis]
+    alike: dict[Setting, Setting] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def default(self) -> Analysis:
+        return next(iter(self.analyses.values()))
+
+    @property
+    def names(self) -> list[str]:
+        return [setting.name for setting in [*self.analyses, *self.alike]]
+
+
+def analyse_settings(
+    source: str,
+    train_roles: tuple[str, ...],
+    only_last_turn: bool,
+    name: str | None = None,
+    template_kwargs: dict | None = None,
+    settings_of: str | None = None,
+) -> Settings:
+    """`analyse` under every setting of the template's switches (those of `settings_of`'s source, default
+    `source`'s own). The first setting (the caller's `template_kwargs`) must analyse; a setting the template
+    rejects (it raises, or renders no trained turn) is left out, and one that renders like another shares its
+    analysis."""
+    first = analyse(source, train_roles, only_last_turn, name, template_kwargs)
+    switches_source = first.parsed if settings_of is None else parse_template(settings_of)
+    default, *others = settings(switches_source.ast, template_kwargs)
+    found = Settings({default: first})
+    seen = {_rendering(first): default}
+    for setting in others:
+        try:
+            analysis = analyse(source, train_roles, only_last_turn, name, setting.kwargs)
+        except TemplateLimitError:
+            raise
+        except TemplateKitError:  # the template takes no such value (it raises, or renders no turn)
+            found.skipped.append(setting.name)
             continue
-        report = verify(analysis.parsed.source, patched, analysis.probes, analysis.layouts)
-        if report.ok:
+        key = _rendering(analysis)
+        if key in seen:
+            found.alike[setting] = seen[key]
+            continue
+        seen[key] = setting
+        found.analyses[setting] = analysis
+    return found
+
+
+def _rendering(analysis: Analysis) -> tuple:
+    """What the truth is read from: each probe's text and trained turns."""
+    return tuple(sorted((name, layout.text, tuple(layout.turns)) for name, layout in analysis.layouts.items()))
+
+
+def _verify_setting(patched: str, truth: Analysis) -> Report:
+    return verify(truth.parsed.source, patched, truth.probes, truth.layouts)
+
+
+def _patch_settings(
+    planned: Settings, truth: Settings, train_roles, only_last_turn, fixed: dict
+) -> tuple[str | None, Report]:
+    """One template that verifies under every setting of `truth`, planned from `planned` (the same template, or a
+    rewrite of it): the default setting's plan, and where another setting needs the tags elsewhere, that part
+    written once per setting under a test of the switch (`per_setting.merge_plans`)."""
+    settings_list = list(truth.analyses)
+    default = settings_list[0]
+    base, report = _plan(planned.analyses[default], truth.analyses[default], train_roles, only_last_turn)
+    if base is None:
+        return None, report
+    failing = [s for s in settings_list[1:] if not _verify_setting(base.text, truth.analyses[s]).ok]
+    if not failing:
+        report.settings = truth.names
+        return base.text, report
+    groups: list[tuple[Plan, list[Setting]]] = []
+    for setting in failing:
+        held = next((group for plan, group in groups if _verify_setting(plan.text, truth.analyses[setting]).ok), None)
+        if held is not None:
+            held.append(setting)
+            continue
+        plan, own = _plan(planned.analyses[setting], truth.analyses[setting], train_roles, only_last_turn)
+        if plan is None:
+            return None, Report(
+                ok=False,
+                reasons=[f"with {setting.name}: {reason}" for reason in own.reasons[:3]],
+            )
+        groups.append((plan, [setting]))
+    merged = _merge_settings(planned.default, truth, base, groups, fixed)
+    if merged is None:
+        names = ", ".join(s.name for _, group in groups for s in group)
+        return None, Report(
+            ok=False,
+            reasons=[
+                f"the tags must sit differently with {names}, and no test of the switch written around the part "
+                "that differs verifies under every setting"
+            ],
+        )
+    patched, report = merged
+    report.settings = truth.names
+    report.notes.append(
+        "the tags sit differently per setting of "
+        + ", ".join(dict.fromkeys(key for _, group in groups for s in group for key, _ in s.items if key not in fixed))
+        + ": that part is written once per setting, under a test of the switch"
+    )
+    return patched, report
+
+
+def _merge_settings(
+    planned: Analysis, truth: Settings, base: Plan, groups: list[tuple[Plan, list[Setting]]], fixed: dict
+) -> tuple[str, Report] | None:
+    """The base plan merged with each group's plan under a test true for that group's settings: the template's own
+    tests of the switch first, then one written from scratch; each choice verified under every setting."""
+    chosen: list[Variant] = []
+    patched, reports = base.text, []
+    for index, (plan, group) in enumerate(groups):
+        later = {setting for _, others in groups[index + 1 :] for setting in others}
+        for test in _group_tests(planned.parsed, group, fixed):
+            try:
+                candidate = merge_plans(planned.parsed, planned.flow, base, [*chosen, Variant(test, plan)])
+            except PlanError:
+                return None
+            checked = [_verify_setting(candidate, analysis) for analysis in truth.analyses.values()]
+            if all(report.ok for setting, report in zip(truth.analyses, checked) if setting not in later):
+                chosen.append(Variant(test, plan))
+                patched, reports = candidate, checked
+                break
+        else:
+            return None
+    return patched, reports[0]
+
+
+def _group_tests(parsed: ParsedTemplate, group: list[Setting], fixed: dict) -> list[str]:
+    """Tests that may tell `group`'s settings from the others: the template's own tests of the switch (when all the
+    group's settings set the same one), then one written from scratch."""
+    keys = {key for setting in group for key, _ in setting.items if key not in fixed}
+    own = switch_tests(parsed, next(iter(keys))) if len(keys) == 1 else []
+    scratch = " or ".join(f"({setting_test(s, fixed)})" for s in group) if len(group) > 1 else setting_test(group[0], fixed)
+    return [*own, scratch]
+
+
+def _patch_inlined(
+    analyses: Settings, train_roles, only_last_turn, failed: Report, fixed: dict
+) -> tuple[str | None, Report]:
+    """The plan of a rewrite with one macro written out at its only call, when it verifies against the
+    original template's own truth under every setting; else `failed` (the original's report)."""
+    original = analyses.default.parsed.source
+    for rewrite in inlined_sources(analyses.default.parsed):
+        try:
+            inlined = analyse_settings(rewrite.source, train_roles, only_last_turn, None, fixed, settings_of=original)
+        except PatchError:
+            continue
+        inlined.analyses = {s: inlined.analyses.get(s, inlined.default) for s in analyses.analyses}
+        patched, report = _patch_settings(inlined, analyses, train_roles, only_last_turn, fixed)
+        if patched is not None:
             report.notes.append(rewrite.note)
             return patched, report
     return None, failed
@@ -290,24 +440,37 @@ def check_template(
     """Verify a template's own generation tags.
 
     `ok` only when the template carries tags, renders exactly like itself without them, and trains exactly
-    the trained turns on every probe, rendered with `template_kwargs`. The template's other switches are
-    checked both ways too (`Report.switch_problems`).
+    the trained turns on every probe, under every setting of the template's switches (`template_kwargs` fixes
+    some); the settings it fails under are in `Report.switch_problems`, those verified in `Report.settings`.
 
     Example:
         >>> check_template("{% for m in messages %}{{ m.content }}{% endfor %}").reasons
         ['the template carries no {% generation %} tags']
     """
+    template = lf_line_ends(template)
     if not has_generation_tags(template):
         parse_template(template)
         return Report(ok=False, reasons=["the template carries no {% generation %} tags"])
     untagged = strip_generation_tags(template)
-    analysis = analyse(untagged, tuple(train_roles), only_last_turn, template_kwargs=template_kwargs)
-    report = verify(untagged, template, analysis.probes, analysis.layouts)
+    analyses = analyse_settings(untagged, tuple(train_roles), only_last_turn, template_kwargs=template_kwargs)
+    report = Report(ok=True, tagged=True)
+    for setting, analysis in analyses.analyses.items():
+        checked = _verify_setting(template, analysis)
+        if setting is next(iter(analyses.analyses)):
+            report = checked
+        elif not checked.ok:
+            report.switch_problems[setting.name] = checked.reasons[:3]
     report.tagged = True
+    if report.ok and report.switch_problems:
+        report.ok = False
+        report.reasons = [
+            f"with {setting}: {reasons[0]}" for setting, reasons in report.switch_problems.items()
+        ]
     if report.ok:
-        _finish(report, analysis, template, train_roles, only_last_turn)
+        report.settings = analyses.names
+        _finish(report, analyses, template_kwargs, tuple(train_roles))
     else:
-        _note_history(report, analysis, train_roles)
+        _note_history(report, analyses.default, train_roles)
     return report
 
 
@@ -320,45 +483,15 @@ def _note_history(report: Report, analysis: Analysis, train_roles: tuple[str, ..
         report.notes.append(report.history_mismatch)
 
 
-def _check_switches(report: Report, analysis: Analysis, tagged: str, train_roles, only_last_turn: bool) -> None:
-    """Verify `tagged` again with each of the template's switches set True and False (those `template_kwargs`
-    leaves open), against the truth of that setting; record the settings it does not hold for."""
-    source, fixed = analysis.parsed.source, analysis.template_kwargs
+def _finish(report: Report, analyses: Settings, fixed: dict | None, train_roles: tuple[str, ...]) -> None:
+    """The notes every verified template gets: the history note, then the settings verified."""
+    _note_history(report, analyses.default, train_roles)
     if fixed:
         report.notes.append(f"verified for data rendered with template_kwargs={fixed!r}")
-    switches = [name for name in template_switches(analysis.parsed.ast) if name not in fixed]
-    held = []
-    for name in switches[:MAX_SWITCHES]:
-        for value in (True, False):
-            try:
-                setting = analyse(source, train_roles, only_last_turn, template_kwargs={**fixed, name: value})
-            except TemplateLimitError:
-                raise
-            except TemplateKitError:  # the template takes no such value (it raises, or renders no turn)
-                continue
-            checked = verify(source, tagged, setting.probes, setting.layouts)
-            if checked.probes_passed == 0 and not checked.ok:
-                continue
-            if checked.ok:
-                held.append(f"{name}={value}")
-            else:
-                report.switch_problems[f"{name}={value}"] = checked.reasons[:3]
-    for setting, reasons in report.switch_problems.items():
-        name, value = setting.split("=", 1)
-        report.notes.append(
-            f"with {setting} the tags train the wrong text ({reasons[0]}); for data rendered that way, patch with "
-            f"template_kwargs={{{name!r}: {value}}} (CLI: --template-kwarg {name}={value.lower()})"
-        )
-    if held:
-        report.notes.append(f"also verified with {', '.join(held)}")
-    if len(switches) > MAX_SWITCHES:
-        report.notes.append(f"switches not checked (more than {MAX_SWITCHES}): {', '.join(switches[MAX_SWITCHES:])}")
-
-
-def _finish(report: Report, analysis: Analysis, patched: str, train_roles, only_last_turn: bool) -> None:
-    """The notes every verified patch gets: the history note, then the switch check."""
-    _note_history(report, analysis, train_roles)
-    _check_switches(report, analysis, patched, train_roles, only_last_turn)
+    if len(report.settings) > 1:
+        report.notes.append(f"verified under every setting of its switches: {', '.join(report.settings)}")
+    if analyses.skipped:
+        report.notes.append(f"settings the template rejects (not verified): {', '.join(analyses.skipped)}")
 
 
 @bounded
@@ -372,10 +505,11 @@ def patch_template(
 ) -> PatchResult:
     """Insert verified `{% generation %}` tags around everything the trained speakers generate.
 
-    The template is verified as rendered with `template_kwargs` (its switches, as passed to
-    ``apply_chat_template``, e.g. ``{"enable_thinking": False}``; default none). Its other switches are then
-    checked both ways: the settings the tags do not hold for are in `Report.switch_problems`, and a note says
-    to patch with them for data rendered so.
+    The patch holds under every setting of the template's own switches (``enable_thinking`` undefined, True and
+    False, each string ``reasoning_effort`` is compared with, ...): where the tags must sit differently under
+    some setting, that part of the template is written once per setting, under a test of the switch. The
+    settings verified are in `Report.settings`. `template_kwargs` fixes switches to the values all data is
+    rendered with (then only the others vary).
 
     Raises `PatchError` (with `.reasons`) when no patch passes verification, and `TemplateSourceError`
     for malformed or unsafe templates. A template that already carries correct tags is returned as is;
@@ -392,6 +526,8 @@ def patch_template(
         (True, True)
     """
     train_roles = tuple(train_roles)
+    fixed = dict(template_kwargs or {})
+    original, template = template, lf_line_ends(template)
     status = "patched"
     source = template
     if has_generation_tags(template):
@@ -399,7 +535,7 @@ def patch_template(
             template, train_roles=train_roles, only_last_turn=only_last_turn, template_kwargs=template_kwargs
         )
         if existing.ok:
-            return PatchResult(template, template, existing, "already_tagged")
+            return PatchResult(original, original, existing, "already_tagged")
         if not retag:
             raise PatchError(
                 ["the template already carries generation tags that fail verification (retag=False keeps them)"]
@@ -408,19 +544,20 @@ def patch_template(
             )
         source = strip_generation_tags(template)
         status = "retagged"
-    analysis = analyse(source, train_roles, only_last_turn, template_kwargs=template_kwargs)
+    analyses = analyse_settings(source, train_roles, only_last_turn, template_kwargs=template_kwargs)
+    analysis = analyses.default
     if status == "retagged":
         for probe in analysis.probes:
             a, b = render_probe(template, probe), render_probe(source, probe)
             if a.text != b.text:
                 raise PatchError([f"removing the existing tags changes the rendering (probe {probe.name!r})"])
-    patched, report = _patch(analysis, train_roles, only_last_turn)
+    patched, report = _patch_settings(analyses, analyses, train_roles, only_last_turn, fixed)
     if patched is None:
-        patched, report = _patch_inlined(analysis, train_roles, only_last_turn, report)
+        patched, report = _patch_inlined(analyses, train_roles, only_last_turn, report, fixed)
     report.notes = analysis.notes + report.notes
     if patched is None:
         raise PatchError(report.reasons[:8], report=report)
     if status == "retagged":
         report.notes.insert(0, "the template's own generation tags failed verification and were replaced")
-    _finish(report, analysis, patched, train_roles, only_last_turn)
-    return PatchResult(patched, template, report, status)
+    _finish(report, analyses, fixed, train_roles)
+    return PatchResult(restore_line_ends(patched, original), original, report, status)

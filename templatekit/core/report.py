@@ -33,6 +33,8 @@ class Report:
     # Template switches set one way (``"enable_thinking=False"``) under which the tags train the wrong text: the
     # first reasons. The verdict `ok` is for the settings verified; patch with the switch set for such data.
     switch_problems: dict[str, list[str]] = field(default_factory=dict)
+    # The settings of the template's switches the verdict holds for (``["default", "enable_thinking=False"]``).
+    settings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: the verdict and the probe counts."""

@@ -19,67 +19,26 @@ and with block content); any difference raises `StripError` with the reasons.
 
 from __future__ import annotations
 
-import re
-
 from ..errors import StripError
 from .probes import build_probes
 from .sandbox import bounded
-from .tags import TAG, has_generation_tags
+from .tags import has_generation_tags, strip_generation_tags
 from .verify import render_probe
 
 __all__ = ["strip_template", "strip_tags_text"]
 
-# What, standing right before a position, strips the whitespace after it: a block tag or comment (trim_blocks
-# eats one newline), or any tag with a `-` marker (all whitespace).
-_EATS_NEWLINE_BEFORE = re.compile(r"(?:(?<![-+])%\}|(?<![-+])#\}|-%\}|-\}\}|-#\})$")
-_STRIPS_ALL_BEFORE = re.compile(r"(?:-%\}|-\}\}|-#\})$")
-# What, standing right after a position, strips the whitespace before it.
-_STRIPS_ALL_AFTER = re.compile(r"\{[%{#]-")
 _MAX_REASONS = 5
-_STRIPPED_BY_NEXT = re.compile(r"\s*\{[%{#]-")
-_BLOCK_TAG_AFTER = re.compile(r"[ \t]*\{[%#](?![+-])")
 
 
 def strip_tags_text(source: str) -> str:
-    """The template without its generation tags and the whitespace only they removed (not verified).
+    """The template without its generation tags and the whitespace only they removed (not verified): see
+    `tags.strip_generation_tags`.
 
     Example:
-        >>> strip_tags_text("{{ m.role }}{% generation %}\\n\\n{{ m.content }}{% endgeneration %}")
-        '{{ m.role }}\\n{{ m.content }}'
         >>> strip_tags_text("{{- x }}  {%- generation -%}  {{ y }}")
         '{{- x }}{{ y }}'
     """
-    text = source
-    position = 0
-    while True:
-        found = TAG.search(text, position)
-        if found is None:
-            return text
-        start, end = found.start(), found.end()
-        tag = found.group(0)
-        before, after = text[:start], text[end:]
-        # The right side: whitespace the tag stripped after it.
-        if tag.endswith("-%}"):
-            blank = len(after) - len(after.lstrip())
-            if blank and not (_STRIPS_ALL_BEFORE.search(before) or _STRIPS_ALL_AFTER.match(after, blank)):
-                after = after[blank:]
-        elif not tag.endswith("+%}") and after.startswith("\n"):
-            if not (_EATS_NEWLINE_BEFORE.search(before) or _STRIPPED_BY_NEXT.match(after)):
-                after = after[1:]
-        # The left side: whitespace the tag stripped before it.
-        if tag.startswith("{%-"):
-            blank = len(before) - len(before.rstrip())
-            if blank and not (
-                _STRIPS_ALL_BEFORE.search(before[: len(before) - blank]) or _STRIPS_ALL_AFTER.match(after)
-            ):
-                before = before[: len(before) - blank]
-        elif not tag.startswith("{%+"):
-            line_start = before.rfind("\n") + 1
-            indent = before[line_start:]
-            if indent and not indent.strip(" \t") and not _BLOCK_TAG_AFTER.match(after):
-                before = before[:line_start]
-        text = before + after
-        position = len(before)
+    return strip_generation_tags(source)
 
 
 @bounded  # timeout= and max_memory= (templatekit.core.sandbox): the limits on every probe render

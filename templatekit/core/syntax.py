@@ -35,11 +35,13 @@ __all__ = [
     "ParsedTemplate",
     "Pos",
     "RawToken",
+    "lf_line_ends",
     "line_column",
     "make_environment",
     "node_start",
     "parse_template",
     "probe_clock",
+    "restore_line_ends",
     "strftime_now",
 ]
 
@@ -175,6 +177,29 @@ def _lex(env: ImmutableSandboxedEnvironment, source: str, name: str | None) -> l
             line, column = error.lineno, 1
         raise TemplateSourceError(error.message or str(error), source=name, line=line, column=column) from None
     return tokens
+
+
+def lf_line_ends(source: str) -> str:
+    """`source` with CRLF (and lone CR) line ends read as LF, as jinja2 itself reads a template: every render
+    writes `\\n`, so the patcher works on what jinja2 sees.
+
+    Example:
+        >>> lf_line_ends("a\\r\\nb\\rc")
+        'a\\nb\\nc'
+    """
+    return source.replace("\r\n", "\n").replace("\r", "\n") if "\r" in source else source
+
+
+def restore_line_ends(patched: str, original: str) -> str:
+    """`patched` (made from `lf_line_ends(original)`) with the original's CRLF line ends where it had only those.
+
+    Example:
+        >>> restore_line_ends("a\\n{% x %}b\\n", "a\\r\\nb\\r\\n")
+        'a\\r\\n{% x %}b\\r\\n'
+    """
+    if "\r\n" in original and original.count("\r\n") == original.count("\n") == original.count("\r"):
+        return patched.replace("\n", "\r\n")
+    return patched
 
 
 def parse_template(source: str, name: str | None = None) -> ParsedTemplate:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jinja2
 import jinja2.ext
 from jinja2 import nodes
 from jinja2.parser import Parser
@@ -36,6 +37,7 @@ __all__ = [
     "mentions_generation_tag",
     "start_tag",
     "strip_generation_tags",
+    "tag_matches",
 ]
 
 GENERATION = "generation"
@@ -50,6 +52,8 @@ TAG_OPENING = re.compile(r"\{%[-+]?\s*(?:end)?generation\b")
 _START_OPENING = re.compile(r"\{%[-+]?\s*generation\b")
 #: The regex TRL 1.16 detects a tagged template with (the forms the patcher writes).
 TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# Lexing only (never rendering): where block tags begin, with the delimiters transformers' environment uses.
+_LEXING_ENVIRONMENT = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
 
 # Unicode private-use characters, written around each block's text by `MarkedGenerationTag`: no tokenizer or
 # template writes them.
@@ -76,24 +80,74 @@ def end_tag(marker: str = "") -> str:
     return "{% endgeneration " + marker + "%}"
 
 
+def _lexed(source: str) -> list[tuple[str, str, int]] | None:
+    """The lexer's tokens as `(kind, value, start)`, with transformers' whitespace settings; None when the text does
+    not lex, or not as itself (CRLF line ends, which jinja2 reads as LF)."""
+    tokens, cursor = [], 0
+    try:
+        for _lineno, kind, value in _LEXING_ENVIRONMENT.lexer.tokeniter(source, None):
+            start = source.find(value, cursor)
+            if start < 0:
+                return None
+            tokens.append((kind, value, start))
+            cursor = start + len(value)
+    except jinja2.TemplateSyntaxError:
+        return None
+    return tokens
+
+
+def _block_starts(source: str) -> set[int] | None:
+    """Offsets where a block tag (`{%`) begins in the template's own code, not in a comment, a raw block or a
+    string; None when the text does not lex (then every match counts, and parsing reports the error)."""
+    tokens = _lexed(source)
+    return None if tokens is None else {start for kind, _, start in tokens if kind == "block_begin"}
+
+
+def _rendered_between(source: str, tokens: list[tuple[str, str, int]], start: int, end: int) -> str:
+    """The text that `source[start:end]` renders as literal text, once the lexer has stripped what the whitespace
+    settings and `-` markers strip (each data token keeps a contiguous part of its source)."""
+    out = []
+    for kind, value, at in tokens:
+        if kind != "data" or at >= end or at + len(value) <= start:
+            continue
+        kept = source.find(value, at)
+        out.append(source[max(kept, start) : min(kept + len(value), end)])
+    return "".join(out)
+
+
+def tag_matches(source: str, pattern: re.Pattern = TAG) -> list[re.Match]:
+    """The generation tags of `source` matched by `pattern`, leaving out text that only looks like one: a tag
+    written inside a `{# comment #}`, a `{% raw %}` block or a string is not a tag.
+
+    Example:
+        >>> [m.group() for m in tag_matches("{# {% generation %} #}{%- generation %}x{% endgeneration %}")]
+        ['{%- generation %}', '{% endgeneration %}']
+    """
+    found = list(pattern.finditer(source))
+    if not found:
+        return found
+    starts = _block_starts(source)
+    return found if starts is None else [match for match in found if match.start() in starts]
+
+
 def has_generation_tags(source: str) -> bool:
     """True when the text carries a generation tag in any form.
 
     Example:
-        >>> has_generation_tags("{%- generation -%}x{% endgeneration %}")
-        True
+        >>> has_generation_tags("{%- generation -%}x{% endgeneration %}"), has_generation_tags("{# {% generation %} #}")
+        (True, False)
     """
-    return TAG.search(source) is not None
+    return bool(tag_matches(source))
 
 
 def mentions_generation_tag(source: str) -> bool:
-    """True when a generation tag begins anywhere in the text, even one jinja2 cannot parse.
+    """True when a generation tag begins anywhere in the template's code, even one jinja2 cannot parse.
 
     Example:
         >>> mentions_generation_tag("{%+ generation %}x{%+ endgeneration %}"), mentions_generation_tag("{{ x }}")
         (True, False)
     """
-    return TAG_OPENING.search(source) is not None
+    return bool(tag_matches(source, TAG_OPENING))
 
 
 def first_start_tag(source: str) -> int | None:
@@ -103,21 +157,86 @@ def first_start_tag(source: str) -> int | None:
         >>> first_start_tag("ab{% generation %}c{% endgeneration %}")
         2
     """
-    found = _START_OPENING.search(source)
-    return found.start() if found else None
+    found = tag_matches(source, _START_OPENING)
+    return found[0].start() if found else None
+
+
+# What, standing right before a position, strips the whitespace after it: a block tag or comment (trim_blocks
+# eats one newline), or any tag with a `-` marker (all whitespace).
+_EATS_NEWLINE_BEFORE = re.compile(r"(?:(?<![-+])%\}|(?<![-+])#\}|-%\}|-\}\}|-#\})$")
+_STRIPS_ALL_BEFORE = re.compile(r"(?:-%\}|-\}\}|-#\})$")
+# What, standing right after a position, strips the whitespace before it.
+_STRIPS_ALL_AFTER = re.compile(r"\{[%{#]-")
+_STRIPPED_BY_NEXT = re.compile(r"\s*\{[%{#]-")
+_BLOCK_TAG_AFTER = re.compile(r"[ \t]*\{[%#](?![+-])")
 
 
 def strip_generation_tags(source: str) -> str:
-    """Remove every `{% generation %}` / `{% endgeneration %}` tag, keeping their whitespace markers' effect.
+    """The template without its generation tags and the whitespace only they removed, so that it renders as
+    the tagged one does (callers that must be sure verify it: `strip_template`).
 
-    A tag with a `-` marker stripped whitespace next to it; an empty `{%- if true -%}`-like stand-in would
-    keep that, but a bare removal is what a reader expects, so the caller verifies the result renders alike.
+    - a plain tag (`{% generation %}`) eats the newline right after it (trim_blocks): that newline goes with
+      the tag unless something else would eat it as well (a block tag or comment before the tag, a `-}}`/`-%}`
+      before it, or a `{%-`/`{{-`/`{#-` after the blank text);
+    - a `-%}` marker strips the whitespace after it, a `{%-` marker the whitespace before it: that whitespace
+      goes unless the neighbour on the other side strips it too;
+    - indentation before a plain tag at the start of its line (lstrip_blocks) goes unless a block tag follows.
+
+    A tag inside a comment is not a tag and stays. Where tags were only inserted (as `patch_template` does),
+    the result is the untagged original byte for byte.
 
     Example:
         >>> strip_generation_tags("a{% generation %}b{%- endgeneration %}c")
         'abc'
+        >>> strip_generation_tags("{{ m.role }}{% generation %}\\n\\n{{ m.content }}{% endgeneration %}")
+        '{{ m.role }}\\n{{ m.content }}'
+        >>> strip_generation_tags("{{- x }}  {%- generation -%}  {{ y }}")
+        '{{- x }}{{ y }}'
     """
-    return TAG.sub("", source)
+    text, removed = source, 0
+    for found in tag_matches(source):
+        start, end = found.start() - removed, found.end() - removed
+        stripped = _without_tag(text, start, end, found.group(0))
+        removed += len(text) - len(stripped)
+        text = stripped
+    return text
+
+
+def _without_tag(text: str, start: int, end: int, tag: str) -> str:
+    """`text` without the tag at `[start, end)`, and the whitespace only it removed (see above); where that still
+    changes what the blank text around it renders (a `{%-` after it now strips a newline the tag kept), the blank
+    text is written as the one string it rendered."""
+    before, after = text[:start], text[end:]
+    # The right side: whitespace the tag stripped after it.
+    if tag.endswith("-%}"):
+        blank = len(after) - len(after.lstrip())
+        if blank and not (_STRIPS_ALL_BEFORE.search(before) or _STRIPS_ALL_AFTER.match(after, blank)):
+            after = after[blank:]
+    elif not tag.endswith("+%}") and after.startswith("\n"):
+        if not (_EATS_NEWLINE_BEFORE.search(before) or _STRIPPED_BY_NEXT.match(after)):
+            after = after[1:]
+    # The left side: whitespace the tag stripped before it.
+    if tag.startswith("{%-"):
+        blank = len(before) - len(before.rstrip())
+        if blank and not (_STRIPS_ALL_BEFORE.search(before[: len(before) - blank]) or _STRIPS_ALL_AFTER.match(after)):
+            before = before[: len(before) - blank]
+    elif not tag.startswith("{%+"):
+        line_start = before.rfind("\n") + 1
+        indent = before[line_start:]
+        if indent and not indent.strip(" \t") and not _BLOCK_TAG_AFTER.match(after):
+            before = before[:line_start]
+    stripped = before + after
+    tokens, stripped_tokens = _lexed(text), _lexed(stripped)
+    if tokens is None or stripped_tokens is None:
+        return stripped
+    blank_start = len(text[:start].rstrip())
+    blank_end = len(text) - len(text[end:].lstrip())
+    rendered = _rendered_between(text, tokens, blank_start, blank_end)
+    shrunk = len(text) - len(stripped)
+    if _rendered_between(stripped, stripped_tokens, blank_start, blank_end - shrunk) == rendered:
+        return stripped
+    literal = rendered.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return text[:blank_start] + ('{{ "' + literal + '" }}' if rendered else "") + text[blank_end:]
 
 
 class GenerationTag(jinja2.ext.Extension):

@@ -1,0 +1,212 @@
+"""One template for every setting of a switch: where two plans tag the same source differently, that part is
+written once per setting, under a test of the switch (docs/design.md, invariant 6).
+
+A plan is its edits in groups, one group per region (an opening and a closing tag, or one replacement that writes a
+region twice under a role test). Groups that every plan shares stay as they are. Around the groups that differ,
+the smallest run of whole statements of one body that holds them, and cuts no group in two, becomes
+
+    {% if <test of the variant's setting> %}<the run, tagged as the variant>{% else %}<the run, tagged as the base>{% endif %}
+
+with the whitespace markers the run had (a `{%-` it opened with, a newline a block tag would now eat). Runs that
+only some variants touch choose between those variants only, so two switches that move different parts of the
+template combine freely.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from jinja2 import nodes
+
+from ..errors import PlanError
+from .analysis import Body, Flow, Item, Stmt
+from .regions import Cut, Edit
+from .rewrite import _Writer, apply_edits
+from .switches import Setting
+from .syntax import ParsedTemplate
+
+__all__ = ["Plan", "Variant", "merge_plans", "switch_tests"]
+
+Group = tuple[Edit, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A patch as data: edits to `source`, grouped by the region that made them."""
+
+    source: str
+    groups: tuple[Group, ...]
+
+    @property
+    def text(self) -> str:
+        return apply_edits(self.source, [edit for group in self.groups for edit in group])
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A plan that holds under the settings where `test` (Jinja source) is true."""
+
+    test: str
+    plan: Plan
+
+
+def _span(group: Group) -> tuple[int, int]:
+    return min(edit.start for edit in group), max(edit.end for edit in group)
+
+
+def _items(body: Body) -> Iterator[Item]:
+    for item in body.items:
+        yield item
+        for inner in getattr(item, "bodies", []):
+            yield from _items(inner)
+
+
+def _run(flow: Flow, low: int, high: int) -> tuple[Body, int, int]:
+    """The innermost body, and the first and last of its items, whose run of whole items covers `[low, high]`."""
+    body = flow.root
+    while True:
+        touched = [item for item in body.items if item.start < high and item.end > low]
+        if not touched:
+            raise PlanError(f"no statement holds the edits at offsets {low}..{high}")
+        only = touched[0]
+        if len(touched) == 1 and isinstance(only, Stmt):
+            inner = next(
+                (b for b in only.bodies if b.items and b.items[0].start <= low and high <= b.items[-1].end), None
+            )
+            if inner is not None:
+                body = inner
+                continue
+        return body, touched[0].index, touched[-1].index
+
+
+def _place(group: Group, start: int, end: int) -> str:
+    """"inside" `[start, end]`, "outside" it, or "across" its edges."""
+    if all(start <= edit.start and edit.end <= end for edit in group):
+        return "inside"
+    if all(edit.end <= start or edit.start >= end for edit in group):
+        return "outside"
+    return "across"
+
+
+def _clusters(flow: Flow, plans: Sequence[Plan], differing: list[Group]) -> list[tuple[Body, int, int]]:
+    """Disjoint runs of whole items that hold every differing group and cut no group of any plan in two."""
+    everything = [group for plan in plans for group in plan.groups]
+    runs: dict[tuple[int, int], tuple[Body, int, int]] = {}
+    for low, high in sorted(_span(group) for group in differing):
+        while True:
+            body, first, last = _run(flow, low, high)
+            start, end = body.items[first].start, body.items[last].end
+            grow = [_span(g) for g in everything if _place(g, start, end) == "across"]
+            grow += [(s, e) for s, e in runs if s < end and e > start and not (start <= s and e <= end)]
+            if not grow:
+                break
+            low, high = min([start, *(s for s, _ in grow)]), max([end, *(e for _, e in grow)])
+        if any(s <= start and end <= e for s, e in runs):
+            continue  # inside a run found already
+        runs = {key: run for key, run in runs.items() if not (start <= key[0] and key[1] <= end)}
+        runs[(start, end)] = (body, first, last)
+    return [runs[key] for key in sorted(runs)]
+
+
+def _block(text_before: str, tag: str, right: str = "") -> str:
+    """A block tag `{% tag %}` written after `text_before`; `{%+` where lstrip_blocks would strip the indentation
+    that ends `text_before` (the tag would start its line). `right` is its closing whitespace marker."""
+    plus = "+" if re.search(r"(?:^|\n)[ \t]+$", text_before) else ""
+    return "{%" + plus + " " + tag + " " + right + "%}"
+
+
+def merge_plans(parsed: ParsedTemplate, flow: Flow, base: Plan, variants: Sequence[Variant]) -> str:
+    """The template tagged as `base` where every plan agrees, and per variant under its test where they differ.
+
+    Raises `PlanError` when the differing edits cannot be held by whole statements of one body.
+    """
+    shared = set(base.groups)
+    for variant in variants:
+        shared &= set(variant.plan.groups)
+    differing = [g for plan in [base, *(v.plan for v in variants)] for g in plan.groups if g not in shared]
+    if not differing:
+        return base.text
+    writer = _Writer(parsed)
+    edits: list[Edit] = []
+    runs = _clusters(flow, [base, *(v.plan for v in variants)], differing)
+    spans = []
+    for body, first, last in runs:
+        head, tail = body.items[first], body.items[last]
+        open_start, open_end, _, left = writer.open_position(Cut(head, "before", head.start))
+        close_start, close_end, after, right = writer.close_position(Cut(tail, "after", tail.end))
+        spans.append((open_end, close_start))
+        lead = writer.newline_to_eat(open_end, Cut(head, "before", head.start))
+
+        def tagged(plan: Plan) -> str:
+            inside = [e for g in plan.groups if _place(g, open_end, close_start) == "inside" for e in g]
+            shifted = [Edit(e.start - open_end, e.end - open_end, e.text) for e in inside]
+            return lead + apply_edits(parsed.source[open_end:close_start], shifted)
+
+        base_text = tagged(base)
+        choices = [(v.test, tagged(v.plan)) for v in variants if tagged(v.plan) != base_text]
+        if not choices:
+            spans.pop()
+            continue
+        text = "{%" + left + " if " + choices[0][0] + " %}" + choices[0][1]
+        for test, body_text in choices[1:]:
+            text += _block(text, "elif " + test) + body_text
+        text += _block(text, "else") + base_text
+        text += _block(text, "endif", right)
+        edits.append(Edit(open_start, close_end, text + after))
+    for group in base.groups:
+        if all(_place(group, start, end) == "outside" for start, end in spans):
+            edits.extend(group)
+    return apply_edits(parsed.source, edits)
+
+
+def switch_tests(parsed: ParsedTemplate, name: str) -> list[str]:
+    """The tests the template itself writes on switch `name` alone (`enable_thinking is defined and
+    enable_thinking is false`), as source text, in the order they appear.
+
+    Example:
+        >>> from templatekit.core.syntax import parse_template
+        >>> switch_tests(parse_template("{% if x and y %}{% elif not x %}{% endif %}{{ 'a' if x is false }}"), "x")
+        ['not x']
+    """
+    found: dict[str, None] = {}
+    tokens = parsed.tokens
+    for index, token in enumerate(tokens):
+        if token.type != "name" or token.value not in ("if", "elif"):
+            continue
+        before = index - 1
+        while before > 0 and tokens[before].type == "whitespace":
+            before -= 1
+        if tokens[before].type != "block_begin":
+            continue
+        end = index
+        while tokens[end].type != "block_end":
+            end += 1
+        test = parsed.source[token.end : tokens[end].start].strip()
+        names = {found.name for found in _parse_test(test).find_all(nodes.Name)} if test else set()
+        if names == {name}:
+            found.setdefault(test, None)
+    return list(found)
+
+
+def _parse_test(test: str) -> nodes.Node:
+    from .syntax import parse_template
+
+    return parse_template("{% if " + test + " %}{% endif %}").ast
+
+
+def setting_test(setting: Setting, fixed: dict) -> str:
+    """A test written from scratch that is true exactly when the switches have `setting`'s values (beyond `fixed`).
+
+    Example:
+        >>> setting_test(Setting((("enable_thinking", False),)), {})
+        'enable_thinking is defined and enable_thinking == false'
+    """
+    parts = []
+    for key, value in setting.items:
+        if key in fixed:
+            continue
+        literal = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else repr(value)
+        parts.append(f"{key} is defined and {key} == {literal}")
+    return " and ".join(f"({part})" for part in parts) if len(parts) > 1 else parts[0]
