@@ -82,7 +82,7 @@ def _run(flow: Flow, low: int, high: int) -> tuple[Body, int, int]:
 
 
 def _place(group: Group, start: int, end: int) -> str:
-    """"inside" `[start, end]`, "outside" it, or "across" its edges."""
+    """ "inside" `[start, end]`, "outside" it, or "across" its edges."""
     if all(start <= edit.start and edit.end <= end for edit in group):
         return "inside"
     if all(edit.end <= start or edit.start >= end for edit in group):

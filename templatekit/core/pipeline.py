@@ -15,13 +15,13 @@ from .history import history_mismatch
 from .inline import inlined_sources
 from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
 from .markers import last_marker
+from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
 from .plan import plan_regions
 from .probes import ASSISTANT, Probe, build_probes
 from .regions import Region
 from .report import PatchResult, Report
 from .rewrite import region_edits
 from .sandbox import bounded
-from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
 from .switches import Setting, settings
 from .syntax import ParsedTemplate, lf_line_ends, line_column, parse_template, restore_line_ends
 from .tags import has_generation_tags, strip_generation_tags
@@ -406,7 +406,9 @@ def _group_tests(parsed: ParsedTemplate, group: list[Setting], fixed: dict) -> l
     group's settings set the same one), then one written from scratch."""
     keys = {key for setting in group for key, _ in setting.items if key not in fixed}
     own = switch_tests(parsed, next(iter(keys))) if len(keys) == 1 else []
-    scratch = " or ".join(f"({setting_test(s, fixed)})" for s in group) if len(group) > 1 else setting_test(group[0], fixed)
+    scratch = (
+        " or ".join(f"({setting_test(s, fixed)})" for s in group) if len(group) > 1 else setting_test(group[0], fixed)
+    )
     return [*own, scratch]
 
 
@@ -463,9 +465,7 @@ def check_template(
     report.tagged = True
     if report.ok and report.switch_problems:
         report.ok = False
-        report.reasons = [
-            f"with {setting}: {reasons[0]}" for setting, reasons in report.switch_problems.items()
-        ]
+        report.reasons = [f"with {setting}: {reasons[0]}" for setting, reasons in report.switch_problems.items()]
     if report.ok:
         report.settings = analyses.names
         _finish(report, analyses, template_kwargs, tuple(train_roles))
