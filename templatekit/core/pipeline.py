@@ -26,7 +26,7 @@ from .switches import Setting, settings
 from .syntax import ParsedTemplate, lf_line_ends, line_column, parse_template, restore_line_ends
 from .tags import has_generation_tags, strip_generation_tags
 from .truth import generated_turns
-from .verify import render_probe, verify
+from .verify import foreign_text_trained, render_probe, verify
 
 __all__ = ["Analysis", "analyse", "check_template", "patch_template"]
 
@@ -56,10 +56,31 @@ class Analysis:
     traces: list[TracedProbe]
     notes: list[str]
     template_kwargs: dict = field(default_factory=dict)
+    # The probes of the other content shape (blocks or strings), rendered by the template but not laid out: a
+    # patch must train no one else's text in them either.
+    unplanned: list[Probe] = field(default_factory=list)
+    trained_roles: tuple[str, ...] = (ASSISTANT,)
+
+
+@dataclass(frozen=True)
+class Traceable:
+    """A template parsed, its output flow read and its instrumented copy compiled: what every setting's analysis
+    of it shares."""
+
+    parsed: ParsedTemplate
+    flow: Flow
+    tracer: Tracer
+
+    @classmethod
+    def of(cls, source: str, name: str | None = None) -> Traceable:
+        parsed = parse_template(source, name)
+        _refuse_unsafe(parsed, name)
+        flow = build_flow(parsed)
+        return cls(parsed, flow, Tracer(flow))
 
 
 def analyse(
-    source: str,
+    source: str | Traceable,
     train_roles: tuple[str, ...],
     only_last_turn: bool,
     name: str | None = None,
@@ -72,10 +93,8 @@ def analyse(
     blocks through an output of their own (a loop over the parts) is analysed with both, so that both
     branches get tags; one that reads only one shape is analysed with that one.
     """
-    parsed = parse_template(source, name)
-    _refuse_unsafe(parsed, name)
-    flow = build_flow(parsed)
-    tracer = Tracer(flow)
+    traceable = source if isinstance(source, Traceable) else Traceable.of(source, name)
+    parsed, flow, tracer = traceable.parsed, traceable.flow, traceable.tracer
     speakers = tuple(train_roles) if train_roles else (ASSISTANT,)
     kwargs = dict(template_kwargs or {})
     strings, blocks = (
@@ -94,8 +113,10 @@ def analyse(
             list(dict.fromkeys(strings.notes + blocks.notes)),
             kwargs,
         )
-    for analysis in (strings, blocks):
+    for analysis, other in ((strings, blocks), (blocks, strings)):
         if _generates(analysis):
+            analysis.unplanned = [probe for probe in other.probes if probe.name in other.layouts]
+            analysis.trained_roles = speakers
             return analysis
     if not strings.layouts and not blocks.layouts:
         raise PatchError(["the template rejects every probe conversation"] + strings.notes[:3])
@@ -261,7 +282,7 @@ def _try_plan(
         except PlanError as error:
             last_report = Report(ok=False, reasons=[str(error)])
             continue
-        report = verify(truth.parsed.source, patched, truth.probes, truth.layouts)
+        report = _verify_setting(patched, truth)
         if report.ok:
             return plan, report
         last_report = report
@@ -298,14 +319,15 @@ def analyse_settings(
     `source`'s own). The first setting (the caller's `template_kwargs`) must analyse; a setting the template
     rejects (it raises, or renders no trained turn) is left out, and one that renders like another shares its
     analysis."""
-    first = analyse(source, train_roles, only_last_turn, name, template_kwargs)
+    traceable = Traceable.of(source, name)
+    first = analyse(traceable, train_roles, only_last_turn, name, template_kwargs)
     switches_source = first.parsed if settings_of is None else parse_template(settings_of)
     default, *others = settings(switches_source.ast, template_kwargs)
     found = Settings({default: first})
     seen = {_rendering(first): default}
     for setting in others:
         try:
-            analysis = analyse(source, train_roles, only_last_turn, name, setting.kwargs)
+            analysis = analyse(traceable, train_roles, only_last_turn, name, setting.kwargs)
         except TemplateLimitError:
             raise
         except TemplateKitError:  # the template takes no such value (it raises, or renders no turn)
@@ -326,7 +348,13 @@ def _rendering(analysis: Analysis) -> tuple:
 
 
 def _verify_setting(patched: str, truth: Analysis) -> Report:
-    return verify(truth.parsed.source, patched, truth.probes, truth.layouts)
+    """`verify` on `truth`'s probes, and on the probes of the content shape it was not planned from, that nothing
+    but the trained speakers' own text is trained there either."""
+    report = verify(truth.parsed.source, patched, truth.probes, truth.layouts)
+    if report.ok:
+        report.reasons = foreign_text_trained(patched, truth.unplanned, truth.trained_roles)
+        report.ok = not report.reasons
+    return report
 
 
 def _patch_settings(

@@ -12,6 +12,7 @@ someone else's text or only header). Regions that the render also enters for unt
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from jinja2 import nodes
 
@@ -25,9 +26,22 @@ from .turn_regions import cut_after, cut_before, loops_of, pieces_by_writer, reg
 
 def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
     """Drop duplicates and regions nested in others; merge overlapping regions of one body."""
+    slices = {r.start.operator.start: r for r in regions if r.start.operator is not None and r.start.operator.headers}
+    for region in regions:
+        follows = region.start.operator.follows if region.start.operator is not None else None
+        sliced = slices.get(follows[0]) if follows is not None and follows[1] else None
+        if sliced is not None and sliced.end.offset == region.end.offset:
+            # The operand that one render slices is all header in this one: the slice learns that header.
+            operator = sliced.start.operator
+            sliced.start = replace(sliced.start, operator=operator.with_headers(operator.headers + (follows[1],)))
     unique: dict[tuple[int, int], Region] = {}
     for region in regions:
         kept = unique.setdefault(region.key, region)
+        if kept is not region and _other_slice(kept.start, region.start):
+            # One computed operand opens the turn after different headers in different renders (`<think>` before
+            # reasoning, `<think></think>` without): one slice that cuts after whichever the value holds.
+            headers = kept.start.operator.headers + region.start.operator.headers
+            kept.start = replace(kept.start, operator=kept.start.operator.with_headers(headers))
         if kept.closes != region.closes:
             raise PlanError(
                 f"the output at {where(flow, region.start.offset)} both opens a turn and closes the one before"
@@ -59,6 +73,12 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
             continue
         merged.append(region)
     return merged
+
+
+def _other_slice(kept: Cut, new: Cut) -> bool:
+    """True when two cuts slice the same computed operand after different headers."""
+    a, b = kept.operator, new.operator
+    return a is not None and b is not None and bool(a.headers) and bool(b.headers) and a.headers != b.headers
 
 
 def _silent(item: Item) -> bool:
@@ -105,14 +125,16 @@ def _names_read_outside(flow: Flow, start: int, end: int) -> set[str]:
     }
 
 
-def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
+def _pieces(flow: Flow, region: Region, foreign: set[int], seen: set[int]) -> list[Region]:
     """`region` split around what must stay outside a generation block.
 
     Two things must: a `set` whose variable is read after the region (a generation block is a call block,
     so a variable set inside it vanishes when the block ends), and an output that writes someone else's
     text or only ever header text in some probe (a tool result the template puts inside the assistant's
     turn, a header piece one branch adds): `foreign` holds their unit ids. An `if` or loop holding one is entered and its bodies are wrapped one by one.
-    Adjacent pieces train the same characters as the whole region. Pieces that write nothing are dropped.
+    Adjacent pieces train the same characters as the whole region. Pieces that write nothing are dropped, and so
+    are pieces inside such an `if` or loop that no probe saw write a trained turn (`seen`): a branch beside a tool
+    result may write that result in another shape (content blocks) and is left out rather than guessed.
     """
     read_outside = _names_read_outside(flow, region.start.offset, region.end.offset)
 
@@ -121,12 +143,13 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
             return item.uid in foreign
         return bool(_assigned_names(item) & read_outside) or any(unit.uid in foreign for unit in units_of(item))
 
-    def pieces(body: Body, first: int, last: int, start: Cut | None, end: Cut | None) -> list[Region]:
+    def pieces(body: Body, first: int, last: int, start: Cut | None, end: Cut | None, beside: bool) -> list[Region]:
         found: list[Region] = []
         run: list[Item] = []
 
         def close_run(end_cut: Cut | None) -> None:
-            if any(unit for item in run for unit in units_of(item)):
+            units = [unit for item in run for unit in units_of(item)]
+            if units and (not beside or any(unit.uid in seen for unit in units)):
                 head = start if run[0].index == first and start is not None else cut_before(run[0])
                 tail = end_cut if end_cut is not None else cut_after(run[-1])
                 found.append(
@@ -140,17 +163,28 @@ def _pieces(flow: Flow, region: Region, foreign: set[int]) -> list[Region]:
                     close_run(None)
                 for sub in getattr(item, "bodies", []):
                     if sub.items:
-                        found += pieces(sub, 0, len(sub.items) - 1, None, None)
+                        found += pieces(sub, 0, len(sub.items) - 1, None, None, True)
             else:
                 run.append(item)
         if run:
             close_run(end if run[-1].index == last else None)
         return found
 
-    found = pieces(region.body, region.first, region.last, region.start, region.end)
+    found = pieces(region.body, region.first, region.last, region.start, region.end, False)
     if len(found) == 1 and (found[0].first, found[0].last, found[0].key) == (region.first, region.last, region.key):
         return [region]  # nothing left out: keep the region with what it carries (an alternative)
     return found
+
+
+def _trained_units(traces: list[TracedProbe]) -> set[int]:
+    """Units that wrote part of a trained turn in some probe."""
+    return {
+        emission.uid
+        for trace in traces
+        for turn in trace.layout.turns
+        for emission in trace.emissions
+        if emission.text and emission.start < turn.end and turn.start < emission.end
+    }
 
 
 def _header_units(traces: list[TracedProbe]) -> set[int]:
@@ -195,7 +229,25 @@ def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
     return flow.parsed.source[start : tokens[index].start].strip()
 
 
-def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = False) -> list[Region]:
+def _per_message_loops(flow: Flow, traces: list[TracedProbe]) -> set[int]:
+    """The loops (by source offset) that run more than once for one message: loops over its parts (tool calls),
+    not over the messages."""
+    found = set()
+    for trace in traces:
+        counts: dict[tuple[int, int], int] = {}
+        for emission in trace.emissions:
+            if emission.message is None or not emission.text:
+                continue
+            key = (emission.uid, emission.message)
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] == 2 and (loops := loops_of(flow.units[emission.uid])):
+                found.add(loops[0].start)
+    return found
+
+
+def _pair_alternatives(
+    flow: Flow, regions: list[Region], pair_branches: bool = False, per_message: frozenset | set = frozenset()
+) -> list[Region]:
     """Pair a region with a later-starting one over the same outputs, to be chosen between at render time.
 
     A unit can open the turn in one render (its header stays out: the region starts inside it) and carry
@@ -211,6 +263,10 @@ def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = 
     their own, which become the alternative, under the `if`'s test.
     """
     splits = [r for r in regions if r.start.side == "split"]
+    # The roles of the messages that come right before the turns each region shape opens (regions repeat per render).
+    after_roles: dict[tuple[int, int], set] = {}
+    for region in regions:
+        after_roles.setdefault(region.key, set()).update(region.after_roles)
     # Where some renders began the turn in an earlier `if` (reasoning written first), the outputs after it are
     # generated whole there, whichever part of a loop they are.
     began: dict[int, list[str]] = {}  # by where the outputs start
@@ -228,7 +284,7 @@ def _pair_alternatives(flow: Flow, regions: list[Region], pair_branches: bool = 
                 and other.start.offset > region.start.offset
                 and (other.first, other.last, other.end.offset) == (region.first, region.last, region.end.offset)
             )
-            condition = _alternative_test(flow, region, other) if same_outputs else None
+            condition = _alternative_test(flow, region, other, per_message, after_roles) if same_outputs else None
             if condition is not None:
                 region.alternative, region.condition = other, condition
                 paired.add(other.key)
@@ -288,7 +344,9 @@ def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: 
     return [region, blank]
 
 
-def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
+def _alternative_test(
+    flow: Flow, region: Region, later: Region, per_message: set, after_roles: dict[tuple[int, int], set]
+) -> str | None:
     """The test under which `region` (which starts earlier) applies rather than `later`, if there is one."""
     if region.start.side == "before":
         if region.opened_in is not None:
@@ -296,8 +354,15 @@ def _alternative_test(flow: Flow, region: Region, later: Region) -> str | None:
         # Inside a loop over parts of one message (parallel tool calls), the first part's output opens the
         # turn and every later one carries on: `'\n<tool_call>\n'` after the header, then as a separator.
         unit = region.start.item
-        if isinstance(unit, Unit) and region.body is unit.body and loops_of(unit):
+        loops = loops_of(unit) if isinstance(unit, Unit) else []
+        if loops and region.body is unit.body and loops[0].start in per_message:
             return "not loop.first"
+        # The generation prompt writes less after some messages than after others (nothing after a tool result,
+        # where history still writes the turn's opening): the outputs open the turn whole after those.
+        whole, split = after_roles.get(region.key, set()), after_roles.get(later.key, set())
+        if loops and loops[0].start not in per_message and whole and None not in whole and not whole & split:
+            roles = ", ".join(f'"{role}"' for role in sorted(whole))
+            return f"loop.previtem is defined and loop.previtem.role in [{roles}]"
         return None
     unit, early, late = region.start.item, region.start.operator, later.start.operator
     if not isinstance(unit, Unit) or not unit.parts or early is None or late is None:
@@ -330,15 +395,20 @@ def plan_regions(
         for turn in layout.turns:
             if turn.end <= turn.start or turn.optional:
                 continue
+            previous = trace.probe.messages[turn.message - 1]["role"] if turn.message else None
             for start, end, closes in pieces_by_writer(flow, emissions, turn.message, turn.start, turn.end):
                 for region in regions_for_turn(flow, emissions, start, end):
                     region.closes = closes
+                    region.after_roles = {previous}
                     regions.append(region)
     ends = {region.end.offset for region in regions}
-    regions = merge_regions(flow, _pair_alternatives(flow, [_trim(region) for region in regions], pair_branches))
+    per_message = _per_message_loops(flow, traces)
+    regions = [_trim(region) for region in regions]
+    regions = merge_regions(flow, _pair_alternatives(flow, regions, pair_branches, per_message))
     regions = [piece for region in regions for piece in _blank_before_stop(flow, region, regions, ends)]
     outside = _foreign_units(traces) | _header_units(traces)
-    regions = [piece for region in regions for piece in _pieces(flow, region, outside)]
+    seen = _trained_units(traces)
+    regions = [piece for region in regions for piece in _pieces(flow, region, outside, seen)]
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
         for trace in traces:

@@ -8,7 +8,7 @@ value turns from header to content. A region is a run of statements between two 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from jinja2 import nodes
 
@@ -37,6 +37,31 @@ class Split:
     end: int
     left: str = ""
     right: str = ""
+    # A computed operand sliced where its value turns from header to content: its source, and the header texts
+    # the cut follows (one per render shape that opens the turn there; the longest the value holds applies).
+    operand: str = ""
+    headers: tuple[str, ...] = ()
+    # For a cut at an operator after a computed operand: where that operand starts, and its value (all header in
+    # this render); a slice of the same operand in another render learns that header too (`plan.merge_regions`).
+    follows: tuple[int, str] | None = None
+
+    def with_headers(self, headers: tuple[str, ...]) -> Split:
+        """This slice, cut after whichever of `headers` (longest first) the operand's value holds.
+
+        Example:
+            >>> Split(0, 1, operand="c").with_headers(("<a>", "<a></a>")).right
+            "c[((c.find('<a></a>') + 7) if '<a></a>' in c else (c.find('<a>') + 3)):]"
+        """
+        ordered = sorted(dict.fromkeys(headers), key=len, reverse=True)
+        index = f"{self.operand}.find({_encode(ordered[-1], chr(39))}) + {len(ordered[-1])}"
+        for header in ordered[-2::-1]:
+            found = f"({self.operand}.find({_encode(header, chr(39))}) + {len(header)})"
+            index = f"{found} if {_encode(header, chr(39))} in {self.operand} else ({index})"
+        if len(ordered) > 1:
+            index = f"({index})"
+        return replace(
+            self, left=f"{self.operand}[:{index}]", right=f"{self.operand}[{index}:]", headers=tuple(ordered)
+        )
 
 
 @dataclass
@@ -81,6 +106,8 @@ class Region:
     began_in: tuple[Stmt, Body] | None = None
     # Regions nested inside this one that the alternative tags whole (a piece in an `if` the turn opens in).
     nested: list[Region] = field(default_factory=list)
+    # The roles of the messages right before the turns this region was planned for (None: the turn comes first).
+    after_roles: set = field(default_factory=set)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -113,7 +140,11 @@ def cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> Cu
                 op_start -= 1
             while source[op_end] in " \t":
                 op_end += 1
-            return Cut(unit, "split", op_start, Split(op_start, op_end))
+            previous, _, before = operands[position - 1]
+            follows = (
+                None if isinstance(previous, nodes.Const) else (_operand_span(flow, unit, position - 1)[0], before)
+            )
+            return Cut(unit, "split", op_start, Split(op_start, op_end, follows=follows))
         if boundary < offset_in_unit < boundary + len(value):
             cut = offset_in_unit - boundary
             literal = _literal_token(flow, node, value)
@@ -140,6 +171,25 @@ def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int
     trailing whitespace back from the end. Only operands that evaluate the same twice are sliced.
     """
     source = flow.parsed.source
+    start, end = _operand_span(flow, unit, position)
+    if not _evaluates_alike_twice(flow, node):
+        return None
+    operand = source[start:end]
+    if not re.fullmatch(r"[\w.]+", operand) and not _parenthesized(operand):
+        operand = "(" + operand + ")"
+    if side == "before":
+        return Cut(unit, "split", start, Split(start, end, operand=operand).with_headers((value[:cut],)))
+    else:
+        tail = value[cut:]
+        if tail.strip():
+            return None
+        left, right = f"{operand}[:-{len(tail)}]", f"{operand}[-{len(tail)}:]"
+    return Cut(unit, "split", start, Split(start, end, left, right))
+
+
+def _operand_span(flow: Flow, unit: Unit, position: int) -> tuple[int, int]:
+    """Where operand `position` of the output's chain (its whole expression, when it is no chain) is written."""
+    source = flow.parsed.source
     if unit.parts:
         start = unit.open_tag.end if position == 0 else unit.parts[position].operator_end
         end = unit.parts[position + 1].operator_start if position + 1 < len(unit.parts) else unit.close_tag.start
@@ -149,21 +199,7 @@ def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int
         start += 1
     while source[end - 1] in " \t\n":
         end -= 1
-    if not _evaluates_alike_twice(flow, node):
-        return None
-    operand = source[start:end]
-    if not re.fullmatch(r"[\w.]+", operand) and not _parenthesized(operand):
-        operand = "(" + operand + ")"
-    if side == "before":
-        header = value[:cut]
-        index = f"{operand}.find({_encode(header, chr(39))}) + {len(header)}"
-        left, right = f"{operand}[:{index}]", f"{operand}[{index}:]"
-    else:
-        tail = value[cut:]
-        if tail.strip():
-            return None
-        left, right = f"{operand}[:-{len(tail)}]", f"{operand}[-{len(tail)}:]"
-    return Cut(unit, "split", start, Split(start, end, left, right))
+    return start, end
 
 
 def _parenthesized(text: str) -> bool:

@@ -111,8 +111,8 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
     if region.alternative is not None:
         # Written twice under the test of the `if` that began the turn before it: all of it generated when
         # that branch ran, else opened inside its first output like a turn of its own.
-        if condition is not None or open_start >= close_start:
-            raise PlanError("a region that opens the turn in some renders cannot also be guarded by role")
+        if open_start >= close_start:
+            raise PlanError("a region that opens the turn in some renders must hold more than one output")
         opening = region_edits(parsed, region.alternative, None)[0]
         inner = [edit for nested in region.nested for edit in region_edits(parsed, nested, None)]
         if not all(open_end <= edit.start <= edit.end <= close_start for edit in [opening, *inner]):
@@ -124,11 +124,21 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
         if region.end.operator is not None:
             alternative += region.end.operator.left + " }}"
         body = writer.region_text(region, open_end, close_start)
+        if condition is None:
+            return [
+                Edit(
+                    open_start,
+                    close_end,
+                    _if_else(before, left, region.condition, body, alternative + END_TAG, right, after),
+                )
+            ]
+        # Also guarded by role: that choice for trained messages, the outputs as they were for the others.
+        choice = _if_else("", "", region.condition, body, alternative + END_TAG, "", "")
         return [
             Edit(
                 open_start,
                 close_end,
-                _if_else(before, left, region.condition, body, alternative + END_TAG, right, after),
+                f"{before}{{%{left} if {condition} %}}{choice}{{% else %}}{body}{{% endif {right}%}}{after}",
             )
         ]
     opening_tag = start_tag(left)

@@ -168,3 +168,21 @@ def _verify(original: str, tagged: str, probes: list[Probe], layouts: dict[str, 
         report.reasons.append("no probe could be checked: the original template rejected every probe conversation")
     report.ok = not report.reasons
     return report
+
+
+def foreign_text_trained(tagged: str, probes: list[Probe], trained_roles: tuple[str, ...]) -> list[str]:
+    """Reasons `tagged` trains someone else's text (a system, user or tool sentinel, or an untrained speaker's) in
+    one of `probes`: a check that needs no layout, for conversation shapes the plan was not made from."""
+    reasons = []
+    for probe in probes:
+        rendered = render_probe(tagged, probe, spans=True)
+        if rendered.text is None:
+            continue
+        for sentinel in probe.sentinels:
+            if sentinel.role in trained_roles and sentinel.kind != "tool_schema":
+                continue
+            start = rendered.text.find(sentinel.text)
+            end = start + len(sentinel.text)
+            if start >= 0 and any(s < end and e > start for s, e in rendered.spans):
+                reasons.append(f"probe {probe.name!r}: {sentinel.role} {sentinel.kind} text is trained")
+    return reasons
