@@ -126,7 +126,30 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     # The prompt's tail written again with other whitespace between its pieces (indentation a template
     # writes in one place and not the other): still the prompt.
     spaced = _spaced_match(tail, text, anchor_end, first)
-    return spaced if spaced is not None and spaced > start else start
+    if spaced is not None and spaced > start:
+        return spaced
+    # The prompt writes something history does not before its header (a note appended to the last user message
+    # only while it is last): the turn still opens after as much of the generation prompt as history writes.
+    opened = _header_opening(header, text, start, first)
+    return opened if opened is not None else start
+
+
+def _header_opening(header: str, text: str, begin: int, end: int) -> int | None:
+    """Where the longest beginning of `header` (at least its first marker) written in `text[begin:end]` ends, at
+    its last place there; None when its first marker is not there.
+
+    Example:
+        >>> _header_opening("<a>\\n<t>\\n", "x<a>\\n<t></t>hi", 0, 12)
+        8
+    """
+    opening = MARKER.match(header.lstrip())
+    if opening is None:
+        return None
+    lead = header[: len(header) - len(header.lstrip()) + opening.end()]
+    at = text.rfind(lead, begin, end)
+    if at < 0:
+        return None
+    return back_to_marker_start(text, at + common_prefix(header, text[at:end]), at)
 
 
 def _spaced_match(tail: str, text: str, begin: int, end: int) -> int | None:
