@@ -15,7 +15,7 @@ from ..errors import PatchError
 from .analysis import Emission
 from .markers import CLOSERS, MARKER, OPENERS
 from .probes import Probe
-from .truth import GENERATED_KINDS, Generated, common_prefix
+from .truth import GENERATED_KINDS, Generated, common_prefix, generated_at
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,14 @@ def generation_prompt(text_without: str, text_with: str) -> str:
     return text_with[common:]
 
 
-def _generated(probe: Probe, text: str) -> dict[int, list[tuple[int, int]]]:
-    """Where each message's generated sentinels (content, reasoning, tool calls) stand in the rendered text."""
+def _generated(probe: Probe, text: str, emissions: list[Emission]) -> dict[int, list[tuple[int, int]]]:
+    """Where each message's generated sentinels (content, reasoning, tool calls) first stand in the rendered text."""
     found: dict[int, list[tuple[int, int]]] = {}
     for sentinel in probe.sentinels:
-        if sentinel.kind in GENERATED_KINDS and (start := text.find(sentinel.text)) >= 0:
+        start = text.find(sentinel.text)
+        while start >= 0 and not generated_at(sentinel.kind, start, sentinel.index, emissions):
+            start = text.find(sentinel.text, start + 1) if sentinel.kind in GENERATED_KINDS else -1
+        if start >= 0:
             found.setdefault(sentinel.index, []).append((start, start + len(sentinel.text)))
     return found
 
@@ -103,7 +106,7 @@ def common_opening(renders: Iterable[tuple[Probe, str, list[Emission], list[int]
     """
     openings = []
     for probe, text, emissions, trained in renders:
-        generated = _generated(probe, text)
+        generated = _generated(probe, text, emissions)
         for index in trained:
             found = [start for start, _ in generated.get(index, [])]
             own = [e.start for e in emissions if e.message == index and e.text]
@@ -187,7 +190,7 @@ def layout_probe(
         while start >= 0:
             forbidden.append((start, start + len(sentinel.text), f"{sentinel.role} {sentinel.kind}"))
             start = text.find(sentinel.text, start + 1)
-    generated = _generated(probe, text)
+    generated = _generated(probe, text, emissions)
     turns: list[Turn] = []
     closing = _closing_marker(probe, text, emissions)
     for index in trained:

@@ -27,7 +27,7 @@ class Sentinel:
     text: str
     role: str
     index: int
-    kind: str  # "content", "reasoning", "tool_name", "tool_call" (arguments), "tool_schema"
+    kind: str  # "content", "reasoning", "tool_name", "tool_call" (arguments), "tool_id", "tool_schema"
 
 
 @dataclass
@@ -52,15 +52,19 @@ class Probe:
         }
 
 
-def _call_id(number: int) -> str:
-    # Nine alphanumerics: Mistral's templates refuse any other tool-call id.
-    return f"call{number:05d}"
-
-
 class _Builder:
     def __init__(self, name: str, blocks: bool):
         self.probe = Probe(name, [])
         self.blocks = blocks
+        self.call_ids: list[str] = []  # the ids of the last message's tool calls, for the results to refer to
+
+    def _call_id(self, role: str, call: int) -> str:
+        # A call's id is generated with the call where the template writes it there (a sentinel of its own); nine
+        # alphanumerics, since Mistral's templates refuse any other tool-call id.
+        index = len(self.probe.messages)
+        text = f"tkid{index:02d}{call}qq"
+        self.probe.sentinels.append(Sentinel(text, role, index, "tool_id"))
+        return text
 
     def _sentinel(self, role: str, kind: str, part: str = "") -> str:
         index = len(self.probe.messages)
@@ -81,9 +85,10 @@ class _Builder:
             message["reasoning_content"] = thought
             message["thinking"] = thought
         if tool_call:
+            self.call_ids = [self._call_id(role, call) for call in range(calls)]
             message["tool_calls"] = [
                 {
-                    "id": _call_id(call + 1),
+                    "id": self.call_ids[call],
                     "type": "function",
                     "function": {
                         # The name is generated too: a sentinel of its own, so its framing is not read as header.
@@ -100,7 +105,7 @@ class _Builder:
         text = self._sentinel("tool", "content")
         content = [{"type": "text", "text": text}] if self.blocks else text
         self.probe.messages.append(
-            {"role": "tool", "tool_call_id": _call_id(call), "name": "get_weather", "content": content}
+            {"role": "tool", "tool_call_id": self.call_ids[call - 1], "name": "get_weather", "content": content}
         )
         return self
 

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .analysis import Emission
-from .markers import MARKER, ROLE_STOP
+from .markers import MARKER, MARKER_AT_END, ROLE_STOP
 from .probes import ASSISTANT, SPECIAL_TOKENS, Probe
 
-GENERATED_KINDS = ("content", "reasoning", "tool_name", "tool_call")
+GENERATED_KINDS = ("content", "reasoning", "tool_name", "tool_call", "tool_id")
+# Generated only where the message's own outputs write it: a call's id also stands in the tool result that answers it.
+_OWN_OUTPUT_KINDS = ("tool_id",)
 # A user message appended to a conversation that ends on the turn, to see how the turn ends when it goes on.
 FOLLOW_UP = {"role": "user", "content": "tkfollowupq"}
 Trace = Callable[[list, bool], "tuple[str, list[Emission]] | None"]
@@ -234,7 +236,7 @@ def generated_turns(
             {
                 text[s:e]: (s, e)
                 for s, e, i in reversed(occurrences)
-                if i == index and kinds[text[s:e]] in GENERATED_KINDS
+                if i == index and generated_at(kinds[text[s:e]], s, index, emissions)
             }.values()
         )
         if not own:
@@ -283,6 +285,15 @@ def generated_turns(
                 # The marker that ends a conversation stopping on this turn is written by the next message's
                 # branch when it goes on (Jamba's `<|eom|>`): it still ends this turn.
                 end, where = next_start + len(ending), "next message"
+            elif end > last and MARKER.fullmatch(ending) and next_start < len(text):
+                # A conversation that stops on the turn ends it with one marker (`</s>`), one that goes on with
+                # another that the turn's own outputs write right after the shared ending (`<|im_end|>`): that
+                # one is the stop token where the conversation goes on.
+                end = _own_marker(text, emissions, index, end, header)
+        if alone is not None and alone[0].rfind(closing) < 0 and next_start < len(text):
+            # The turn renders its last generated text only when the conversation goes on (a call's id that the
+            # template drops from the last message): it ends with what its own outputs write up to a stop marker.
+            end, where = _own_tail(text, emissions, index, last, next_start, header), "turn"
         if end == last and next_start < len(text):
             # A render that ends on the turn ends it otherwise (Gemma 4 opens a tool's response there): the
             # marker the turn's own outputs write right after it ends it.
@@ -304,6 +315,21 @@ def generated_turns(
         )
         turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted, gap)
     return turns
+
+
+def generated_at(kind: str, start: int, index: int, emissions: list[Emission]) -> bool:
+    """True when a sentinel of `kind` of message `index` found at `start` is text that message generates there: its
+    content, reasoning or calls anywhere; a call's id only where the message's own outputs write it.
+
+    Example:
+        >>> generated_at("tool_id", 3, 1, [Emission(0, "abcdef", 0, 2)]), generated_at("content", 3, 1, [])
+        (False, True)
+    """
+    if kind not in GENERATED_KINDS:
+        return False
+    if kind not in _OWN_OUTPUT_KINDS:
+        return True
+    return any(e.message == index and e.start <= start < e.end for e in emissions)
 
 
 def _empty_turn_start(probe: Probe, text: str, emissions: list[Emission], index: int, trace: Trace) -> int | None:
@@ -338,9 +364,27 @@ def _own_marker(text: str, emissions: list[Emission], index: int, last: int, hea
             reach = emission.end
     gap = len(text[last:reach]) - len(text[last:reach].lstrip())
     marker = MARKER.match(text, last + gap, reach)
-    if marker is None or (gap and header.strip().startswith(marker.group())):
+    if marker is None or header.strip().startswith(marker.group()):
         return last
     return marker.end()
+
+
+def _own_tail(text: str, emissions: list[Emission], index: int, last: int, stop: int, header: str) -> int:
+    """The end of what the message's own outputs write from `last` on (before `stop`), less trailing whitespace,
+    when it ends with a marker and holds no generation-prompt header; else `last`.
+
+    Example:
+        >>> _own_tail('x"}]</c>\\n<|end|>\\n<u>', [Emission(0, 'x"}]</c>\\n<|end|>\\n', 0, 1)], 1, 1, 17, "<a>")
+        16
+    """
+    reach = last
+    for emission in emissions:
+        if emission.message == index and emission.start <= reach < emission.end:
+            reach = min(emission.end, stop)
+    tail = text[last:reach].rstrip()
+    if header.strip() and header.strip() in tail:
+        return last
+    return last + len(tail) if MARKER_AT_END.search(tail) else last
 
 
 def _stop_after(text: str, end: int, last: int, next_start: int, where: str, header: str) -> tuple[int, str]:
