@@ -230,7 +230,9 @@ def _condition(region: Region, train_roles: tuple[str, ...], only_last_turn: boo
     return condition
 
 
-def _closing_condition(region: Region, train_roles: tuple[str, ...], only_last_turn: bool) -> str:
+def _closing_condition(
+    region: Region, train_roles: tuple[str, ...], only_last_turn: bool, wrote_content: bool = False
+) -> str:
     """The test under which a stop marker written outside the turn's own outputs belongs to a trained turn."""
     roles = "[" + ", ".join(f'"{role}"' for role in train_roles) + "]"
     if region.closes == "after":
@@ -239,7 +241,8 @@ def _closing_condition(region: Region, train_roles: tuple[str, ...], only_last_t
         raise PlanError("text written by another message's branch cannot be limited to the last turn")
     if region.closes == "previous":
         return f"loop.nextitem is defined and loop.nextitem.role in {roles}"
-    return f"loop.previtem is defined and loop.previtem.role in {roles}"
+    content = " and loop.previtem.content" if wrote_content else ""
+    return f"loop.previtem is defined and loop.previtem.role in {roles}{content}"
 
 
 def _plan(analysis: Analysis, truth: Analysis, train_roles, only_last_turn) -> tuple[Plan | None, Report]:
@@ -263,15 +266,20 @@ def _try_plan(
         return None, Report(ok=False, reasons=[str(error)])
     if not regions:
         return None, Report(ok=False, reasons=["no trained turn was found in any probe rendering"])
-    attempts = [False, True] if not only_last_turn else [True]
+    # Plainest first: guards only where a region also writes untrained messages, then on every region; then a stop
+    # token written by the next message trained only after a previous message that wrote content of its own (a
+    # template that drops tool calls writes nothing for such a message).
+    attempts = [(False, False), (True, False)] if not only_last_turn else [(True, False)]
+    if any(region.closes == "next" for region in regions):
+        attempts.append((attempts[0][0], True))
     last_report = None
-    for guard_all in attempts:
+    for guard_all, wrote_content in attempts:
         try:
             groups = []
             for region in regions:
                 guarded = region.guard or (guard_all and bool(region.targets))
                 if region.closes:
-                    condition = _closing_condition(region, train_roles, only_last_turn)
+                    condition = _closing_condition(region, train_roles, only_last_turn, wrote_content)
                 else:
                     condition = _condition(region, train_roles, only_last_turn) if guarded else None
                 if region.when is not None:

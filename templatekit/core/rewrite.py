@@ -166,7 +166,9 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
 
 def _if_else(before: str, left: str, condition: str, tagged: str, otherwise: str, right: str, after: str) -> str:
     """`{% if condition %}{% generation %}tagged{% endgeneration %}{% else %}otherwise{% endif %}`, with the
-    whitespace markers the replaced text had."""
+    whitespace markers the replaced text had. A part that starts with a newline gets one more, for the block tag
+    before it to eat (trim_blocks)."""
+    tagged, otherwise = ("\n" + part if part.startswith("\n") else part for part in (tagged, otherwise))
     return (
         f"{before}{{%{left} if {condition} %}}{START_TAG}{tagged}{END_TAG}"
         f"{{% else %}}{otherwise}{{% endif {right}%}}{after}"
