@@ -311,7 +311,11 @@ def generated_turns(
         quoted = (
             in_alone >= 0
             and not _follows_prompt(probe, text, prompt, start)
-            and quoted_in_prompt(prompt, alone[0], in_alone + len(closing))
+            and not _opens_like_prompt(probe, text, prompt, first, index)
+            and (
+                quoted_in_prompt(prompt, alone[0], in_alone + len(closing))
+                or _header_missing(header, text[_previous_end(occurrences, index, first) : first])
+            )
         )
         turns[index] = Generated(index, start, end, text[last:end].strip(), where, quoted, gap)
     return turns
@@ -364,7 +368,7 @@ def _own_marker(text: str, emissions: list[Emission], index: int, last: int, hea
             reach = emission.end
     gap = len(text[last:reach]) - len(text[last:reach].lstrip())
     marker = MARKER.match(text, last + gap, reach)
-    if marker is None or header.strip().startswith(marker.group()):
+    if marker is None or (gap and header.strip().startswith(marker.group())):
         return last
     return marker.end()
 
@@ -402,6 +406,41 @@ def _stop_after(text: str, end: int, last: int, next_start: int, where: str, hea
     if stop is not None and not header.strip().startswith(stop.group()):
         return stop.end(), "next role token"
     return end, where
+
+
+def _opens_like_prompt(probe: Probe, text: str, prompt: str, first: int, index: int) -> bool:
+    """True when, after the message before the turn, history writes what the prompt writes there up to past a
+    marker and into a header (` <step> Source: assistant`, `<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>`): the turn
+    opens as the generation prompt does, whatever the prompt adds after it. A judge quotes the message otherwise."""
+    before = [occ for occ in _occurrences(probe, text) if occ[1] <= first and occ[2] != index]
+    if not before:
+        return False
+    anchor_start, anchor_end, _ = before[-1]
+    at = prompt.rfind(text[anchor_start:anchor_end])
+    if at < 0:
+        return False
+    tail = prompt[at + anchor_end - anchor_start :]
+    shared = tail[: common_prefix(tail, text[anchor_end:first])]
+    marker = MARKER.search(shared)
+    return marker is not None and re.search(r"\w", shared[marker.end() :]) is not None
+
+
+def _previous_end(occurrences: list[tuple[int, int, int]], index: int, first: int) -> int:
+    """Where the last text of another message before `first` ends (0 when none comes before)."""
+    return max((end for _, end, owner in occurrences if end <= first and owner != index), default=0)
+
+
+def _header_missing(header: str, between: str) -> bool:
+    """True when the generation prompt's header opens with a marker that history does not write between the message
+    before the turn and the turn's first generated text (`between`): history does not write the speaker's turns as
+    turns (a reward model quotes them as `Assistant: ...` inside one prompt).
+
+    Example:
+        >>> _header_missing("<|im_start|>assistant\\n", "\\nAssistant: "), _header_missing("<a>", "</u><a>")
+        (True, False)
+    """
+    opening = MARKER.match(header.strip())
+    return opening is not None and opening.group() not in between
 
 
 def quoted_in_prompt(prompt: str, text: str, last: int) -> bool:
