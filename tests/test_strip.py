@@ -133,7 +133,9 @@ def test_untagged_template_is_returned_unchanged():
 def test_a_strip_that_would_change_the_rendering_raises_with_reasons():
     # A generation block is a call block: a variable set inside it vanishes with it. Without the block it does
     # not, so removing the tags changes what is rendered.
-    tagged = "{% generation %}{% set x = 'y' %}{% endgeneration %}{{ x }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    tagged = (
+        "{% generation %}{% set x = 'y' %}{% endgeneration %}{{ x }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
     with pytest.raises(StripError) as caught:
         templatekit.strip_template(tagged)
     assert isinstance(caught.value, TemplateKitError)
@@ -143,7 +145,9 @@ def test_a_strip_that_would_change_the_rendering_raises_with_reasons():
 
 def test_tags_in_comments_and_strings_are_not_tags():
     # TRL's templates mention `{% generation %}` in a comment: that text is not a tag, and stays.
-    template = "{# wrap with {% generation %} #}{{ '{% generation %}' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    template = (
+        "{# wrap with {% generation %} #}{{ '{% generation %}' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
     assert not has_generation_tags(template)
     assert templatekit.strip_template(template) == template
 

@@ -22,7 +22,7 @@ from ..core.verify import merge_adjacent
 from ..errors import ConversationError, TemplateSourceError
 from ..sources import read_json_file
 from ..training.masks import spans_to_token_mask
-from ..training.spans import SpanRenderer, split_switches
+from ..training.spans import SpanRenderer
 
 __all__ = [
     "DEMO_CONVERSATIONS",
@@ -218,11 +218,8 @@ def render_conversation(
         >>> shown.mode, [shown.text[s:e] for s, e in shown.spans]
         ('tags', ['Hello!<|im_end|>'])
     """
-    # Plain-valued switches (`enable_thinking=False`) plan the tags, as render_with_spans does.
-    switches, template_kwargs = split_switches(template_kwargs)
-    renderer = SpanRenderer(
-        template, fallback=fallback, template_kwargs=switches, timeout=timeout, max_memory=max_memory
-    )
+    # The tags hold under every setting of the template's switches: `enable_thinking=False` goes to the render.
+    renderer = SpanRenderer(template, fallback=fallback, timeout=timeout, max_memory=max_memory)
     notes = [f"generation tags could not be used: {reason}" for reason in (renderer.reasons or [])[:3]]
     if messages is not None:
         candidates = [("your conversation", list(messages), tools)]

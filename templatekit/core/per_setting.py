@@ -196,17 +196,15 @@ def _parse_test(test: str) -> nodes.Node:
     return parse_template("{% if " + test + " %}{% endif %}").ast
 
 
-def setting_test(setting: Setting, fixed: dict) -> str:
-    """A test written from scratch that is true exactly when the switches have `setting`'s values (beyond `fixed`).
+def setting_test(setting: Setting) -> str:
+    """A test written from scratch that is true exactly when the switches have `setting`'s values.
 
     Example:
-        >>> setting_test(Setting((("enable_thinking", False),)), {})
+        >>> setting_test(Setting((("enable_thinking", False),)))
         'enable_thinking is defined and enable_thinking == false'
     """
     parts = []
     for key, value in setting.items:
-        if key in fixed:
-            continue
         literal = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else repr(value)
         parts.append(f"{key} is defined and {key} == {literal}")
     return " and ".join(f"({part})" for part in parts) if len(parts) > 1 else parts[0]

@@ -365,9 +365,7 @@ def _verify_setting(patched: str, truth: Analysis) -> Report:
     return report
 
 
-def _patch_settings(
-    planned: Settings, truth: Settings, train_roles, only_last_turn, fixed: dict
-) -> tuple[str | None, Report]:
+def _patch_settings(planned: Settings, truth: Settings, train_roles, only_last_turn) -> tuple[str | None, Report]:
     """One template that verifies under every setting of `truth`, planned from `planned` (the same template, or a
     rewrite of it): the default setting's plan, and where another setting needs the tags elsewhere, that part
     written once per setting under a test of the switch (`per_setting.merge_plans`)."""
@@ -393,7 +391,7 @@ def _patch_settings(
                 reasons=[f"with {setting.name}: {reason}" for reason in own.reasons[:3]],
             )
         groups.append((plan, [setting]))
-    merged = _merge_settings(planned.default, truth, base, groups, fixed)
+    merged = _merge_settings(planned.default, truth, base, groups)
     if merged is None:
         names = ", ".join(s.name for _, group in groups for s in group)
         return None, Report(
@@ -407,14 +405,14 @@ def _patch_settings(
     report.settings = truth.names
     report.notes.append(
         "the tags sit differently per setting of "
-        + ", ".join(dict.fromkeys(key for _, group in groups for s in group for key, _ in s.items if key not in fixed))
+        + ", ".join(dict.fromkeys(key for _, group in groups for s in group for key, _ in s.items))
         + ": that part is written once per setting, under a test of the switch"
     )
     return patched, report
 
 
 def _merge_settings(
-    planned: Analysis, truth: Settings, base: Plan, groups: list[tuple[Plan, list[Setting]]], fixed: dict
+    planned: Analysis, truth: Settings, base: Plan, groups: list[tuple[Plan, list[Setting]]]
 ) -> tuple[str, Report] | None:
     """The base plan merged with each group's plan under a test true for that group's settings: the template's own
     tests of the switch first, then one written from scratch; each choice verified under every setting."""
@@ -422,7 +420,7 @@ def _merge_settings(
     patched, reports = base.text, []
     for index, (plan, group) in enumerate(groups):
         later = {setting for _, others in groups[index + 1 :] for setting in others}
-        for test in _group_tests(planned.parsed, group, fixed):
+        for test in _group_tests(planned.parsed, group):
             try:
                 candidate = merge_plans(planned.parsed, planned.flow, base, [*chosen, Variant(test, plan)])
             except PlanError:
@@ -437,14 +435,12 @@ def _merge_settings(
     return patched, reports[0]
 
 
-def _group_tests(parsed: ParsedTemplate, group: list[Setting], fixed: dict) -> list[str]:
+def _group_tests(parsed: ParsedTemplate, group: list[Setting]) -> list[str]:
     """Tests that may tell `group`'s settings from the others: the template's own tests of the switch (when all the
     group's settings set the same one), then one written from scratch."""
-    keys = {key for setting in group for key, _ in setting.items if key not in fixed}
+    keys = {key for setting in group for key, _ in setting.items}
     own = switch_tests(parsed, next(iter(keys))) if len(keys) == 1 else []
-    scratch = (
-        " or ".join(f"({setting_test(s, fixed)})" for s in group) if len(group) > 1 else setting_test(group[0], fixed)
-    )
+    scratch = " or ".join(f"({setting_test(s)})" for s in group) if len(group) > 1 else setting_test(group[0])
     return [*own, scratch]
 
 
@@ -460,7 +456,7 @@ def _patch_inlined(
         except PatchError:
             continue
         inlined.analyses = {s: inlined.analyses.get(s, inlined.default) for s in analyses.analyses}
-        patched, report = _patch_settings(inlined, analyses, train_roles, only_last_turn, fixed)
+        patched, report = _patch_settings(inlined, analyses, train_roles, only_last_turn)
         if patched is not None:
             report.notes.append(rewrite.note)
             return patched, report
@@ -587,7 +583,7 @@ def patch_template(
             a, b = render_probe(template, probe), render_probe(source, probe)
             if a.text != b.text:
                 raise PatchError([f"removing the existing tags changes the rendering (probe {probe.name!r})"])
-    patched, report = _patch_settings(analyses, analyses, train_roles, only_last_turn, fixed)
+    patched, report = _patch_settings(analyses, analyses, train_roles, only_last_turn)
     if patched is None:
         patched, report = _patch_inlined(analyses, train_roles, only_last_turn, report, fixed)
     report.notes = analysis.notes + report.notes

@@ -39,7 +39,11 @@ class Report:
     def summary(self) -> str:
         """One line: the verdict and the probe counts."""
         verdict = "ok" if self.ok else "FAILED"
-        return f"{verdict}: {self.probes_passed} probes passed, {self.probes_skipped} skipped, {len(self.reasons)} problems"
+        settings = f" under {len(self.settings)} settings" if len(self.settings) > 1 else ""
+        return (
+            f"{verdict}: {self.probes_passed} probes passed{settings}, {self.probes_skipped} skipped, "
+            f"{len(self.reasons)} problems"
+        )
 
 
 @dataclass

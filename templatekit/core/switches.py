@@ -49,18 +49,20 @@ _RENDER_NAMES = {
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting of the template's switches: the keyword arguments a render gets (none: every switch unset).
+    """One setting of the template's switches: the keyword arguments a render gets (none: every switch unset), over
+    the caller's `fixed` ones.
 
     Example:
-        >>> Setting((("enable_thinking", False),)).name, Setting(()).name
+        >>> Setting((("enable_thinking", False),)).name, Setting((), (("thinking", True),)).name
         ('enable_thinking=False', 'default')
     """
 
     items: tuple[tuple[str, object], ...] = ()
+    fixed: tuple[tuple[str, object], ...] = ()
 
     @property
     def kwargs(self) -> dict:
-        return dict(self.items)
+        return {**dict(self.fixed), **dict(self.items)}
 
     @property
     def name(self) -> str:
@@ -124,10 +126,10 @@ def settings(ast: nodes.Template, fixed: dict | None = None) -> list[Setting]:
         >>> [s.name for s in settings(Environment().parse("{% if enable_thinking %}<think>{% endif %}"))]
         ['default', 'enable_thinking=True', 'enable_thinking=False']
     """
-    fixed = dict(fixed or {})
-    found = [Setting(tuple(fixed.items()))]
-    for name in [name for name in template_switches(ast) if name not in fixed][:MAX_SWITCHES]:
-        found += [Setting(tuple({**fixed, name: value}.items())) for value in switch_values(ast, name)]
+    fixed = tuple((fixed or {}).items())
+    found = [Setting((), fixed)]
+    for name in [name for name in template_switches(ast) if name not in dict(fixed)][:MAX_SWITCHES]:
+        found += [Setting(((name, value),), fixed) for value in switch_values(ast, name)]
     return found
 
 

@@ -6,13 +6,12 @@ not know the tag fail to load a model whose template carries it."""
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ..core.pipeline import patch_template
 from ..core.strip import strip_template
-from ..errors import NoChatTemplateError, PatchError, StripError, TemplateSwitchWarning
+from ..errors import NoChatTemplateError, PatchError, StripError
 from ..sources import load_templates
 from ..sources.in_place import update_in_place
 
@@ -28,13 +27,13 @@ def patch_tokenizer(tokenizer: Any, **options: Any) -> Any:
     """Patch `tokenizer.chat_template` in place (each named template when it is a dict) and return it.
 
     `options` are `patch_template`'s (`train_roles`, `only_last_turn`, `retag`, `template_kwargs`, `timeout`,
-    `max_memory`). Raises `PatchError` when the tokenizer has no template or a template cannot be patched.
-    Warns (`TemplateSwitchWarning`) when the tags do not hold for some setting of the template's switches: TRL
-    renders each row with its own `chat_template_kwargs`, and rows with that setting would train the wrong text.
+    `max_memory`). Raises `PatchError` when the tokenizer has no template or a template cannot be patched. The
+    tags hold under every setting of the template's switches, so TRL may render each row with its own
+    `chat_template_kwargs` (``enable_thinking=False`` for some rows, True for others).
 
     Example:
         >>> # tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen3-8B")
-        >>> # tokenizer = patch_tokenizer(tokenizer, template_kwargs={"enable_thinking": False})
+        >>> # tokenizer = patch_tokenizer(tokenizer)
         >>> # SFTConfig(assistant_only_loss=True)
     """
     template = getattr(tokenizer, "chat_template", None)
@@ -42,16 +41,6 @@ def patch_tokenizer(tokenizer: Any, **options: Any) -> Any:
         raise PatchError(["the tokenizer has no chat_template"])
     named = template if isinstance(template, dict) else {None: template}
     results = {name: patch_template(text, **options) for name, text in named.items()}
-    for name, result in results.items():
-        for setting, reasons in result.report.switch_problems.items():
-            which = f"template {name!r}" if name else "the chat template"
-            warnings.warn(
-                f"{which}: with {setting} the tags train the wrong text ({reasons[0]}); rows rendered that way "
-                f"(chat_template_kwargs) would be mistrained: patch with template_kwargs={{{setting.split('=')[0]!r}: "
-                f"{setting.split('=')[1]}}} for such data",
-                TemplateSwitchWarning,
-                stacklevel=2,
-            )
     patched = {name: result.template for name, result in results.items()}
     tokenizer.chat_template = patched if isinstance(template, dict) else patched[None]
     return tokenizer

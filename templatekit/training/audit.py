@@ -32,7 +32,7 @@ from ..errors import InvalidArgumentError, TemplateKitError
 from .masks import spans_to_token_mask
 from .policies import COMMON_ROLES
 from .roles import template_roles
-from .spans import SpanRenderer, row_switches
+from .spans import SpanRenderer, row_kwargs
 from .truncation import TRUNCATION_MODES, truncate_row
 
 __all__ = ["METADATA_FIELDS", "AuditReport", "audit_conversations", "template_roles"]
@@ -320,15 +320,6 @@ def audit_conversations(
     limits = {"train_roles": tuple(train_roles), "timeout": timeout, "max_memory": max_memory}
     fixed = dict(template_kwargs or {})
     renderer = SpanRenderer(template, template_kwargs=fixed, **limits)
-    renderers = {(): renderer}  # by the row's own switches
-
-    def renderer_for(row: Mapping[str, Any]) -> tuple[SpanRenderer, dict[str, Any]]:
-        switches, other = row_switches(row.get("chat_template_kwargs") if isinstance(row, Mapping) else None)
-        key = tuple(sorted(switches.items()))
-        if key not in renderers:
-            renderers[key] = SpanRenderer(template, template_kwargs={**fixed, **switches}, **limits)
-        return renderers[key], other
-
     if render_kwargs is None:
         if tokenizer is not None:
             render_kwargs = dict(tokenizer.special_tokens_map)
@@ -354,14 +345,10 @@ def audit_conversations(
     for index, row in enumerate(rows):
         name = row_names[index] if row_names is not None else f"row {index}"
         report.rows += 1
-        try:
-            chosen, extra = renderer_for(row)
-        except TemplateKitError as error:  # the tags cannot be planned for this row's setting
-            report.rejected += 1
-            report.first_rejection = report.first_rejection or f"{name}: {error}"
-            continue
-        kwargs = {**render_kwargs, **extra}
-        _audit_row(chosen, row, name, report, roles, known, tokenizer, kwargs, messages_field, tools_field)
+        # One patched template holds under every setting: the row's own switches go to its render.
+        own = row_kwargs(row.get("chat_template_kwargs") if isinstance(row, Mapping) else None)
+        kwargs = {**render_kwargs, **own}
+        _audit_row(renderer, row, name, report, roles, known, tokenizer, kwargs, messages_field, tools_field)
         if on_row is not None:
             on_row(index)
     report.unknown_roles = dict(roles)

@@ -32,7 +32,7 @@ from .encoding import BatchEncoder, EncodedRows, render_and_encode
 from .fingerprint import map_fingerprint
 from .masks import labels_from_mask
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
-from .spans import RENDERER_KEYWORDS, SpanRenderer, row_switches
+from .spans import RENDERER_KEYWORDS, SpanRenderer, row_kwargs
 from .truncation import TRUNCATION_MODES, drop_message, truncate_row, truncate_rows
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
@@ -140,8 +140,10 @@ class _Preparer:
         # The renderer checks the conversation (roles, content, weights) and that every trained message is
         # rendered as its own turn; its errors name the message, and here they gain the row.
         try:
-            renderer, other = self._renderer_for(settings) if settings else (self.renderer, {})
-            return renderer.render(messages, tools=tools or None, **self.render_kwargs, **other)
+            # One patched template holds under every setting of the template's switches: the row's own keywords
+            # (TRL's `chat_template_kwargs`) go to the render; a key Arrow filled with None was not set.
+            own = row_kwargs(settings)
+            return self.renderer.render(messages, tools=tools or None, **{**self.render_kwargs, **own})
         except TemplateLimitError as error:  # still a limit error, now naming the row
             raise TemplateLimitError(
                 error.limit, f"row {row}: {error.detail}", source=error.source, line=error.line, column=error.column
@@ -152,14 +154,6 @@ class _Preparer:
             raise DatasetRowError(getattr(error, "problem", str(error)), row=row, message=index) from error
         except Exception as error:  # anything else the template or the renderer raised, still with its row
             raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
-
-    def _renderer_for(self, settings: Mapping[str, Any]) -> tuple[SpanRenderer, dict[str, Any]]:
-        """The renderer whose tags are planned for a row's own `chat_template_kwargs` (its switches, over
-        `template_kwargs`), and the row's other keywords."""
-        switches, other = row_switches(settings)
-        options = dict(self.renderer_options)
-        options["template_kwargs"] = {**options["template_kwargs"], **switches}
-        return _build_renderer(self.template, options), other
 
     def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
         """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""

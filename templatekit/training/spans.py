@@ -42,7 +42,7 @@ from .fallback import derive_delimiters
 from .policies import POLICY_KEYWORDS, MessageSpan, Policy, apply_policy, attribute, check_messages, unknown_roles
 from .tagged_render import render_tagged
 
-__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans", "row_switches", "split_switches"]
+__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans", "row_kwargs"]
 
 #: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
 #: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
@@ -147,9 +147,9 @@ class SpanRenderer:
                 mask_out=tuple(mask_out),
             )
             self.original = template
-            # The template's switches every render gets (`enable_thinking=False`): the tags are planned for them.
+            # Switches fixed for every render (`enable_thinking=False`): the tags are verified with them so, and
+            # under every setting of the template's other switches.
             self.template_kwargs = dict(template_kwargs or {})
-            self.switch_problems: dict[str, list[str]] = {}
             self.reasons: list[str] = []
             self.delimiters: Delimiters | None = None
             explicit = instruction_part is not None or response_part is not None
@@ -160,7 +160,6 @@ class SpanRenderer:
                         template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs
                     )
                     self.template, self.mode = patched.template, "tags"
-                    self.switch_problems = patched.report.switch_problems
                 except PatchError as error:
                     if fallback is False:
                         raise
@@ -202,19 +201,14 @@ class SpanRenderer:
         """
         trained, weighted = check_messages(messages, self.policy.train_roles)
         tags = self.mode == "tags"
-        # A switch set otherwise than the tags were planned for: one they fail, or one they were planned with.
+        # The tags hold under every setting of the template's switches but those fixed by `template_kwargs`.
         planned = self.template_kwargs
-        wrong = [
-            (key, value)
-            for key, value in (kwargs.items() if tags and (planned or self.switch_problems) else ())
-            if f"{key}={value!r}" in self.switch_problems or (key in planned and planned[key] != value)
-        ]
+        wrong = [(key, value) for key, value in kwargs.items() if tags and key in planned and planned[key] != value]
         if wrong:
             key, value = wrong[0]
-            found = self.switch_problems.get(f"{key}={value!r}", ["they were verified for the other setting"])[0]
             raise ConversationError(
-                f"the tags were planned for template_kwargs={planned!r}, and with {key}={value!r} they train the "
-                f"wrong text ({found}): pass template_kwargs={{{key!r}: {value!r}}} so that they are planned for it"
+                f"the tags were verified for template_kwargs={planned!r} only, and this render sets {key}={value!r}: "
+                f"leave {key!r} out of template_kwargs so that the tags are verified under each of its settings"
             )
         kwargs = {**self.template_kwargs, **kwargs}
         try:
@@ -288,33 +282,17 @@ def _render(template: str, messages, tags: bool, tools, add_generation_prompt: b
     return texts[0], [tuple(span) for span in indices[0]] if tags else []
 
 
-def split_switches(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Render keywords as `(switches, others)`: the switches are those a template's tags can be planned for,
-    plain values (a bool, number, text or None) other than special tokens (``bos_token``, ...), which every
-    render gets alike.
+def row_kwargs(settings: Any) -> dict[str, Any]:
+    """A row's own template keywords (TRL's `chat_template_kwargs`): a key the row lacks is left unset, though
+    Arrow writes it as None when other rows have it; anything but a mapping is no keywords.
 
     Example:
-        >>> split_switches({"enable_thinking": False, "bos_token": "<s>", "custom_tools": [{"name": "f"}]})
-        ({'enable_thinking': False}, {'bos_token': '<s>', 'custom_tools': [{'name': 'f'}]})
-    """
-    switches, others = {}, {}
-    for key, value in kwargs.items():
-        plain = not key.endswith("_token") and (value is None or isinstance(value, (bool, int, float, str)))
-        (switches if plain else others)[key] = value
-    return switches, others
-
-
-def row_switches(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`split_switches` of a row's own keywords (TRL's `chat_template_kwargs`): a key the row lacks is left
-    unset, though Arrow writes it as None when other rows have it; anything but a mapping is no keywords.
-
-    Example:
-        >>> row_switches({"enable_thinking": False, "reasoning_effort": None})
+        >>> row_kwargs({"enable_thinking": False, "reasoning_effort": None}), row_kwargs(None)
         ({'enable_thinking': False}, {})
     """
     if not isinstance(settings, Mapping):
-        return {}, {}
-    return split_switches({key: value for key, value in settings.items() if value is not None})
+        return {}
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def render_with_spans(
@@ -330,9 +308,8 @@ def render_with_spans(
     Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
     `instruction_part`, `response_part`, `fallback`) and the limits (`timeout`, `max_memory`) configure a
     cached `SpanRenderer`; every other keyword goes to the template, as `apply_chat_template` passes them
-    (`bos_token`, `enable_thinking`, …). Those of plain value (a bool, number or string; not a special token)
-    are also the `template_kwargs` the tags are planned and verified for, so that a switch such as
-    ``enable_thinking=False`` moves the trained text with it.
+    (`bos_token`, `enable_thinking`, …). The tags hold under every setting of the template's switches, so a
+    switch such as ``enable_thinking=False`` moves the trained text with it.
 
     Example:
         >>> template = (
@@ -345,6 +322,5 @@ def render_with_spans(
         ['4<|im_end|>']
     """
     options = {key: kwargs.pop(key) for key in RENDERER_KEYWORDS if key in kwargs}
-    options["template_kwargs"] = {**split_switches(kwargs)[0], **dict(options.get("template_kwargs") or {})}
     renderer = _renderer(template, tuple(sorted((key, _hashable(value)) for key, value in options.items())))
     return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
