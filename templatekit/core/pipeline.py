@@ -17,7 +17,7 @@ from .layout import Layout, TracedProbe, common_opening, generation_prompt, layo
 from .markers import last_marker
 from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
 from .plan import plan_regions
-from .probes import ASSISTANT, Probe, build_probes
+from .probes import ASSISTANT, Probe, build_probes, call_variants
 from .regions import Region
 from .report import PatchResult, Report
 from .rewrite import region_edits
@@ -144,11 +144,18 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
     probes = build_probes(speakers, blocks=blocks, template_kwargs=kwargs)
     rendered: dict[str, tuple[str, list]] = {}
     errors: list[str] = []
-    for probe in probes:
-        try:
-            rendered[probe.name] = tracer.trace(probe.messages, **probe.render_kwargs())
-        except Exception as error:  # the template rejects this probe; verification skips it too
-            errors.append(f"{probe.name}: {type(error).__name__}: {error}")
+    for position, probe in enumerate(probes):
+        # A template that rejects a probe's tool calls may take them in another shape (arguments as JSON text).
+        for shape in [probe, *call_variants(probe)]:
+            try:
+                rendered[probe.name] = tracer.trace(shape.messages, **shape.render_kwargs())
+            except Exception as error:  # the template rejects this probe; verification skips it too
+                failure = f"{probe.name}: {type(error).__name__}: {error}"
+                continue
+            probes[position] = shape
+            break
+        else:
+            errors.append(failure)
     header = ""
     if "generation_prompt" in rendered and "ends_on_user" in rendered:
         header = generation_prompt(rendered["ends_on_user"][0], rendered["generation_prompt"][0])

@@ -9,6 +9,8 @@ shapes: plain strings, and lists of `{"type": "text"}` blocks for templates that
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass, field
 
 ASSISTANT = "assistant"
@@ -131,6 +133,31 @@ class _Builder:
     def generation_prompt(self) -> _Builder:
         self.probe.add_generation_prompt = True
         return self
+
+
+def call_variants(probe: Probe) -> list[Probe]:
+    """Copies of a probe with tool calls in the other shapes real data has, for a template that rejects the first:
+    arguments as a JSON string (OpenAI's wire format) instead of a mapping, then also `content: None` on a message
+    that only calls tools.
+
+    Example:
+        >>> probe = next(p for p in build_probes() if p.name == "tool_call")
+        >>> [type(v.messages[2]["tool_calls"][0]["function"]["arguments"]).__name__ for v in call_variants(probe)]
+        ['str', 'str']
+        >>> [v.messages[2]["content"] for v in call_variants(probe)]
+        ['', None]
+    """
+    if not any(message.get("tool_calls") for message in probe.messages):
+        return []
+    as_json = copy.deepcopy(probe)
+    for message in as_json.messages:
+        for call in message.get("tool_calls") or []:
+            call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+    without_content = copy.deepcopy(as_json)
+    for message in without_content.messages:
+        if message.get("tool_calls") and not message.get("content"):
+            message["content"] = None
+    return [as_json, without_content]
 
 
 def build_probes(
