@@ -48,6 +48,7 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
             )
         kept.targets |= region.targets
         kept.guard |= region.guard
+        kept.after_roles |= region.after_roles
         if kept.alternative is None and region.alternative is not None:
             kept.alternative, kept.condition = region.alternative, region.condition
     ordered = sorted(unique.values(), key=lambda r: (r.start.offset, -r.end.offset))
@@ -62,6 +63,7 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
             if region.end.offset <= outer.end.offset:
                 outer.targets |= region.targets
                 outer.guard |= region.guard
+                outer.after_roles |= region.after_roles
                 continue
             if region.body is not outer.body:
                 raise PlanError(
@@ -70,6 +72,7 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
             outer.last, outer.end = region.last, region.end
             outer.targets |= region.targets
             outer.guard |= region.guard
+            outer.after_roles |= region.after_roles
             continue
         merged.append(region)
     return merged
@@ -185,6 +188,39 @@ def _trained_units(traces: list[TracedProbe]) -> set[int]:
         for emission in trace.emissions
         if emission.text and emission.start < turn.end and turn.start < emission.end
     }
+
+
+def _header_after_roles(traces: list[TracedProbe]) -> dict[int, set]:
+    """Per unit, the roles of the messages before the trained turns whose header it wrote (text of the message
+    before its turn starts): where the generation prompt writes that text itself."""
+    found: dict[int, set] = {}
+    for trace in traces:
+        for emission in trace.emissions:
+            index = emission.message
+            if index is None or index not in trace.layout.trained or not emission.text.strip():
+                continue
+            turns = [turn for turn in trace.layout.turns if turn.message == index]
+            if turns and emission.end <= min(turn.start for turn in turns):
+                previous = trace.probe.messages[index - 1]["role"] if index else None
+                found.setdefault(emission.uid, set()).add(previous)
+    return found
+
+
+def _opening_test(flow: Flow, region: Region, uids: set[int], headers: dict[int, set], per_message: set) -> str | None:
+    """The test under which a region trains outputs that write the turn's header after some messages (the prompt
+    writes it there) and open the turn whole after others (after a tool result the prompt writes nothing): the role
+    of the message before, when the two sets of roles do not meet."""
+    header_roles = set().union(*(headers.get(uid, set()) for uid in uids))
+    if not header_roles or not region.after_roles or None in region.after_roles | header_roles:
+        return None
+    if region.after_roles & header_roles:
+        return None
+    units = units_in(region)
+    loops = loops_of(units[0]) if units else []
+    if not loops or loops[0].start in per_message:
+        return None
+    roles = ", ".join(f'"{role}"' for role in sorted(region.after_roles))
+    return f"loop.previtem is defined and loop.previtem.role in [{roles}]"
 
 
 def _header_units(traces: list[TracedProbe]) -> set[int]:
@@ -409,8 +445,10 @@ def plan_regions(
     outside = _foreign_units(traces) | _header_units(traces)
     seen = _trained_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside, seen)]
+    headers = _header_after_roles(traces)
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
+        region.when = region.when or _opening_test(flow, region, uids, headers, per_message)
         for trace in traces:
             layout, emissions = trace.layout, trace.emissions
             trained = trained_roles_of(layout)

@@ -35,6 +35,8 @@ class Report:
     switch_problems: dict[str, list[str]] = field(default_factory=dict)
     # The settings of the template's switches the verdict holds for (``["default", "enable_thinking=False"]``).
     settings: list[str] = field(default_factory=list)
+    # Whitespace trained right after a stop marker (accepted unless strict): imprecise, not wrong.
+    imprecise: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: the verdict and the probe counts."""

@@ -1,0 +1,126 @@
+"""One plan for one setting: regions (plan.py) written as edits (rewrite.py) under the tests a region needs (the
+trained roles, the last turn), tried plainest first and verified against the template's own truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import PlanError
+from .per_setting import Plan
+from .plan import plan_regions
+from .probes import ASSISTANT
+from .regions import Region
+from .report import Report
+from .rewrite import region_edits
+from .traced import Analysis
+from .verify import foreign_text_trained, verify
+
+__all__ = ["Goal", "plan_patch", "verify_setting"]
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a patch must train: the turns of `train_roles` (only the last with `only_last_turn`); `strict` refuses
+    whitespace trained after a stop marker, which is otherwise accepted with a note (imprecise, not wrong).
+
+    Example:
+        >>> Goal().train_roles, Goal(("bot",)).roles_list
+        (('assistant',), '["bot"]')
+    """
+
+    train_roles: tuple[str, ...] = (ASSISTANT,)
+    only_last_turn: bool = False
+    strict: bool = False
+
+    @property
+    def roles_list(self) -> str:
+        return "[" + ", ".join(f'"{role}"' for role in self.train_roles) + "]"
+
+
+def verify_setting(patched: str, truth: Analysis, strict: bool = True) -> Report:
+    """`verify` on `truth`'s probes, and on the probes of the content shape it was not planned from, that nothing
+    but the trained speakers' own text is trained there either."""
+    report = verify(truth.parsed.source, patched, truth.probes, truth.layouts, strict)
+    if report.ok:
+        report.reasons = foreign_text_trained(patched, truth.unplanned, truth.trained_roles)
+        report.ok = not report.reasons
+    return report
+
+
+def _condition(region: Region, goal: Goal) -> str:
+    """The test under which a region also written for untrained messages is trained: the message's role."""
+    if len(region.targets) != 1:
+        raise PlanError("a region shared with untrained messages has no single message variable to test")
+    target = next(iter(region.targets))
+    condition = f"{target}.role in {goal.roles_list}"
+    if goal.only_last_turn:
+        condition += f' and {target} is sameas (messages | selectattr("role", "in", {goal.roles_list}) | list | last)'
+    return condition
+
+
+def _closing_condition(region: Region, goal: Goal, wrote_content: bool = False) -> str:
+    """The test under which a stop marker written outside the turn's own outputs belongs to a trained turn."""
+    if region.closes == "after":
+        return f"messages and messages[-1].role in {goal.roles_list}"
+    if goal.only_last_turn:
+        raise PlanError("text written by another message's branch cannot be limited to the last turn")
+    if region.closes == "previous":
+        return f"loop.nextitem is defined and loop.nextitem.role in {goal.roles_list}"
+    content = " and loop.previtem.content" if wrote_content else ""
+    return f"loop.previtem is defined and loop.previtem.role in {goal.roles_list}{content}"
+
+
+def plan_patch(analysis: Analysis, truth: Analysis, goal: Goal) -> tuple[Plan | None, Report]:
+    """The first plan of `analysis`'s source that verifies against `truth` (the original template's analysis under
+    the same setting), tried plainest first; the plainest plan's report when none does. Plans that leave
+    whitespace after the stop marker untrained are tried before those that train it, which only a goal that is
+    not `strict` accepts."""
+    reports = []
+    for strict in (True,) if goal.strict else (True, False):
+        for pair_branches in (False, True):
+            plan, report = _try_plan(analysis, truth, goal, pair_branches, strict)
+            if plan is not None:
+                return plan, report
+            reports.append(report)
+    return None, reports[0]
+
+
+def _try_plan(
+    analysis: Analysis, truth: Analysis, goal: Goal, pair_branches: bool, strict: bool
+) -> tuple[Plan | None, Report]:
+    try:
+        regions = plan_regions(analysis.flow, analysis.traces, lambda layout: layout.trained, pair_branches)
+    except PlanError as error:
+        return None, Report(ok=False, reasons=[str(error)])
+    if not regions:
+        return None, Report(ok=False, reasons=["no trained turn was found in any probe rendering"])
+    # Plainest first: guards only where a region also writes untrained messages, then on every region; then a stop
+    # token written by the next message trained only after a previous message that wrote content of its own (a
+    # template that drops tool calls writes nothing for such a message).
+    attempts = [(False, False), (True, False)] if not goal.only_last_turn else [(True, False)]
+    if any(region.closes == "next" for region in regions):
+        attempts.append((attempts[0][0], True))
+    last_report = None
+    for guard_all, wrote_content in attempts:
+        try:
+            groups = []
+            for region in regions:
+                guarded = region.guard or (guard_all and bool(region.targets))
+                if region.closes:
+                    condition = _closing_condition(region, goal, wrote_content)
+                else:
+                    condition = _condition(region, goal) if guarded else None
+                if region.when is not None:
+                    condition = f"({region.when})" + (f" and ({condition})" if condition else "")
+                groups.append(tuple(region_edits(analysis.parsed, region, condition)))
+            plan = Plan(analysis.parsed.source, tuple(groups))
+            patched = plan.text
+        except PlanError as error:
+            last_report = Report(ok=False, reasons=[str(error)])
+            continue
+        report = verify_setting(patched, truth, strict)
+        if report.ok:
+            return plan, report
+        last_report = report
+    return None, last_report
