@@ -8,6 +8,7 @@ from . import check_formats
 from .console import STATUS_STYLE, Console
 from .options import (
     add_limit_options,
+    add_policy_options,
     add_template_kwargs,
     add_train_role,
     limits,
@@ -22,7 +23,13 @@ __all__ = ["add_parser", "run"]
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Check every template of every source against the trained roles; the exit code (0, 1 or 2)."""
     fmt = "json" if args.json else args.format
-    options = {"train_roles": train_roles(args), "template_kwargs": template_kwargs(args), **limits(args)}
+    options = {
+        "train_roles": train_roles(args),
+        "only_last_turn": args.only_last_turn,
+        "strict": args.strict,
+        "template_kwargs": template_kwargs(args),
+        **limits(args),
+    }
     outcomes = check_formats.check_sources(
         args.sources, check=lambda text: public_api().check_template(text, **options)
     )
@@ -65,5 +72,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("-q", "--quiet", action="store_true", help="text format: print only the templates that fail")
     add_train_role(check)
     add_template_kwargs(check)
+    add_policy_options(check)
     add_limit_options(check)
     check.set_defaults(func=run)

@@ -50,6 +50,17 @@ def add_limit_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def add_policy_options(sub: argparse.ArgumentParser) -> None:
+    """`--only-last-turn` and `--strict`: which turns the tags train, and how exactly (patch and check alike)."""
+    sub.add_argument("--only-last-turn", action="store_true", help="train only the last assistant turn")
+    sub.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse tags that train whitespace after a stop marker (accepted with a note otherwise: the model "
+        "never predicts past its stop token)",
+    )
+
+
 def add_train_role(sub: argparse.ArgumentParser) -> None:
     """`--train-role ROLE` (repeatable): the roles whose messages are trained."""
     sub.add_argument(

@@ -16,6 +16,7 @@ from ..sources.in_place import update_in_place
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
 from .options import (
     add_limit_options,
+    add_policy_options,
     add_template_kwargs,
     add_train_role,
     limits,
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     options = {
         "train_roles": train_roles(args),
         "only_last_turn": args.only_last_turn,
+        "strict": args.strict,
         "retag": not args.keep_tags,
         "template_kwargs": template_kwargs(args),
         **limits(args),
@@ -272,7 +274,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_source_and_output(patch, "patch", "patched", "the original")
     add_train_role(patch)
     add_template_kwargs(patch)
-    patch.add_argument("--only-last-turn", action="store_true", help="train only the last assistant turn")
+    add_policy_options(patch)
     tags = patch.add_mutually_exclusive_group()
     tags.add_argument(
         "--keep-tags",

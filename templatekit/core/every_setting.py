@@ -59,7 +59,8 @@ def analyse_settings(
     seen = {_rendering(first): default}
     for setting in others:
         try:
-            analysis = analyse(traceable, goal.train_roles, goal.only_last_turn, name, setting.kwargs)
+            # The default setting decided the template writes turns (no judge): a switch does not make it one.
+            analysis = analyse(traceable, goal.train_roles, goal.only_last_turn, name, setting.kwargs, False)
         except TemplateLimitError:
             raise
         except TemplateKitError:  # the template takes no such value (it raises, or renders no turn)

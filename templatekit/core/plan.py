@@ -265,6 +265,18 @@ def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
     return flow.parsed.source[start : tokens[index].start].strip()
 
 
+def _covering_regions(flow: Flow, emissions: list, start: int, end: int) -> list[Region]:
+    """`regions_for_turn` for the span, cut again before any output that writes part of it and that no region
+    holds (a later tool call written by another branch of a loop whose first call opens the turn mid-output)."""
+    regions = regions_for_turn(flow, emissions, start, end)
+    covered = {unit.uid for region in regions for unit in units_in(region)}
+    missing = [e.start for e in emissions if e.text and start < e.start < end and e.uid not in covered]
+    if not missing:
+        return regions
+    cut = min(missing)
+    return regions_for_turn(flow, emissions, start, cut) + _covering_regions(flow, emissions, cut, end)
+
+
 def _per_message_loops(flow: Flow, traces: list[TracedProbe]) -> set[int]:
     """The loops (by source offset) that run more than once for one message: loops over its parts (tool calls),
     not over the messages."""
@@ -433,7 +445,7 @@ def plan_regions(
                 continue
             previous = trace.probe.messages[turn.message - 1]["role"] if turn.message else None
             for start, end, closes in pieces_by_writer(flow, emissions, turn.message, turn.start, turn.end):
-                for region in regions_for_turn(flow, emissions, start, end):
+                for region in _covering_regions(flow, emissions, start, end):
                     region.closes = closes
                     region.after_roles = {previous}
                     regions.append(region)

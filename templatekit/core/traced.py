@@ -74,6 +74,7 @@ def analyse(
     only_last_turn: bool,
     name: str | None = None,
     template_kwargs: dict | None = None,
+    judge_check: bool = True,
 ) -> Analysis:
     """Parse and trace `source` (which must carry no generation tags) over the probe battery, rendered with
     `template_kwargs` (the template's switches, e.g. ``{"enable_thinking": False}``).
@@ -87,7 +88,8 @@ def analyse(
     speakers = tuple(train_roles) if train_roles else (ASSISTANT,)
     kwargs = dict(template_kwargs or {})
     strings, blocks = (
-        _analyse_shape(parsed, flow, tracer, speakers, only_last_turn, shape, kwargs) for shape in (False, True)
+        _analyse_shape(parsed, flow, tracer, speakers, only_last_turn, shape, kwargs, judge_check)
+        for shape in (False, True)
     )
     if _generates(strings) and _generates(blocks) and _content_units(blocks) - _content_units(strings):
         for probe in blocks.probes:
@@ -128,7 +130,9 @@ def _content_units(analysis: Analysis) -> set[int]:
     return units
 
 
-def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool, kwargs: dict) -> Analysis:
+def _analyse_shape(
+    parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool, kwargs: dict, judge_check: bool
+) -> Analysis:
     """Trace the probe battery in one content shape and lay out each probe's trained turns."""
     probes = build_probes(speakers, blocks=blocks, template_kwargs=kwargs)
     rendered: dict[str, tuple[str, list]] = {}
@@ -168,7 +172,7 @@ def _analyse_shape(parsed, flow, tracer, speakers, only_last_turn: bool, blocks:
         layout.trained = set(trained)
         layouts[probe.name] = layout
         traces.append(TracedProbe(probe, layout, emissions))
-    if quoted:
+    if quoted and judge_check:
         raise PatchError(
             [
                 "the assistant's message is only quoted inside a prompt (the render that ends on it ends with "

@@ -117,7 +117,14 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     if last_start < 0:
         return None
     last_end = last_start + anchor_end - anchor_start
-    if header.strip() and (found := text.rfind(header, anchor_end, first)) >= 0:
+    # What the prompt writes before its header: history writing more than that before the header (a turn opening of
+    # its own, `<|turn>model\n` where the prompt after a tool result has none) generates it.
+    before_header = prompt[last_end : len(prompt) - len(header)] if prompt.endswith(header) else None
+
+    def opens_after(at: int) -> bool:
+        return before_header is None or before_header.endswith(text[anchor_end:at])
+
+    if header.strip() and (found := text.rfind(header, anchor_end, first)) >= 0 and opens_after(found):
         return found + len(header)
     start = anchor_end + _parting(prompt, last_end, text, anchor_end, first)
     # A template that writes the reply's header whatever `add_generation_prompt` says (with other spacing
@@ -131,18 +138,21 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
     if spaced is not None and spaced > start:
         return spaced
     # The prompt writes something history does not before its header (a note appended to the last user message
-    # only while it is last): the turn still opens after as much of the generation prompt as history writes.
+    # only while it is last): the turn still opens after as much of the generation prompt as history writes, when
+    # all history writes before that header the prompt writes before it too (history adds nothing of its own).
     opened = _header_opening(header, text, start, first)
-    return opened if opened is not None else start
+    if opened is not None and before_header is not None and opens_after(opened[0]):
+        return opened[1]
+    return start
 
 
-def _header_opening(header: str, text: str, begin: int, end: int) -> int | None:
-    """Where the longest beginning of `header` (at least its first marker) written in `text[begin:end]` ends, at
-    its last place there; None when its first marker is not there.
+def _header_opening(header: str, text: str, begin: int, end: int) -> tuple[int, int] | None:
+    """Where the longest beginning of `header` (at least its first marker) written in `text[begin:end]` starts and
+    ends, at its last place there; None when its first marker is not there.
 
     Example:
         >>> _header_opening("<a>\\n<t>\\n", "x<a>\\n<t></t>hi", 0, 12)
-        8
+        (1, 8)
     """
     opening = MARKER.match(header.lstrip())
     if opening is None:
@@ -151,7 +161,7 @@ def _header_opening(header: str, text: str, begin: int, end: int) -> int | None:
     at = text.rfind(lead, begin, end)
     if at < 0:
         return None
-    return back_to_marker_start(text, at + common_prefix(header, text[at:end]), at)
+    return at, back_to_marker_start(text, at + common_prefix(header, text[at:end]), at)
 
 
 def _spaced_match(tail: str, text: str, begin: int, end: int) -> int | None:

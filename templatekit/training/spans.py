@@ -25,9 +25,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.chat_render import render_chat
-from ..core.pipeline import patch_template
+from ..core.pipeline import check_template, patch_template
 from ..core.probes import build_probes
 from ..core.sandbox import DEFAULT, Limits, active_limits, limit_scope
+from ..core.tags import has_generation_tags
 from ..core.verify import merge_adjacent, render_probe
 from ..errors import (
     ConversationError,
@@ -156,10 +157,7 @@ class SpanRenderer:
             speakers = self.policy.train_roles
             if fallback is not True and not explicit:
                 try:
-                    patched = patch_template(
-                        template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs
-                    )
-                    self.template, self.mode = patched.template, "tags"
+                    self.template, self.mode = self._verified_tags(template) or self._patched(template), "tags"
                 except PatchError as error:
                     if fallback is False:
                         raise
@@ -174,6 +172,26 @@ class SpanRenderer:
                 self.template = template
                 self.mode = "delimiters"
             self._shape: tuple[tuple[str, ...], str] | None = None
+
+    def _patched(self, template: str) -> str:
+        speakers = self.policy.train_roles
+        return patch_template(template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs).template
+
+    def _verified_tags(self, template: str) -> str | None:
+        """The template itself when its own tags verify for the trained roles: for every turn, or for the last one
+        only (a template patched with `only_last_turn`, which TRL too trains as its tags say)."""
+        if not has_generation_tags(template):
+            return None
+        for only_last_turn in (False, True):
+            report = check_template(
+                template,
+                train_roles=self.policy.train_roles,
+                only_last_turn=only_last_turn,
+                template_kwargs=self.template_kwargs,
+            )
+            if report.ok:
+                return template
+        return None
 
     def _eots_and_closer(self) -> tuple[tuple[str, ...], str]:
         if self._shape is None:
