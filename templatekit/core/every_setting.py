@@ -14,10 +14,13 @@ from ..errors import PatchError, PlanError, TemplateKitError, TemplateLimitError
 from .inline import inlined_sources
 from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
 from .planning import Goal, plan_patch, verify_setting
+from .probes import Probe, build_probes
 from .report import Report
 from .switches import Setting, settings
 from .syntax import ParsedTemplate, parse_template
 from .traced import Analysis, Traceable, analyse
+from .truth import FOLLOW_UP
+from .verify import render_probe
 
 __all__ = ["Settings", "analyse_settings", "patch_every_setting", "patch_inlined", "verify_every_setting"]
 
@@ -57,7 +60,14 @@ def analyse_settings(
     default, *others = settings(switches_source.ast, template_kwargs)
     found = Settings({default: first})
     seen = {_rendering(first): default}
+    plain = {_plain_renders(traceable.parsed.source, goal, default.kwargs): default}
     for setting in others:
+        # A setting whose every render the truth reads is the same as an earlier one's shares its analysis.
+        renders = _plain_renders(traceable.parsed.source, goal, setting.kwargs)
+        if renders in plain:
+            found.alike[setting] = plain[renders]
+            continue
+        plain[renders] = setting
         try:
             # The default setting decided the template writes turns (no judge): a switch does not make it one.
             analysis = analyse(traceable, goal.train_roles, goal.only_last_turn, name, setting.kwargs, False)
@@ -73,6 +83,24 @@ def analyse_settings(
         seen[key] = setting
         found.analyses[setting] = analysis
     return found
+
+
+def _plain_renders(source: str, goal: Goal, kwargs: dict) -> tuple:
+    """Every render the truth of a setting is read from, plainly (no tracing): each probe, and each conversation
+    before and up to each trained turn, with and without the generation prompt."""
+    found = []
+    for probe in build_probes(goal.train_roles, template_kwargs=kwargs):
+        conversations = [probe.messages]
+        for index, message in enumerate(probe.messages):
+            if message["role"] in goal.train_roles:
+                conversations += [probe.messages[:index], probe.messages[: index + 1]]
+                conversations.append([*probe.messages[: index + 1], FOLLOW_UP])
+        for messages in conversations:
+            for prompt in (False, True):
+                shape = Probe(probe.name, messages, probe.tools, prompt, template_kwargs=kwargs)
+                rendered = render_probe(source, shape)
+                found.append(rendered.text if rendered.error is None else rendered.error.split(":", 1)[0])
+    return tuple(found)
 
 
 def _rendering(analysis: Analysis) -> tuple:
