@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import PatchError, PlanError, TemplateKitError, TemplateLimitError
+from .guards import Guard
 from .inline import inlined_sources
 from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
 from .planning import Goal, plan_patch, verify_setting
@@ -194,13 +195,12 @@ def _merge_settings(
     return patched, reports
 
 
-def _group_tests(parsed: ParsedTemplate, group: list[Setting]) -> list[str]:
+def _group_tests(parsed: ParsedTemplate, group: list[Setting]) -> list[Guard]:
     """Tests that may tell `group`'s settings from the others: the template's own tests of the switch (when all the
     group's settings set the same one), then one written from scratch."""
     keys = {key for setting in group for key, _ in setting.items}
     own = switch_tests(parsed, next(iter(keys))) if len(keys) == 1 else []
-    scratch = " or ".join(f"({setting_test(s)})" for s in group) if len(group) > 1 else setting_test(group[0])
-    return [*own, scratch]
+    return [*own, Guard.any_of(setting_test(setting) for setting in group)]
 
 
 def patch_inlined(analyses: Settings, goal: Goal, failed: Report, fixed: dict) -> tuple[str | None, Report]:

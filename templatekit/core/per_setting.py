@@ -22,6 +22,7 @@ from jinja2 import nodes
 
 from ..errors import PlanError
 from .analysis import Body, Flow, Item, Stmt
+from .guards import Guard
 from .regions import Cut, Edit
 from .rewrite import _Writer, apply_edits
 from .switches import Setting
@@ -46,9 +47,9 @@ class Plan:
 
 @dataclass(frozen=True)
 class Variant:
-    """A plan that holds under the settings where `test` (Jinja source) is true."""
+    """A plan that holds under the settings where `test` is true."""
 
-    test: str
+    test: Guard
     plan: Plan
 
 
@@ -149,9 +150,9 @@ def merge_plans(parsed: ParsedTemplate, flow: Flow, base: Plan, variants: Sequen
         if not choices:
             spans.pop()
             continue
-        text = "{%" + left + " if " + choices[0][0] + " %}" + choices[0][1]
+        text = "{%" + left + " if " + str(choices[0][0]) + " %}" + choices[0][1]
         for test, body_text in choices[1:]:
-            text += _block(text, "elif " + test) + body_text
+            text += _block(text, f"elif {test}") + body_text
         text += _block(text, "else") + base_text
         text += _block(text, "endif", right)
         edits.append(Edit(open_start, close_end, text + after))
@@ -161,14 +162,14 @@ def merge_plans(parsed: ParsedTemplate, flow: Flow, base: Plan, variants: Sequen
     return apply_edits(parsed.source, edits)
 
 
-def switch_tests(parsed: ParsedTemplate, name: str) -> list[str]:
+def switch_tests(parsed: ParsedTemplate, name: str) -> list[Guard]:
     """The tests the template itself writes on switch `name` alone (`enable_thinking is defined and
     enable_thinking is false`), as source text, in the order they appear.
 
     Example:
         >>> from templatekit.core.syntax import parse_template
         >>> switch_tests(parse_template("{% if x and y %}{% elif not x %}{% endif %}{{ 'a' if x is false }}"), "x")
-        ['not x']
+        [Guard(source='not x')]
     """
     found: dict[str, None] = {}
     tokens = parsed.tokens
@@ -187,7 +188,7 @@ def switch_tests(parsed: ParsedTemplate, name: str) -> list[str]:
         names = {found.name for found in _parse_test(test).find_all(nodes.Name)} if test else set()
         if names == {name}:
             found.setdefault(test, None)
-    return list(found)
+    return [Guard.of_template(test) for test in found]
 
 
 def _parse_test(test: str) -> nodes.Node:
@@ -196,15 +197,12 @@ def _parse_test(test: str) -> nodes.Node:
     return parse_template("{% if " + test + " %}{% endif %}").ast
 
 
-def setting_test(setting: Setting) -> str:
+def setting_test(setting: Setting) -> Guard:
     """A test written from scratch that is true exactly when the switches have `setting`'s values.
 
     Example:
-        >>> setting_test(Setting((("enable_thinking", False),)))
+        >>> str(setting_test(Setting((("enable_thinking", False),))))
         'enable_thinking is defined and enable_thinking == false'
     """
-    parts = []
-    for key, value in setting.items:
-        literal = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else repr(value)
-        parts.append(f"{key} is defined and {key} == {literal}")
-    return " and ".join(f"({part})" for part in parts) if len(parts) > 1 else parts[0]
+    guards = [Guard.switch_is(key, value) for key, value in setting.items]
+    return guards[0] if len(guards) == 1 else Guard(" and ".join(f"({guard})" for guard in guards))

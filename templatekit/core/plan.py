@@ -18,6 +18,7 @@ from jinja2 import nodes
 
 from ..errors import PlanError
 from .analysis import Body, Flow, Item, Stmt, Unit
+from .guards import Guard
 from .layout import Layout, TracedProbe
 from .regions import Cut, Region, where
 from .syntax import Pos
@@ -206,7 +207,9 @@ def _header_after_roles(traces: list[TracedProbe]) -> dict[int, set]:
     return found
 
 
-def _opening_test(flow: Flow, region: Region, uids: set[int], headers: dict[int, set], per_message: set) -> str | None:
+def _opening_test(
+    flow: Flow, region: Region, uids: set[int], headers: dict[int, set], per_message: set
+) -> Guard | None:
     """The test under which a region trains outputs that write the turn's header after some messages (the prompt
     writes it there) and open the turn whole after others (after a tool result the prompt writes nothing): the role
     of the message before, when the two sets of roles do not meet."""
@@ -219,8 +222,7 @@ def _opening_test(flow: Flow, region: Region, uids: set[int], headers: dict[int,
     loops = loops_of(units[0]) if units else []
     if not loops or loops[0].start in per_message:
         return None
-    roles = ", ".join(f'"{role}"' for role in sorted(region.after_roles))
-    return f"loop.previtem is defined and loop.previtem.role in [{roles}]"
+    return Guard.previous_role_in(sorted(region.after_roles))
 
 
 def _header_units(traces: list[TracedProbe]) -> set[int]:
@@ -250,7 +252,7 @@ def _foreign_units(traces: list[TracedProbe]) -> set[int]:
     }
 
 
-def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
+def _branch_guard(flow: Flow, statement: Stmt, body: Body) -> Guard | None:
     """The source of the test that leads into `body`, when it is the only branch of an `if`."""
     node = statement.node
     if not isinstance(node, nodes.If) or node.elif_ or node.else_ or statement.bodies[0] is not body:
@@ -262,7 +264,7 @@ def _branch_test(flow: Flow, statement: Stmt, body: Body) -> str | None:
     start = tokens[index].end
     while tokens[index].type != "block_end":
         index += 1
-    return flow.parsed.source[start : tokens[index].start].strip()
+    return Guard.of_template(flow.parsed.source[start : tokens[index].start])
 
 
 def _covering_regions(flow: Flow, emissions: list, start: int, end: int) -> list[Region]:
@@ -317,9 +319,9 @@ def _pair_alternatives(
         after_roles.setdefault(region.key, set()).update(region.after_roles)
     # Where some renders began the turn in an earlier `if` (reasoning written first), the outputs after it are
     # generated whole there, whichever part of a loop they are.
-    began: dict[int, list[str]] = {}  # by where the outputs start
+    began: dict[int, list[Guard]] = {}  # by where the outputs start
     for region in regions:
-        test = _branch_test(flow, *region.began_in) if region.began_in is not None else None
+        test = _branch_guard(flow, *region.began_in) if region.began_in is not None else None
         if test is not None and region.start.side == "before" and test not in began.get(region.start.offset, []):
             began.setdefault(region.start.offset, []).append(test)
     paired: set[tuple[int, int]] = set()
@@ -338,10 +340,10 @@ def _pair_alternatives(
                 paired.add(other.key)
                 break
     for region in regions:
-        if region.condition == "not loop.first" and began.get(region.start.offset):
-            region.condition = " or ".join([region.condition, *(f"({test})" for test in began[region.start.offset])])
+        if region.condition == Guard.not_first() and began.get(region.start.offset):
+            region.condition = Guard.any_of([region.condition, *began[region.start.offset]])
     for region in regions if pair_branches else []:
-        condition = _branch_test(flow, *region.began_in) if region.began_in is not None else None
+        condition = _branch_guard(flow, *region.began_in) if region.began_in is not None else None
         if region.alternative is not None or region.start.side != "before" or condition is None:
             continue
         inside = {
@@ -380,7 +382,7 @@ def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: 
         and any(other.body is following.bodies[0] and other.first == 0 for other in regions)
     ):
         return [region]
-    test = _branch_test(flow, following, following.bodies[0])
+    test = _branch_guard(flow, following, following.bodies[0])
     if test is None:
         return [region]
     region.last -= 1
@@ -394,23 +396,22 @@ def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: 
 
 def _alternative_test(
     flow: Flow, region: Region, later: Region, per_message: set, after_roles: dict[tuple[int, int], set]
-) -> str | None:
+) -> Guard | None:
     """The test under which `region` (which starts earlier) applies rather than `later`, if there is one."""
     if region.start.side == "before":
         if region.opened_in is not None:
-            return _branch_test(flow, *region.opened_in)
+            return _branch_guard(flow, *region.opened_in)
         # Inside a loop over parts of one message (parallel tool calls), the first part's output opens the
         # turn and every later one carries on: `'\n<tool_call>\n'` after the header, then as a separator.
         unit = region.start.item
         loops = loops_of(unit) if isinstance(unit, Unit) else []
         if loops and region.body is unit.body and loops[0].start in per_message:
-            return "not loop.first"
+            return Guard.not_first()
         # The generation prompt writes less after some messages than after others (nothing after a tool result,
         # where history still writes the turn's opening): the outputs open the turn whole after those.
         whole, split = after_roles.get(region.key, set()), after_roles.get(later.key, set())
         if loops and loops[0].start not in per_message and whole and None not in whole and not whole & split:
-            roles = ", ".join(f'"{role}"' for role in sorted(whole))
-            return f"loop.previtem is defined and loop.previtem.role in [{roles}]"
+            return Guard.previous_role_in(sorted(whole))
         return None
     unit, early, late = region.start.item, region.start.operator, later.start.operator
     if not isinstance(unit, Unit) or not unit.parts or early is None or late is None:
@@ -424,8 +425,8 @@ def _alternative_test(
             continue
         end = unit.parts[position + 1].operator_start if position + 1 < len(unit.parts) else unit.close_tag.start
         if not isinstance(part.node, nodes.Const):
-            computed.append("(" + source[part.operator_end : end].strip() + ")")
-    return " ~ ".join(computed) or None
+            computed.append(source[part.operator_end : end])
+    return Guard.joined(computed) if computed else None
 
 
 def plan_regions(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PlanError
+from .guards import Guard
 from .per_setting import Plan
 from .plan import plan_regions
 from .probes import ASSISTANT
@@ -25,17 +26,13 @@ class Goal:
     whitespace trained after a stop marker, which is otherwise accepted with a note (imprecise, not wrong).
 
     Example:
-        >>> Goal().train_roles, Goal(("bot",)).roles_list
-        (('assistant',), '["bot"]')
+        >>> Goal().train_roles, Goal(("bot",), strict=True).strict
+        (('assistant',), True)
     """
 
     train_roles: tuple[str, ...] = (ASSISTANT,)
     only_last_turn: bool = False
     strict: bool = False
-
-    @property
-    def roles_list(self) -> str:
-        return "[" + ", ".join(f'"{role}"' for role in self.train_roles) + "]"
 
 
 def verify_setting(patched: str, truth: Analysis, strict: bool = True) -> Report:
@@ -48,27 +45,24 @@ def verify_setting(patched: str, truth: Analysis, strict: bool = True) -> Report
     return report
 
 
-def _condition(region: Region, goal: Goal) -> str:
+def _condition(region: Region, goal: Goal) -> Guard:
     """The test under which a region also written for untrained messages is trained: the message's role."""
     if len(region.targets) != 1:
         raise PlanError("a region shared with untrained messages has no single message variable to test")
     target = next(iter(region.targets))
-    condition = f"{target}.role in {goal.roles_list}"
-    if goal.only_last_turn:
-        condition += f' and {target} is sameas (messages | selectattr("role", "in", {goal.roles_list}) | list | last)'
-    return condition
+    condition = Guard.role_in(target, goal.train_roles)
+    return condition & Guard.last_of_roles(target, goal.train_roles) if goal.only_last_turn else condition
 
 
-def _closing_condition(region: Region, goal: Goal, wrote_content: bool = False) -> str:
+def _closing_condition(region: Region, goal: Goal, wrote_content: bool = False) -> Guard:
     """The test under which a stop marker written outside the turn's own outputs belongs to a trained turn."""
     if region.closes == "after":
-        return f"messages and messages[-1].role in {goal.roles_list}"
+        return Guard.last_message_role_in(goal.train_roles)
     if goal.only_last_turn:
         raise PlanError("text written by another message's branch cannot be limited to the last turn")
     if region.closes == "previous":
-        return f"loop.nextitem is defined and loop.nextitem.role in {goal.roles_list}"
-    content = " and loop.previtem.content" if wrote_content else ""
-    return f"loop.previtem is defined and loop.previtem.role in {goal.roles_list}{content}"
+        return Guard.next_role_in(goal.train_roles)
+    return Guard.previous_role_in(goal.train_roles, wrote_content)
 
 
 def plan_patch(analysis: Analysis, truth: Analysis, goal: Goal) -> tuple[Plan | None, Report]:
@@ -112,7 +106,7 @@ def _try_plan(
                 else:
                     condition = _condition(region, goal) if guarded else None
                 if region.when is not None:
-                    condition = f"({region.when})" + (f" and ({condition})" if condition else "")
+                    condition = region.when & condition if condition is not None else region.when
                 groups.append(tuple(region_edits(analysis.parsed, region, condition)))
             plan = Plan(analysis.parsed.source, tuple(groups))
             patched = plan.text

@@ -14,6 +14,7 @@ from jinja2 import nodes
 
 from ..errors import PlanError
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
+from .guards import Guard
 from .positions import line_column
 
 __all__ = ["Cut", "Edit", "PlanError", "Region", "Split", "cut_at", "where"]
@@ -94,13 +95,13 @@ class Region:
     closes: str = ""
     # A test under which the region is trained at all (blank text before an `if` that writes the stop marker:
     # generated only when the marker follows).
-    when: str | None = None
+    when: Guard | None = None
     # The statement (and its branch body) where the turn began before this region, when it began deeper.
     opened_in: tuple[Stmt, Body] | None = None
     # Where the same items open the turn in other renders (split inside the first item): the region used
     # when `condition`, the test of `opened_in`'s branch, is false.
     alternative: Region | None = None
-    condition: str | None = None
+    condition: Guard | None = None
     # The statement (and branch) where the turn began, when it began in an earlier statement than the one
     # holding this region (reasoning written in an `if` before the content's own branch).
     began_in: tuple[Stmt, Body] | None = None

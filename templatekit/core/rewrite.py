@@ -12,6 +12,7 @@ import re
 
 from ..errors import PlanError
 from .analysis import Stmt
+from .guards import Guard
 from .regions import Cut, Edit, Region
 from .syntax import ParsedTemplate
 from .tags import END_TAG, START_TAG, end_tag, start_tag
@@ -103,7 +104,7 @@ class _Writer:
         return text
 
 
-def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) -> list[Edit]:
+def region_edits(parsed: ParsedTemplate, region: Region, condition: Guard | None) -> list[Edit]:
     """The edits that wrap `region` in generation tags, guarded by `condition` when given."""
     writer = _Writer(parsed)
     open_start, open_end, before, left = writer.open_position(region.start)
@@ -164,7 +165,7 @@ def region_edits(parsed: ParsedTemplate, region: Region, condition: str | None) 
     return [Edit(open_start, close_end, _if_else(before, left, condition, body, body, right, after))]
 
 
-def _if_else(before: str, left: str, condition: str, tagged: str, otherwise: str, right: str, after: str) -> str:
+def _if_else(before: str, left: str, condition: Guard, tagged: str, otherwise: str, right: str, after: str) -> str:
     """`{% if condition %}{% generation %}tagged{% endgeneration %}{% else %}otherwise{% endif %}`, with the
     whitespace markers the replaced text had. A part that starts with a newline gets one more, for the block tag
     before it to eat (trim_blocks)."""

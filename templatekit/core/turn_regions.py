@@ -13,6 +13,7 @@ from jinja2 import nodes
 
 from ..errors import PlanError
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
+from .guards import Guard
 from .regions import Cut, Region, cut_at, where
 
 
@@ -66,7 +67,7 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
                 # tool call): wrap it whole there, and from the cut in the iteration that opens the turn.
                 region = Region(body, index, tail.index, cut_before(head), cut_after(tail))
                 region.alternative = Region(body, index, tail.index, start_cut, cut_after(tail))
-                region.condition = "not loop.first"
+                region.condition = Guard.not_first()
             regions.append(region)
         item, start_cut = body.parent, None
         index, opened_in = item.index + 1, (item, body)
