@@ -118,11 +118,12 @@ def _turn_start(probe: Probe, text: str, prompt: str, header: str, first: int, i
         return None
     last_end = last_start + anchor_end - anchor_start
     # What the prompt writes before its header: history writing more than that before the header (a turn opening of
-    # its own, `<|turn>model\n` where the prompt after a tool result has none) generates it.
-    before_header = prompt[last_end : len(prompt) - len(header)] if prompt.endswith(header) else None
+    # its own, `<|turn>model\n` where the prompt after a tool result has none) generates it. Other whitespace
+    # between the same pieces is no more.
+    before_header = re.sub(r"\s", "", prompt[last_end : len(prompt) - len(header)]) if prompt.endswith(header) else None
 
     def opens_after(at: int) -> bool:
-        return before_header is None or before_header.endswith(text[anchor_end:at])
+        return before_header is None or before_header.endswith(re.sub(r"\s", "", text[anchor_end:at]))
 
     if header.strip() and (found := text.rfind(header, anchor_end, first)) >= 0 and opens_after(found):
         return found + len(header)
