@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from jinja2 import nodes
 
@@ -17,7 +18,14 @@ from .analysis import Body, Emission, Flow, Item, Stmt, Unit
 from .guards import Guard
 from .positions import line_column
 
-__all__ = ["Cut", "Edit", "PlanError", "Region", "Split", "cut_at", "where"]
+__all__ = ["Closes", "Cut", "Edit", "PlanError", "Region", "Side", "Split", "cut_at", "where"]
+
+
+#: Where a cut puts a tag: before an item, after it, or inside it (the item is split there).
+Side = Literal["before", "after", "split"]
+#: Who writes a region: the turn itself (""), the next message's branch, the previous message's branch, or the code
+#: after the message loop (`turn_regions.pieces_by_writer`).
+Closes = Literal["", "next", "previous", "after"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class Cut:
     """
 
     item: Item
-    side: str  # "before" | "after"
+    side: Side
     offset: int  # source offset of the cut
     operator: Split | None = None
 
@@ -92,7 +100,7 @@ class Region:
     # Where the region writes a stop marker for the message before: "next" (the next message's branch
     # writes it, guarded by the previous message's role) or "after" (written after the loop, guarded by
     # the last message's role); "" for the turn's own outputs.
-    closes: str = ""
+    closes: Closes = ""
     # A test under which the region is trained at all (blank text before an `if` that writes the stop marker:
     # generated only when the marker follows).
     when: Guard | None = None
@@ -115,7 +123,7 @@ class Region:
         return (self.start.offset, self.end.offset)
 
 
-def cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> Cut:
+def cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: Side) -> Cut:
     unit = flow.units[emission.uid]
     source = flow.parsed.source
     if offset_in_unit == 0 and side == "before":
@@ -163,7 +171,7 @@ def cut_at(flow: Flow, emission: Emission, offset_in_unit: int, side: str) -> Cu
     )
 
 
-def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int, side: str) -> Cut | None:
+def _slice_cut(flow: Flow, unit: Unit, position: int, node, value: str, cut: int, side: Side) -> Cut | None:
     """Split a computed operand (a variable, a macro call) where its value turns from header to content.
 
     The operand is written twice, sliced: `(x)[:i] }}{% generation %}{{ (x)[i:]`. At a turn's start, `i`

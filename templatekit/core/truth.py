@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from .analysis import Emission
 from .markers import MARKER, MARKER_AT_END, ROLE_STOP
@@ -34,6 +35,11 @@ FOLLOW_UP = {"role": "user", "content": "tkfollowupq"}
 Trace = Callable[[list, bool], "tuple[str, list[Emission]] | None"]
 
 
+#: How a turn's stop marker is written: by the turn's own outputs, by the next message's branch, after the message
+#: loop, or as the next role's token ("" when the turn has none of its own).
+Where = Literal["", "turn", "next message", "after the turn", "next role token"]
+
+
 @dataclass(frozen=True)
 class Generated:
     """Turn `message` generates `text[start:end]`; `marker` is the stop marker it ends with ("" if none)."""
@@ -42,7 +48,7 @@ class Generated:
     start: int
     end: int
     marker: str = ""
-    where: str = ""  # how the marker is written: "turn", "next message", "next role token"
+    where: Where = ""
     quoted: bool = False  # the render that ends on this turn ends like the prompt: the turn is only quoted
     # Whitespace between the turn's own stop marker and an end-of-sequence token written after it
     # (`<|end|>\n</s>`): it follows a stop marker, so it is not generated, but the token after it is.
@@ -402,7 +408,7 @@ def _own_tail(text: str, emissions: list[Emission], index: int, last: int, stop:
     return last + len(tail) if MARKER_AT_END.search(tail) else last
 
 
-def _stop_after(text: str, end: int, last: int, next_start: int, where: str, header: str) -> tuple[int, str]:
+def _stop_after(text: str, end: int, last: int, next_start: int, where: Where, header: str) -> tuple[int, Where]:
     """The turn's end moved over a stop token written right after it by the next message or after the loop.
 
     A role token counts only when it is not the trained speaker's own header (`header`, what the generation

@@ -14,7 +14,7 @@ from jinja2 import nodes
 from ..errors import PlanError
 from .analysis import Body, Emission, Flow, Item, Stmt, Unit
 from .guards import Guard
-from .regions import Cut, Region, cut_at, where
+from .regions import Closes, Cut, Region, cut_at, where
 
 
 def _emission_at(emissions: list[Emission], char: int) -> Emission:
@@ -115,7 +115,7 @@ def loops_of(unit: Unit) -> list[Stmt]:
 
 def pieces_by_writer(
     flow: Flow, emissions: list[Emission], message: int, start: int, end: int
-) -> list[tuple[int, int, str]]:
+) -> list[tuple[int, int, Closes]]:
     """The span `[start, end)` of `message`'s turn in pieces by who writes them: the turn itself (""), the
     next message's branch ("next": a stop marker written before the next message's header), the previous
     message's branch ("previous": a separator it writes only when a message follows, generated ahead of the
@@ -123,7 +123,7 @@ def pieces_by_writer(
     end-of-sequence token written once the conversation ends)."""
     # The loops that wrote the message: an output after one of them runs once the conversation is written.
     loop_ends = [loop.end for e in emissions if e.message == message for loop in loops_of(flow.units[e.uid])]
-    pieces: list[tuple[int, int, str]] = []
+    pieces: list[tuple[int, int, Closes]] = []
     for emission in emissions:
         low, high = max(start, emission.start), min(end, emission.end)
         if low >= high:
