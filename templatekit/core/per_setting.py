@@ -108,7 +108,13 @@ def _clusters(flow: Flow, plans: Sequence[Plan], differing: list[Group]) -> list
             continue  # inside a run found already
         runs = {key: run for key, run in runs.items() if not (start <= key[0] and key[1] <= end)}
         runs[(start, end)] = (body, first, last)
-    return [runs[key] for key in sorted(runs)]
+    joined: list[tuple[Body, int, int]] = []
+    for body, first, last in (runs[key] for key in sorted(runs)):
+        if joined and joined[-1][0] is body and joined[-1][2] + 1 == first:
+            joined[-1] = (body, joined[-1][1], last)  # next to the run before: one choice for both
+        else:
+            joined.append((body, first, last))
+    return joined
 
 
 def _block(text_before: str, tag: str, right: str = "") -> str:
