@@ -8,6 +8,7 @@ verified under every setting again.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ..errors import PatchError, PlanError, TemplateKitError, TemplateLimitError
@@ -15,13 +16,10 @@ from .guards import Guard
 from .inline import inlined_sources
 from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
 from .planning import Goal, plan_patch, verify_setting
-from .probes import Probe, build_probes
 from .report import Report
 from .switches import Setting, settings
 from .syntax import ParsedTemplate, parse_template
 from .traced import Analysis, Traceable, analyse
-from .truth import FOLLOW_UP
-from .verify import render_probe
 
 __all__ = ["Settings", "analyse_settings", "patch_every_setting", "patch_inlined", "verify_every_setting"]
 
@@ -39,6 +37,10 @@ class Settings:
     def default(self) -> Analysis:
         return next(iter(self.analyses.values()))
 
+    def analysis_of(self, setting: Setting) -> Analysis:
+        """The analysis for `setting`, or for the setting it renders like."""
+        return self.analyses.get(setting) or self.analyses[self.alike.get(setting, next(iter(self.analyses)))]
+
     @property
     def names(self) -> list[str]:
         return [setting.name for setting in [*self.analyses, *self.alike]]
@@ -50,25 +52,21 @@ def analyse_settings(
     name: str | None = None,
     template_kwargs: dict | None = None,
     settings_of: str | None = None,
+    only: Collection[Setting] | None = None,
 ) -> Settings:
     """`analyse` under every setting of the template's switches (those of `settings_of`'s source, default
-    `source`'s own). The first setting (the caller's `template_kwargs`) must analyse; a setting the template
-    rejects (it raises, or renders no trained turn) is left out, and one that renders like another shares its
-    analysis."""
+    `source`'s own; `only` some of them). The first setting (the caller's `template_kwargs`) must analyse; a
+    setting the template rejects (it raises, or renders no trained turn) is left out, and one that renders like
+    another shares its analysis."""
     traceable = Traceable.of(source, name)
     first = analyse(traceable, goal.train_roles, goal.only_last_turn, name, template_kwargs)
     switches_source = first.parsed if settings_of is None else parse_template(settings_of)
     default, *others = settings(switches_source.ast, template_kwargs)
     found = Settings({default: first})
     seen = {_rendering(first): default}
-    plain = {_plain_renders(traceable.parsed.source, goal, default.kwargs): default}
     for setting in others:
-        # A setting whose every render the truth reads is the same as an earlier one's shares its analysis.
-        renders = _plain_renders(traceable.parsed.source, goal, setting.kwargs)
-        if renders in plain:
-            found.alike[setting] = plain[renders]
+        if only is not None and setting not in only:
             continue
-        plain[renders] = setting
         try:
             # The default setting decided the template writes turns (no judge): a switch does not make it one.
             analysis = analyse(traceable, goal.train_roles, goal.only_last_turn, name, setting.kwargs, False)
@@ -84,24 +82,6 @@ def analyse_settings(
         seen[key] = setting
         found.analyses[setting] = analysis
     return found
-
-
-def _plain_renders(source: str, goal: Goal, kwargs: dict) -> tuple:
-    """Every render the truth of a setting is read from, plainly (no tracing): each probe, and each conversation
-    before and up to each trained turn, with and without the generation prompt."""
-    found = []
-    for probe in build_probes(goal.train_roles, template_kwargs=kwargs):
-        conversations = [probe.messages]
-        for index, message in enumerate(probe.messages):
-            if message["role"] in goal.train_roles:
-                conversations += [probe.messages[:index], probe.messages[: index + 1]]
-                conversations.append([*probe.messages[: index + 1], FOLLOW_UP])
-        for messages in conversations:
-            for prompt in (False, True):
-                shape = Probe(probe.name, messages, probe.tools, prompt, template_kwargs=kwargs)
-                rendered = render_probe(source, shape)
-                found.append(rendered.text if rendered.error is None else rendered.error.split(":", 1)[0])
-    return tuple(found)
 
 
 def _rendering(analysis: Analysis) -> tuple:
@@ -209,10 +189,11 @@ def patch_inlined(analyses: Settings, goal: Goal, failed: Report, fixed: dict) -
     original = analyses.default.parsed.source
     for rewrite in inlined_sources(analyses.default.parsed):
         try:
-            inlined = analyse_settings(rewrite.source, goal, None, fixed, settings_of=original)
+            # The rewrite renders as the original does: only the settings that rendered apart there are analysed.
+            inlined = analyse_settings(rewrite.source, goal, None, fixed, original, only=set(analyses.analyses))
         except PatchError:
             continue
-        inlined.analyses = {s: inlined.analyses.get(s, inlined.default) for s in analyses.analyses}
+        inlined.analyses = {setting: inlined.analysis_of(setting) for setting in analyses.analyses}
         patched, report = patch_every_setting(inlined, analyses, goal)
         if patched is not None:
             report.notes.append(rewrite.note)

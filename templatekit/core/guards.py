@@ -95,6 +95,11 @@ class Guard:
         return cls(f"{_name(subject)}.role in {_literal(list(roles))}")
 
     @classmethod
+    def role_not_in(cls, subject: str, roles: Iterable[str]) -> Guard:
+        """The message in variable `subject` has none of `roles`."""
+        return cls(f"{_name(subject)}.role not in {_literal(list(roles))}")
+
+    @classmethod
     def last_of_roles(cls, subject: str, roles: Iterable[str]) -> Guard:
         """The message in `subject` is the conversation's last message of one of `roles`."""
         listed = _literal(list(roles))

@@ -62,7 +62,13 @@ def _closing_condition(region: Region, goal: Goal, wrote_content: bool = False) 
         raise PlanError("text written by another message's branch cannot be limited to the last turn")
     if region.closes == "previous":
         return Guard.next_role_in(goal.train_roles)
-    return Guard.previous_role_in(goal.train_roles, wrote_content)
+    condition = Guard.previous_role_in(goal.train_roles, wrote_content)
+    if len(region.targets) == 1:
+        # Written by the next message: a stop where another speaker's turn opens, not where the turn goes on or
+        # hands over to the assistant (whose header the model does not write to stop).
+        speakers = dict.fromkeys([*goal.train_roles, ASSISTANT])
+        condition = condition & Guard.role_not_in(next(iter(region.targets)), speakers)
+    return condition
 
 
 def plan_patch(analysis: Analysis, truth: Analysis, goal: Goal) -> tuple[Plan | None, Report]:

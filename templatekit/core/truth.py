@@ -266,6 +266,7 @@ def generated_turns(
         if given is None:
             continue
         prompt, header = given
+        headers = header  # the assistant's own header, and the speaker's below: neither stops a turn
         role = probe.messages[index]["role"]
         if role != ASSISTANT:
             # The generation prompt opens the assistant's turn; another trained speaker's turn opens with the
@@ -321,7 +322,7 @@ def generated_turns(
             # `<|return|>` there, `<|end|>` elsewhere): it is the stop token the model generates.
             end, where = final.end(), "turn"
         own_end = end
-        end, where = _stop_after(text, end, last, next_start, where, header)
+        end, where = _stop_after(text, end, last, next_start, where, (header, headers))
         stop_start = len(text[:end]) - len(text[own_end:end].lstrip())
         gap = (own_end, stop_start) if last < own_end < stop_start < end else None
         in_alone = alone[0].rfind(closing) if alone is not None else -1
@@ -408,11 +409,13 @@ def _own_tail(text: str, emissions: list[Emission], index: int, last: int, stop:
     return last + len(tail) if MARKER_AT_END.search(tail) else last
 
 
-def _stop_after(text: str, end: int, last: int, next_start: int, where: Where, header: str) -> tuple[int, Where]:
+def _stop_after(
+    text: str, end: int, last: int, next_start: int, where: Where, headers: tuple[str, ...]
+) -> tuple[int, Where]:
     """The turn's end moved over a stop token written right after it by the next message or after the loop.
 
-    A role token counts only when it is not the trained speaker's own header (`header`, what the generation
-    prompt writes): two replies in a row are not one that stops.
+    A role token counts only when it opens none of `headers` (the trained speaker's, and the assistant's that the
+    generation prompt writes): two replies in a row are not one that stops, nor is a turn handed to the assistant.
     """
     rest = text[end:next_start] if next_start < len(text) else text[end:]
     gap = len(rest) - len(rest.lstrip())
@@ -420,7 +423,7 @@ def _stop_after(text: str, end: int, last: int, next_start: int, where: Where, h
     if rest[gap:].startswith(eos):
         return end + gap + len(eos), "after the turn" if next_start == len(text) else "next message"
     stop = ROLE_STOP.match(text, end + gap) if end == last and next_start < len(text) else None
-    if stop is not None and not header.strip().startswith(stop.group()):
+    if stop is not None and not any(header.strip().startswith(stop.group()) for header in headers):
         return stop.end(), "next role token"
     return end, where
 
