@@ -67,7 +67,8 @@ def _problems(renderer: SpanRenderer, analysis) -> list[str]:
         if text != layout.text:
             problems.append(f"{probe.name}: text differs from the original rendering")
             continue
-        problems += [f"{probe.name}: {p}" for p in check_spans(layout, spans)]
+        # Whitespace after the stop marker, trained by a template's own tags (TRL's style), is imprecise, not wrong.
+        problems += [f"{probe.name}: {p}" for p in check_spans(layout, spans, imprecise=[])]
         checked += 1
     if not checked:
         problems.append("no probe checked")
@@ -239,10 +240,15 @@ def test_fallback_trains_what_the_tags_train_beyond_the_probes(path):
                 continue  # the template rejects this conversation (a role or shape it does not support)
             same_text, found = fallback.render(messages, bos_token="<s>", eos_token="</s>", **options)
             assert same_text == text
-            assert _trained_texts(text, found) == _trained_texts(text, spans), name
+            assert _stop_trimmed(text, found) == _stop_trimmed(text, spans), name
             compared += 1
             break
     assert compared, "the template rejects every conversation"
+
+
+def _stop_trimmed(text: str, spans) -> list:
+    """The trained texts, less whitespace after their end: a template's own tags may train it (imprecise)."""
+    return [(start, piece.rstrip()) for start, piece in _trained_texts(text, spans)]
 
 
 def _as_blocks(messages: list[dict]) -> list[dict]:
@@ -333,7 +339,7 @@ def test_custom_speaker_fallback_trains_what_the_tags_train():
             text, spans = tags.render(messages, bos_token="<s>", eos_token="</s>")
         except ConversationError:
             continue  # the template rejects a role it does not know
-        if _trained_texts(*fallback.render(messages, bos_token="<s>", eos_token="</s>")) != _trained_texts(text, spans):
+        if _stop_trimmed(*fallback.render(messages, bos_token="<s>", eos_token="</s>")) != _stop_trimmed(text, spans):
             differing.append(name)
         compared += 1
     # Templates that write an unknown role as another (ChatML variants render it as `system`) are refused for

@@ -27,6 +27,14 @@ PAIRS = sorted(
 )
 
 
+# Where invariant 2 decides against TRL's copy, the difference is written down here, with what we train beyond it.
+DOCUMENTED = {
+    # After a tool's result the prompt ends with that result (the generation prompt writes nothing there), so the
+    # model writes `<|turn>model\n` itself: generated, so trained. TRL's copy leaves that header untrained.
+    "diffusion_gemma.jinja": "<|turn>model",
+}
+
+
 def trained_characters(text: str, spans: list[tuple[int, int]]) -> set[int]:
     return {i for start, end in spans for i in range(start, end) if not text[i].isspace()}
 
@@ -38,15 +46,10 @@ def test_trl_ships_training_templates_for_the_corpus():
 @pytest.mark.parametrize("name,training", PAIRS, ids=[name for name, _ in PAIRS])
 def test_differences_from_trl_are_only_what_the_model_does_not_generate(name, training):
     original = (CORPUS / "trl" / name).read_text(encoding="utf-8")
-    try:
-        ours = templatekit.patch_template(original).template
-    except templatekit.PatchError as error:
-        # Refused (the corpus report lists it, with this reason): there is no patch to compare.
-        assert error.reasons and error.reasons[0]
-        return
+    ours = templatekit.patch_template(original).template  # every template TRL ships a training copy of is patched
     reference = training.read_text(encoding="utf-8")
     analysis = analyse(original, ("assistant",), False)
-    compared = 0
+    compared, documented = 0, set()
     for probe in analysis.probes:
         plain = render_probe(original, probe)
         theirs = render_probe(reference, probe, spans=True)
@@ -55,8 +58,16 @@ def test_differences_from_trl_are_only_what_the_model_does_not_generate(name, tr
         mine = render_probe(ours, probe, spans=True)
         text, layout = plain.text, analysis.layouts[probe.name]
         ours_only = trained_characters(text, mine.spans) - trained_characters(text, theirs.spans)
-        assert not ours_only, f"{probe.name}: we train {''.join(text[i] for i in sorted(ours_only))!r}, TRL does not"
         generated = {i for turn in layout.turns if not turn.optional for i in range(turn.start, turn.end)}
+        beyond = "".join(text[i] for i in sorted(ours_only))
+        if name in DOCUMENTED and ours_only <= generated:
+            assert beyond in ("", DOCUMENTED[name], DOCUMENTED[name] * 2), (
+                f"{probe.name}: we train {beyond!r} beyond TRL"
+            )
+            if beyond:
+                documented.add(probe.name)
+        else:
+            assert not ours_only, f"{probe.name}: we train {beyond!r}, TRL does not"
         content = {i for start, end, _ in layout.forbidden for i in range(start, end)}
         for i in trained_characters(text, theirs.spans) - trained_characters(text, mine.spans):
             assert i not in generated and i not in content, (
@@ -64,3 +75,4 @@ def test_differences_from_trl_are_only_what_the_model_does_not_generate(name, tr
             )
         compared += 1
     assert compared, "TRL's copy renders differently from the original on every probe"
+    assert bool(documented) == (name in DOCUMENTED), "a documented difference that no probe shows, or the reverse"
