@@ -462,6 +462,8 @@ def plan_regions(
     for region in regions:
         uids = {unit.uid for unit in units_in(region)}
         region.when = region.when or _opening_test(flow, region, uids, headers, per_message)
+        written = {e.text for trace in traces for e in trace.emissions if e.uid in uids and e.message is not None}
+        region.names_role = region.closes == "next" and len(written) > 1
         for trace in traces:
             layout, emissions = trace.layout, trace.emissions
             trained = trained_roles_of(layout)

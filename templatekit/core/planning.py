@@ -63,8 +63,8 @@ def _closing_condition(region: Region, goal: Goal, wrote_content: bool = False) 
     if region.closes == "previous":
         return Guard.next_role_in(goal.train_roles)
     condition = Guard.previous_role_in(goal.train_roles, wrote_content)
-    if len(region.targets) == 1:
-        # Written by the next message: a stop where another speaker's turn opens, not where the turn goes on or
+    if region.names_role and len(region.targets) == 1:
+        # The next message's role token: a stop where another speaker's turn opens, not where the turn goes on or
         # hands over to the assistant (whose header the model does not write to stop).
         speakers = dict.fromkeys([*goal.train_roles, ASSISTANT])
         condition = condition & Guard.role_not_in(next(iter(region.targets)), speakers)

@@ -117,6 +117,8 @@ class Region:
     nested: list[Region] = field(default_factory=list)
     # The roles of the messages right before the turns this region was planned for (None: the turn comes first).
     after_roles: set = field(default_factory=set)
+    # A stop the next message writes that differs by that message's role: its role token (`<|user|>`).
+    names_role: bool = False
 
     @property
     def key(self) -> tuple[int, int]:
