@@ -218,3 +218,21 @@ def test_tags_verified_for_the_last_turn_only_are_used_as_they_are():
     text, spans = render_with_spans(tagged, [QUESTION, ANSWER, THANKS, WELCOME])
     assert [text[s:e] for s, e in spans] == ["Welcome.<|im_end|>"]  # as TRL, given this template, trains
     assert not check_template(tagged).ok and check_template(tagged, only_last_turn=True).ok
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_deepseek_tool_calls_are_trained_whether_content_is_none_or_empty(content):
+    # DeepSeek's templates write the first call together with `<｜Assistant｜>` in a branch taken only when the
+    # content is None, and take arguments only as JSON text: both shapes are probed.
+    calls = {
+        "role": "assistant",
+        "content": content,
+        "tool_calls": [
+            {"id": "abcdefghi", "type": "function", "function": {"name": name, "arguments": '{"a": 1}'}}
+            for name in ("f", "g")
+        ],
+    }
+    pieces = trained("trl/deepseekv3.jinja", [QUESTION, calls, RESULT, RESULT, ANSWER])
+    assert pieces[0].startswith("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n")
+    assert pieces[0].endswith("<｜tool▁calls▁end｜><｜end▁of▁sentence｜>") and "sep｜>g\n" in pieces[0]
+    assert pieces[1] == "Sunny.<｜end▁of▁sentence｜>" and "22C" not in "".join(pieces)

@@ -160,6 +160,25 @@ def call_variants(probe: Probe) -> list[Probe]:
     return [as_json, without_content]
 
 
+def without_content(probe: Probe) -> Probe | None:
+    """A copy of `probe` whose messages that only call tools have `content: None` instead of an empty string (both
+    occur in real data, and templates branch on them), or None when it has no such message.
+
+    Example:
+        >>> probe = next(p for p in build_probes() if p.name == "tool_call")
+        >>> without_content(probe).messages[2]["content"], without_content(build_probes()[0])
+        (None, None)
+    """
+    if not any(message.get("tool_calls") and not message.get("content") for message in probe.messages):
+        return None
+    variant = copy.deepcopy(probe)
+    variant.name += "[none]"
+    for message in variant.messages:
+        if message.get("tool_calls") and not message.get("content"):
+            message["content"] = None
+    return variant
+
+
 def build_probes(
     speakers: tuple[str, ...] = (ASSISTANT,), *, blocks: bool = False, template_kwargs: dict | None = None
 ) -> list[Probe]:

@@ -13,7 +13,7 @@ from ..errors import PatchError, TemplateSourceError
 from .analysis import Flow, Tracer, build_flow
 from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
 from .markers import last_marker
-from .probes import ASSISTANT, Probe, build_probes, call_variants
+from .probes import ASSISTANT, Probe, build_probes, call_variants, without_content
 from .syntax import ParsedTemplate, line_column, parse_template
 from .truth import generated_turns
 
@@ -149,6 +149,22 @@ def _analyse_shape(
             break
         else:
             errors.append(failure)
+    # A message that only calls tools, with `content: None` rather than "": analysed too where the template writes it
+    # through other outputs (DeepSeek writes its first call with the header there), unless it writes the word None.
+    for probe in list(probes):
+        if probe.name not in rendered or without_content(probe) is None:
+            continue
+        # Its arguments as given, else as JSON text (a branch for calls without content may need that).
+        for variant in [without_content(probe), *(without_content(shape) for shape in call_variants(probe)[:1])]:
+            try:
+                text, emissions = tracer.trace(variant.messages, **variant.render_kwargs())
+            except Exception:  # the template takes only one of the two
+                continue
+            written = {e.uid for e in rendered[probe.name][1] if e.text}
+            if {e.uid for e in emissions if e.text} - written and "None" not in text:
+                probes.append(variant)
+                rendered[variant.name] = (text, emissions)
+            break
     header = ""
     if "generation_prompt" in rendered and "ends_on_user" in rendered:
         header = generation_prompt(rendered["ends_on_user"][0], rendered["generation_prompt"][0])
