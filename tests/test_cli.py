@@ -202,6 +202,9 @@ def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixtu
 
     out_dir = tmp_path / "patched"
     code, _, err = run(capsys, "patch", config, "-o", out_dir)
+    assert code == 2 and f"the folder {out_dir} does not exist (pass --mkdir to create it)" in err
+    assert not out_dir.exists()
+    code, _, err = run(capsys, "patch", config, "-o", out_dir, "--mkdir")
     assert code == 0, err
     assert (out_dir / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.patch_template(default).template
     assert TRL_TAG.search((out_dir / "additional_chat_templates" / "tool_use.jinja").read_text(encoding="utf-8"))
@@ -257,7 +260,7 @@ def test_report_classifies_templates_and_prints_the_summary_line(
 ) -> None:
     shutil.copy(corpus_file(PATCHABLE), tmp_path / "qwen2_5.jinja")  # patched
     tagged = tmp_path / "tagged" / "chat_template.jinja"
-    assert run(capsys, "patch", corpus_file(PATCHABLE), "-o", tagged)[0] == 0  # already tagged
+    assert run(capsys, "patch", corpus_file(PATCHABLE), "-o", tagged, "--mkdir")[0] == 0  # already tagged
     (tmp_path / "tagged" / "tokenizer_config.json").write_text('{"bos_token": null}', encoding="utf-8")  # skipped
     (tmp_path / "broken.jinja").write_text("{% if x %}", encoding="utf-8")  # not patchable
     wrong = "{% generation %}" + corpus_file(PATCHABLE).read_text(encoding="utf-8") + "{% endgeneration %}"

@@ -26,14 +26,62 @@ writes, `options` holds what several commands share. Nothing heavy is imported b
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from ..errors import TemplateLimitError
+from ..errors import TemplateSourceError
 from . import apply, audit, check, patch, report, show, strip
 from .console import EXIT_OK, EXIT_USAGE, Console
 
 __all__ = ["build_parser", "main"]
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the command is, so that its temporary files are removed on the way out."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+@contextmanager
+def _signals_handled() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (each write removes its temporary file and an in-place update puts the folder
+    back; a second signal waits for that); the file-size limit (SIGXFSZ) is an OS error on the write that meets
+    it, not a kill. Only in the main thread, and put back afterwards (`main` also runs inside other programs)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def terminate(number: int, frame: object) -> None:
+        received.append(number)
+        if len(received) == 1:
+            raise _Terminated(number)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+    if hasattr(signal, "SIGXFSZ"):
+        previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("templatekit")
+    except PackageNotFoundError:  # run from a source tree
+        from .. import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="templatekit",
         description="Make chat templates trainable: insert verified {% generation %} tags around assistant output.",
     )
+    parser.add_argument("--version", action="version", version=f"templatekit {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in (patch, check, show, apply, report, strip, audit):  # the order --help lists them in
         command.add_parser(commands)
@@ -65,12 +114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     out, err = Console(sys.stdout), Console(sys.stderr)
     try:
-        return args.func(args, out, err)
+        with _signals_handled():
+            return args.func(args, out, err)
     except BrokenPipeError:  # `templatekit patch x.jinja | head`
         return EXIT_OK
-    except TemplateLimitError as exc:  # wherever a command met it: one line, never a traceback
+    except TemplateSourceError as exc:  # a limit, or a file that cannot be read or written: one line, no traceback
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.line("interrupted (Ctrl-C): nothing half-written is left", "red")
+        return 128 + signal.SIGINT
+    except _Terminated as exc:
+        err.line("terminated (SIGTERM): nothing half-written is left", "red")
+        return 128 + exc.number
     finally:
         try:
             out.flush()

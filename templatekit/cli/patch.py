@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import GenerationTagsWarning, PatchError, TemplateSourceError
-from ..sources import LoadedTemplate, load_templates, source_kind, write_text_atomic
-from ..sources.gguf import write_gguf_templates
-from ..sources.in_place import update_in_place
+from ..errors import PatchError, TemplateSourceError
+from ..sources import LoadedTemplate, load_templates, source_kind
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
 from .options import (
     add_limit_options,
@@ -24,10 +21,12 @@ from .options import (
     template_kwargs,
     train_roles,
 )
+from .writing import add_mkdir, check_targets, write_gguf, write_in_place, write_texts
 
 __all__ = ["add_parser", "run", "write_in_place"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][\w.-]*$")
+# A template name that is safe as a file name (`\Z`, not `$`: `$` would let a final newline through).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][\w.-]*\Z")
 
 
 def _targets(args: argparse.Namespace, templates: list[LoadedTemplate]) -> list[Path]:
@@ -40,7 +39,7 @@ def _targets(args: argparse.Namespace, templates: list[LoadedTemplate]) -> list[
     for template in templates:
         if template.name == "default":
             targets.append(out / "chat_template.jinja")
-        elif _SAFE_NAME.match(template.name):
+        elif _SAFE_NAME.match(template.name) and template.name not in (".", ".."):
             targets.append(out / "additional_chat_templates" / f"{template.name}.jinja")
         else:
             raise TemplateSourceError(
@@ -98,42 +97,6 @@ def _chosen(args: argparse.Namespace, templates: list[LoadedTemplate], err: Cons
     return templates
 
 
-def _write_gguf(args: argparse.Namespace, templates: list[LoadedTemplate], results: list, err: Console) -> int:
-    target = Path(args.output)
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # the tags warning, printed as one line below
-            warnings.simplefilter("always", GenerationTagsWarning)
-            write_gguf_templates(args.source, target, {t.name: r.template for t, r in zip(templates, results)})
-    except TemplateSourceError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
-    err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
-    for warning in caught:
-        if issubclass(warning.category, GenerationTagsWarning):
-            err.line(f"warning: {warning.message}", "yellow")
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return EXIT_OK
-
-
-def write_in_place(templates: list[LoadedTemplate], texts: list[str], err: Console) -> int:
-    """Put `texts` back where the local model keeps `templates` (with backups), and say what changed."""
-    try:
-        updates = update_in_place(templates, texts)
-    except TemplateSourceError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
-    except OSError as exc:
-        err.line(f"error: {exc.filename or ''}: cannot write: {exc.strerror or exc}; the files are unchanged", "red")
-        return EXIT_USAGE
-    for update in updates:
-        if update.changed:
-            err.line(f"updated {update.path} (backup: {update.backup})")
-        else:
-            err.line(f"{update.path}: unchanged, already verified")
-    return EXIT_OK
-
-
 def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, list[Path], bool] | None:
     """The source's chosen templates, the files to write them to and whether the output is a GGUF file, for
     commands that rewrite templates (`patch`, `strip`); None once a usage error is printed."""
@@ -161,6 +124,8 @@ def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, li
         if clobbered and not args.force:
             err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
             return None
+    if args.output and not check_targets(args, targets or [Path(args.output)], err):
+        return None
     return templates, targets, gguf_out
 
 
@@ -222,18 +187,15 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     err.flush()
 
     if gguf_out:
-        return _write_gguf(args, templates, results, err)
+        texts = {t.name: r.template for t, r in zip(templates, results)}
+        return write_gguf(args.source, args.output, texts, err, make_folders=args.mkdir)
     if args.in_place:
         return write_in_place(templates, [r.template for r in results], err)
     if args.output:
-        for target, result in zip(targets, results):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(target, result.template)
-            err.line(f"wrote {target}")
-    else:
-        template = results[0].template
-        # A terminal gets a final newline so the prompt does not glue onto the last line; a pipe gets the exact text.
-        out.raw(template + "\n" if out.tty and not template.endswith("\n") else template)
+        return write_texts(args, targets, [r.template for r in results], err)
+    template = results[0].template
+    # A terminal gets a final newline so the prompt does not glue onto the last line; a pipe gets the exact text.
+    out.raw(template + "\n" if out.tty and not template.endswith("\n") else template)
     return EXIT_OK
 
 
@@ -258,6 +220,7 @@ def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str,
     )
     parser.add_argument("--diff", action="store_true", help=f"show the unified diff from {before}")
     parser.add_argument("--name", help=f"{verb} only the named template (e.g. tool_use)")
+    add_mkdir(parser)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

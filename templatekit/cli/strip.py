@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from pathlib import Path
 
-from ..errors import StripError, TemplateSourceError
-from ..sources import write_text_atomic
-from ..sources.gguf import write_gguf_templates
+from ..errors import StripError
 from .console import EXIT_OK, EXIT_USAGE, Console
 from .options import add_limit_options, limits
-from .patch import add_source_and_output, inputs_and_outputs, rewrite_each, write_in_place
+from .patch import add_source_and_output, inputs_and_outputs, rewrite_each
+from .writing import write_gguf, write_in_place, write_texts
 
 __all__ = ["add_parser", "run"]
 
@@ -62,24 +60,14 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     err.flush()
 
     if gguf_out:
-        target = Path(args.output)
-        try:
-            write_gguf_templates(args.source, target, {t.name: text for t, text in zip(templates, stripped)})
-        except TemplateSourceError as exc:
-            err.line(f"error: {exc}", "red")
-            return EXIT_USAGE
-        err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
-        return EXIT_OK
+        texts = {t.name: text for t, text in zip(templates, stripped)}
+        return write_gguf(args.source, args.output, texts, err, make_folders=args.mkdir)
     if args.in_place:
         return write_in_place(templates, stripped, err)
     if args.output:
-        for target, text in zip(targets, stripped):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(target, text)
-            err.line(f"wrote {target}")
-    else:
-        text = stripped[0]
-        out.raw(text + "\n" if out.tty and not text.endswith("\n") else text)
+        return write_texts(args, targets, stripped, err)
+    text = stripped[0]
+    out.raw(text + "\n" if out.tty and not text.endswith("\n") else text)
     return EXIT_OK
 
 
