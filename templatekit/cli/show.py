@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.html:
         return write_texts(args, [Path(args.html)], [show.to_html(rendering, template.label)], err)
     if out.tty and out.rich is not None:
-        out.rich.print(show.to_rich(rendering))
+        out.rich.print(show.to_rich(rendering, out.rich.color_system))
     else:
         out.raw(show.to_plain(rendering) + "\n")
     return EXIT_OK
