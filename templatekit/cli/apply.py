@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import NoChatTemplateError, TemplateSourceError, UnknownTemplateError
 from ..sources import LoadedTemplate, load_templates, read_json_file, source_kind
-from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
+from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console, Replay
 from .options import public_api
 from .writing import add_mkdir, check_targets, write_in_place, write_texts
 
@@ -134,15 +134,19 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         for reason in report.reasons:
             err.line(f"  - {reason}")
         return EXIT_FAIL
-    err.line(f"{name}: verification {report.summary()}")
-    _warn_unknown_tokens(name, text, args.source, err)
-
+    replay = Replay()
+    said = replay.console(err) if args.in_place or target is not None else err  # said once the file is written
+    said.line(f"{name}: verification {report.summary()}")
+    _warn_unknown_tokens(name, text, args.source, said)
+    if said is err:
+        out.raw(text)
+        return EXIT_OK
     if args.in_place and default:  # --force: replace the template where the model keeps it, with a backup
-        return write_in_place(default, [text], err)
-    if target is not None:
-        return write_texts(args, [target], [text], err)
-    out.raw(text)
-    return EXIT_OK
+        code = write_in_place(default, [text], said)
+    else:
+        code = write_texts(args, [target], [text], said)
+    replay.play(errors_only=code != EXIT_OK)
+    return code
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

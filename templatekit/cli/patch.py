@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates, source_kind
-from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
+from .console import EXIT_FAIL, EXIT_USAGE, STATUS_STYLE, Console
 from .options import (
     add_limit_options,
     add_template_kwargs,
@@ -21,7 +21,7 @@ from .options import (
     template_kwargs,
     train_roles,
 )
-from .writing import add_mkdir, check_targets, write_gguf, write_in_place, write_texts
+from .writing import add_mkdir, check_targets, deliver, write_in_place
 
 __all__ = ["add_parser", "run", "write_in_place"]
 
@@ -100,7 +100,8 @@ def _chosen(args: argparse.Namespace, templates: list[LoadedTemplate], err: Cons
 def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, list[Path], bool] | None:
     """The source's chosen templates, the files to write them to and whether the output is a GGUF file, for
     commands that rewrite templates (`patch`, `strip`); None once a usage error is printed."""
-    problem = _output_problem(args, source_kind(args.source))
+    kind_of_source = source_kind(args.source)
+    problem = _output_problem(args, kind_of_source)
     if problem:
         err.line(f"error: {problem}", "red")
         return None
@@ -125,6 +126,9 @@ def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, li
             err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
             return None
     if args.output and not check_targets(args, targets or [Path(args.output)], err):
+        return None
+    origins = [t.origin for t in templates if t.origin is not None]
+    if args.in_place and kind_of_source not in ("hub", "gguf") and not check_targets(args, origins, err):
         return None
     return templates, targets, gguf_out
 
@@ -172,31 +176,22 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     if code is not None:
         return code
-    writes = args.output or args.in_place
+    diff_to_stdout = bool(args.output or args.in_place)
 
-    diff_out = out if writes else err
-    for template, result in zip(templates, results):
-        err.line(f"{template.label}: {result.status.replace('_', ' ')}", STATUS_STYLE.get(result.status))
-        err.line(f"  verification {result.report.summary()}")
-        for note in result.report.notes:
-            err.line(f"  note: {note}", "dim")
-        if args.diff:
-            err.flush()
-            diff_out.diff(result.diff or "(no changes)\n")
-            diff_out.flush()
-    err.flush()
+    def describe(out: Console, err: Console) -> None:
+        for template, result in zip(templates, results):
+            err.line(f"{template.label}: {result.status.replace('_', ' ')}", STATUS_STYLE.get(result.status))
+            err.line(f"  verification {result.report.summary()}")
+            for note in result.report.notes:
+                err.line(f"  note: {note}", "dim")
+            if args.diff:
+                err.flush()
+                (out if diff_to_stdout else err).diff(result.diff or "(no changes)\n")
+                (out if diff_to_stdout else err).flush()
+        err.flush()
 
-    if gguf_out:
-        texts = {t.name: r.template for t, r in zip(templates, results)}
-        return write_gguf(args.source, args.output, texts, err, make_folders=args.mkdir)
-    if args.in_place:
-        return write_in_place(templates, [r.template for r in results], err)
-    if args.output:
-        return write_texts(args, targets, [r.template for r in results], err)
-    template = results[0].template
-    # A terminal gets a final newline so the prompt does not glue onto the last line; a pipe gets the exact text.
-    out.raw(template + "\n" if out.tty and not template.endswith("\n") else template)
-    return EXIT_OK
+    texts = [result.template for result in results]
+    return deliver(args, templates, targets, gguf_out, texts, (out, err), describe)
 
 
 def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str, before: str) -> None:

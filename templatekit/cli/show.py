@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
 from ..sources import load_templates
-from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
+from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console, Replay
 from .options import add_limit_options, add_template_kwargs, limits, located, template_kwargs
 from .writing import add_mkdir, check_targets, write_texts
 
@@ -63,11 +63,15 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         for reason in reasons or [str(exc)]:
             err.line(f"  - {reason}")
         return EXIT_FAIL
+    replay = Replay()
+    said = replay.console(err) if args.html else err  # with --html: said once the page is written
     for note in rendering.notes:
-        err.line(f"note: {note}", "dim")
-    err.line(f"{template.label}: {show.summary(rendering)}")
+        said.line(f"note: {note}", "dim")
+    said.line(f"{template.label}: {show.summary(rendering)}")
     if args.html:
-        return write_texts(args, [Path(args.html)], [show.to_html(rendering, template.label)], err)
+        code = write_texts(args, [Path(args.html)], [show.to_html(rendering, template.label)], said)
+        replay.play(errors_only=code != EXIT_OK)
+        return code
     if out.tty and out.rich is not None:
         out.rich.print(show.to_rich(rendering, out.rich.color_system))
     else:

@@ -12,10 +12,10 @@ import argparse
 import difflib
 
 from ..errors import StripError
-from .console import EXIT_OK, EXIT_USAGE, Console
+from .console import EXIT_USAGE, Console
 from .options import add_limit_options, limits
 from .patch import add_source_and_output, inputs_and_outputs, rewrite_each
-from .writing import write_gguf, write_in_place, write_texts
+from .writing import deliver
 
 __all__ = ["add_parser", "run"]
 
@@ -42,33 +42,24 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     if code is not None:
         return code
-    writes = args.output or args.in_place
+    diff_to_stdout = bool(args.output or args.in_place)
 
-    diff_out = out if writes else err
-    for template, text in zip(templates, stripped):
-        removed = len(TAG.findall(template.text))
-        if removed:
-            err.line(
-                f"{template.label}: removed {removed} generation tags; renders identically on every probe", "green"
-            )
-        else:
-            err.line(f"{template.label}: no generation tags; unchanged")
-        if args.diff:
-            err.flush()
-            diff_out.diff(_diff(template.text, text) or "(no changes)\n")
-            diff_out.flush()
-    err.flush()
+    def describe(out: Console, err: Console) -> None:
+        for template, text in zip(templates, stripped):
+            removed = len(TAG.findall(template.text))
+            if removed:
+                err.line(
+                    f"{template.label}: removed {removed} generation tags; renders identically on every probe", "green"
+                )
+            else:
+                err.line(f"{template.label}: no generation tags; unchanged")
+            if args.diff:
+                err.flush()
+                (out if diff_to_stdout else err).diff(_diff(template.text, text) or "(no changes)\n")
+                (out if diff_to_stdout else err).flush()
+        err.flush()
 
-    if gguf_out:
-        texts = {t.name: text for t, text in zip(templates, stripped)}
-        return write_gguf(args.source, args.output, texts, err, make_folders=args.mkdir)
-    if args.in_place:
-        return write_in_place(templates, stripped, err)
-    if args.output:
-        return write_texts(args, targets, stripped, err)
-    text = stripped[0]
-    out.raw(text + "\n" if out.tty and not text.endswith("\n") else text)
-    return EXIT_OK
+    return deliver(args, templates, targets, gguf_out, stripped, (out, err), describe)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import GenerationTagsWarning, TemplateSourceError
@@ -19,9 +19,17 @@ from ..sources import LoadedTemplate, write_text_atomic
 from ..sources.gguf import write_gguf_templates
 from ..sources.in_place import update_in_place
 from ..sources.output import output_target
-from .console import EXIT_OK, EXIT_USAGE, Console
+from .console import EXIT_OK, EXIT_USAGE, Console, Replay
 
-__all__ = ["add_mkdir", "check_targets", "may_make_folders", "write_gguf", "write_in_place", "write_texts"]
+__all__ = [
+    "add_mkdir",
+    "check_targets",
+    "deliver",
+    "may_make_folders",
+    "write_gguf",
+    "write_in_place",
+    "write_texts",
+]
 
 
 def add_mkdir(parser: argparse.ArgumentParser) -> None:
@@ -102,3 +110,36 @@ def write_gguf(
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return EXIT_OK
+
+
+def deliver(
+    args: argparse.Namespace,
+    templates: list[LoadedTemplate],
+    targets: Sequence[Path],
+    gguf_out: bool,
+    texts: Sequence[str],
+    consoles: tuple[Console, Console],
+    describe: Callable[[Console, Console], None],
+) -> int:
+    """Put the rewritten `texts` where `patch`/`strip` were asked to (a new GGUF file, in place, `-o` files, or
+    stdout), after `describe(out, err)` prints what was found. When files are written, that description is shown
+    only once they are: a write that fails is the one line of its error. The exit code."""
+    out, err = consoles
+    if not (args.output or args.in_place):
+        describe(out, err)
+        text = texts[0]
+        # A terminal gets a final newline so the prompt does not glue onto the last line; a pipe gets the exact text.
+        out.raw(text + "\n" if out.tty and not text.endswith("\n") else text)
+        return EXIT_OK
+    replay = Replay()
+    later_out, later_err = replay.console(out), replay.console(err)
+    describe(later_out, later_err)
+    if gguf_out:
+        named = {template.name: text for template, text in zip(templates, texts)}
+        code = write_gguf(args.source, args.output, named, later_err, make_folders=args.mkdir)
+    elif args.in_place:
+        code = write_in_place(templates, list(texts), later_err)
+    else:
+        code = write_texts(args, targets, texts, later_err)
+    replay.play(errors_only=code != EXIT_OK)
+    return code

@@ -9,7 +9,8 @@ Where output may go is `output.output_target`'s to say; an OS error while writin
 disk, the file-size limit) is a `TemplateSourceError` naming the path the user gave, never a traceback.
 
 `crash_point()` marks each step of a write. The crash tests set `TEMPLATEKIT_KILL_AT_STEP=N` to have the process
-SIGKILLed at the Nth step and check that the original is intact or the new file whole; unset, it does nothing.
+SIGKILLed at the Nth step (`N:TERM`: sent SIGTERM) and check that the original is intact or the new file whole;
+unset, it does nothing.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ _steps_taken = 0
 
 
 def crash_point() -> None:
-    """One step of a write; the process is SIGKILLed here when it is step `TEMPLATEKIT_KILL_AT_STEP` (crash tests)."""
+    """One step of a write. With `TEMPLATEKIT_KILL_AT_STEP=N` (crash tests) the process is sent SIGKILL at the Nth
+    step, or the signal named after a colon (`N:TERM`, `N:INT`); unset, nothing happens."""
     global _steps_taken
     wanted = os.environ.get(_KILL_AT_STEP)
     if not wanted:
         return
     _steps_taken += 1
-    if str(_steps_taken) == wanted.strip():
-        os.kill(os.getpid(), signal.SIGKILL)
+    step, _, name = wanted.strip().partition(":")
+    if str(_steps_taken) == step:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
 
 
 def write_error(exc: OSError, shown: str | Path, what: str = "cannot write") -> TemplateSourceError:

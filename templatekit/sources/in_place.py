@@ -138,9 +138,9 @@ def _backed_up(update: FileUpdate, created: list[Path]) -> FileUpdate:
     """`update` with its backup written (or an identical older one found); the new backup joins `created`."""
     saved, needed = backup_path(update.path, update.old)
     if needed:
+        created.append(saved)  # before the write: however far it gets, a failure takes it away again
         try:
             write_bytes_atomic(saved, update.old)
-            created.append(saved)
             os.chmod(saved, update.path.stat().st_mode & 0o7777)
         except (TemplateSourceError, OSError) as exc:
             why = exc.message if isinstance(exc, TemplateSourceError) else (exc.strerror or str(exc))
@@ -163,26 +163,32 @@ def apply_updates(updates: Sequence[FileUpdate], *, backup: bool = True) -> list
     """
     done: list[FileUpdate] = []
     created: list[Path] = []
-    replaced: list[FileUpdate] = []
     try:
         for update in updates:
             done.append(_backed_up(update, created) if backup and update.changed else update)
         for update in done:
             if update.changed:
                 write_bytes_atomic(update.path, update.new)
-                replaced.append(update)
                 crash_point()
     except BaseException:
-        restored = True
-        for update in replaced:
-            try:
-                write_bytes_atomic(update.path, update.old)
-            except TemplateSourceError:
-                restored = False
+        # Put back every file that holds its new bytes (however far its replacement got when this was raised).
+        restored = all([_put_back(update) for update in done if update.changed])
         for saved in created if restored else []:
             saved.unlink(missing_ok=True)
         raise
     return done
+
+
+def _put_back(update: FileUpdate) -> bool:
+    """Give a file its old bytes again if it holds the new ones; whether it now holds its old bytes."""
+    try:
+        current = update.path.read_bytes()
+        if current == update.new and current != update.old:
+            write_bytes_atomic(update.path, update.old)
+            return True
+        return current == update.old
+    except (OSError, TemplateSourceError):
+        return False
 
 
 def update_in_place(

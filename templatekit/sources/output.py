@@ -89,10 +89,25 @@ def output_target(path: str | Path, *, make_folders: bool = False) -> Path:
             raise TemplateSourceError(f"a symbolic link to nothing ({os.readlink(path)}): {_ONLY}", source=str(path))
         if not stat.S_ISREG(info.st_mode):
             raise TemplateSourceError(f"a symbolic link to {file_kind(info.st_mode)}: {_ONLY}", source=str(path))
+        _writable_folder(target)
         return target
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise TemplateSourceError(f"{file_kind(info.st_mode)}, not a regular file: {_ONLY}", source=str(path))
+    _writable_folder(path)
     return path
+
+
+def _writable_folder(path: Path) -> None:
+    """Refuse a folder the file cannot be written in (a read-only file system, no permission), before any work."""
+    folder = path.parent
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    why = "a read-only file system" if read_only else "no permission to write there"
+    raise TemplateSourceError(f"cannot write in {folder}: {why}", source=str(path))
 
 
 def make_output_folder(path: Path, shown: str | Path) -> None:

@@ -83,7 +83,9 @@ class LoadedTemplate:
         """A short human name: the file, plus `#name` for a named template that shares its file with others."""
         where = self.display or (str(self.origin) if self.origin is not None else "<template>")
         if self.kind in _SHARED_FILE_KINDS and self.name != "default":
-            return f"{where}#{self.name}"
+            # A name is the config's to choose: a control character in it is shown escaped, on the one line.
+            name = self.name if self.name.isprintable() else self.name.encode("unicode_escape").decode("ascii")
+            return f"{where}#{name}"
         return where
 
 
