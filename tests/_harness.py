@@ -168,7 +168,7 @@ def cli_in_child(
     if pid == 0:  # the child: never returns
         code = 70
         try:
-            os.environ.update(NO_COLOR="1", HF_HUB_OFFLINE="1", COLUMNS="200", **(env or {}))
+            os.environ.update({"NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})})
             if file_size is not None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, resource.RLIM_INFINITY))
             if cwd is not None:

@@ -14,8 +14,9 @@ from .writing import add_mkdir, check_targets, write_in_place, write_texts
 
 __all__ = ["add_parser", "run", "unknown_special_tokens"]
 
-# A special token written as one piece in angle brackets: `<|im_start|>`, `<start_of_turn>`, `</s>`.
-_SPECIAL = re.compile(r"<[^<>\s{}%]{1,40}>")
+# What a special token looks like: `<|im_start|>`, `<｜User｜>`, `</s>`, `<bos>`, `<start_of_turn>`, `</tool_call>`
+# (not `<tools>`: a plain tag some templates write as text).
+_SPECIAL = re.compile(r"<\|[^<>|\s]{1,40}\|>|<｜[^<>\s]{1,40}｜>|</?s>|<(?:bos|eos|pad|unk)>|</?[a-z]+(?:_[a-z]+)+>")
 
 
 def _vocabulary(folder: Path) -> tuple[set[str], Path] | None:
@@ -55,7 +56,11 @@ def unknown_special_tokens(template: str, folder: Path) -> tuple[list[str], Path
     if found is None:
         return None
     vocabulary, where = found
-    written = list(dict.fromkeys(_SPECIAL.findall(template)))
+    from ..core.syntax import parse_template  # on use: jinja2 is not loaded for --help
+
+    # What the template writes: its text and string literals (not its comments, nor names in its code).
+    written_pieces = [t.value for t in parse_template(template).tokens if t.type in ("data", "string")]
+    written = list(dict.fromkeys(token for piece in written_pieces for token in _SPECIAL.findall(piece)))
     return [token for token in written if token not in vocabulary], where
 
 

@@ -151,7 +151,7 @@ def _to_github(rows: list[_Row], counts: dict[str, int]) -> str:
         title = github_escape_property(f"templatekit: {row.status}" + (f" ({row.name})" if row.name else ""))
         where = f"file={github_escape_property(row.source)}," if row.source and Path(row.source).exists() else ""
         lines.append(f"::{level} {where}title={title}::{github_escape_data(row.reason or row.status)}")
-    lines.append(_summary(counts, len(rows)))
+    lines.append("templatekit report: " + _summary(counts, len(rows)))
     return "\n".join(lines) + "\n"
 
 
