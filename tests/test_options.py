@@ -218,6 +218,10 @@ def test_bad_option_values_give_a_reason_never_a_traceback(tmp_path: Path) -> No
         (("audit", template, "--data", data, "--max-length", "-3"), "not a positive number of tokens"),
         (("check", template, "--format", "yaml"), "invalid choice: 'yaml'"),
         (("apply", "--template", "falcon"), "falcon"),
+        (("patch", template, "-o", ""), "argument -o/--output: an empty value"),
+        (("show", template, "--html", ""), "argument --html: an empty value"),
+        (("report", ""), "argument PATH: an empty value"),
+        (("patch", template, "--train-role", " "), "argument --train-role: an empty value"),
     ]
     for argv, reason in cases:
         result = cli_in_child(*argv)
