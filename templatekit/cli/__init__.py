@@ -41,36 +41,29 @@ from .console import EXIT_OK, EXIT_USAGE, Console
 __all__ = ["build_parser", "main"]
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised where the command is, so that its temporary files are removed on the way out."""
-
-    def __init__(self, number: int) -> None:
-        super().__init__(number)
-        self.number = number
-
-
 @contextmanager
-def _signals_handled() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C (each write removes its temporary file and an in-place update puts the folder
-    back; a second signal waits for that); the file-size limit (SIGXFSZ) is an OS error on the write that meets
-    it, not a kill. Only in the main thread, and put back afterwards (`main` also runs inside other programs)."""
+def _signals_handled() -> Iterator[list[int]]:
+    """SIGTERM unwinds like Ctrl-C (a KeyboardInterrupt raised where the command is: each write removes its
+    temporary file and an in-place update puts the folder back; a second signal waits for that); the file-size
+    limit (SIGXFSZ) is an OS error on the write that meets it, not a kill. Yields the signals received. Only in the
+    main thread, and put back afterwards (`main` also runs inside other programs)."""
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
 
     def terminate(number: int, frame: object) -> None:
         received.append(number)
         if len(received) == 1:
-            raise _Terminated(number)
+            raise KeyboardInterrupt
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
     if hasattr(signal, "SIGXFSZ"):
         previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        yield
+        yield received
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -146,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"templatekit {args.command}: error: argument {empty}: an empty value", file=sys.stderr)
         return EXIT_USAGE
     out, err = Console(sys.stdout), Console(sys.stderr)
+    received: list[int] = []
     try:
-        with _signals_handled():
+        with _signals_handled() as received:
             return args.func(args, out, err)
     except BrokenPipeError:  # `templatekit patch x.jinja | head`
         return EXIT_OK
@@ -155,11 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if received and received[0] == signal.SIGTERM:
+            err.line("terminated (SIGTERM): nothing half-written is left", "red")
+            return 128 + signal.SIGTERM
         err.line("interrupted (Ctrl-C): nothing half-written is left", "red")
         return 128 + signal.SIGINT
-    except _Terminated as exc:
-        err.line("terminated (SIGTERM): nothing half-written is left", "red")
-        return 128 + exc.number
     finally:
         try:
             out.flush()
