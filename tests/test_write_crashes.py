@@ -20,11 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 from _harness import cli_in_child
 from _paths import REPO_ROOT, corpus_file
+from test_gguf import make_gguf
 
 import templatekit
 from templatekit.sources import TEMPORARY_SUFFIX, load_templates
@@ -104,20 +103,8 @@ def test_sigterm_or_ctrl_c_at_every_step_of_in_place_leaves_the_folder_byte_iden
         pytest.fail(f"patch --in-place took more than {MAX_STEPS} steps")
 
 
-def make_gguf(path: Path) -> Path:
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("stand-in")
-    writer.add_chat_template(text(QWEN))
-    writer.add_tensor("token_embd.weight", np.arange(4 * 64, dtype=np.float32).reshape(4, 64))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_sigkill_at_every_step_of_a_new_gguf_leaves_it_whole_or_absent(tmp_path: Path) -> None:
-    source = make_gguf(tmp_path / "model.gguf")
+    source = make_gguf(tmp_path / "model.gguf", {"default": text(QWEN)})
     original = source.read_bytes()
     patched = templatekit.patch_template(text(QWEN)).template
     for step in range(1, MAX_STEPS):
