@@ -95,6 +95,9 @@ def test_a_fifo_is_refused_in_one_line_wherever_a_file_is_read(tmp_path: Path) -
         (("audit", good, "--data", pipe_jsonl), pipe_jsonl),
     ]:
         one_line(cli_in_child(*argv, timeout=30), f"error: {where}: {named}")
+    tokenizer_fifo = tmp_path / "tokenizer.json"
+    os.mkfifo(tokenizer_fifo)
+    one_line(cli_in_child("show", good, "--tokenizer", tokenizer_fifo, timeout=30), "a named pipe (FIFO), not a")
     report = cli_in_child("report", tmp_path, timeout=60)
     assert report.code == 0 and "Traceback" not in report.err, report
     for fifo in (main_fifo / "chat_template.jinja", extra / "additional_chat_templates" / "tool_use.jinja"):

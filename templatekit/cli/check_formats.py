@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import PatchError, TemplateSourceError
-from ..sources import LoadedTemplate, load_templates
+from ..sources import MAX_CONFIG_BYTES, LoadedTemplate, load_templates, read_file_bytes
 from ..sources.json_positions import string_offsets, value_start
 from ..sources.local import file_identity
 
@@ -106,9 +106,9 @@ class _Locator:
         origin = template.origin
         if origin is None or template.kind not in ("jinja", "tokenizer_config", "chat_template_json"):
             return  # a Hub cache file or a GGUF file: no line a person edits
-        try:
-            self.file_text = Path(origin).read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+        try:  # bounded, and a regular file only (it may have been swapped since it was loaded)
+            self.file_text = read_file_bytes(origin, MAX_CONFIG_BYTES).decode("utf-8")
+        except (TemplateSourceError, UnicodeDecodeError):
             return
         if template.kind == "jinja":
             return

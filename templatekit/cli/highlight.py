@@ -10,6 +10,7 @@ and, with a tokenizer, every token is a `<span class="tok">` of its own.
 from __future__ import annotations
 
 import html
+import os
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ..core.sandbox import DEFAULT
 from ..core.verify import merge_adjacent
 from ..errors import ConversationError, TemplateSourceError
 from ..sources import read_json_file
+from ..sources.reading import file_kind
 from ..training.masks import spans_to_token_mask
 from ..training.spans import SpanRenderer, split_switches
 
@@ -136,6 +138,8 @@ def load_tokenizer(source: str | Path) -> Callable[[str], list[tuple[int, str, i
     """
     path = Path(source)
     file = path / "tokenizer.json" if path.is_dir() else path
+    if os.path.exists(file) and not file.is_file() and not file.is_dir():  # a pipe or a device: never opened
+        raise TemplateSourceError(f"{file_kind(os.stat(file).st_mode)}, not a tokenizer file", source=str(file))
     if file.is_file():
         from tokenizers import Tokenizer
 

@@ -111,7 +111,9 @@ def load_templates(source: str | Path, *, revision: str | None = None) -> list[L
         [('default', 'tokenizer_config'), ('tool_use', 'tokenizer_config')]
     """
     kind = source_kind(source)
-    if kind == "jinja" and looks_local(source) and not os.path.lexists(source):
+    # A Hub id in shape that is kept local: say why it is not looked up (a plain missing file says "no such file").
+    hub_shaped = isinstance(source, str) and _HUB_ID.match(source.lstrip("./~")) is not None
+    if kind == "jinja" and hub_shaped and looks_local(source) and not os.path.lexists(source):
         first = str(source).split("/", 1)[0]
         named = "/" in str(source) and first not in ("", ".", "..", "~") and os.path.lexists(first)
         why = f"{first} is here, so a local path" if named else "a local path"
