@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint clean-venv
 
+# The patched template goes to a file (ignored, in the venv), so the diff is the one thing printed, once.
 demo: $(VENV)/.installed-base
-	$(VENV)/bin/templatekit patch examples/chatml_example.jinja --diff
+	$(VENV)/bin/templatekit patch examples/chatml_example.jinja --diff -o $(VENV)/chatml_example.patched.jinja
 
 # Lint (ruff, pinned in the test extra), the layer contracts (import-linter, see pyproject.toml), then the tests
 # and the package's doctests (pytest --doctest-modules, set in pyproject.toml).

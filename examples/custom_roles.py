@@ -29,7 +29,17 @@ from __future__ import annotations
 import argparse
 import random
 
-from _common import chat_text, config_model, offline_llama3_tokenizer, report_labels, sft_config, train_and_report
+from _common import (
+    LLAMA3_TOKENIZER,
+    TRAINING,
+    chat_text,
+    config_model,
+    offline_llama3_tokenizer,
+    report_labels,
+    require,
+    sft_config,
+    train_and_report,
+)
 
 JUSTICE = "justice_william_h_rehnquist"
 OTHER_JUSTICES = ("justice_byron_r_white", "justice_thurgood_marshall", "justice_sandra_day_oconnor")
@@ -61,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=2000)
     parser.add_argument("--output", default="custom-roles-output")
     args = parser.parse_args(argv)
+    require(TRAINING, LLAMA3_TOKENIZER)
 
     from datasets import Dataset
     from trl import SFTTrainer

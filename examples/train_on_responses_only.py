@@ -24,11 +24,14 @@ from __future__ import annotations
 import argparse
 
 from _common import (
+    QWEN_TOKENIZER,
+    TRAINING,
     chat_text,
     config_model,
     make_conversations,
     offline_tokenizer,
     report_labels,
+    require,
     sft_config,
     train_and_report,
 )
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-response-only", action="store_true", help="train only each row's last response")
     parser.add_argument("--output", default="train-on-responses-only-output")
     args = parser.parse_args(argv)
+    require(TRAINING, {} if args.model else QWEN_TOKENIZER)
 
     import torch
     from datasets import Dataset

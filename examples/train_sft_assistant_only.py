@@ -26,7 +26,16 @@ from __future__ import annotations
 
 import argparse
 
-from _common import config_model, make_conversations, offline_tokenizer, sft_config, train_and_report
+from _common import (
+    QWEN_TOKENIZER,
+    TRAINING,
+    config_model,
+    make_conversations,
+    offline_tokenizer,
+    require,
+    sft_config,
+    train_and_report,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare", action="store_true", help="tokenize with templatekit.prepare_dataset instead")
     parser.add_argument("--output", default="sft-assistant-only-output")
     args = parser.parse_args(argv)
+    require(TRAINING, {} if args.model else QWEN_TOKENIZER)
 
     import torch
     from datasets import Dataset

@@ -7,9 +7,24 @@ transformers nor torch, datasets or trl; `templatekit.patch_template` loads what
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import DatasetRowError, PatchError, StripError, TemplateKitError, TemplateSourceError
+
+
+class _NoTorchNotice(logging.Filter):
+    """Drops transformers' "PyTorch was not found" notice, which its import logs when torch is not installed.
+    templatekit renders and tokenizes without torch, so on a plain install the notice would open every command's
+    output (the pre-commit hook's too) with a warning about nothing the user did; every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("PyTorch was not found")
+
+
+# On transformers' own logger before anything imports it (the filter stays for the imports made later, lazily).
+if not any(isinstance(f, _NoTorchNotice) for f in logging.getLogger("transformers").filters):
+    logging.getLogger("transformers").addFilter(_NoTorchNotice())
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports these on first use
     from .core.pipeline import check_template, patch_template

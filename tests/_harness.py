@@ -148,10 +148,19 @@ def cli(*argv: object, cwd: Path | None = None, timeout: float = SECONDS, cap: i
     return run
 
 
-def cli_in_child(*argv: object, cap: int = CLI_CAP, timeout: float = SECONDS) -> Run:
+def cli_in_child(
+    *argv: object,
+    cap: int = CLI_CAP,
+    timeout: float = SECONDS,
+    env: dict[str, str] | None = None,
+    file_size: int | None = None,
+    cwd: Path | None = None,
+) -> Run:
     """`templatekit.cli.main(ARGV)` in a forked child under RLIMIT_AS (what it maps plus `cap`) and an alarm: the
     CLI's own code path, without a fresh interpreter's two seconds of start-up (for tests that run it many
-    times). `peak` is the resident memory the run added over what the child had at fork."""
+    times). `peak` is the resident memory the run added over what the child had at fork. `env` is added to the
+    child's environment, `file_size` sets its RLIMIT_FSIZE (the file-size limit, `ulimit -f`), `cwd` its folder.
+    A child killed by a signal has the negative signal number as `code`."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tk_cli_{os.getpid()}_{threading.get_ident()}"
     paths = {name: Path(f"{out_path}.{name}") for name in ("out", "err", "peak")}
     paths["peak"].unlink(missing_ok=True)
@@ -159,7 +168,11 @@ def cli_in_child(*argv: object, cap: int = CLI_CAP, timeout: float = SECONDS) ->
     if pid == 0:  # the child: never returns
         code = 70
         try:
-            os.environ.update(NO_COLOR="1", HF_HUB_OFFLINE="1", COLUMNS="200")
+            os.environ.update({"NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})})
+            if file_size is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, resource.RLIM_INFINITY))
+            if cwd is not None:
+                os.chdir(cwd)
             sys.stdout = open(paths["out"], "w", encoding="utf-8")  # noqa: SIM115 - flushed at exit below
             sys.stderr = open(paths["err"], "w", encoding="utf-8")  # noqa: SIM115
             resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + cap, resource.RLIM_INFINITY))

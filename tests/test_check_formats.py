@@ -235,6 +235,24 @@ def _shadow_repository(path: Path) -> str:
     ).stdout.strip()
 
 
+def _pre_commit_run(pre_commit: str, repo: Path, cache: Path, **environment: str) -> tuple[int, str]:
+    """`pre-commit run --all-files` in `repo`, made a git repository with everything added; exit code and output."""
+    env = {**os.environ, "PRE_COMMIT_HOME": str(cache), "GIT_CONFIG_GLOBAL": os.devnull, **environment}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True, env=env)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True, env=env)
+    result = subprocess.run(
+        [pre_commit, "run", "--all-files", "--verbose"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
 def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
     """pre-commit installs this repository's hook (.pre-commit-hooks.yaml) into its own virtualenv and runs it on
     a repository holding a tagged and an untagged template, an unrelated file, and a template tagged for a custom
@@ -268,21 +286,8 @@ def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
         "        args: [--train-role, bot]\n",
         encoding="utf-8",
     )
-    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"), "GIT_CONFIG_GLOBAL": os.devnull}
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True, env=env)
-    subprocess.run([*git, "add", "."], cwd=repo, check=True, env=env)
-    result = subprocess.run(
-        [pre_commit, "run", "--all-files", "--verbose"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    code, output = _pre_commit_run(pre_commit, repo, tmp_path / "cache")
+    assert code == 1, output
     default_run, bot_run = output.split("templatekit check --train-role bot", 1)
     assert "good.jinja: ok" in default_run
     assert "model/bad.jinja: FAILED" in default_run
@@ -290,3 +295,28 @@ def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
     assert "notes.txt" not in default_run.split("templatekit-check", 1)[-1]  # not a template file: not passed
     assert "custom/bot.jinja: ok" in bot_run  # tagged for bot, and checked for bot
     assert "good.jinja" not in bot_run
+
+
+def test_readme_pre_commit_snippet_works_as_written(tmp_path: Path) -> None:
+    """The README's pre-commit snippet, copied as it is under `repos:`, runs `templatekit check` on the template
+    files of a repository (the templatekit installed beside this Python), with no placeholder to fill in."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert "OWNER" not in snippet and "repo: local" in snippet, snippet
+    indent = len(snippet) - len(snippet.lstrip(" "))
+    lines = [line[indent:] for line in snippet.splitlines()]
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # the venv's scripts first
+    pre_commit = shutil.which("pre-commit", path=search)
+    assert pre_commit and shutil.which("templatekit", path=search)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "good.jinja").write_text(templatekit.get_template("zephyr"), encoding="utf-8")
+    shutil.copy(corpus_file(UNTAGGED), repo / "bad.jinja")
+    (repo / "notes.txt").write_text("{% not a template %}", encoding="utf-8")
+    config = "repos:\n" + "".join(f"  {line}\n" for line in lines)
+    (repo / ".pre-commit-config.yaml").write_text(config, encoding="utf-8")
+    code, output = _pre_commit_run(pre_commit, repo, tmp_path / "cache", PATH=search)
+    assert code == 1, output
+    assert "good.jinja: ok" in output and "bad.jinja: FAILED" in output, output
+    assert "notes.txt" not in output.split("templatekit check", 1)[-1]
+    assert "PyTorch" not in output and "Traceback" not in output

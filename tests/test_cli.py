@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,11 +75,21 @@ def test_patch_exit_code_matches_the_api(capsys: pytest.CaptureFixture[str], nam
         assert out == expected.template
 
 
-def test_demo_example_patches(capsys: pytest.CaptureFixture[str]) -> None:
-    """`make demo` runs exactly this; it must succeed and show a diff."""
-    code, out, err = run(capsys, "patch", REPO_ROOT / "examples" / "chatml_example.jinja", "--diff")
+def test_make_demo_prints_the_diff_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The command `make demo` runs (read from the Makefile) succeeds and prints the diff, and the patched template
+    only inside it: once, not a second time as the template itself."""
+    makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    command = makefile.split("\ndemo:", 1)[1].split("\n")[1].strip().replace("$(VENV)", str(tmp_path))
+    program, *argv = shlex.split(command)
+    assert program.endswith("bin/templatekit"), command
+    code, out, err = run(capsys, *(str(REPO_ROOT / a) if a.startswith("examples/") else a for a in argv))
     assert code == 0, err
-    assert "+++ patched" in err and TRL_TAG.search(out)
+    patched_line = templatekit.patch_template(
+        (REPO_ROOT / "examples" / "chatml_example.jinja").read_text(encoding="utf-8")
+    ).template.splitlines()[0]
+    assert (out + err).count("+++ patched") == 1
+    assert (out + err).count(patched_line) == 1, out + err  # the diff's `+` line, and nowhere else
+    assert TRL_TAG.search(out)
 
 
 def test_patch_diff_shows_inserted_tags(capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,6 +213,9 @@ def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixtu
 
     out_dir = tmp_path / "patched"
     code, _, err = run(capsys, "patch", config, "-o", out_dir)
+    assert code == 2 and f"the folder {out_dir} does not exist (pass --mkdir to create it)" in err
+    assert not out_dir.exists()
+    code, _, err = run(capsys, "patch", config, "-o", out_dir, "--mkdir")
     assert code == 0, err
     assert (out_dir / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.patch_template(default).template
     assert TRL_TAG.search((out_dir / "additional_chat_templates" / "tool_use.jinja").read_text(encoding="utf-8"))
@@ -257,7 +271,7 @@ def test_report_classifies_templates_and_prints_the_summary_line(
 ) -> None:
     shutil.copy(corpus_file(PATCHABLE), tmp_path / "qwen2_5.jinja")  # patched
     tagged = tmp_path / "tagged" / "chat_template.jinja"
-    assert run(capsys, "patch", corpus_file(PATCHABLE), "-o", tagged)[0] == 0  # already tagged
+    assert run(capsys, "patch", corpus_file(PATCHABLE), "-o", tagged, "--mkdir")[0] == 0  # already tagged
     (tmp_path / "tagged" / "tokenizer_config.json").write_text('{"bos_token": null}', encoding="utf-8")  # skipped
     (tmp_path / "broken.jinja").write_text("{% if x %}", encoding="utf-8")  # not patchable
     wrong = "{% generation %}" + corpus_file(PATCHABLE).read_text(encoding="utf-8") + "{% endgeneration %}"

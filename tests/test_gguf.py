@@ -178,7 +178,7 @@ def test_one_named_template_patched_the_other_kept(tmp_path: Path) -> None:
 def test_gguf_templates_to_jinja_files(tmp_path: Path, capsys) -> None:
     source = make_gguf(tmp_path / "model.gguf", {"default": text_of(QWEN), "tool_use": text_of(LLAMA)})
     out_dir = tmp_path / "templates"
-    code, _, err = run(capsys, "patch", source, "-o", out_dir)
+    code, _, err = run(capsys, "patch", source, "-o", out_dir, "--mkdir")
     assert code == 0, err
     assert (out_dir / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.patch_template(
         text_of(QWEN)
@@ -224,7 +224,7 @@ def test_interrupted_gguf_write_leaves_no_file(tmp_path: Path, monkeypatch: pyte
         raise OSError("disk on fire")
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(TemplateSourceError, match="new.gguf: cannot write: disk on fire"):
         write_gguf_templates(source, target, {"default": templatekit.patch_template(text_of(QWEN)).template})
     assert target.read_bytes() == b"an older file the user keeps"
     assert sorted(os.listdir(tmp_path)) == ["model.gguf", "new.gguf"]  # no temporary file left

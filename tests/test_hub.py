@@ -135,7 +135,7 @@ def test_named_templates_are_each_loaded_and_patched(hub: StandInHub, capsys, tm
     code, _, err = run(capsys, "patch", "org/multi")
     assert code == 2 and "holds 2 templates (default, tool_use)" in err
     out_dir = tmp_path / "patched"
-    code, _, err = run(capsys, "patch", "org/multi", "-o", out_dir)
+    code, _, err = run(capsys, "patch", "org/multi", "-o", out_dir, "--mkdir")
     assert code == 0, err
     assert (out_dir / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.patch_template(
         text_of(QWEN)

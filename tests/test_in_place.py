@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import templatekit
 from templatekit import cli, sources
-from templatekit.errors import PatchError
+from templatekit.errors import PatchError, TemplateSourceError
 from templatekit.sources import atomic
 from templatekit.sources.in_place import update_in_place
 from templatekit.sources.json_positions import replace_json_string
@@ -190,10 +190,9 @@ def test_failed_rename_leaves_the_original_intact(tmp_path: Path, capsys, monkey
     fail_replacing(monkeypatch, config)
     code, out, err = run(capsys, "patch", tmp_path, "--in-place")
     assert code == 2 and out == ""
-    assert "cannot write: Input/output error; the files are unchanged" in err
+    assert f"error: {config}: cannot write: Input/output error; nothing was changed" in err
     assert config.read_bytes() == original
-    assert (tmp_path / "tokenizer_config.json.bak").read_bytes() == original
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no temporary file left behind
+    assert os.listdir(tmp_path) == ["tokenizer_config.json"]  # no backup, no temporary file left behind
 
 
 def test_disk_full_midway_through_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,10 +224,10 @@ def test_disk_full_midway_through_the_write(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     [loaded] = sources.load_templates(tmp_path)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(TemplateSourceError, match="chat_template.jinja: cannot write: No space left"):
         update_in_place([loaded], [patched(QWEN)])
     assert template.read_bytes() == original
-    assert sorted(os.listdir(tmp_path)) == ["chat_template.jinja", "chat_template.jinja.bak"]
+    assert sorted(os.listdir(tmp_path)) == ["chat_template.jinja"]  # the backup of a change not made is gone
 
 
 def test_second_file_failing_puts_the_first_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,10 +237,12 @@ def test_second_file_failing_puts_the_first_back(tmp_path: Path, monkeypatch: py
     tool_use.write_text(text_of(LLAMA), encoding="utf-8")
     fail_replacing(monkeypatch, tool_use)
     templates = sources.load_templates(tmp_path)
-    with pytest.raises(OSError):
+    before = files_in(tmp_path)
+    with pytest.raises(TemplateSourceError, match="tool_use.jinja: cannot write"):
         update_in_place(templates, [patched(QWEN), patched(LLAMA)])
     assert (tmp_path / "chat_template.jinja").read_text(encoding="utf-8") == text_of(QWEN)  # rolled back
     assert tool_use.read_text(encoding="utf-8") == text_of(LLAMA)
+    assert files_in(tmp_path) == before  # byte-identical: no backup, no temporary file
 
 
 def test_patch_failure_writes_nothing(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -246,7 +246,7 @@ def base_model(tokenizer, folder: Path) -> Path:
 def test_apply_in_place_gives_a_base_model_a_trainable_template(capsys, qwen_tokenizer, tmp_path: Path) -> None:
     folder = base_model(qwen_tokenizer, tmp_path / "base")
     config_before = (folder / "tokenizer_config.json").read_bytes()
-    code, _, err = run(capsys, "apply", "--format", "chatml", folder, "--in-place")
+    code, _, err = run(capsys, "apply", "--template", "chatml", folder, "--in-place")
     assert code == 0, err
     assert "verification ok" in err and f"wrote {folder / 'chat_template.jinja'}" in err
     assert (folder / "tokenizer_config.json").read_bytes() == config_before  # nothing else touched
@@ -257,7 +257,7 @@ def test_apply_in_place_gives_a_base_model_a_trainable_template(capsys, qwen_tok
     assert trained == "".join(answer + "<|im_end|>" for answer in ANSWERS)
     # Now the model has a template: check passes, and apply refuses to replace it silently.
     assert run(capsys, "check", folder)[0] == 0
-    code, _, err = run(capsys, "apply", "--format", "zephyr", folder, "--in-place")
+    code, _, err = run(capsys, "apply", "--template", "zephyr", folder, "--in-place")
     assert code == 2 and "already has a chat template" in err and "--force" in err
     assert (folder / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.get_template("chatml")
 
@@ -269,7 +269,9 @@ def test_apply_force_replaces_a_template_where_it_is_kept_with_a_backup(capsys, 
     config = {"eos_token": "<|im_end|>", "chat_template": original, "model_max_length": 32768}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     before = (folder / "tokenizer_config.json").read_bytes()
-    code, _, err = run(capsys, "apply", "--format", "chatml", folder / "tokenizer_config.json", "--in-place", "--force")
+    code, _, err = run(
+        capsys, "apply", "--template", "chatml", folder / "tokenizer_config.json", "--in-place", "--force"
+    )
     assert code == 0, err
     after = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert after == {**config, "chat_template": templatekit.get_template("chatml")}  # only the template changed
@@ -278,20 +280,20 @@ def test_apply_force_replaces_a_template_where_it_is_kept_with_a_backup(capsys, 
 
 
 def test_apply_prints_or_writes_and_rejects_bad_input(capsys, tmp_path: Path) -> None:
-    code, out, _ = run(capsys, "apply", "--format", "vicuna")
+    code, out, _ = run(capsys, "apply", "--template", "vicuna")
     assert code == 0 and out == templatekit.get_template("vicuna")
     target = tmp_path / "alpaca.jinja"
-    assert run(capsys, "apply", "--format", "alpaca", "-o", target)[0] == 0
+    assert run(capsys, "apply", "--template", "alpaca", "-o", target)[0] == 0
     assert target.read_text(encoding="utf-8") == templatekit.get_template("alpaca")
     assert run(capsys, "check", target)[0] == 0
-    code, _, err = run(capsys, "apply", "--format", "falcon", "-o", tmp_path / "x.jinja")
+    code, _, err = run(capsys, "apply", "--template", "falcon", "-o", tmp_path / "x.jinja")
     assert code == 2 and "no library template named 'falcon'" in err and "chatml" in err
     assert not (tmp_path / "x.jinja").exists()
-    code, _, err = run(capsys, "apply", "--format", "chatml", "--in-place")
+    code, _, err = run(capsys, "apply", "--template", "chatml", "--in-place")
     assert code == 2 and "needs a SOURCE" in err
     bad = tmp_path / "bad" / "tokenizer_config.json"
     bad.parent.mkdir()
     bad.write_text('{"eos_token": "</s>",\n  "chat_template": }', encoding="utf-8")
-    code, _, err = run(capsys, "apply", "--format", "chatml", bad, "--in-place")
+    code, _, err = run(capsys, "apply", "--template", "chatml", bad, "--in-place")
     assert code == 2 and f"{bad}:2:" in err and "invalid JSON" in err
     assert not (bad.parent / "chat_template.jinja").exists()

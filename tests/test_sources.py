@@ -311,7 +311,7 @@ def test_write_text_atomic_failure_keeps_the_old_file(tmp_path: Path, monkeypatc
         raise OSError("disk on fire")
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(TemplateSourceError, match="out.jinja: cannot write: disk on fire"):
         write_text_atomic(target, "new")
     assert target.read_text(encoding="utf-8") == "old"
     assert os.listdir(tmp_path) == ["out.jinja"]

@@ -14,13 +14,17 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, NotTrainableError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates
+from ..sources.reading import read_text_lines
+from .check_formats import github_escape_data, github_escape_property
 from .console import EXIT_FAIL, EXIT_USAGE, Console
 from .options import (
+    add_format,
     add_limit_options,
     add_template_kwargs,
     add_train_role,
     limits,
     located,
+    output_format,
     template_kwargs,
     train_roles,
 )
@@ -28,44 +32,33 @@ from .options import (
 __all__ = ["add_parser", "read_jsonl", "run"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-_MAX_LINE_BYTES = 64 * 1024 * 1024
+#: Bad rows listed in the text format (`--format json` lists every one).
+SHOWN_BAD_ROWS = 20
 
 
 def read_jsonl(path: str | Path, messages_field: str = "messages") -> tuple[list[dict], list[int]]:
     """The rows of a JSONL file and the line number of each; a `TemplateSourceError` names `file:line` for a bad
-    line."""
+    line. Read within bounds (`sources.read_text_lines`): a regular file, its size checked before it is read."""
     rows, lines = [], []
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; errors name the file)
-    except OSError as exc:
-        raise TemplateSourceError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
-    with handle:
+    for number, line in read_text_lines(path):
+        if not line.strip():
+            continue
         try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                if len(line) > _MAX_LINE_BYTES:
-                    raise TemplateSourceError(
-                        f"line longer than {_MAX_LINE_BYTES // 2**20} MiB", source=str(path), line=number
-                    )
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TemplateSourceError(
-                        f"invalid JSON: {exc.msg} (column {exc.colno})", source=str(path), line=number
-                    ) from None
-                if not isinstance(row, dict):
-                    raise TemplateSourceError(
-                        f"expected a JSON object, got {type(row).__name__}", source=str(path), line=number
-                    )
-                if not isinstance(row.get(messages_field), list):
-                    raise TemplateSourceError(
-                        f"expected a list of messages under {messages_field!r}", source=str(path), line=number
-                    )
-                rows.append(row)
-                lines.append(number)
-        except UnicodeDecodeError as exc:
-            raise TemplateSourceError(f"not UTF-8 text ({exc.reason})", source=str(path)) from None
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TemplateSourceError(
+                f"invalid JSON: {exc.msg} (column {exc.colno})", source=str(path), line=number
+            ) from None
+        if not isinstance(row, dict):
+            raise TemplateSourceError(
+                f"expected a JSON object, got {type(row).__name__}", source=str(path), line=number
+            )
+        if not isinstance(row.get(messages_field), list):
+            raise TemplateSourceError(
+                f"expected a list of messages under {messages_field!r}", source=str(path), line=number
+            )
+        rows.append(row)
+        lines.append(number)
     if not rows:
         raise TemplateSourceError("no conversation in the file", source=str(path))
     return rows, lines
@@ -166,6 +159,27 @@ def _print_text(out: Console, document: dict[str, Any], label: str, data: str) -
             out.line(f"  - {problem}")
     else:
         out.line("no problems found", "green")
+    bad = document["bad_rows"]
+    if bad:
+        out.line(f"bad rows: {document['bad_row_count']} ({len(bad)} problems)", "bold red")
+        for entry in bad[:SHOWN_BAD_ROWS]:
+            out.line(f"  {entry['row']}: {entry['problem']}")
+        if len(bad) > SHOWN_BAD_ROWS:
+            out.line(f"  … and {len(bad) - SHOWN_BAD_ROWS} more (--format json lists every one)")
+
+
+def _to_github(document: dict[str, Any]) -> str:
+    """An `::error file=DATA,line=N::problem` annotation per bad row, then the summary problems as one line each."""
+    lines = []
+    for entry in document["bad_rows"]:
+        data, _, line = entry["row"].rpartition(":")
+        properties = [f"file={github_escape_property(data)}", f"line={line}"] if line.isdigit() else []
+        properties.append(f"title={github_escape_property('templatekit audit: bad row')}")
+        lines.append(f"::error {','.join(properties)}::{github_escape_data(entry['problem'])}")
+    lines.append(
+        f"templatekit audit: {document['rows']} rows, {document['bad_row_count']} bad, exit {document['exit_code']}"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -188,7 +202,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if tokenizer is not None:
         render_kwargs.update({k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)})
     names = [f"{args.data}:{line}" for line in lines]
-    progress = _progress(err, len(rows), args.format == "text")
+    progress = _progress(err, len(rows), output_format(args) == "text")
     try:
         options = dict(
             tokenizer=tokenizer,
@@ -224,8 +238,11 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "tokenizer": str(tokenizer_path) if tokenizer is not None else None,
         **report.to_dict(),
     }
-    if args.format == "json":
+    fmt = output_format(args)
+    if fmt == "json":
         out.raw(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    elif fmt == "github":
+        out.raw(_to_github(document))
     else:
         _print_text(out, document, template.label, str(args.data))
     return report.exit_code
@@ -267,7 +284,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="right",
         help="how rows longer than --max-length are cut, as prepare_dataset does (default: right)",
     )
-    audit.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or one JSON document")
+    add_format(audit, "the counts, the problems and every bad row")
     add_train_role(audit)
     add_template_kwargs(audit)
     add_limit_options(audit)

@@ -7,11 +7,13 @@ import argparse
 from . import check_formats
 from .console import STATUS_STYLE, Console
 from .options import (
+    add_format,
     add_limit_options,
     add_policy_options,
     add_template_kwargs,
     add_train_role,
     limits,
+    output_format,
     public_api,
     template_kwargs,
     train_roles,
@@ -22,7 +24,7 @@ __all__ = ["add_parser", "run"]
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Check every template of every source against the trained roles; the exit code (0, 1 or 2)."""
-    fmt = "json" if args.json else args.format
+    fmt = output_format(args)
     options = {
         "train_roles": train_roles(args),
         "only_last_turn": args.only_last_turn,
@@ -61,14 +63,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "fail verification); 2 usage or input error (a source is missing, unreadable or malformed)",
     )
     check.add_argument("sources", nargs="+", metavar="SOURCE")
-    check.add_argument(
-        "--format",
-        choices=("text", "json", "github"),
-        default="text",
-        help="text (default); json: one machine-readable document on stdout; github: GitHub Actions annotations "
-        "(::error file=…,line=…) pointing at the template's file and line",
-    )
-    check.add_argument("--json", action="store_true", help="the same as --format json")
+    add_format(check, "every template, its status and reasons, the counts")
     check.add_argument("-q", "--quiet", action="store_true", help="text format: print only the templates that fail")
     add_train_role(check)
     add_template_kwargs(check)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import PatchError, TemplateSourceError
-from ..sources import LoadedTemplate, load_templates
+from ..sources import MAX_CONFIG_BYTES, LoadedTemplate, load_templates, read_file_bytes
 from ..sources.json_positions import string_offsets, value_start
+from ..sources.local import file_identity
 
 if TYPE_CHECKING:
     from ..core.report import Report
@@ -105,9 +106,9 @@ class _Locator:
         origin = template.origin
         if origin is None or template.kind not in ("jinja", "tokenizer_config", "chat_template_json"):
             return  # a Hub cache file or a GGUF file: no line a person edits
-        try:
-            self.file_text = Path(origin).read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+        try:  # bounded, and a regular file only (it may have been swapped since it was loaded)
+            self.file_text = read_file_bytes(origin, MAX_CONFIG_BYTES).decode("utf-8")
+        except (TemplateSourceError, UnicodeDecodeError):
             return
         if template.kind == "jinja":
             return
@@ -188,7 +189,7 @@ def _template_outcome(template: LoadedTemplate, check: Callable[[str], Report]) 
 
 
 def check_sources(sources: Iterable[str | Path], check: Callable[[str], Report] | None = None) -> list[CheckOutcome]:
-    """Check every template of every source; a source that cannot be read becomes one "error" outcome.
+    """Check every template of every source, each once; a source that cannot be read becomes one "error" outcome.
 
     Example:
         >>> [(o.label, o.status) for o in check_sources(["chat_template.jinja"])]  # doctest: +SKIP
@@ -197,13 +198,20 @@ def check_sources(sources: Iterable[str | Path], check: Callable[[str], Report] 
     if check is None:
         from ..core.pipeline import check_template as check
     outcomes: list[CheckOutcome] = []
+    seen: set[object] = set()  # a template reached twice (a folder and a file in it, a link) is checked once
     for source in sources:
         try:
             templates = load_templates(source)
         except TemplateSourceError as exc:
-            outcomes.append(_error_outcome(str(source), exc))
+            if (key := ("error", str(source))) not in seen:
+                seen.add(key)
+                outcomes.append(_error_outcome(str(source), exc))
             continue
-        outcomes.extend(_template_outcome(template, check) for template in templates)
+        for template in templates:
+            key = (file_identity(template.origin) if template.origin is not None else template.label, template.name)
+            if key not in seen:
+                seen.add(key)
+                outcomes.append(_template_outcome(template, check))
     return outcomes
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "STATUS_STYLE", "Console"]
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "STATUS_STYLE", "Console", "Replay"]
 
 #: Exit codes: success; a template cannot be patched or fails its check; bad usage or unreadable input.
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -88,3 +88,54 @@ class Console:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+class Replay:
+    """What a command would print on its consoles, kept in order and printed later: a command that writes files
+    says what it found only once they are written, so that a write that fails is the one line of its error.
+
+    Example:
+        >>> import io
+        >>> replay, stream = Replay(), io.StringIO()
+        >>> later = replay.console(Console(stream))
+        >>> later.line("t.jinja: patched"); later.line("error: out.jinja: cannot write: disk full")
+        >>> replay.play(errors_only=True); stream.getvalue()
+        'error: out.jinja: cannot write: disk full\\n'
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Console, str, tuple]] = []
+
+    def console(self, real: Console) -> Console:
+        """A stand-in for `real` whose output waits for `play`."""
+        return _Recording(self, real)  # type: ignore[return-value]
+
+    def play(self, *, errors_only: bool = False) -> None:
+        """Print what was kept, in order (only the `error:` lines with `errors_only`)."""
+        for real, method, args in self.calls:
+            if not errors_only or (method == "line" and str(args[0]).startswith("error:")):
+                getattr(real, method)(*args)
+        self.calls.clear()
+
+
+class _Recording:
+    """A `Console` whose writes go to a `Replay`."""
+
+    def __init__(self, replay: Replay, real: Console) -> None:
+        self.replay, self.real = replay, real
+        self.stream, self.tty, self.rich = real.stream, real.tty, real.rich
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        self.replay.calls.append((self.real, "line", (text, style)))
+
+    def raw(self, text: str) -> None:
+        self.replay.calls.append((self.real, "raw", (text,)))
+
+    def diff(self, text: str) -> None:
+        self.replay.calls.append((self.real, "diff", (text,)))
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], status_column: int) -> None:
+        self.replay.calls.append((self.real, "table", (headers, rows, status_column)))
+
+    def flush(self) -> None:
+        pass

@@ -10,6 +10,7 @@ and, with a tokenizer, every token is a `<span class="tok">` of its own.
 from __future__ import annotations
 
 import html
+import os
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ..core.sandbox import DEFAULT
 from ..core.verify import merge_adjacent
 from ..errors import ConversationError, TemplateSourceError
 from ..sources import read_json_file
+from ..sources.reading import file_kind
 from ..training.masks import spans_to_token_mask
 from ..training.spans import SpanRenderer
 
@@ -136,6 +138,8 @@ def load_tokenizer(source: str | Path) -> Callable[[str], list[tuple[int, str, i
     """
     path = Path(source)
     file = path / "tokenizer.json" if path.is_dir() else path
+    if os.path.exists(file) and not file.is_file() and not file.is_dir():  # a pipe or a device: never opened
+        raise TemplateSourceError(f"{file_kind(os.stat(file).st_mode)}, not a tokenizer file", source=str(file))
     if file.is_file():
         from tokenizers import Tokenizer
 
@@ -288,29 +292,43 @@ def summary(rendering: Rendering) -> str:
 # ----------------------------------------------------------------------------------------------------- output
 
 
-def to_rich(rendering: Rendering) -> Any:
+#: Token shades by (trained, odd token), for terminals of 256 colours or more, and for 16-colour ones (where every
+#: grey is the same "bright black", so one of the two untrained shades is the terminal's own background).
+_SHADES = {
+    (True, 0): "black on green3",
+    (True, 1): "black on dark_sea_green2",
+    (False, 0): "on grey19",
+    (False, 1): "on grey30",
+}
+_SHADES_16 = {
+    (True, 0): "black on green",
+    (True, 1): "black on bright_green",
+    (False, 0): "",
+    (False, 1): "on bright_black",
+}
+
+
+def to_rich(rendering: Rendering, color_system: str | None = "truecolor") -> Any:
     """A `rich.text.Text`: trained characters on green, others plain; with tokens, alternate shades mark where
-    each token starts, and the tokens whose mask is 1 are underlined.
+    each token starts (trained and untrained tokens alike), and the tokens whose mask is 1 are underlined.
+    `color_system` is the terminal's (`rich.console.Console.color_system`): on a 16-colour one ("standard",
+    "windows") the shades are chosen among its colours, which tell them apart.
 
     Example:
         >>> from rich.console import Console
-        >>> Console().print(to_rich(rendering))  # doctest: +SKIP
+        >>> console = Console()
+        >>> console.print(to_rich(rendering, console.color_system))  # doctest: +SKIP
     """
     from rich.text import Text
 
     out = Text()
-    shades = {
-        (True, 0): "black on green3",
-        (True, 1): "black on dark_sea_green2",
-        (False, 0): "on grey19",
-        (False, 1): "on grey30",
-    }
+    shades = _SHADES_16 if color_system in ("standard", "windows") else _SHADES
     for owner, start, end, trained in _segments(rendering):
         piece = rendering.text[start:end]
         if rendering.tokens is None:
-            out.append(piece, style="black on green3" if trained else "")
+            out.append(piece, style=shades[(True, 0)] if trained else "")
             continue
-        style = shades[(trained, (owner or 0) % 2)] if owner is not None else ("black on green3" if trained else "")
+        style = shades[(trained, owner % 2)] if owner is not None else (shades[(True, 0)] if trained else "")
         if owner is not None and rendering.tokens[owner].trained:
             style += " underline"
         # A newline token would be invisible: show a return sign before the line break.

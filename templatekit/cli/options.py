@@ -9,7 +9,43 @@ from typing import Any
 from ..errors import TemplateSourceError
 from ..sources import LoadedTemplate
 
-__all__ = ["add_limit_options", "add_train_role", "limits", "located", "public_api", "reason_of", "train_roles"]
+__all__ = [
+    "RESERVED_KWARGS",
+    "add_format",
+    "add_limit_options",
+    "add_template_kwargs",
+    "add_train_role",
+    "limits",
+    "located",
+    "output_format",
+    "public_api",
+    "reason_of",
+    "template_kwargs",
+    "train_roles",
+]
+
+#: What the renderer passes to every template itself: a switch of one of these names would replace the conversation.
+RESERVED_KWARGS = ("messages", "tools", "documents", "add_generation_prompt", "continue_final_message")
+#: The output formats of the commands that report (`check`, `report`, `audit`).
+FORMATS = ("text", "json", "github")
+
+
+def add_format(sub: argparse.ArgumentParser, what: str) -> None:
+    """`--format text|json|github` and its alias `--json`: how a command that reports prints (`what`: what JSON
+    holds, for the help)."""
+    sub.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help=f"text (default); json: one JSON document on stdout ({what}); github: GitHub Actions annotations "
+        "(::error file=…,line=…) and a summary line",
+    )
+    sub.add_argument("--json", action="store_true", help="the same as --format json")
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """The format `--format` (or `--json`) asked for."""
+    return "json" if args.json else args.format
 
 
 def _positive_seconds(text: str) -> float:
@@ -79,6 +115,11 @@ def _setting(text: str) -> tuple[str, Any]:
     name, equals, value = text.partition("=")
     if not equals or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. enable_thinking=false), got {text!r}")
+    if name in RESERVED_KWARGS:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not a template switch: the renderer passes {name} to the template itself "
+            "(a switch is a name such as enable_thinking)"
+        )
     try:
         parsed = json.loads(value)
     except ValueError:

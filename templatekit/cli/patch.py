@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import GenerationTagsWarning, PatchError, TemplateSourceError
-from ..sources import LoadedTemplate, load_templates, source_kind, write_text_atomic
-from ..sources.gguf import write_gguf_templates
-from ..sources.in_place import update_in_place
-from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
+from ..errors import PatchError, TemplateSourceError
+from ..sources import LoadedTemplate, load_templates, source_kind
+from .console import EXIT_FAIL, EXIT_USAGE, STATUS_STYLE, Console
 from .options import (
     add_limit_options,
     add_policy_options,
@@ -25,10 +22,12 @@ from .options import (
     template_kwargs,
     train_roles,
 )
+from .writing import add_mkdir, check_targets, deliver, write_in_place
 
 __all__ = ["add_parser", "run", "write_in_place"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][\w.-]*$")
+# A template name that is safe as a file name (`\Z`, not `$`: `$` would let a final newline through).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][\w.-]*\Z")
 
 
 def _targets(args: argparse.Namespace, templates: list[LoadedTemplate]) -> list[Path]:
@@ -41,7 +40,7 @@ def _targets(args: argparse.Namespace, templates: list[LoadedTemplate]) -> list[
     for template in templates:
         if template.name == "default":
             targets.append(out / "chat_template.jinja")
-        elif _SAFE_NAME.match(template.name):
+        elif _SAFE_NAME.match(template.name) and template.name not in (".", ".."):
             targets.append(out / "additional_chat_templates" / f"{template.name}.jinja")
         else:
             raise TemplateSourceError(
@@ -99,46 +98,11 @@ def _chosen(args: argparse.Namespace, templates: list[LoadedTemplate], err: Cons
     return templates
 
 
-def _write_gguf(args: argparse.Namespace, templates: list[LoadedTemplate], results: list, err: Console) -> int:
-    target = Path(args.output)
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # the tags warning, printed as one line below
-            warnings.simplefilter("always", GenerationTagsWarning)
-            write_gguf_templates(args.source, target, {t.name: r.template for t, r in zip(templates, results)})
-    except TemplateSourceError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
-    err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
-    for warning in caught:
-        if issubclass(warning.category, GenerationTagsWarning):
-            err.line(f"warning: {warning.message}", "yellow")
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return EXIT_OK
-
-
-def write_in_place(templates: list[LoadedTemplate], texts: list[str], err: Console) -> int:
-    """Put `texts` back where the local model keeps `templates` (with backups), and say what changed."""
-    try:
-        updates = update_in_place(templates, texts)
-    except TemplateSourceError as exc:
-        err.line(f"error: {exc}", "red")
-        return EXIT_USAGE
-    except OSError as exc:
-        err.line(f"error: {exc.filename or ''}: cannot write: {exc.strerror or exc}; the files are unchanged", "red")
-        return EXIT_USAGE
-    for update in updates:
-        if update.changed:
-            err.line(f"updated {update.path} (backup: {update.backup})")
-        else:
-            err.line(f"{update.path}: unchanged, already verified")
-    return EXIT_OK
-
-
 def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, list[Path], bool] | None:
     """The source's chosen templates, the files to write them to and whether the output is a GGUF file, for
     commands that rewrite templates (`patch`, `strip`); None once a usage error is printed."""
-    problem = _output_problem(args, source_kind(args.source))
+    kind_of_source = source_kind(args.source)
+    problem = _output_problem(args, kind_of_source)
     if problem:
         err.line(f"error: {problem}", "red")
         return None
@@ -162,6 +126,11 @@ def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, li
         if clobbered and not args.force:
             err.line(f"error: refusing to overwrite the input {clobbered[0]}; pass --force to replace it", "red")
             return None
+    if args.output and not check_targets(args, targets or [Path(args.output)], err):
+        return None
+    origins = [t.origin for t in templates if t.origin is not None]
+    if args.in_place and kind_of_source not in ("hub", "gguf") and not check_targets(args, origins, err):
+        return None
     return templates, targets, gguf_out
 
 
@@ -209,34 +178,22 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     if code is not None:
         return code
-    writes = args.output or args.in_place
+    diff_to_stdout = bool(args.output or args.in_place)
 
-    diff_out = out if writes else err
-    for template, result in zip(templates, results):
-        err.line(f"{template.label}: {result.status.replace('_', ' ')}", STATUS_STYLE.get(result.status))
-        err.line(f"  verification {result.report.summary()}")
-        for note in result.report.notes:
-            err.line(f"  note: {note}", "dim")
-        if args.diff:
-            err.flush()
-            diff_out.diff(result.diff or "(no changes)\n")
-            diff_out.flush()
-    err.flush()
+    def describe(out: Console, err: Console) -> None:
+        for template, result in zip(templates, results):
+            err.line(f"{template.label}: {result.status.replace('_', ' ')}", STATUS_STYLE.get(result.status))
+            err.line(f"  verification {result.report.summary()}")
+            for note in result.report.notes:
+                err.line(f"  note: {note}", "dim")
+            if args.diff:
+                err.flush()
+                (out if diff_to_stdout else err).diff(result.diff or "(no changes)\n")
+                (out if diff_to_stdout else err).flush()
+        err.flush()
 
-    if gguf_out:
-        return _write_gguf(args, templates, results, err)
-    if args.in_place:
-        return write_in_place(templates, [r.template for r in results], err)
-    if args.output:
-        for target, result in zip(targets, results):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(target, result.template)
-            err.line(f"wrote {target}")
-    else:
-        template = results[0].template
-        # A terminal gets a final newline so the prompt does not glue onto the last line; a pipe gets the exact text.
-        out.raw(template + "\n" if out.tty and not template.endswith("\n") else template)
-    return EXIT_OK
+    texts = [result.template for result in results]
+    return deliver(args, templates, targets, gguf_out, texts, (out, err), describe)
 
 
 def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str, before: str) -> None:
@@ -260,6 +217,7 @@ def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str,
     )
     parser.add_argument("--diff", action="store_true", help=f"show the unified diff from {before}")
     parser.add_argument("--name", help=f"{verb} only the named template (e.g. tool_use)")
+    add_mkdir(parser)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
-from ..sources import load_templates, write_text_atomic
-from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
+from ..sources import load_templates
+from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console, Replay
 from .options import add_limit_options, add_template_kwargs, limits, located, template_kwargs
+from .writing import add_mkdir, check_targets, write_texts
 
 __all__ = ["add_parser", "run"]
 
@@ -17,6 +18,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Render a conversation with the trained text (and tokens) marked: terminal, pipe or HTML page."""
     from . import highlight as show  # imported on use: it loads the renderer, and transformers with it
 
+    if args.html and not check_targets(args, [Path(args.html)], err):
+        return EXIT_USAGE
     try:
         templates = load_templates(args.source)
         messages, tools = show.load_messages(args.messages) if args.messages else (None, None)
@@ -60,14 +63,17 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         for reason in reasons or [str(exc)]:
             err.line(f"  - {reason}")
         return EXIT_FAIL
+    replay = Replay()
+    said = replay.console(err) if args.html else err  # with --html: said once the page is written
     for note in rendering.notes:
-        err.line(f"note: {note}", "dim")
-    err.line(f"{template.label}: {show.summary(rendering)}")
+        said.line(f"note: {note}", "dim")
+    said.line(f"{template.label}: {show.summary(rendering)}")
     if args.html:
-        write_text_atomic(args.html, show.to_html(rendering, template.label))
-        err.line(f"wrote {args.html}")
-    elif out.tty and out.rich is not None:
-        out.rich.print(show.to_rich(rendering))
+        code = write_texts(args, [Path(args.html)], [show.to_html(rendering, template.label)], said)
+        replay.play(errors_only=code != EXIT_OK)
+        return code
+    if out.tty and out.rich is not None:
+        out.rich.print(show.to_rich(rendering, out.rich.color_system))
     else:
         out.raw(show.to_plain(rendering) + "\n")
     return EXIT_OK
@@ -91,6 +97,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     show_cmd.add_argument("--tokenizer", metavar="SOURCE", help="a local tokenizer folder or tokenizer.json")
     show_cmd.add_argument("--html", metavar="OUT", help="write a self-contained HTML page here instead")
+    add_mkdir(show_cmd)
     show_cmd.add_argument("--add-generation-prompt", action="store_true", help="render with the generation prompt")
     show_cmd.add_argument(
         "--fallback", action="store_true", help="show what the delimiter fallback trains, even for a patchable template"

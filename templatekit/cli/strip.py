@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from pathlib import Path
 
-from ..errors import StripError, TemplateSourceError
-from ..sources import write_text_atomic
-from ..sources.gguf import write_gguf_templates
-from .console import EXIT_OK, EXIT_USAGE, Console
+from ..errors import StripError
+from .console import EXIT_USAGE, Console
 from .options import add_limit_options, limits
-from .patch import add_source_and_output, inputs_and_outputs, rewrite_each, write_in_place
+from .patch import add_source_and_output, inputs_and_outputs, rewrite_each
+from .writing import deliver
 
 __all__ = ["add_parser", "run"]
 
@@ -44,43 +42,24 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     if code is not None:
         return code
-    writes = args.output or args.in_place
+    diff_to_stdout = bool(args.output or args.in_place)
 
-    diff_out = out if writes else err
-    for template, text in zip(templates, stripped):
-        removed = len(TAG.findall(template.text))
-        if removed:
-            err.line(
-                f"{template.label}: removed {removed} generation tags; renders identically on every probe", "green"
-            )
-        else:
-            err.line(f"{template.label}: no generation tags; unchanged")
-        if args.diff:
-            err.flush()
-            diff_out.diff(_diff(template.text, text) or "(no changes)\n")
-            diff_out.flush()
-    err.flush()
+    def describe(out: Console, err: Console) -> None:
+        for template, text in zip(templates, stripped):
+            removed = len(TAG.findall(template.text))
+            if removed:
+                err.line(
+                    f"{template.label}: removed {removed} generation tags; renders identically on every probe", "green"
+                )
+            else:
+                err.line(f"{template.label}: no generation tags; unchanged")
+            if args.diff:
+                err.flush()
+                (out if diff_to_stdout else err).diff(_diff(template.text, text) or "(no changes)\n")
+                (out if diff_to_stdout else err).flush()
+        err.flush()
 
-    if gguf_out:
-        target = Path(args.output)
-        try:
-            write_gguf_templates(args.source, target, {t.name: text for t, text in zip(templates, stripped)})
-        except TemplateSourceError as exc:
-            err.line(f"error: {exc}", "red")
-            return EXIT_USAGE
-        err.line(f"wrote {target} (a new GGUF file; {args.source} is unchanged)")
-        return EXIT_OK
-    if args.in_place:
-        return write_in_place(templates, stripped, err)
-    if args.output:
-        for target, text in zip(targets, stripped):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(target, text)
-            err.line(f"wrote {target}")
-    else:
-        text = stripped[0]
-        out.raw(text + "\n" if out.tty and not text.endswith("\n") else text)
-    return EXIT_OK
+    return deliver(args, templates, targets, gguf_out, stripped, (out, err), describe)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.pipeline import patch_template
 from ..core.strip import strip_template
-from ..errors import NoChatTemplateError, PatchError, StripError
+from ..errors import ArgumentTypeError, NoChatTemplateError, PatchError, StripError
 from ..sources import load_templates
 from ..sources.in_place import update_in_place
 
@@ -27,8 +27,9 @@ def patch_tokenizer(tokenizer: Any, **options: Any) -> Any:
     """Patch `tokenizer.chat_template` in place (each named template when it is a dict) and return it.
 
     `options` are `patch_template`'s (`train_roles`, `only_last_turn`, `retag`, `template_kwargs`, `timeout`,
-    `max_memory`). Raises `PatchError` when the tokenizer has no template or a template cannot be patched. The
-    tags hold under every setting of the template's switches, so TRL may render each row with its own
+    `max_memory`). Raises `ArgumentTypeError` (a `TypeError`) for anything but a tokenizer or processor (a model
+    id or a path: load it first), `PatchError` when the tokenizer has no template or a template cannot be patched.
+    The tags hold under every setting of the template's switches, so TRL may render each row with its own
     `chat_template_kwargs` (``enable_thinking=False`` for some rows, True for others).
 
     Example:
@@ -36,7 +37,15 @@ def patch_tokenizer(tokenizer: Any, **options: Any) -> Any:
         >>> # tokenizer = patch_tokenizer(tokenizer)
         >>> # SFTConfig(assistant_only_loss=True)
     """
-    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(tokenizer, (str, bytes, Path)) or not hasattr(tokenizer, "chat_template"):
+        hint = (
+            f": load it first, e.g. AutoTokenizer.from_pretrained({tokenizer!r})" if isinstance(tokenizer, str) else ""
+        )
+        raise ArgumentTypeError(
+            "patch_tokenizer takes a tokenizer or processor object (one with a chat_template attribute), "
+            f"not {type(tokenizer).__name__} {str(tokenizer)[:80]!r}{hint}"
+        )
+    template = tokenizer.chat_template
     if not template:
         raise PatchError(["the tokenizer has no chat_template"])
     named = template if isinstance(template, dict) else {None: template}

@@ -13,13 +13,14 @@ and `json_positions` (places inside JSON text).
 from __future__ import annotations
 
 from ..errors import NoChatTemplateError
-from .atomic import atomic_output, write_bytes_atomic, write_text_atomic
+from .atomic import TEMPORARY_SUFFIX, atomic_output, write_bytes_atomic, write_text_atomic
 from .loading import LOADERS, load_templates, register_loader, source_kind
 from .local import CONFIG_NAMES, find_template_files
 from .reading import MAX_CONFIG_BYTES, MAX_TEMPLATE_BYTES, LoadedTemplate, read_file_bytes, read_json_file
 
 __all__ = [
     "CONFIG_NAMES",
+    "TEMPORARY_SUFFIX",
     "LOADERS",
     "MAX_CONFIG_BYTES",
     "MAX_TEMPLATE_BYTES",

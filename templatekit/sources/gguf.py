@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import GenerationTagsWarning, NoChatTemplateError, TemplateSourceError
 from .atomic import atomic_output
-from .reading import MAX_TEMPLATE_BYTES, LoadedTemplate, _os_error
+from .reading import MAX_TEMPLATE_BYTES, LoadedTemplate, _os_error, open_regular
 
 __all__ = [
     "DEFAULT_KEY",
@@ -224,7 +224,7 @@ class _Reader:
 def _scan(path: Path) -> _Layout:
     """Where everything in the GGUF file `path` lies, every length and count checked before it is used."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             size = handle.seek(0, 2)
             return _scan_open(_Reader(handle, size, path))
     except OSError as exc:
@@ -285,11 +285,20 @@ def _scan_open(reader: _Reader) -> _Layout:
         alignment = reader.u32("'general.alignment'")
         if alignment == 0 or alignment & (alignment - 1):
             raise reader.fail(f"alignment {alignment} is not a power of two", entry.start)
+    # Bounded by the file: the padding a copy writes is less than the alignment, and the data must start in the file.
+    data_offset = infos_end + (-infos_end % alignment)
+    if (entry is not None and alignment > reader.size) or (tensor_count and data_offset > reader.size):
+        where = entry.start if entry is not None else infos_end
+        raise reader.fail(
+            f"alignment {alignment:,} puts the tensor data at byte {data_offset:,}, past the end of this "
+            f"{reader.size:,}-byte file",
+            where,
+        )
     return _Layout(
         header=(0, header_end),
         fields=fields,
         tensor_infos=(infos_start, infos_end),
-        data_offset=infos_end + (-infos_end % alignment),
+        data_offset=data_offset,
         alignment=alignment,
         little_endian=reader.order == "<",
         size=reader.size,
@@ -308,7 +317,7 @@ def _string_value(layout: _Layout, key: str, path: Path) -> str:
             source=str(path),
         )
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             handle.seek(start)
             data = handle.read(end - start)
     except OSError as exc:
@@ -366,7 +375,9 @@ def _encode_string_field(key: str, value: str, little_endian: bool) -> bytes:
     )
 
 
-def write_gguf_templates(source: str | Path, target: str | Path, templates: Mapping[str, str]) -> None:
+def write_gguf_templates(
+    source: str | Path, target: str | Path, templates: Mapping[str, str], *, make_folders: bool = False
+) -> None:
     """Write a copy of the GGUF file `source` to `target` with the chat templates in `templates` (name → text)
     replaced, everything else byte for byte the same; `source` is never modified.
 
@@ -375,7 +386,8 @@ def write_gguf_templates(source: str | Path, target: str | Path, templates: Mapp
     then moved onto `target`. Raises `TemplateSourceError` when `target` is `source`, when a named template is
     not in the file, or when the read-back check fails (nothing is written then). Warns
     (`GenerationTagsWarning`) once the file is written when a template carries generation tags: engines without
-    generation-tag support fail to load such a file, and `templatekit strip` writes one without them.
+    generation-tag support fail to load such a file, and `templatekit strip` writes one without them. `target` goes
+    through `atomic.atomic_output`: a regular file or a new path, its folder created only with `make_folders`.
 
     Example:
         >>> write_gguf_templates("model.gguf", "model.patched.gguf", {"default": patched_text})  # doctest: +SKIP
@@ -391,7 +403,7 @@ def write_gguf_templates(source: str | Path, target: str | Path, templates: Mapp
     for key in replaced:
         _string_value(layout, key, source)  # a template stored as anything but a string is not replaced
 
-    with open(source, "rb") as original:
+    with open_regular(source) as original:
 
         def span(start: int, end: int) -> bytes:
             original.seek(start)
@@ -404,7 +416,7 @@ def write_gguf_templates(source: str | Path, target: str | Path, templates: Mapp
             )
         head += span(*layout.tensor_infos)
         head += b"\0" * (-len(head) % layout.alignment)
-        with atomic_output(target) as (handle, temporary):
+        with atomic_output(target, make_folders=make_folders) as (handle, temporary):
             handle.write(head)
             original.seek(layout.data_offset)
             _copy_rest(original, handle)

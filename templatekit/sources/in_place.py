@@ -8,8 +8,8 @@ before anything is written: it must differ in the template strings only.
 
 Safety: a backup of each file is written first (`tokenizer_config.json.bak`; an older backup with other
 content is kept and the new one becomes `.bak.1`, `.bak.2`, …), then each file is replaced atomically
-(temporary file, fsync, `os.replace`). If replacing a later file fails, the files already replaced are put back,
-so a model folder is never left half-updated.
+(temporary file, fsync, `os.replace`). If anything fails part way, the files already replaced are put back and
+the new backups removed, so a model folder is never left half-updated, nor with a backup of a change not made.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TemplateSourceError
-from .atomic import write_bytes_atomic
+from .atomic import crash_point, write_bytes_atomic
 from .json_positions import replace_json_string
 from .reading import MAX_CONFIG_BYTES, MAX_TEMPLATE_BYTES, LoadedTemplate, read_file_bytes
 
@@ -134,36 +134,61 @@ def backup_path(path: Path, content: bytes) -> tuple[Path, bool]:
         number += 1
 
 
+def _backed_up(update: FileUpdate, created: list[Path]) -> FileUpdate:
+    """`update` with its backup written (or an identical older one found); the new backup joins `created`."""
+    saved, needed = backup_path(update.path, update.old)
+    if needed:
+        created.append(saved)  # before the write: however far it gets, a failure takes it away again
+        try:
+            write_bytes_atomic(saved, update.old)
+            os.chmod(saved, update.path.stat().st_mode & 0o7777)
+        except (TemplateSourceError, OSError) as exc:
+            why = exc.message if isinstance(exc, TemplateSourceError) else (exc.strerror or str(exc))
+            raise TemplateSourceError(f"cannot write its backup {saved.name}: {why}", source=str(update.path)) from None
+        crash_point()
+    return FileUpdate(update.path, update.old, update.new, saved)
+
+
 def apply_updates(updates: Sequence[FileUpdate], *, backup: bool = True) -> list[FileUpdate]:
     """Back up and replace each changed file atomically; return the updates with `backup` filled in.
 
-    Files are replaced only after every backup is written. If replacing one fails, the files replaced before it
-    get their old bytes back and the error is raised: the folder is as it was, plus the backups.
+    Files are replaced only after every backup is written. If anything fails (a backup, a replacement, Ctrl-C),
+    the files replaced so far get their old bytes back and the backups this call wrote are removed: the folder is
+    byte-identical to before (the error, a `TemplateSourceError`, names the user's file). A backup is kept only
+    if putting a file back failed too, since it then holds the only copy of the old bytes.
 
     Example:
         >>> apply_updates(plan_in_place(templates, texts))  # doctest: +SKIP
         [FileUpdate(path=PosixPath('model/tokenizer_config.json'), ..., backup=PosixPath('model/...json.bak'))]
     """
-    done = []
-    for update in updates:
-        saved = None
-        if backup and update.changed:
-            saved, needed = backup_path(update.path, update.old)
-            if needed:
-                write_bytes_atomic(saved, update.old)
-                os.chmod(saved, update.path.stat().st_mode & 0o7777)
-        done.append(FileUpdate(update.path, update.old, update.new, saved))
-    replaced: list[FileUpdate] = []
+    done: list[FileUpdate] = []
+    created: list[Path] = []
     try:
+        for update in updates:
+            done.append(_backed_up(update, created) if backup and update.changed else update)
         for update in done:
             if update.changed:
                 write_bytes_atomic(update.path, update.new)
-                replaced.append(update)
+                crash_point()
     except BaseException:
-        for update in replaced:
-            write_bytes_atomic(update.path, update.old)
+        # Put back every file that holds its new bytes (however far its replacement got when this was raised).
+        restored = all([_put_back(update) for update in done if update.changed])
+        for saved in created if restored else []:
+            saved.unlink(missing_ok=True)
         raise
     return done
+
+
+def _put_back(update: FileUpdate) -> bool:
+    """Give a file its old bytes again if it holds the new ones; whether it now holds its old bytes."""
+    try:
+        current = update.path.read_bytes()
+        if current == update.new and current != update.old:
+            write_bytes_atomic(update.path, update.old)
+            return True
+        return current == update.old
+    except (OSError, TemplateSourceError):
+        return False
 
 
 def update_in_place(

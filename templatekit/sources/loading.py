@@ -19,9 +19,9 @@ from .hub import load_hub_templates
 from .local import load_chat_template_json, load_jinja_file, load_model_folder, load_tokenizer_config
 from .reading import LoadedTemplate
 
-__all__ = ["LOADERS", "load_templates", "register_loader", "source_kind"]
+__all__ = ["LOADERS", "load_templates", "looks_local", "register_loader", "source_kind"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")  # `\Z`: `$` would let a final newline through
 _TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2", ".txt", ".tmpl")
 
 
@@ -55,7 +55,7 @@ def source_kind(source: str | Path) -> str:
     """Which loader a source goes to: "folder", "gguf", "chat_template_json", "tokenizer_config", "jinja" or "hub".
 
     An existing file whose kind is not recognised by name is read as raw Jinja text; a path that does not
-    exist and looks like `owner/name` is taken for a Hugging Face Hub id.
+    exist and looks like `owner/name` is taken for a Hugging Face Hub id, unless it looks local (`looks_local`).
 
     Example:
         >>> source_kind("chat_template.json"), source_kind("any/tokenizer_config.json"), source_kind("x.jinja")
@@ -75,9 +75,26 @@ def source_kind(source: str | Path) -> str:
         and isinstance(source, str)
         and _HUB_ID.match(source)
         and path.suffix.lower() not in _TEMPLATE_SUFFIXES
+        and not looks_local(source)
     ):
         return "hub"
     return "jinja"
+
+
+def looks_local(source: str | Path) -> bool:
+    """Whether `source` is meant as a local path even where nothing is there: it starts with `.`, `~` or `/`, or
+    its first part is a file or folder here (`api/qwen_modl` beside an `api/` folder is a mistyped path, not a
+    Hub id, and is never sent to the Hub).
+
+    Example:
+        >>> looks_local("./model"), looks_local("~/model"), looks_local("Qwen/Qwen2.5-7B-Instruct")
+        (True, True, False)
+    """
+    text = str(source)
+    if text.startswith((".", "~", "/")) or not isinstance(source, str):
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and os.path.lexists(first)
 
 
 def load_templates(source: str | Path, *, revision: str | None = None) -> list[LoadedTemplate]:
@@ -94,6 +111,15 @@ def load_templates(source: str | Path, *, revision: str | None = None) -> list[L
         [('default', 'tokenizer_config'), ('tool_use', 'tokenizer_config')]
     """
     kind = source_kind(source)
+    # A Hub id in shape that is kept local: say why it is not looked up (a plain missing file says "no such file").
+    hub_shaped = isinstance(source, str) and _HUB_ID.match(source.lstrip("./~")) is not None
+    if kind == "jinja" and hub_shaped and looks_local(source) and not os.path.lexists(source):
+        first = str(source).split("/", 1)[0]
+        named = "/" in str(source) and first not in ("", ".", "..", "~") and os.path.lexists(first)
+        why = f"{first} is here, so a local path" if named else "a local path"
+        raise TemplateSourceError(
+            f"no such file or folder ({why}, never looked up on the Hugging Face Hub)", source=str(source)
+        )
     if revision is None:
         return LOADERS[kind](source)
     if kind != "hub":

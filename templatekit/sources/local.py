@@ -15,6 +15,7 @@ from .reading import LoadedTemplate, _checked, _os_error, _read_text, read_json_
 
 __all__ = [
     "CONFIG_NAMES",
+    "file_identity",
     "find_template_files",
     "load_chat_template_json",
     "load_jinja_file",
@@ -128,9 +129,25 @@ def load_model_folder(source: str | Path) -> list[LoadedTemplate]:
     )
 
 
+def file_identity(path: str | Path) -> tuple[int, int] | str:
+    """What makes two paths one file: its device and inode (links and `a/../a` alike), or the absolute path for
+    one that cannot be looked at.
+
+    Example:
+        >>> file_identity("templates/chatml.jinja") == file_identity("templates/../templates/chatml.jinja")
+        True
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)
+    return info.st_dev, info.st_ino
+
+
 def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
     """The template files under `paths`: each file given, and, in each folder (recursively, skipping hidden
-    folders), every `*.jinja`, `tokenizer_config.json` and `chat_template.json`, sorted.
+    folders), every `*.jinja`, `tokenizer_config.json` and `chat_template.json`, sorted. A file reached twice (named
+    and inside a folder given, or through a link) is listed once, where it is first met.
 
     Raises `TemplateSourceError` for a path that does not exist.
 
@@ -156,4 +173,11 @@ def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
             found.append(entry)
         else:
             raise TemplateSourceError("no such file or folder", source=str(entry))
-    return found
+    seen: set[tuple[int, int] | str] = set()
+    unique = []
+    for path in found:
+        identity = file_identity(path)
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(path)
+    return unique

@@ -74,6 +74,16 @@ class AuditReport:
     first_rejection: str | None = None
     examples: dict[str, str] = field(default_factory=dict)  # a row name for each problem kind / field path
     notes: list[str] = field(default_factory=list)
+    bad_rows: list[tuple[str, str]] = field(default_factory=list)  # (row name, what is wrong), every one, in order
+
+    def bad(self, name: str, problem: str) -> None:
+        """Record that row `name` fails the audit, and why (every such row is listed, not only the first)."""
+        self.bad_rows.append((name, problem))
+
+    @property
+    def bad_row_count(self) -> int:
+        """How many rows fail the audit (a row with several problems counts once)."""
+        return len({name for name, _ in self.bad_rows})
 
     @property
     def trained_min(self) -> int | None:
@@ -149,6 +159,8 @@ class AuditReport:
             "first_rejection": self.first_rejection,
             "notes": list(self.notes),
             "problems": self.problems,
+            "bad_rows": [{"row": name, "problem": problem} for name, problem in self.bad_rows],
+            "bad_row_count": self.bad_row_count,
             "exit_code": self.exit_code,
         }
 
@@ -384,6 +396,7 @@ def _audit_row(
         report.rejected += 1
         if report.first_rejection is None:
             report.first_rejection = f"{name}: {error}"
+        report.bad(name, f"rejected: {error}")
         return
     ids, mask = _trained_count(tokenizer, text, spans)
     trained = sum(mask)
@@ -391,12 +404,14 @@ def _audit_row(
     if not trained:
         report.rows_without_trained += 1
         report.examples.setdefault("without_trained", name)
+        report.bad(name, f"trains nothing: no trained {report.unit}")
     if report.max_length is not None and ids is not None and len(ids) > report.max_length:
         report.rows_truncated += 1
         cut = truncate_row(ids, mask, report.max_length, report.truncation)
         if sum(cut[1] if cut is not None else ()) < trained:
             report.rows_truncated_losing_trained += 1
             report.examples.setdefault("truncated_losing", name)
+            report.bad(name, f"longer than max_length={report.max_length}: the cut loses trained tokens")
     _check_fields(renderer, messages, tools, name, report, render_kwargs)
 
 
@@ -446,3 +461,5 @@ def _check_fields(
             lost = report.metadata_not_rendered if path in METADATA_FIELDS else report.fields_not_rendered
             lost[path] = lost.get(path, 0) + 1
             report.examples.setdefault(path, name)
+            if path not in METADATA_FIELDS:
+                report.bad(name, f"{path}: the template never renders it")
