@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from ..errors import PatchError, PlanError, TemplateKitError, TemplateLimitError
 from .guards import Guard
 from .inline import inlined_sources
-from .per_setting import Plan, Variant, merge_plans, setting_test, switch_tests
+from .per_setting import Plan, Variant, merge_plans, setting_test
 from .planning import Goal, plan_patch, verify_setting
 from .report import Report
-from .switches import Setting, settings
+from .switches import Setting, settings, switch_tests
 from .syntax import ParsedTemplate, parse_template
 from .traced import Analysis, Traceable, analyse
 

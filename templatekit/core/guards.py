@@ -78,6 +78,10 @@ class Guard:
     def __str__(self) -> str:
         return self.source
 
+    def names(self) -> list[nodes.Name]:
+        """The variables the test reads."""
+        return list(_PARSER.parse("{% if " + self.source + " %}{% endif %}").find_all(nodes.Name))
+
     def __and__(self, other: Guard) -> Guard:
         return Guard(f"({self.source}) and ({other.source})")
 

@@ -14,21 +14,18 @@ template combine freely.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jinja2 import nodes
-
 from ..errors import PlanError
-from .analysis import Body, Flow, Item, Stmt
+from .analysis import Body, Flow, Stmt
 from .guards import Guard
-from .regions import Cut, Edit
-from .rewrite import _Writer, apply_edits
+from .regions import Edit
+from .rewrite import apply_edits, choice_edit
 from .switches import Setting
 from .syntax import ParsedTemplate
 
-__all__ = ["Plan", "Variant", "merge_plans", "switch_tests"]
+__all__ = ["Plan", "Variant", "merge_plans", "setting_test"]
 
 Group = tuple[Edit, ...]
 
@@ -57,13 +54,6 @@ def _span(group: Group) -> tuple[int, int]:
     return min(edit.start for edit in group), max(edit.end for edit in group)
 
 
-def _items(body: Body) -> Iterator[Item]:
-    for item in body.items:
-        yield item
-        for inner in getattr(item, "bodies", []):
-            yield from _items(inner)
-
-
 def _run(flow: Flow, low: int, high: int) -> tuple[Body, int, int]:
     """The innermost body, and the first and last of its items, whose run of whole items covers `[low, high]`."""
     body = flow.root
@@ -83,7 +73,7 @@ def _run(flow: Flow, low: int, high: int) -> tuple[Body, int, int]:
 
 
 def _place(group: Group, start: int, end: int) -> str:
-    """ "inside" `[start, end]`, "outside" it, or "across" its edges."""
+    """Where a group's edits fall: all "inside" `[start, end]`, all "outside" it, or "across" its edges."""
     if all(start <= edit.start and edit.end <= end for edit in group):
         return "inside"
     if all(edit.end <= start or edit.start >= end for edit in group):
@@ -117,13 +107,6 @@ def _clusters(flow: Flow, plans: Sequence[Plan], differing: list[Group]) -> list
     return joined
 
 
-def _block(text_before: str, tag: str, right: str = "") -> str:
-    """A block tag `{% tag %}` written after `text_before`; `{%+` where lstrip_blocks would strip the indentation
-    that ends `text_before` (the tag would start its line). `right` is its closing whitespace marker."""
-    plus = "+" if re.search(r"(?:^|\n)[ \t]+$", text_before) else ""
-    return "{%" + plus + " " + tag + " " + right + "%}"
-
-
 def merge_plans(parsed: ParsedTemplate, flow: Flow, base: Plan, variants: Sequence[Variant]) -> str:
     """The template tagged as `base` where every plan agrees, and per variant under its test where they differ.
 
@@ -135,72 +118,22 @@ def merge_plans(parsed: ParsedTemplate, flow: Flow, base: Plan, variants: Sequen
     differing = [g for plan in [base, *(v.plan for v in variants)] for g in plan.groups if g not in shared]
     if not differing:
         return base.text
-    writer = _Writer(parsed)
     edits: list[Edit] = []
-    runs = _clusters(flow, [base, *(v.plan for v in variants)], differing)
     spans = []
-    for body, first, last in runs:
+    for body, first, last in _clusters(flow, [base, *(v.plan for v in variants)], differing):
         head, tail = body.items[first], body.items[last]
-        open_start, open_end, _, left = writer.open_position(Cut(head, "before", head.start))
-        close_start, close_end, after, right = writer.close_position(Cut(tail, "after", tail.end))
-        spans.append((open_end, close_start))
-        lead = writer.newline_to_eat(open_end, Cut(head, "before", head.start))
 
-        def tagged(plan: Plan) -> str:
-            inside = [e for g in plan.groups if _place(g, open_end, close_start) == "inside" for e in g]
-            shifted = [Edit(e.start - open_end, e.end - open_end, e.text) for e in inside]
-            return lead + apply_edits(parsed.source[open_end:close_start], shifted)
+        def inside(plan: Plan) -> list[Edit]:
+            return [e for g in plan.groups if _place(g, head.start, tail.end) == "inside" for e in g]
 
-        base_text = tagged(base)
-        choices = [(v.test, tagged(v.plan)) for v in variants if tagged(v.plan) != base_text]
-        if not choices:
-            spans.pop()
-            continue
-        text = "{%" + left + " if " + str(choices[0][0]) + " %}" + choices[0][1]
-        for test, body_text in choices[1:]:
-            text += _block(text, f"elif {test}") + body_text
-        text += _block(text, "else") + base_text
-        text += _block(text, "endif", right)
-        edits.append(Edit(open_start, close_end, text + after))
+        branches = [(v.test, inside(v.plan)) for v in variants if inside(v.plan) != inside(base)]
+        if branches:
+            edits.append(choice_edit(parsed, head, tail, branches, inside(base)))
+            spans.append((head.start, tail.end))
     for group in base.groups:
         if all(_place(group, start, end) == "outside" for start, end in spans):
             edits.extend(group)
     return apply_edits(parsed.source, edits)
-
-
-def switch_tests(parsed: ParsedTemplate, name: str) -> list[Guard]:
-    """The tests the template itself writes on switch `name` alone (`enable_thinking is defined and
-    enable_thinking is false`), as source text, in the order they appear.
-
-    Example:
-        >>> from templatekit.core.syntax import parse_template
-        >>> switch_tests(parse_template("{% if x and y %}{% elif not x %}{% endif %}{{ 'a' if x is false }}"), "x")
-        [Guard(source='not x')]
-    """
-    found: dict[str, None] = {}
-    tokens = parsed.tokens
-    for index, token in enumerate(tokens):
-        if token.type != "name" or token.value not in ("if", "elif"):
-            continue
-        before = index - 1
-        while before > 0 and tokens[before].type == "whitespace":
-            before -= 1
-        if tokens[before].type != "block_begin":
-            continue
-        end = index
-        while tokens[end].type != "block_end":
-            end += 1
-        test = parsed.source[token.end : tokens[end].start].strip()
-        names = {found.name for found in _parse_test(test).find_all(nodes.Name)} if test else set()
-        if names == {name}:
-            found.setdefault(test, None)
-    return [Guard.of_template(test) for test in found]
-
-
-def _parse_test(test: str) -> nodes.Node:
-    from .syntax import parse_template
-
-    return parse_template("{% if " + test + " %}{% endif %}").ast
 
 
 def setting_test(setting: Setting) -> Guard:

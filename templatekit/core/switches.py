@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
+from .guards import Guard
 from .probes import SPECIAL_TOKENS
+from .syntax import ParsedTemplate
 
-__all__ = ["MAX_SWITCHES", "Setting", "settings", "switch_values", "template_switches"]
+__all__ = ["MAX_SWITCHES", "Setting", "settings", "switch_tests", "switch_values", "template_switches"]
 
 # Each value of a switch costs one more analysis of the template; a template testing more names is set on the first.
 MAX_SWITCHES = 4
@@ -230,3 +232,32 @@ def _defaults_itself(node: nodes.Assign) -> bool:
         names = {found.name for found in value.find_all(nodes.Name)}
         return names == {name}
     return False
+
+
+def switch_tests(parsed: ParsedTemplate, name: str) -> list[Guard]:
+    """The tests the template itself writes on switch `name` alone (`enable_thinking is defined and
+    enable_thinking is false`), as source text, in the order they appear.
+
+    Example:
+        >>> from templatekit.core.syntax import parse_template
+        >>> switch_tests(parse_template("{% if x and y %}{% elif not x %}{% endif %}{{ 'a' if x is false }}"), "x")
+        [Guard(source='not x')]
+    """
+    found: dict[str, None] = {}
+    tokens = parsed.tokens
+    for index, token in enumerate(tokens):
+        if token.type != "name" or token.value not in ("if", "elif"):
+            continue
+        before = index - 1
+        while before > 0 and tokens[before].type == "whitespace":
+            before -= 1
+        if tokens[before].type != "block_begin":
+            continue
+        end = index
+        while tokens[end].type != "block_end":
+            end += 1
+        test = parsed.source[token.end : tokens[end].start].strip()
+        names = {found.name for found in Guard.of_template(test).names()} if test else set()
+        if names == {name}:
+            found.setdefault(test, None)
+    return [Guard.of_template(test) for test in found]
