@@ -25,33 +25,47 @@ from .syntax import Pos
 from .turn_regions import cut_after, cut_before, loops_of, pieces_by_writer, regions_for_turn, units_in, units_of
 
 
+def _absorb(outer: Region, region: Region, **changes) -> Region:
+    """`outer` holding what `region` adds: its message variables, its guard, the roles before its turns."""
+    return replace(
+        outer,
+        targets=outer.targets | region.targets,
+        guard=outer.guard or region.guard,
+        after_roles=outer.after_roles | region.after_roles,
+        **changes,
+    )
+
+
 def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
     """Drop duplicates and regions nested in others; merge overlapping regions of one body."""
-    slices = {r.start.operator.start: r for r in regions if r.start.operator is not None and r.start.operator.headers}
+    # The headers each sliced operand follows, by region: those its own renders cut after, and the whole value of
+    # the operand in renders where it is all header (a cut at the operator after it).
+    learned: dict[tuple[int, int], tuple[str, ...]] = {}
+    for region in regions:
+        if region.start.operator is not None and region.start.operator.headers:
+            learned[region.key] = learned.get(region.key, ()) + region.start.operator.headers
     for region in regions:
         follows = region.start.operator.follows if region.start.operator is not None else None
-        sliced = slices.get(follows[0]) if follows is not None and follows[1] else None
-        if sliced is not None and sliced.end.offset == region.end.offset:
-            # The operand that one render slices is all header in this one: the slice learns that header.
-            operator = sliced.start.operator
-            sliced.start = replace(sliced.start, operator=operator.with_headers(operator.headers + (follows[1],)))
+        if follows is not None and follows[1] and (follows[0], region.end.offset) in learned:
+            learned[(follows[0], region.end.offset)] += (follows[1],)
     unique: dict[tuple[int, int], Region] = {}
     for region in regions:
-        kept = unique.setdefault(region.key, region)
-        if kept is not region and _other_slice(kept.start, region.start):
-            # One computed operand opens the turn after different headers in different renders (`<think>` before
-            # reasoning, `<think></think>` without): one slice that cuts after whichever the value holds.
-            headers = kept.start.operator.headers + region.start.operator.headers
-            kept.start = replace(kept.start, operator=kept.start.operator.with_headers(headers))
+        kept = unique.get(region.key)
+        if kept is None:
+            unique[region.key] = region
+            continue
         if kept.closes != region.closes:
             raise PlanError(
                 f"the output at {where(flow, region.start.offset)} both opens a turn and closes the one before"
             )
-        kept.targets |= region.targets
-        kept.guard |= region.guard
-        kept.after_roles |= region.after_roles
-        if kept.alternative is None and region.alternative is not None:
-            kept.alternative, kept.condition = region.alternative, region.condition
+        chosen = kept if kept.alternative is not None or region.alternative is None else region
+        unique[region.key] = _absorb(kept, region, alternative=chosen.alternative, condition=chosen.condition)
+    for key, region in unique.items():
+        operator = region.start.operator
+        if key in learned and set(learned[key]) != set(operator.headers):
+            # One computed operand opens the turn after different headers in different renders (`<think>` before
+            # reasoning, `<think></think>` without): one slice that cuts after whichever the value holds.
+            unique[key] = replace(region, start=replace(region.start, operator=operator.with_headers(learned[key])))
     ordered = sorted(unique.values(), key=lambda r: (r.start.offset, -r.end.offset))
     merged: list[Region] = []
     for region in ordered:
@@ -62,18 +76,13 @@ def merge_regions(flow: Flow, regions: list[Region]) -> list[Region]:
                     f"the outputs at {where(flow, outer.start.offset)} both open a turn and close the one before"
                 )
             if region.end.offset <= outer.end.offset:
-                outer.targets |= region.targets
-                outer.guard |= region.guard
-                outer.after_roles |= region.after_roles
+                merged[-1] = _absorb(outer, region)
                 continue
             if region.body is not outer.body:
                 raise PlanError(
                     f"spans overlap without nesting at {where(flow, outer.start.offset)} and {where(flow, region.start.offset)}"
                 )
-            outer.last, outer.end = region.last, region.end
-            outer.targets |= region.targets
-            outer.guard |= region.guard
-            outer.after_roles |= region.after_roles
+            merged[-1] = _absorb(outer, region, last=region.last, end=region.end)
             continue
         merged.append(region)
     return merged
@@ -95,13 +104,14 @@ def _trim(region: Region) -> Region:
     A generation block is a call block: a variable set inside it does not outlive it.
     """
     items = region.body.items
-    while region.first < region.last and _silent(items[region.first]) and region.start.item is items[region.first]:
-        region.first += 1
-        region.start = cut_before(items[region.first])
-    while region.last > region.first and _silent(items[region.last]) and region.end.item is items[region.last]:
-        region.last -= 1
-        region.end = cut_after(items[region.last])
-    return region
+    first, last, start, end = region.first, region.last, region.start, region.end
+    while first < last and _silent(items[first]) and start.item is items[first]:
+        first += 1
+        start = cut_before(items[first])
+    while last > first and _silent(items[last]) and end.item is items[last]:
+        last -= 1
+        end = cut_after(items[last])
+    return replace(region, first=first, last=last, start=start, end=end)
 
 
 def _assigned_names(item: Item) -> set[str]:
@@ -157,7 +167,7 @@ def _pieces(flow: Flow, region: Region, foreign: set[int], seen: set[int]) -> li
                 head = start if run[0].index == first and start is not None else cut_before(run[0])
                 tail = end_cut if end_cut is not None else cut_after(run[-1])
                 found.append(
-                    Region(body, run[0].index, run[-1].index, head, tail, set(region.targets), closes=region.closes)
+                    Region(body, run[0].index, run[-1].index, head, tail, region.targets, closes=region.closes)
                 )
             run.clear()
 
@@ -325,6 +335,7 @@ def _pair_alternatives(
         if test is not None and region.start.side == "before" and test not in began.get(region.start.offset, []):
             began.setdefault(region.start.offset, []).append(test)
     paired: set[tuple[int, int]] = set()
+    chosen: dict[int, tuple[Region, Guard]] = {}  # by id of the region: its alternative and the test between them
     for region in regions:
         for other in splits:
             same_outputs = (
@@ -336,30 +347,47 @@ def _pair_alternatives(
             )
             condition = _alternative_test(flow, region, other, per_message, after_roles) if same_outputs else None
             if condition is not None:
-                region.alternative, region.condition = other, condition
+                chosen[id(region)] = (other, condition)
                 paired.add(other.key)
                 break
+    regions = [
+        replace(region, alternative=chosen[id(region)][0], condition=chosen[id(region)][1])
+        if id(region) in chosen
+        else region
+        for region in regions
+    ]
+    regions = [
+        replace(region, condition=Guard.any_of([region.condition, *began[region.start.offset]]))
+        if region.condition == Guard.not_first() and began.get(region.start.offset)
+        else region
+        for region in regions
+    ]
+    result = []
     for region in regions:
-        if region.condition == Guard.not_first() and began.get(region.start.offset):
-            region.condition = Guard.any_of([region.condition, *began[region.start.offset]])
-    for region in regions if pair_branches else []:
-        condition = _branch_guard(flow, *region.began_in) if region.began_in is not None else None
-        if region.alternative is not None or region.start.side != "before" or condition is None:
-            continue
-        inside = {
-            other.key: other
-            for other in regions
-            if other.key != region.key
-            and not other.closes
-            and region.start.offset < other.start.offset
-            and other.end.offset <= region.end.offset
-        }
-        ending = [r for r in inside.values() if r.body is region.body and r.end.offset == region.end.offset]
-        if len(ending) == 1:
-            region.alternative, region.condition = ending[0], condition
-            region.nested = [other for other in inside.values() if other is not ending[0]]
-            paired |= set(inside)
-    return [r for r in regions if r.key not in paired or r.alternative is not None]
+        result.append(_paired_with_branch(flow, region, regions, paired) if pair_branches else region)
+    return [r for r in result if r.key not in paired or r.alternative is not None]
+
+
+def _paired_with_branch(flow: Flow, region: Region, regions: list[Region], paired: set) -> Region:
+    """`region`, paired (when the turn began in an `if` before it) with the piece of the same outputs that opens
+    the turn where that branch did not run; the keys of the regions it now holds go into `paired`."""
+    condition = _branch_guard(flow, *region.began_in) if region.began_in is not None else None
+    if region.alternative is not None or region.start.side != "before" or condition is None:
+        return region
+    inside = {
+        other.key: other
+        for other in regions
+        if other.key != region.key
+        and not other.closes
+        and region.start.offset < other.start.offset
+        and other.end.offset <= region.end.offset
+    }
+    ending = [r for r in inside.values() if r.body is region.body and r.end.offset == region.end.offset]
+    if len(ending) != 1:
+        return region
+    paired |= set(inside)
+    nested = tuple(other for other in inside.values() if other is not ending[0])
+    return replace(region, alternative=ending[0], condition=condition, nested=nested)
 
 
 def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: set[int]) -> list[Region]:
@@ -385,13 +413,11 @@ def _blank_before_stop(flow: Flow, region: Region, regions: list[Region], ends: 
     test = _branch_guard(flow, following, following.bodies[0])
     if test is None:
         return [region]
-    region.last -= 1
-    region.end = cut_after(items[region.last])
+    shortened = replace(region, last=region.last - 1, end=cut_after(items[region.last - 1]))
     blank = Region(
-        region.body, tail.index, tail.index, cut_before(tail), cut_after(tail), set(region.targets), region.guard
+        region.body, tail.index, tail.index, cut_before(tail), cut_after(tail), region.targets, region.guard, when=test
     )
-    blank.when = test
-    return [region, blank]
+    return [shortened, blank]
 
 
 def _alternative_test(
@@ -447,9 +473,7 @@ def plan_regions(
             previous = trace.probe.messages[turn.message - 1]["role"] if turn.message else None
             for start, end, closes in pieces_by_writer(flow, emissions, turn.message, turn.start, turn.end):
                 for region in _covering_regions(flow, emissions, start, end):
-                    region.closes = closes
-                    region.after_roles = {previous}
-                    regions.append(region)
+                    regions.append(replace(region, closes=closes, after_roles=frozenset({previous})))
     ends = {region.end.offset for region in regions}
     per_message = _per_message_loops(flow, traces)
     regions = [_trim(region) for region in regions]
@@ -459,20 +483,28 @@ def plan_regions(
     seen = _trained_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside, seen)]
     headers = _header_after_roles(traces)
-    for region in regions:
-        uids = {unit.uid for unit in units_in(region)}
-        region.when = region.when or _opening_test(flow, region, uids, headers, per_message)
-        written = {e.text for trace in traces for e in trace.emissions if e.uid in uids and e.message is not None}
-        region.names_role = region.closes == "next" and len(written) > 1
-        for trace in traces:
-            layout, emissions = trace.layout, trace.emissions
-            trained = trained_roles_of(layout)
-            for emission in emissions:
-                if emission.uid not in uids or not emission.text:
-                    continue
-                if emission.message is not None:
-                    unit = flow.units[emission.uid]
-                    region.targets.add(unit.loop_targets[emission.target])
-                    if emission.message not in trained:
-                        region.guard = True
-    return regions
+    return [_guarded(flow, region, traces, trained_roles_of, headers, per_message) for region in regions]
+
+
+def _guarded(flow: Flow, region: Region, traces, trained_roles_of, headers: dict[int, set], per_message: set) -> Region:
+    """`region` with what its tags must be written under: the variables that hold the messages it writes for, a
+    guard when it writes for untrained messages too, a test of the message before it where the generation prompt
+    writes its outputs after some messages, and whether it is the next message's role token."""
+    uids = {unit.uid for unit in units_in(region)}
+    targets, guard = set(region.targets), region.guard
+    written = set()
+    for trace in traces:
+        trained = trained_roles_of(trace.layout)
+        for emission in trace.emissions:
+            if emission.uid not in uids or not emission.text or emission.message is None:
+                continue
+            written.add(emission.text)
+            targets.add(flow.units[emission.uid].loop_targets[emission.target])
+            guard = guard or emission.message not in trained
+    return replace(
+        region,
+        targets=frozenset(targets),
+        guard=guard,
+        when=region.when or _opening_test(flow, region, uids, headers, per_message),
+        names_role=region.closes == "next" and len(written) > 1,
+    )

@@ -8,7 +8,7 @@ value turns from header to content. A region is a run of statements between two 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from jinja2 import nodes
@@ -86,7 +86,7 @@ class Cut:
     operator: Split | None = None
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Region:
     """A run of items `body.items[first..last]` to wrap, with optional split cuts at either end."""
 
@@ -95,7 +95,7 @@ class Region:
     last: int
     start: Cut
     end: Cut
-    targets: set[str] = field(default_factory=set)
+    targets: frozenset[str] = frozenset()
     guard: bool = False
     # Where the region writes a stop marker for the message before: "next" (the next message's branch
     # writes it, guarded by the previous message's role) or "after" (written after the loop, guarded by
@@ -114,9 +114,9 @@ class Region:
     # holding this region (reasoning written in an `if` before the content's own branch).
     began_in: tuple[Stmt, Body] | None = None
     # Regions nested inside this one that the alternative tags whole (a piece in an `if` the turn opens in).
-    nested: list[Region] = field(default_factory=list)
+    nested: tuple[Region, ...] = ()
     # The roles of the messages right before the turns this region was planned for (None: the turn comes first).
-    after_roles: set = field(default_factory=set)
+    after_roles: frozenset = frozenset()
     # A stop the next message writes that differs by that message's role: its role token (`<|user|>`).
     names_role: bool = False
 

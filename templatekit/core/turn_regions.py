@@ -9,6 +9,8 @@ the code after the loop), since each piece is tagged under its own test.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jinja2 import nodes
 
 from ..errors import PlanError
@@ -65,9 +67,16 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
             if _repeats_whole(first, emissions, end, start_cut, body):
                 # Later iterations write the unit whole inside the span (a separator before each parallel
                 # tool call): wrap it whole there, and from the cut in the iteration that opens the turn.
-                region = Region(body, index, tail.index, cut_before(head), cut_after(tail))
-                region.alternative = Region(body, index, tail.index, start_cut, cut_after(tail))
-                region.condition = Guard.not_first()
+                alternative = Region(body, index, tail.index, start_cut, cut_after(tail))
+                region = Region(
+                    body,
+                    index,
+                    tail.index,
+                    cut_before(head),
+                    cut_after(tail),
+                    alternative=alternative,
+                    condition=Guard.not_first(),
+                )
             regions.append(region)
         item, start_cut = body.parent, None
         index, opened_in = item.index + 1, (item, body)
@@ -97,11 +106,10 @@ def regions_for_turn(flow: Flow, emissions: list[Emission], start: int, end: int
                 f"the turn starts and ends inside the output at {where(flow, start_cut.offset)}, which writes "
                 "its header too (through a macro or filter) and has no place between them for a tag"
             )
-        regions.append(Region(common, start_index, end_index, start_cut, end_cut, opened_in=opened_in))
-        regions[-1].began_in = began_in
-    for piece in end_pieces:
-        piece.began_in = began_in
-    regions.extend(reversed(end_pieces))
+        regions.append(
+            Region(common, start_index, end_index, start_cut, end_cut, opened_in=opened_in, began_in=began_in)
+        )
+    regions.extend(replace(piece, began_in=began_in) for piece in reversed(end_pieces))
     return regions
 
 
