@@ -10,7 +10,7 @@ from .options import (
     add_limit_options,
     add_template_kwargs,
     add_train_role,
-    limits,
+    isolated,
     public_api,
     template_kwargs,
     train_roles,
@@ -22,9 +22,10 @@ __all__ = ["add_parser", "run"]
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Check every template of every source against the trained roles; the exit code (0, 1 or 2)."""
     fmt = "json" if args.json else args.format
-    options = {"train_roles": train_roles(args), "template_kwargs": template_kwargs(args), **limits(args)}
+    options = {"train_roles": train_roles(args), "template_kwargs": template_kwargs(args)}
+    # Each template in a child process under hard limits: one that is killed there is one error, and check goes on.
     outcomes = check_formats.check_sources(
-        args.sources, check=lambda text: public_api().check_template(text, **options)
+        args.sources, check=lambda text: isolated(args, public_api().check_template, text, **options)
     )
     if fmt == "json":
         out.raw(check_formats.to_json(outcomes))

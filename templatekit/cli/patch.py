@@ -18,7 +18,7 @@ from .options import (
     add_limit_options,
     add_template_kwargs,
     add_train_role,
-    limits,
+    isolated,
     located,
     public_api,
     template_kwargs,
@@ -200,10 +200,10 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "only_last_turn": args.only_last_turn,
         "retag": not args.keep_tags,
         "template_kwargs": template_kwargs(args),
-        **limits(args),
     }
+    # Each template in a child process under hard limits (templatekit.core.sandbox.isolation).
     results, code = rewrite_each(
-        templates, lambda text: api.patch_template(text, **options), PatchError, "patch", args, err
+        templates, lambda text: isolated(args, api.patch_template, text, **options), PatchError, "patch", args, err
     )
     if code is not None:
         return code

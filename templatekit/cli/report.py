@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import NoChatTemplateError, PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, find_template_files, load_templates
 from .console import EXIT_OK, EXIT_USAGE, Console
-from .options import add_limit_options, add_train_role, limits, public_api, reason_of, train_roles
+from .options import add_limit_options, add_train_role, isolated, public_api, reason_of, train_roles
 
 __all__ = ["add_parser", "run"]
 
@@ -38,13 +38,12 @@ def _first(reasons: Sequence[str]) -> str:
     return reasons[0] + more
 
 
-def _classify(api: Any, template: LoadedTemplate, roles: tuple[str, ...], budget: dict[str, Any]) -> _Row:
-    from ..core.sandbox import limit_scope
-
+def _classify(api: Any, template: LoadedTemplate, roles: tuple[str, ...], args: argparse.Namespace) -> _Row:
     row = _Row(template.label, "not patchable", source=str(template.origin or template.label), name=template.name)
     try:
-        with limit_scope(**budget):  # one time and memory budget for all the work on this template
-            return _classify_within(api, template, roles, row)
+        # One budget for all the work on this template, in a child process under hard limits: a template that
+        # is killed there is one row, and the report goes on.
+        return isolated(args, _classify_within, api, template, roles, row)
     except PatchError as exc:
         row.reason = _first(exc.reasons)
     except TemplateSourceError as exc:  # malformed, unsafe, or past a limit (TemplateLimitError)
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     except TemplateSourceError as exc:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE
-    api, roles, budget = public_api(), train_roles(args), limits(args)
+    api, roles = public_api(), train_roles(args)
     rows: list[_Row] = []
     with _progress(err, len(files), args.quiet) as progress:
         task = progress.add_task("checking templates", total=len(files), current="") if progress else None
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             except TemplateSourceError as exc:
                 rows.append(_Row(str(path), "not patchable", reason_of(exc), source=str(path)))
                 templates = []
-            rows.extend(_classify(api, template, roles, budget) for template in templates)
+            rows.extend(_classify(api, template, roles, args) for template in templates)
             if progress is not None:
                 progress.advance(task)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
 from ..sources import load_templates, write_text_atomic
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console
-from .options import add_limit_options, add_template_kwargs, limits, located, template_kwargs
+from .options import add_limit_options, add_template_kwargs, isolated, limits, located, template_kwargs
 
 __all__ = ["add_parser", "run"]
 
@@ -37,7 +37,9 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if folder is None and args.tokenizer and Path(args.tokenizer).is_dir():
         folder = Path(args.tokenizer)
     try:
-        rendering = show.render_conversation(
+        rendering = isolated(  # in a child process under hard limits (templatekit.core.sandbox.isolation)
+            args,
+            show.render_conversation,
             template.text,
             messages,
             tools=tools,

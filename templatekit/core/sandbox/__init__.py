@@ -33,7 +33,8 @@ from __future__ import annotations
 
 from ...errors import TemplateLimitError
 from .environment import LimitedEnvironment, mirror_environment
-from .scope import LimitScope, active_limits, attach_source, bounded, enabled, limit_scope, on_switch, set_enabled
+from .location import attach_source
+from .scope import LimitScope, active_limits, bounded, enabled, limit_scope, on_switch, set_enabled
 from .settings import DEFAULT, DEFAULT_LIMITS, Limits, format_size, parse_size
 from .sizes import check_printable
 
