@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from ..core.sandbox import attach_source, on_switch
+from ..core.sandbox import attach_source, charge_compiled, on_switch
 from ..core.syntax import make_environment
 from ..core.tags import CLOSE_MARK, OPEN_MARK, MarkedGenerationTag, guard_captured_blocks
 from ..errors import MarkerCollision
@@ -103,7 +103,7 @@ def render_tagged(
         ('assistant: Hi.', [(11, 13)])
     """
     messages, tools, documents, variables = _plain([messages, tools, documents, variables])
-    raw = _compiled(template).render(
+    raw = charge_compiled(_compiled(template)).render(
         messages=_alias_reasoning_fields(messages),
         tools=tools,
         documents=documents,

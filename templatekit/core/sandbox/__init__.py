@@ -32,6 +32,7 @@ Modules: `settings` (the limits and their defaults), `scope` (where they are in 
 from __future__ import annotations
 
 from ...errors import TemplateLimitError
+from .compiling import charge_compiled, check_source_size, compile_cost
 from .environment import LimitedEnvironment, mirror_environment
 from .location import attach_source
 from .scope import LimitScope, active_limits, bounded, enabled, limit_scope, on_switch, set_enabled
@@ -48,7 +49,10 @@ __all__ = [
     "active_limits",
     "attach_source",
     "bounded",
+    "charge_compiled",
     "check_printable",
+    "check_source_size",
+    "compile_cost",
     "enabled",
     "format_size",
     "limit_scope",

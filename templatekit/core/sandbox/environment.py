@@ -24,6 +24,7 @@ from markupsafe import Markup
 from ...errors import ArgumentTypeError, InvalidArgumentError
 from ..positions import parse_with_offsets
 from .codegen import LimitedCodeGenerator
+from .compiling import check_source_size, compile_cost
 from .filters import GuardedFilters, GuardedTests, lipsum
 from .scope import _SCOPE, LimitScope, _loop, _python_limit, _start_render, enabled
 from .settings import DEFAULT_LIMITS, STEPS_PER_BYTE
@@ -39,7 +40,6 @@ from .sizes import (
     _remaining,
     _str_bytes,
     _what,
-    check_source_size,
 )
 from .work import COMPARE, compare_work, logical_size, method_work
 
@@ -191,7 +191,10 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         globals: dict[str, Any] | None = None,
         template_class: type[jinja2.Template] | None = None,
     ) -> jinja2.Template:
-        template = super().from_string(source, globals, template_class)
+        ast = self.parse(source) if isinstance(source, str) else source
+        cost = compile_cost(ast) if enabled() else None  # charged before its code is generated
+        template = super().from_string(ast, globals, template_class)
+        template.tk_cost, template.tk_fresh = cost, True  # charged now: not again where it is first handed out
         if isinstance(source, str):
             template.tk_source = source
         return template

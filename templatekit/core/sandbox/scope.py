@@ -49,6 +49,7 @@ class _Scope:
         "parent",
         "ident",
         "fired",
+        "compiled",
     )
 
     def __init__(self, limits: Limits, parent: _Scope | None):
@@ -73,6 +74,7 @@ class _Scope:
         self.parent = parent
         self.ident = 0
         self.fired = False
+        self.compiled: set[Any] | None = None  # the outermost scope's: templates whose compile is charged
 
     # -- checks, called by the hooks
 

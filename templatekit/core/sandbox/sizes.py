@@ -11,8 +11,7 @@ import jinja2
 from jinja2.exceptions import TemplateError
 from jinja2.utils import Namespace
 
-from .scope import _SCOPE, LimitScope, _Scope, _str_bytes
-from .settings import DEFAULT_LIMITS
+from .scope import _SCOPE, _Scope, _str_bytes
 
 # ------------------------------------------------------------------------------------------------------- sizes
 
@@ -397,21 +396,3 @@ def _bound_message(error: TemplateError, scope: Any) -> None:
     else:
         scope.charge(size)
         error.args = (str(value),)
-
-
-#: What compiling a template may take per character of its source, at most (a long list literal: its tokens,
-#: AST, generated Python code and bytecode).
-COMPILE_BYTES_PER_CHAR = 200
-
-
-def check_source_size(source: str) -> None:
-    """Refuse, before parsing it, a template whose compilation alone would take more memory than is left."""
-    scope = _SCOPE.get()
-    need = COMPILE_BYTES_PER_CHAR * len(source)
-    if scope is not None:
-        scope.need(need, f"compiling a template of {len(source):,} characters")
-    else:
-        cap = DEFAULT_LIMITS.max_memory
-        if cap is not None and need > cap:
-            with LimitScope(DEFAULT_LIMITS):
-                check_source_size(source)
