@@ -46,7 +46,7 @@ def check_source_size(source: str) -> None:
         ...     check_source_size("{{ [" + "1," * 5000 + "1] }}")
         Traceback (most recent call last):
         ...
-        templatekit.errors.TemplateLimitError: <template>: memory limit exceeded: compiling a template of 10,008 characters would take 4.9 MiB, more than the 1 MiB limit
+        templatekit.errors.TemplateLimitError: <template>: memory limit exceeded: compiling a template of 10,009 characters would take 4.9 MiB, more than the 1 MiB limit
     """
     _charge(0, COMPILE_BYTES_PER_CHAR * len(source), f"compiling a template of {len(source):,} characters")
 
