@@ -28,13 +28,14 @@ COMPILE_STEPS, STEPS_PER_NODE = 15_000, 250
 
 
 def _charge(steps: float, need: float, what: str) -> None:
+    """Charge the work on the whole template: an error names its first line."""
     scope = _SCOPE.get()
     if scope is None:
         with LimitScope(DEFAULT_LIMITS):  # outside every scope (a compile at import time): the default limits
             _charge(steps, need, what)
         return
-    scope.need(need, what)
-    scope.step(steps)
+    scope.need(need, what, 1)
+    scope.step(steps, 1)
 
 
 def check_source_size(source: str) -> None:
@@ -46,7 +47,7 @@ def check_source_size(source: str) -> None:
         ...     check_source_size("{{ [" + "1," * 5000 + "1] }}")
         Traceback (most recent call last):
         ...
-        templatekit.errors.TemplateLimitError: <template>: memory limit exceeded: compiling a template of 10,009 characters would take 4.9 MiB, more than the 1 MiB limit
+        templatekit.errors.TemplateLimitError: <template>:1: memory limit exceeded: compiling a template of 10,009 characters would take 4.9 MiB, more than the 1 MiB limit
     """
     _charge(0, COMPILE_BYTES_PER_CHAR * len(source), f"compiling a template of {len(source):,} characters")
 
