@@ -79,7 +79,9 @@ SHARED = (
     "{% set ns = namespace(e=[1], f=[1]) %}"
     "{% for i in range(60) %}{% set ns.e = [ns.e, ns.e] %}{% set ns.f = [ns.f, ns.f] %}{% endfor %}"
 )
-SHARED_TUPLES = SHARED.replace("[1]", "(1,)").replace("[ns.e, ns.e]", "(ns.e, ns.e)").replace("[ns.f, ns.f]", "(ns.f, ns.f)")
+SHARED_TUPLES = (
+    SHARED.replace("[1]", "(1,)").replace("[ns.e, ns.e]", "(ns.e, ns.e)").replace("[ns.f, ns.f]", "(ns.f, ns.f)")
+)
 CASES = [
     # -- work: loops, and comparisons, hashes and sorts of values built from shared parts (one C call each, past
     # any hook or watchdog, unless charged first by the logical size of what they compare)
@@ -91,8 +93,11 @@ CASES = [
     Case("hash_shared_tuple_key", SHARED_TUPLES + "{{ {}.get(ns.e) }}", "step"),
     Case("shared_tuple_as_dict_key", SHARED_TUPLES + "{{ {ns.e: 1} | length }}", "step"),
     Case("compare_test_shared_lists", SHARED + "{% if ns.e is eq(ns.f) %}x{% endif %}", "step"),
-    Case("repeated_lists_compared", "{% set z = [[1] * 1000] * 1000 %}{% set a = [z] * 1000 %}{% set b = [z] * 1000 %}"
-         "{% if a == b %}x{% endif %}", "step"),
+    Case(
+        "repeated_lists_compared",
+        "{% set z = [[1] * 1000] * 1000 %}{% set a = [z] * 1000 %}{% set b = [z] * 1000 %}{% if a == b %}x{% endif %}",
+        "step",
+    ),
     # -- memory: growth
     Case(
         "string_doubling",
@@ -146,8 +151,11 @@ CASES = [
     Case("translate_long_replacement", "{{ ('a' * 100000).translate({97: 'b' * 100000}) | length }}", "memory"),
     Case("urlize_long_target", "{{ ('a.com ' * 100000) | urlize(target='x' * 100000) | length }}", "memory"),
     Case("join_long_separator", "{{ ('a' * 100000) | join('x' * 100000) | length }}", "memory"),
-    Case("sum_lists_by_attribute", "{{ ([{'a': [1] * 1000}] * 100000) | sum(attribute='a', start=[]) | length }}",
-         "memory|step"),
+    Case(
+        "sum_lists_by_attribute",
+        "{{ ([{'a': [1] * 1000}] * 100000) | sum(attribute='a', start=[]) | length }}",
+        "memory|step",
+    ),
     Case("list_literal_14mb", "{% set x = [" + "1," * 7_000_000 + "1] %}", "memory"),
     # -- an error raised with a value: its text is bounded, never built from a value of 2**60 items
     Case("raise_exception_shared_list", SHARED + "{{ raise_exception(ns.e) }}", "clear"),

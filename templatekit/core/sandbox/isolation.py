@@ -30,7 +30,7 @@ except ImportError:  # Windows: no resource limits, and no fork either
     resource = None  # type: ignore[assignment]
 
 from ...errors import TemplateLimitError
-from .scope import active_limits, enabled, limit_scope
+from .scope import OUT_OF_MEMORY, active_limits, enabled, limit_scope
 from .settings import MIB, Limits, _format_seconds, _late_detail, format_size
 
 __all__ = ["HEADROOM", "available", "run_isolated"]
@@ -38,7 +38,9 @@ __all__ = ["HEADROOM", "available", "run_isolated"]
 #: Address space a child may take beyond `max_memory`: the interpreter's own work on a template (parsing,
 #: planning, verifying), which the hooks do not count.
 HEADROOM = 512 * MIB
-_GRACE = 10.0  # seconds past the wall-clock backstop before the parent kills a child that did not stop itself
+# Seconds past the wall-clock backstop (after the child's own watchdog, which waits up to 5 s) before the CPU-time
+# limit stops the child, and before the parent kills a child still at work.
+_CPU_GRACE, _KILL_GRACE = 6, 10.0
 _T = TypeVar("_T")
 
 
@@ -84,6 +86,9 @@ def run_isolated(function: Callable[..., _T], /, *args: Any, limits: Limits | No
         return value
     if isinstance(value, MemoryError):
         raise _memory_error(limits) from None
+    if isinstance(value, TemplateLimitError) and value.detail == OUT_OF_MEMORY:  # at the address-space limit
+        hard = _memory_error(limits)
+        raise TemplateLimitError("memory", hard.detail, source=value.source, line=value.line, column=value.column)
     raise value
 
 
@@ -136,7 +141,7 @@ def _set_hard_limits(limits: Limits) -> None:
             cap = mapped + limits.max_memory + HEADROOM
             _lower(resource.RLIMIT_AS, cap, cap)
     if limits.timeout is not None:
-        seconds = int(limits.timeout + _GRACE) + 1
+        seconds = int(limits.timeout) + _CPU_GRACE
         _lower(resource.RLIMIT_CPU, seconds, seconds + 5)
 
 
@@ -153,7 +158,7 @@ def _lower(kind: int, soft: int, hard: int) -> None:
 def _collect(pid: int, read_end: int, limits: Limits) -> tuple[bytes | None, int]:
     """The child's payload (None when it sent none whole) and its exit status; the child is killed at the
     wall-clock backstop plus a grace, if it is still at work then."""
-    deadline = time.monotonic() + limits.timeout + 2 * _GRACE if limits.timeout is not None else None
+    deadline = time.monotonic() + limits.timeout + _KILL_GRACE if limits.timeout is not None else None
     chunks: list[bytes] = []
     killed = False
     while True:
@@ -201,6 +206,7 @@ def _killed(status: int, limits: Limits) -> TemplateLimitError:
 
 
 def _memory_error(limits: Limits, what: str = "Python ran out of memory") -> TemplateLimitError:
+    """The memory limit, as the child's hard limit met it."""
     if limits.max_memory is None:
         return TemplateLimitError("memory", what)
     return TemplateLimitError(

@@ -195,13 +195,15 @@ def active_limits() -> Limits:
 
 
 class LimitScope:
-    """The context manager `limit_scope` returns (a class, not a generator: renders open one each)."""
+    """The context manager `limit_scope` returns (a class, not a generator: renders open one each). Once left,
+    `work` holds the steps done in it (bytes built included): how close to `max_steps` the work came."""
 
-    __slots__ = ("limits", "scope", "token")
+    __slots__ = ("limits", "scope", "token", "work")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.scope: _Scope | None = None
+        self.work = 0.0
 
     def __enter__(self) -> Limits:
         if not _ENABLED:
@@ -229,6 +231,7 @@ class LimitScope:
                 break
             except _Interrupt:
                 continue
+        self.work = scope.work()
         parent = scope.parent
         if parent is not None:
             parent.spent += scope.spent
@@ -444,10 +447,13 @@ def _start_render(scope: _Scope) -> int:
     return depth
 
 
+OUT_OF_MEMORY = "Python ran out of memory"
+
+
 def _python_limit(scope: _Scope, error: BaseException) -> TemplateLimitError:
     """Python's own `RecursionError` or `MemoryError` in a render, as the limit it stands for."""
     if isinstance(error, RecursionError):
         found = _located_error("recursion", "Python's recursion limit was reached", 0, -1, error.__traceback__)
     else:
-        found = _located_error("memory", "Python ran out of memory", 0, -1, error.__traceback__)
+        found = _located_error("memory", OUT_OF_MEMORY, 0, -1, error.__traceback__)
     return scope.record(found)
