@@ -11,6 +11,7 @@ from .options import (
     add_template_kwargs,
     add_train_role,
     isolated,
+    limits,
     public_api,
     template_kwargs,
     train_roles,
@@ -22,7 +23,7 @@ __all__ = ["add_parser", "run"]
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Check every template of every source against the trained roles; the exit code (0, 1 or 2)."""
     fmt = "json" if args.json else args.format
-    options = {"train_roles": train_roles(args), "template_kwargs": template_kwargs(args)}
+    options = {"train_roles": train_roles(args), "template_kwargs": template_kwargs(args), **limits(args)}
     # Each template in a child process under hard limits: one that is killed there is one error, and check goes on.
     outcomes = check_formats.check_sources(
         args.sources, check=lambda text: isolated(args, public_api().check_template, text, **options)

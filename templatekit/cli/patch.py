@@ -19,6 +19,7 @@ from .options import (
     add_template_kwargs,
     add_train_role,
     isolated,
+    limits,
     located,
     public_api,
     template_kwargs,
@@ -200,6 +201,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "only_last_turn": args.only_last_turn,
         "retag": not args.keep_tags,
         "template_kwargs": template_kwargs(args),
+        **limits(args),
     }
     # Each template in a child process under hard limits (templatekit.core.sandbox.isolation).
     results, code = rewrite_each(

@@ -16,7 +16,7 @@ from ..errors import StripError, TemplateSourceError
 from ..sources import write_text_atomic
 from ..sources.gguf import write_gguf_templates
 from .console import EXIT_OK, EXIT_USAGE, Console
-from .options import add_limit_options, isolated
+from .options import add_limit_options, isolated, limits
 from .patch import add_source_and_output, inputs_and_outputs, rewrite_each, write_in_place
 
 __all__ = ["add_parser", "run"]
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     templates, targets, gguf_out = chosen
 
     stripped, code = rewrite_each(
-        templates, lambda text: isolated(args, strip_template, text), StripError, "strip", args, err
+        templates, lambda text: isolated(args, strip_template, text, **limits(args)), StripError, "strip", args, err
     )
     if code is not None:
         return code
