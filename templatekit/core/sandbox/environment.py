@@ -224,6 +224,8 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         """`left op right`, charged by the logical size of its operands first."""
         scope = _SCOPE.get()
         if scope is not None:
+            if op in ("in", "notin") and hasattr(type(right), "__next__"):
+                right = list(right)  # a filter's lazy items (each counted as it comes): sized before compared
             left_kind, right_kind = type(left), type(right)
             if left_kind in _ATOMS and right_kind in _ATOMS:
                 if left_kind is str and right_kind is str and len(left) + len(right) > 4096:
@@ -335,7 +337,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
                 size = _method_bytes(function, args, kwargs, scope)
                 if size and scope.spent + size > scope.cap:
                     scope.too_big(size, f"{type(owner).__name__}.{function.__name__}()'s result", line, offset)
-            elif isinstance(owner, (list, tuple, dict)):
+            else:  # list.index, dict.get(key), dict.fromkeys(keys): what they compare or hash
                 scope.step(method_work(function, owner, args, scope), line, offset)
         elif kind is not types.MethodType and isinstance(function, (Macro, LoopContext)):
             if isinstance(function, LoopContext) and args:  # loop(children): the children are a loop too
@@ -347,8 +349,10 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             finally:
                 scope.depth -= 1
             return scope.account(result, line, offset)
-        elif kind is type and args and type(args[0]) in (list, tuple, dict):  # dict(pairs) hashes every key
-            scope.step(logical_size(args[0], scope.step_cap - scope.steps), line, offset)
+        elif kind is type or kind is types.BuiltinFunctionType:  # dict(pairs) hashes every key
+            scope.step(method_work(function, None, args, scope), line, offset)
+        elif kind is types.MethodType and isinstance(function.__self__, LoopContext) and args:
+            scope.step(method_work(function, None, args, scope), line, offset)  # loop.changed(x) compares x
         # What SandboxedEnvironment.call does, without a frame of its own (this runs for every call).
         if getattr(function, "unsafe_callable", False) or getattr(function, "alters_data", False):
             raise SecurityError(f"{function!r} is not safely callable")

@@ -36,8 +36,8 @@ from .settings import MIB, Limits, _format_seconds, _late_detail, format_size
 __all__ = ["HEADROOM", "available", "run_isolated"]
 
 #: Address space a child may take beyond `max_memory`: the interpreter's own work on a template (parsing,
-#: planning, verifying), which the hooks do not count.
-HEADROOM = 512 * MIB
+#: planning, verifying, tokenizing), which the hooks do not count, and the address space threads reserve.
+HEADROOM = 1024 * MIB
 # Seconds past the wall-clock backstop (after the child's own watchdog, which waits up to 5 s) before the CPU-time
 # limit stops the child, and before the parent kills a child still at work.
 _CPU_GRACE, _KILL_GRACE = 6, 10.0
@@ -96,6 +96,8 @@ def _child(write_end: int, limits: Limits, function: Callable, args: tuple, kwar
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C stops the child at once; the parent reports it
+        # A tokenizer's thread pool would reserve address space per thread (and a pool forked mid-work deadlocks).
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         _set_hard_limits(limits)
         try:
             with limit_scope(limits):
@@ -108,11 +110,9 @@ def _child(write_end: int, limits: Limits, function: Callable, args: tuple, kwar
     except BaseException:  # noqa: BLE001 - even a failure to report ends the child, which the parent reads as a kill
         code = 70
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        # No flush of stdout or stderr: a thread of the parent may have held their locks at the fork. The child
+        # writes nothing to stdout; stderr is line-buffered.
+        os._exit(code)
 
 
 def _pickled_error(error: BaseException) -> bytes:

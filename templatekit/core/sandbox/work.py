@@ -181,14 +181,15 @@ def filter_work(name: str, scope: _Scope, args: tuple) -> float:
 
 
 def method_work(method: Any, owner: Any, args: tuple, scope: Any) -> float:
-    """The steps a list, tuple or dict method may take: `index` and `count` compare every item, `copy` visits
-    each, and a container argument (a key to hash, items to add) is walked."""
+    """The steps a call of a builtin may take: `index` and `count` compare every item of a list or tuple, `copy`
+    visits each, and a container argument (a key to hash, items to add or compare) is walked."""
     cap = scope.step_cap - scope.steps
     work = 1.0
-    if method.__name__ in ("index", "count"):
-        work += logical_size(owner, cap)
-    elif method.__name__ == "copy":
-        work += len(owner)
+    if isinstance(owner, (list, tuple, dict)):
+        if method.__name__ in ("index", "count"):
+            work += logical_size(owner, cap)
+        elif method.__name__ == "copy":
+            work += len(owner)
     for argument in args:
         if type(argument) not in _PLAIN:
             work += logical_size(argument, cap)
