@@ -247,7 +247,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             return audit_conversations(template.text, rows, on_row=lambda _: progress.advance(task), **options)
 
     try:
-        report = isolated(args, audit)
+        report = isolated(args, audit, operations=None)  # each row under the limits on its own
     except InvalidArgumentError as exc:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE

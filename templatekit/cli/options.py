@@ -146,15 +146,18 @@ def limits(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def isolated(args: argparse.Namespace, function: Any, /, *call_args: Any, **kwargs: Any) -> Any:
+def isolated(
+    args: argparse.Namespace, function: Any, /, *call_args: Any, operations: int | None = 1, **kwargs: Any
+) -> Any:
     """`function(*call_args, **kwargs)` under the command's limits in a child process with hard limits
-    (`templatekit.core.sandbox.isolation`): a template that takes Python past what it can interrupt ends in one
-    `TemplateLimitError`, and the command goes on."""
+    (`templatekit.core.sandbox.isolation`; `operations` as `run_isolated` takes it): a template that takes Python
+    past what it can interrupt ends in one `TemplateLimitError`, and the command goes on."""
     from ..core.sandbox import active_limits
     from ..core.sandbox.isolation import run_isolated
 
     _warm_up()
-    return run_isolated(function, *call_args, limits=active_limits().replace(**limits(args)), **kwargs)
+    budget = active_limits().replace(**limits(args))
+    return run_isolated(function, *call_args, limits=budget, operations=operations, **kwargs)
 
 
 _WARM: list[bool] = []

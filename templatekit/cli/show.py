@@ -49,6 +49,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             **limits(args),
             **show.special_tokens(folder),
             **template_kwargs(args),
+            operations=2,  # patching the template, then rendering the conversation: each under the limits
         )
     except ConversationError as exc:
         err.line(f"error: {args.messages or 'the demo conversations'}: {exc}", "red")

@@ -14,6 +14,7 @@ until it writes to it. Where there is no `fork` (Windows), the work runs in this
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -49,10 +50,17 @@ def available() -> bool:
     return hasattr(os, "fork") and resource is not None and enabled()
 
 
-def run_isolated(function: Callable[..., _T], /, *args: Any, limits: Limits | None = None, **kwargs: Any) -> _T:
+def run_isolated(
+    function: Callable[..., _T], /, *args: Any, limits: Limits | None = None, operations: int | None = 1, **kwargs: Any
+) -> _T:
     """`function(*args, **kwargs)` in a forked child under `limits` (the limits in force by default), with hard
     limits on its address space and CPU time as well; its result, or the error it raised. A child killed at a
     hard limit raises `TemplateLimitError`. Without `fork`, the call runs here.
+
+    `operations`: how many operations the work holds. One (the default) runs all of it in one scope of `limits`.
+    More (patching a template, then rendering a conversation with it), or None (a whole dataset, one operation a
+    row), leaves each to the scope the function opens itself, and gives the child that many wall-clock backstops
+    (None: none; its address space is limited all the same).
 
     Example:
         >>> run_isolated(sum, [1, 2, 3])
@@ -60,8 +68,9 @@ def run_isolated(function: Callable[..., _T], /, *args: Any, limits: Limits | No
     """
     limits = limits if limits is not None else active_limits()
     if not available():
-        with limit_scope(limits):
+        with limit_scope(limits) if operations == 1 else contextlib.nullcontext():
             return function(*args, **kwargs)
+    backstop = None if limits.timeout is None or operations is None else limits.timeout * operations
     for stream in (sys.stdout, sys.stderr):  # what is buffered now is written once, by the parent
         try:
             stream.flush()
@@ -73,14 +82,14 @@ def run_isolated(function: Callable[..., _T], /, *args: Any, limits: Limits | No
         pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
-        _child(write_end, limits, function, args, kwargs)
+        _child(write_end, limits if operations == 1 else None, backstop, limits.max_memory, (function, args, kwargs))
     os.close(write_end)
     try:
-        payload, status = _collect(pid, read_end, limits)
+        payload, status = _collect(pid, read_end, backstop)
     finally:
         os.close(read_end)
     if payload is None:
-        raise _killed(status, limits)
+        raise _killed(status, limits, backstop)
     outcome, value = pickle.loads(payload)
     if outcome == "returned":
         return value
@@ -92,15 +101,18 @@ def run_isolated(function: Callable[..., _T], /, *args: Any, limits: Limits | No
     raise value
 
 
-def _child(write_end: int, limits: Limits, function: Callable, args: tuple, kwargs: dict) -> None:
+def _child(write_end: int, limits: Limits | None, backstop: float | None, memory: int | None, call: tuple) -> None:
+    """Run `call` under `limits` (None: the scopes it opens itself), its CPU time limited from the `backstop`
+    seconds and its address space from `memory`; write its outcome, pickled; exit."""
+    function, args, kwargs = call
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C stops the child at once; the parent reports it
         # A tokenizer's thread pool would reserve address space per thread (and a pool forked mid-work deadlocks).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        _set_hard_limits(limits)
+        _set_hard_limits(memory, backstop)
         try:
-            with limit_scope(limits):
+            with limit_scope(limits) if limits is not None else contextlib.nullcontext():
                 payload = pickle.dumps(("returned", function(*args, **kwargs)))
         except BaseException as error:  # noqa: BLE001 - whatever it is, the parent raises it
             payload = _pickled_error(error)
@@ -134,14 +146,14 @@ def _mapped_bytes() -> int:
     return 0
 
 
-def _set_hard_limits(limits: Limits) -> None:
-    if limits.max_memory is not None:
+def _set_hard_limits(memory: int | None, backstop: float | None) -> None:
+    if memory is not None:
         mapped = _mapped_bytes()
         if mapped:
-            cap = mapped + limits.max_memory + HEADROOM
+            cap = mapped + memory + HEADROOM
             _lower(resource.RLIMIT_AS, cap, cap)
-    if limits.timeout is not None:
-        seconds = int(limits.timeout) + _CPU_GRACE
+    if backstop is not None:
+        seconds = int(backstop) + _CPU_GRACE
         _lower(resource.RLIMIT_CPU, seconds, seconds + 5)
 
 
@@ -155,10 +167,10 @@ def _lower(kind: int, soft: int, hard: int) -> None:
     resource.setrlimit(kind, (min(soft, hard), hard))
 
 
-def _collect(pid: int, read_end: int, limits: Limits) -> tuple[bytes | None, int]:
+def _collect(pid: int, read_end: int, backstop: float | None) -> tuple[bytes | None, int]:
     """The child's payload (None when it sent none whole) and its exit status; the child is killed at the
     wall-clock backstop plus a grace, if it is still at work then."""
-    deadline = time.monotonic() + limits.timeout + _KILL_GRACE if limits.timeout is not None else None
+    deadline = time.monotonic() + backstop + _KILL_GRACE if backstop is not None else None
     chunks: list[bytes] = []
     killed = False
     while True:
@@ -187,7 +199,7 @@ def _collect(pid: int, read_end: int, limits: Limits) -> tuple[bytes | None, int
     return (b"".join(chunks) if exited and chunks else None), status
 
 
-def _killed(status: int, limits: Limits) -> TemplateLimitError:
+def _killed(status: int, limits: Limits, backstop: float | None) -> TemplateLimitError:
     if status == -1:
         return TemplateLimitError("time", _late_detail(limits.timeout))
     if os.WIFSIGNALED(status):
@@ -195,12 +207,12 @@ def _killed(status: int, limits: Limits) -> TemplateLimitError:
         if number == signal.SIGXCPU:
             return TemplateLimitError(
                 "time",
-                f"the work used more CPU time than the {_format_seconds(limits.timeout)} wall-clock backstop "
-                "allows: raise it with --timeout SECONDS (timeout=), or turn it off with --timeout none",
+                f"the work used more CPU time than its {_format_seconds(backstop)} wall-clock backstop allows: "
+                "raise it with --timeout SECONDS (timeout=), or turn it off with --timeout none",
             )
-        name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
         if number == signal.SIGINT:
             raise KeyboardInterrupt
+        name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
         return _memory_error(limits, f"the process working on the template was killed ({name})")
     return _memory_error(limits, "the process working on the template stopped without a result")
 
