@@ -88,15 +88,17 @@ def _guard_filter(name: str, function: Callable) -> Callable:
     return guarded
 
 
-class GuardedFilters(dict):
-    """The environment's filters, each guarded as it is added."""
+class _GuardedTable(dict):
+    """A table of filters or tests, each one guarded (`guard`) as it is added."""
 
-    def __init__(self, filters: dict):
+    guard: Callable[[str, Callable], Callable]
+
+    def __init__(self, functions: dict):
         super().__init__()
-        self.update(filters)
+        self.update(functions)
 
     def __setitem__(self, name: str, function: Callable) -> None:
-        super().__setitem__(name, _guard_filter(name, function))
+        super().__setitem__(name, type(self).guard(name, function))
 
     def update(self, *args, **kwargs) -> None:
         for name, function in dict(*args, **kwargs).items():
@@ -106,6 +108,12 @@ class GuardedFilters(dict):
         if name not in self:
             self[name] = function
         return self[name]
+
+
+class GuardedFilters(_GuardedTable):
+    """The environment's filters, each one's work counted and its result sized."""
+
+    guard = staticmethod(_guard_filter)
 
 
 def lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 - jinja2's names
@@ -141,21 +149,7 @@ def guard_test(name: str, function: Callable) -> Callable:
     return guarded
 
 
-class GuardedTests(dict):
-    """The environment's tests, each comparing one guarded as it is added."""
+class GuardedTests(_GuardedTable):
+    """The environment's tests, each comparing one charged for what it compares."""
 
-    def __init__(self, tests: dict):
-        super().__init__()
-        self.update(tests)
-
-    def __setitem__(self, name: str, function: Callable) -> None:
-        super().__setitem__(name, guard_test(name, function))
-
-    def update(self, *args, **kwargs) -> None:
-        for name, function in dict(*args, **kwargs).items():
-            self[name] = function
-
-    def setdefault(self, name: str, function: Callable = None):  # type: ignore[override]
-        if name not in self:
-            self[name] = function
-        return self[name]
+    guard = staticmethod(guard_test)
