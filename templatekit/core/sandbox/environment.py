@@ -258,12 +258,15 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         return macro
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        """`obj[argument]`, a tuple key charged for its hash first."""
+        """`obj[argument]`, a tuple key charged for its hash first; jinja2's sandboxed lookup where it fails."""
         if type(argument) is tuple:
             scope = _SCOPE.get()
             if scope is not None:
                 scope.step(logical_size(argument, scope.step_cap - scope.steps))
-        return super().getitem(obj, argument)
+        try:
+            return obj[argument]  # what the sandbox's own getitem tries first, without a frame of its own
+        except (TypeError, LookupError):
+            return super().getitem(obj, argument)
 
     def tk_binop(self, context: Context, op: str, line: int, offset: int, left: Any, right: Any) -> Any:
         scope = _SCOPE.get()
