@@ -79,7 +79,7 @@ class _Scope:
     # -- checks, called by the hooks
 
     def work(self) -> float:
-        """The steps done so far: those counted, and every byte built (`BYTES_PER_STEP` to a step)."""
+        """The steps done so far: those counted, and every byte built (`STEPS_PER_BYTE` a byte)."""
         return self.steps + self.spent * STEPS_PER_BYTE
 
     def tick(self, line: int = 0, offset: int = -1) -> None:
