@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from jinja2 import nodes
@@ -20,20 +21,40 @@ def _place(node: nodes.Node) -> tuple[int, int]:
 _NODE_STEPS = {nodes.Call: 16, nodes.NSRef: 16, nodes.Filter: 8, nodes.Getattr: 4, nodes.Getitem: 2, nodes.Test: 2}
 
 
+def walk(roots: list[nodes.Node], skip: tuple[type, ...] = ()) -> Iterator[nodes.Node]:
+    """Every node of `roots` and below, not below a node of a type in `skip`: jinja2's `iter_child_nodes`,
+    without a generator per node (this runs for every compile)."""
+    stack: list = list(roots)
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        node = pop()
+        if not isinstance(node, nodes.Node):
+            continue
+        yield node
+        if type(node) in skip:
+            continue
+        for name in node.fields:
+            value = getattr(node, name)
+            if type(value) is list:
+                extend(value)
+            elif isinstance(value, nodes.Node):
+                push(value)
+
+
 def _body_cost(body: list[nodes.Node]) -> tuple[int, int]:
     """The literal text one run of a body (a loop's iteration, a macro's call) may write, and its steps: one per
     node, more for the costly ones (`_NODE_STEPS`). A nested loop, macro or call block counts its own (per
     iteration, per call), so none is walked here, and compiling stays linear in the template's size."""
     size, steps = 0, 1
-    stack = list(body)
-    while stack:
-        node = stack.pop()
-        steps += _NODE_STEPS.get(type(node), 1)
-        if isinstance(node, nodes.TemplateData):
+    for node in walk(body, _OWN_COST):
+        kind = type(node)
+        steps += _NODE_STEPS.get(kind, 1)
+        if kind is nodes.TemplateData:
             size += len(node.data)
-        elif not isinstance(node, (nodes.For, nodes.Macro, nodes.CallBlock)):
-            stack.extend(node.iter_child_nodes())
     return size, steps
+
+
+_OWN_COST = (nodes.For, nodes.Macro, nodes.CallBlock)  # counted per iteration or per call, where they run
 
 
 #: Comparisons that take constant time whatever the other side holds: with a constant of plain type (as long as

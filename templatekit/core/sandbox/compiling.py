@@ -13,6 +13,7 @@ from typing import Any
 
 from jinja2 import nodes
 
+from .codegen import walk
 from .scope import _SCOPE, LimitScope, enabled
 from .settings import DEFAULT_LIMITS
 
@@ -57,11 +58,7 @@ def check_source_size(source: str) -> None:
 def compile_cost(ast: nodes.Template) -> tuple[int, int]:
     """Charge compiling `ast` (steps, and the memory it needs) before its code is generated; the cost, for
     `charge_compiled` to charge when the compiled template comes out of a cache."""
-    count, stack = 0, [ast]
-    while stack:
-        node = stack.pop()
-        count += 1
-        stack.extend(node.iter_child_nodes())
+    count = sum(1 for _ in walk([ast]))
     cost = (COMPILE_STEPS + STEPS_PER_NODE * count, BYTES_PER_NODE * count)
     _charge(*cost, f"compiling a template of {count:,} nodes")
     return cost
