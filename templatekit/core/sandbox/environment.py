@@ -136,11 +136,11 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         >>> env = LimitedEnvironment(trim_blocks=True)
         >>> env.from_string("{% for i in range(3) %}{{ i ~ '-' }}{% endfor %}").render()
         '0-1-2-'
-        >>> with limit_scope(timeout=0.2):
+        >>> with limit_scope(max_steps=1_000_000):
         ...     env.from_string("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}").render()
         Traceback (most recent call last):
         ...
-        templatekit.errors.TemplateLimitError: <template>:1:31: time limit exceeded: the template ran past 0.2 s
+        templatekit.errors.TemplateLimitError: <template>:1:31: step limit exceeded: the template did more than 1,000,000 steps of work (loop iterations, calls, comparisons, characters built); raise the budget with --max-steps N (max_steps=N)
     """
 
     code_generator_class = LimitedCodeGenerator
