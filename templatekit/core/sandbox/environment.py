@@ -98,6 +98,17 @@ def _finalize(value: Any) -> Any:
 
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})
+_WALKING_METHODS = frozenset({"index", "count", "copy"})
+
+
+def _walks(function: Any, args: tuple) -> bool:
+    """Whether a builtin's call walks a container: one of its arguments, or its list's items."""
+    for argument in args:
+        if type(argument) not in _ATOMS:
+            return True
+    return function.__name__ in _WALKING_METHODS
+
+
 _CALL_STEPS = 4  # a call through the sandbox: about four loop iterations (its node in a loop's body counts more)
 _MACRO_STEPS = 16  # a macro call binds its arguments and renders its body in a frame of its own
 
@@ -336,11 +347,11 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         if kind is types.BuiltinMethodType:
             owner = function.__self__
             if isinstance(owner, (str, bytes, bytearray)):
-                scope.step(len(owner) >> 6, line, offset)
+                scope.steps += len(owner) >> 6  # a scan in C: checked at the next step
                 size = _method_bytes(function, args, kwargs, scope)
                 if size and scope.spent + size > scope.cap:
                     scope.too_big(size, f"{type(owner).__name__}.{function.__name__}()'s result", line, offset)
-            else:  # list.index, dict.get(key), dict.fromkeys(keys): what they compare or hash
+            elif _walks(function, args):  # list.index, dict.get(key), dict.fromkeys(keys): what they compare or hash
                 scope.step(method_work(function, owner, args, scope), line, offset)
         elif kind is not types.MethodType and isinstance(function, (Macro, LoopContext)):
             if isinstance(function, LoopContext) and args:  # loop(children): the children are a loop too
@@ -352,7 +363,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             finally:
                 scope.depth -= 1
             return scope.account(result, line, offset)
-        elif kind is type or kind is types.BuiltinFunctionType:  # dict(pairs) hashes every key
+        elif (kind is type or kind is types.BuiltinFunctionType) and _walks(function, args):  # dict(pairs) hashes
             scope.step(method_work(function, None, args, scope), line, offset)
         elif kind is types.MethodType and isinstance(function.__self__, LoopContext) and args:
             scope.step(method_work(function, None, args, scope), line, offset)  # loop.changed(x) compares x

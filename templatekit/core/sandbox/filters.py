@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from time import monotonic
 from typing import Any
 
 from jinja2.filters import make_attrgetter
@@ -29,7 +28,7 @@ _ATTRIBUTE_AT = {"join": 2, "sum": 1}
 def _prepared(name: str, context: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The arguments with an iterator listed (a consuming filter) and `attribute` read off each item (`join`,
     `sum`): exactly what the filter would do first, done where the result can be sized."""
-    if name not in _CONSUMING or not args:
+    if not args:
         return args, kwargs
     value = args[0]
     if hasattr(type(value), "__next__"):
@@ -57,20 +56,20 @@ def _guard_filter(name: str, function: Callable) -> Callable:
         return function
     passes = _PassArg.from_obj(function)
     predict = _FILTER_SIZES.get(name)
+    consuming, walking = name in _CONSUMING, name in _WALKING
 
     @pass_context
     def guarded(context, *args, **kwargs):
         scope = _SCOPE.get()
         if scope is not None:
-            args, kwargs = _prepared(name, context, args, kwargs)
+            if consuming:
+                args, kwargs = _prepared(name, context, args, kwargs)
             scope.step(filter_work(name, scope, args))
-            if monotonic() > scope.deadline:
-                scope.late()
             if predict is not None and args:
                 size, what = predict(scope, args, kwargs)
                 if size:
                     scope.need(size, f"the |{name} filter's result ({what})")
-                    if name in _WALKING:
+                    if walking:
                         scope.step(size * 0.0625)  # an item walked and printed for every 16 bytes or so
         if passes is None:
             result = function(*args, **kwargs)
