@@ -15,6 +15,7 @@ until it writes to it. Where there is no `fork` (Windows), the work runs in this
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import pickle
 import select
@@ -108,6 +109,7 @@ def _child(write_end: int, limits: Limits | None, backstop: float | None, memory
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C stops the child at once; the parent reports it
+        faulthandler.disable()  # a crash is the parent's to report, in one line
         # A tokenizer's thread pool would reserve address space per thread (and a pool forked mid-work deadlocks).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         _set_hard_limits(memory, backstop)
