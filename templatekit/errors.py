@@ -9,7 +9,7 @@
     │   └── FallbackError              not even the delimiter fallback
     ├── StripError                     generation tags cannot be removed without changing the rendering; `.reasons`
     ├── PlanError                      (internal) a turn's span cannot be tagged in the top-level flow
-    ├── MarkerCollision                (internal) a conversation holds a generation marker character
+    ├── MarkerCollision                (internal) the fast tagged render cannot place a generation block
     ├── ConversationError              a conversation cannot be rendered or masked as asked (also ValueError)
     ├── DatasetRowError                one dataset row cannot be prepared (also ValueError)
     ├── UnknownTemplateError           no library template has that name (also LookupError)
@@ -32,6 +32,16 @@ from typing import Any
 
 class TemplateKitError(Exception):
     """Base class for every error templatekit raises on purpose."""
+
+    def __reduce__(self):  # picklable whatever a subclass's __init__ takes: from a child process, a worker
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_error(kind: type[TemplateKitError], args: tuple, state: dict[str, Any]) -> TemplateKitError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class TemplateSourceError(TemplateKitError):
@@ -145,8 +155,9 @@ class PlanError(TemplateKitError):
 
 
 class MarkerCollision(TemplateKitError, ValueError):
-    """The conversation itself holds a marker character, so the markers cannot be told apart from it (the caller
-    then renders that conversation with transformers' renderer)."""
+    """The fast tagged render cannot tell a generation block's place: the conversation holds a mark, or the
+    block renders where the template could capture its output (the caller then renders that conversation with
+    transformers' renderer)."""
 
 
 class ConversationError(TemplateKitError, ValueError):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _harness import in_child
 from _paths import REPO_ROOT, corpus_file
 from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
@@ -340,3 +341,69 @@ def test_progress_bar_on_a_terminal_only_in_text_mode(tmp_path, fmt):
     else:
         assert "auditing" in err and "/20" in err
         assert out.startswith(f"{data} against") and "\x1b" not in out  # stdout is a pipe: plain text
+
+
+# ------------------------------------------------------------------------------------ rows that once crashed
+
+
+def test_unreadable_rows_are_named_file_and_line_not_a_traceback(capsys, tmp_path):
+    """A number of 5,000 digits, a line nested 100,000 deep, a role that is a lone surrogate: exit 2, one line
+    naming the file and line (Python raised ValueError, RecursionError, and UnicodeEncodeError on output)."""
+    source = corpus_file("trl/qwen2_5.jinja")
+    good = json.dumps({"messages": [user("Hi"), assistant("Hey")]})
+    lines = {
+        "digits": '{"messages": [{"role": "user", "content": "Hi"}], "n": ' + "9" * 5000 + "}",
+        "deep": '{"messages": [{"role": "user", "content": ' + "[" * 100_000 + "]" * 100_000 + "}]}",
+        "surrogate": '{"messages": [{"role": "\\ud800", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}',
+    }
+    expected = {
+        "digits": "cannot read the JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits",
+        "deep": "cannot read the JSON: it nests deeper than Python can read",
+        "surrogate": "messages[0].role holds a lone surrogate: not Unicode text",
+    }
+    for name, line in lines.items():
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text(good + "\n" + line + "\n", encoding="utf-8")
+        code, out, err = run(capsys, "audit", source, "--data", data)
+        assert code == 2 and "Traceback" not in err, (name, err)
+        assert err.strip().splitlines() == [f"error: {data}:2: {expected[name]}"], (name, err)  # one line
+
+
+def test_malformed_tool_calls_and_reserved_kwargs_are_reasons_not_tracebacks(capsys, tmp_path):
+    """`tool_calls: [null, 1, "x"]` and `tool_calls: "oops"` under a template that ignores them are fields it never
+    renders; `chat_template_kwargs: {"messages": []}` is a rejected row that says why (each was a traceback)."""
+    rows = [
+        {"messages": [user("Hi"), assistant("Hey", tool_calls=[None, 1, "x"])]},
+        {"messages": [user("Hi"), assistant("Hey", tool_calls="oops")]},
+        {"messages": [user("Hi"), assistant("Hey")], "chat_template_kwargs": {"messages": []}},
+        {"messages": [user("Hi"), assistant("Hey")], "chat_template_kwargs": {"tools": 1}},
+    ]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    plain = tmp_path / "plain.jinja"  # writes every message's role and content, and nothing else
+    plain.write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}", encoding="utf-8"
+    )
+    code, document, err = audit_json(capsys, plain, "--data", data)
+    assert code == 1 and "Traceback" not in err
+    assert document["fields_not_rendered"] == {"messages[].tool_calls": 2}
+    assert document["rejected_conversations"] == 2
+    assert "chat_template_kwargs sets 'messages', which is not a template switch" in document["first_rejection"]
+    for qwen_row in rows[:2]:  # a template that reads the calls rejects the row, with the template's own reason
+        code, document, err = audit_json(
+            capsys, corpus_file("trl/qwen2_5.jinja"), "--data", write_jsonl(data, [qwen_row])
+        )
+        assert "Traceback" not in err and document["rejected_conversations"] == 1, document
+
+
+def test_the_field_check_of_a_row_of_100k_messages_is_linear():
+    """One row of 100,000 messages: every sentinel found in one scan of the render (it was one scan per message,
+    65 s for this row; `benchmarks/audit_scale.py` times it), and each field still checked."""
+    messages = [m for i in range(50_000) for m in (user(f"q{i}"), assistant(f"a{i}", thinking="t"))]
+    outcome = in_child(
+        lambda: audit_conversations(templatekit.get_template("chatml"), [{"messages": messages}]).to_dict(),
+        timeout=120,
+    )
+    assert outcome.kind == "returned", outcome
+    document = outcome.value
+    assert document["fields_not_rendered"] == {"messages[].thinking": 1}
+    assert document["fields_checked"] == {"messages[].content": 1, "messages[].thinking": 1}

@@ -139,33 +139,44 @@ def test_patch_error_exits_1_with_reasons(capsys: pytest.CaptureFixture[str], mo
     assert not target.exists() and out == ""
 
 
-def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    seen: dict[str, object] = {}
+def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
+    record = tmp_path / "seen.json"  # the call runs in the child process the CLI works on each template in
     real = templatekit.patch_template
 
     def spy(template: str, **options: object):
-        seen.update(options)
+        record.write_text(json.dumps({key: repr(value) for key, value in options.items()}), encoding="utf-8")
         return real(template, **options)
+
+    def seen() -> dict[str, str]:
+        return json.loads(record.read_text(encoding="utf-8"))
 
     monkeypatch.setattr(templatekit, "patch_template", spy)
     example = corpus_file(PATCHABLE)
     code, _, err = run(capsys, "patch", example, "--train-role", "assistant", "--train-role", "tool")
     assert code in (0, 1), err
-    defaults = {"timeout": DEFAULT, "max_memory": DEFAULT}  # the limits in force (templatekit.core.sandbox)
-    assert seen == {
-        "train_roles": ("assistant", "tool"),
-        "only_last_turn": False,
-        "retag": True,
-        "template_kwargs": {},
+    # the limits in force (templatekit.core.sandbox)
+    defaults = {"max_steps": repr(DEFAULT), "max_memory": repr(DEFAULT), "timeout": repr(DEFAULT)}
+    assert seen() == {
+        "train_roles": repr(("assistant", "tool")),
+        "only_last_turn": "False",
+        "retag": "True",
+        "template_kwargs": "{}",
         **defaults,
     }
-    seen.clear()
-    code, _, err = run(capsys, "patch", example, "--timeout", "2.5", "--max-memory", "512M")
+    code, _, err = run(capsys, "patch", example, "--timeout", "2.5", "--max-memory", "512M", "--max-steps", "7000000")
     assert code in (0, 1), err
-    assert (seen["timeout"], seen["max_memory"]) == (2.5, 512 << 20)
+    assert (seen()["timeout"], seen()["max_memory"], seen()["max_steps"]) == ("2.5", str(512 << 20), "7000000")
+    code, _, err = run(capsys, "patch", example, "--timeout", "none")
+    assert code in (0, 1) and seen()["timeout"] == "None", err
     run(capsys, "patch", example, "--only-last-turn", "--keep-tags", "--template-kwarg", "enable_thinking=false")
-    switch = {"template_kwargs": {"enable_thinking": False}}
-    assert seen == {"train_roles": ("assistant",), "only_last_turn": True, "retag": False, **switch, **defaults}
+    switch = {"template_kwargs": repr({"enable_thinking": False})}
+    assert seen() == {
+        "train_roles": repr(("assistant",)),
+        "only_last_turn": "True",
+        "retag": "False",
+        **switch,
+        **defaults,
+    }
 
 
 def test_patch_malformed_template_exits_2_with_line_and_column(capsys: pytest.CaptureFixture[str], tmp_path) -> None:

@@ -15,7 +15,8 @@ in a plain, unsandboxed jinja2 environment.
 
 Everything runs away from the test process under a memory cap (`_harness`): CLI runs in interpreters that cap
 their own address space, API calls in forked children under RLIMIT_AS. The per-case runs use tight limits
-(`--timeout 2 --max-memory 256M`) to stay quick; the templates of issue 9's table also run at the defaults.
+(`--max-steps 5000000 --max-memory 256M`) to stay quick; the templates of issue 9's table also run at the defaults.
+The verdicts come from the step budget, not the clock: `test_verdicts_under_load.py` shows they hold under load.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ TAGGED_LOOP = (
     "{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-LIMITS = ("--timeout", "2", "--max-memory", "256M")  # tight limits for the per-case runs
-API_LIMITS = {"timeout": 0.5, "max_memory": "256M"}
+LIMITS = ("--max-steps", "5000000", "--max-memory", "256M")  # tight limits for the per-case runs
+API_LIMITS = {"max_steps": 5_000_000, "max_memory": "256M"}
 GiB = 1 << 30
 CANARY_ENV = "TK_HOSTILE_CANARY"
 GOOD = ("trl/qwen2_5.jinja", "trl/llama3_2.jinja", "trl/gemma3.jinja")  # report patches these beside the rest
@@ -62,7 +63,7 @@ GOOD = ("trl/qwen2_5.jinja", "trl/llama3_2.jinja", "trl/gemma3.jinja")  # report
 class Case:
     name: str
     payload: str  # Jinja in front of CHAT_LOOP; "{canary}" stands for the canary file's path
-    expect: str  # "time", "memory", "recursion", "memory|time": that limit; "escape", "mutate": any clear end
+    expect: str  # "step", "memory", "recursion", "memory|step": that limit; "escape", "mutate", "clear": any clear end
 
     def template(self, canary: Path, tagged: bool = False) -> str:
         return self.payload.replace("{canary}", str(canary)) + "\n" + (TAGGED_LOOP if tagged else CHAT_LOOP)
@@ -73,9 +74,30 @@ def _escape(name: str, payload: str) -> Case:
 
 
 SYSTEM = "os.system('touch {canary}')"
+# Two lists (or tuples) of 2**60 items each, built in 60 steps from shared parts.
+SHARED = (
+    "{% set ns = namespace(e=[1], f=[1]) %}"
+    "{% for i in range(60) %}{% set ns.e = [ns.e, ns.e] %}{% set ns.f = [ns.f, ns.f] %}{% endfor %}"
+)
+SHARED_TUPLES = (
+    SHARED.replace("[1]", "(1,)").replace("[ns.e, ns.e]", "(ns.e, ns.e)").replace("[ns.f, ns.f]", "(ns.f, ns.f)")
+)
 CASES = [
-    # -- time
-    Case("cpu_loops", "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "time"),
+    # -- work: loops, and comparisons, hashes and sorts of values built from shared parts (one C call each, past
+    # any hook or watchdog, unless charged first by the logical size of what they compare)
+    Case("cpu_loops", "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "step"),
+    Case("compare_shared_lists", SHARED + "{% if ns.e == ns.f %}x{% endif %}", "step"),
+    Case("in_shared_lists", SHARED + "{% if ns.e in [ns.f] %}x{% endif %}", "step"),
+    Case("sort_shared_lists", SHARED + "{{ ([ns.e, ns.f] * 50) | sort | length }}", "step"),
+    Case("unique_shared_tuples", SHARED_TUPLES + "{{ ([ns.e, ns.f] * 50) | unique | list | length }}", "step"),
+    Case("hash_shared_tuple_key", SHARED_TUPLES + "{{ {}.get(ns.e) }}", "step"),
+    Case("shared_tuple_as_dict_key", SHARED_TUPLES + "{{ {ns.e: 1} | length }}", "step"),
+    Case("compare_test_shared_lists", SHARED + "{% if ns.e is eq(ns.f) %}x{% endif %}", "step"),
+    Case(
+        "repeated_lists_compared",
+        "{% set z = [[1] * 1000] * 1000 %}{% set a = [z] * 1000 %}{% set b = [z] * 1000 %}{% if a == b %}x{% endif %}",
+        "step",
+    ),
     # -- memory: growth
     Case(
         "string_doubling",
@@ -91,7 +113,7 @@ CASES = [
         "dict_growth",
         "{% set ns = namespace(d={}) %}{% for i in range(99999) %}"
         "{% set ns.d = dict(ns.d, **{'k' ~ i: 'v' * 9999}) %}{% endfor %}",
-        "memory|time",
+        "memory|step",
     ),
     Case(
         "dict_nesting_written",
@@ -113,7 +135,7 @@ CASES = [
     Case(
         "literal_output",
         "{% for i in range(99999) %}{% for j in range(99999) %}" + "x" * 200 + "{% endfor %}{% endfor %}",
-        "memory|time",
+        "memory|step",
     ),
     Case("center_filter", "{{ 'x' | center(10000000000) }}", "memory"),
     Case("indent_filter", "{{ ('a\\n' * 99999) | indent(99999) }}", "memory"),
@@ -123,6 +145,20 @@ CASES = [
     Case("lipsum_huge", "{{ lipsum(1000000, max=10000) }}", "memory"),
     Case("integer_power", "{{ 7 ** 999999999 }}", "memory"),
     Case("list_repeat", "{{ ([1] * 1000000000) | length }}", "memory"),
+    # -- memory: operations sized before they run, bytes included
+    Case("bytes_repeat", "{{ ('x'.encode() * 2000000000) | length }}", "memory"),
+    Case("bytes_center", "{{ 'x'.encode().center(2000000000) | length }}", "memory"),
+    Case("translate_long_replacement", "{{ ('a' * 100000).translate({97: 'b' * 100000}) | length }}", "memory"),
+    Case("urlize_long_target", "{{ ('a.com ' * 100000) | urlize(target='x' * 100000) | length }}", "memory"),
+    Case("join_long_separator", "{{ ('a' * 100000) | join('x' * 100000) | length }}", "memory"),
+    Case(
+        "sum_lists_by_attribute",
+        "{{ ([{'a': [1] * 1000}] * 100000) | sum(attribute='a', start=[]) | length }}",
+        "memory|step",
+    ),
+    Case("list_literal_14mb", "{% set x = [" + "1," * 7_000_000 + "1] %}", "memory"),
+    # -- an error raised with a value: its text is bounded, never built from a value of 2**60 items
+    Case("raise_exception_shared_list", SHARED + "{{ raise_exception(ns.e) }}", "clear"),
     # -- sandbox escapes: each would create the canary file (or set the canary variable) if it ran
     _escape("cycler_globals", "{{ cycler.__init__.__globals__." + SYSTEM + " }}"),
     _escape("joiner_globals", "{{ joiner.__init__.__globals__." + SYSTEM + " }}"),
@@ -167,6 +203,8 @@ CASES = [
     Case("clear_messages", "{% set _ = messages.clear() %}", "mutate"),
     Case("setdefault_message", "{% set _ = messages[0].setdefault('weight', 0) %}", "mutate"),
     Case("setitem_message", "{% set _ = messages[0].__setitem__('content', 'x') %}", "mutate"),
+    Case("unbound_dict_clear", "{% set _ = dict.clear(messages[-1]) %}", "mutate"),
+    Case("unbound_dict_update", "{% set _ = dict.update(messages[0], content='changed') %}", "mutate"),
 ]
 ISSUE_TABLE = ("cpu_loops", "string_doubling", "list_doubling", "y_times_99999", "macro_recursion")
 BY_NAME = {case.name: case for case in CASES}
@@ -179,7 +217,7 @@ MESSAGES = [
     {"role": "assistant", "content": "Goodbye."},
 ]
 
-LIMIT_LINE = re.compile(r":(\d+)(?::(\d+))?: (time|memory|recursion) limit exceeded: ")  # a column where known
+LIMIT_LINE = re.compile(r":(\d+)(?::(\d+))?: (step|time|memory|recursion) limit exceeded: ")  # a column where known
 
 
 def limit_of(case: Case) -> set[str]:
@@ -212,7 +250,7 @@ def assert_clear(run: Run, source: Path, case: Case) -> None:
     normal result (0 or 1) for a payload the sandbox turned into an error the template reports."""
     assert "Traceback" not in run.err, (case.name, run.err[-2000:])
     assert run.code in (0, 1, 2), (case.name, run.code, run.err[-2000:])
-    if case.expect in ("escape", "mutate"):
+    if case.expect in ("escape", "mutate", "clear"):
         if run.code == 2:
             lines = run.lines()
             assert len(lines) == 1 and lines[0].startswith(f"error: {source}"), (case.name, run.err)
@@ -281,7 +319,7 @@ def test_check_and_report_go_on_past_every_case(hostile: dict) -> None:
     for case in CASES:
         outcome = outcomes[case.name]
         assert outcome["status"] in ("ok", "failed", "error"), outcome
-        if case.expect not in ("escape", "mutate"):
+        if case.expect not in ("escape", "mutate", "clear"):
             text = json.dumps(outcome)
             assert outcome["status"] == "error" and any(f"{limit} limit exceeded" in text for limit in limit_of(case))
     assert check.code == 2
@@ -290,7 +328,7 @@ def test_check_and_report_go_on_past_every_case(hostile: dict) -> None:
     for case in CASES:
         row = rows.pop(case.name)
         assert row["status"] == "not patchable", row
-        if case.expect not in ("escape", "mutate"):
+        if case.expect not in ("escape", "mutate", "clear"):
             assert any(f"{limit} limit exceeded" in row["reason"] for limit in limit_of(case)), row
     assert {row["status"] for row in rows.values()} == {"patched"} and len(rows) == len(GOOD), rows
     assert report.code == 0
@@ -341,7 +379,7 @@ def test_each_case_through_the_api(hostile: dict, qwen_tokenizer) -> None:
         results: dict[str, str] = outcome.value  # type: ignore[assignment]
         assert results.pop("canary variable") == "", case.name
         assert results.pop("messages changed") == "False", case.name
-        if case.expect in ("escape", "mutate"):
+        if case.expect in ("escape", "mutate", "clear"):
             continue
         for call, result in results.items():
             kind, limit, _ = (result.split(": ", 2) + ["", ""])[:3]

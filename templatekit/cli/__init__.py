@@ -10,9 +10,10 @@
     templatekit audit SOURCE --data FILE.jsonl [--tokenizer PATH] [--max-length N] [--format text|json|github]
     templatekit --version
 
-patch, check, report, show and strip take --timeout SECONDS and --max-memory SIZE (512M, 1G): the limits on each
-template's renders (default 10 s and 1 GiB, `templatekit.core.sandbox`). A template that goes past one is refused
-with one line naming the limit and the place (exit 2; report lists it and goes on).
+patch, check, report, show, strip and audit take --max-steps N, --max-memory SIZE (512M, 1G) and --timeout SECONDS
+(none: off): the limits on the work on each template (default 50,000,000 steps, 1 GiB, and a 60 s wall-clock
+backstop; `templatekit.core.sandbox`), which runs in a child process under hard limits of its own. A template that
+goes past one is refused with one line naming the limit and the place (exit 2; report and check list it and go on).
 
 Exit codes: 0 success, 1 a template cannot be patched or fails its check, 2 bad usage or unreadable input.
 `patch` writes the patched template to stdout (or to `-o`, or back into a local model with `--in-place`); its

@@ -22,6 +22,7 @@ from .options import (
     add_limit_options,
     add_template_kwargs,
     add_train_role,
+    isolated,
     limits,
     located,
     output_format,
@@ -49,6 +50,14 @@ def read_jsonl(path: str | Path, messages_field: str = "messages") -> tuple[list
             raise TemplateSourceError(
                 f"invalid JSON: {exc.msg} (column {exc.colno})", source=str(path), line=number
             ) from None
+        except RecursionError:
+            raise TemplateSourceError(
+                "cannot read the JSON: it nests deeper than Python can read", source=str(path), line=number
+            ) from None
+        except ValueError as exc:  # a number of more digits than Python converts (4,300 by default)
+            raise TemplateSourceError(
+                f"cannot read the JSON: {_first_clause(exc)}", source=str(path), line=number
+            ) from None
         if not isinstance(row, dict):
             raise TemplateSourceError(
                 f"expected a JSON object, got {type(row).__name__}", source=str(path), line=number
@@ -57,11 +66,41 @@ def read_jsonl(path: str | Path, messages_field: str = "messages") -> tuple[list
             raise TemplateSourceError(
                 f"expected a list of messages under {messages_field!r}", source=str(path), line=number
             )
+        if "\\u" in line and (where := _lone_surrogate(row)):
+            raise TemplateSourceError(
+                f"{where} holds a lone surrogate: not Unicode text", source=str(path), line=number
+            )
         rows.append(row)
         lines.append(number)
     if not rows:
         raise TemplateSourceError("no conversation in the file", source=str(path))
     return rows, lines
+
+
+def _first_clause(error: BaseException) -> str:
+    """The error's message up to its first `;` (Python's advice on its own settings is no use here)."""
+    return str(error).split(";")[0].strip() or type(error).__name__
+
+
+def _lone_surrogate(row: Any) -> str | None:
+    """Where a string of the row holds a lone surrogate (JSON's `\\ud800` escape alone), which no tokenizer, file
+    or terminal takes as text; None when none does."""
+    stack: list[tuple[Any, str]] = [(row, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path or "the row"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, path or "a key"))
+                stack.append((item, f"{path}.{key}" if path else str(key)))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+    return None
 
 
 def _load_tokenizer(path: Path) -> Any:
@@ -203,23 +242,26 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         render_kwargs.update({k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)})
     names = [f"{args.data}:{line}" for line in lines]
     progress = _progress(err, len(rows), output_format(args) == "text")
+    options = dict(
+        tokenizer=tokenizer,
+        max_length=args.max_length,
+        truncation=args.truncation,
+        train_roles=train_roles(args),
+        render_kwargs=render_kwargs,
+        template_kwargs=template_kwargs(args),
+        row_names=names,
+        **limits(args),
+    )
+
+    def audit() -> Any:  # in a child process under hard limits, its progress bar drawn from there
+        if progress is None:
+            return audit_conversations(template.text, rows, **options)
+        with progress:
+            task = progress.add_task("audit", total=len(rows))
+            return audit_conversations(template.text, rows, on_row=lambda _: progress.advance(task), **options)
+
     try:
-        options = dict(
-            tokenizer=tokenizer,
-            max_length=args.max_length,
-            truncation=args.truncation,
-            train_roles=train_roles(args),
-            render_kwargs=render_kwargs,
-            template_kwargs=template_kwargs(args),
-            row_names=names,
-            **limits(args),
-        )
-        if progress is not None:
-            with progress:
-                task = progress.add_task("audit", total=len(rows))
-                report = audit_conversations(template.text, rows, on_row=lambda _: progress.advance(task), **options)
-        else:
-            report = audit_conversations(template.text, rows, **options)
+        report = isolated(args, audit, operations=None)  # each row under the limits on its own
     except InvalidArgumentError as exc:
         err.line(f"error: {exc}", "red")
         return EXIT_USAGE

@@ -12,6 +12,7 @@ from .options import (
     add_policy_options,
     add_template_kwargs,
     add_train_role,
+    isolated,
     limits,
     output_format,
     public_api,
@@ -32,8 +33,9 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "template_kwargs": template_kwargs(args),
         **limits(args),
     }
+    # Each template in a child process under hard limits: one that is killed there is one error, and check goes on.
     outcomes = check_formats.check_sources(
-        args.sources, check=lambda text: public_api().check_template(text, **options)
+        args.sources, check=lambda text: isolated(args, public_api().check_template, text, **options)
     )
     if fmt == "json":
         out.raw(check_formats.to_json(outcomes))

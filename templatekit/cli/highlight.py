@@ -203,8 +203,9 @@ def render_conversation(
     add_generation_prompt: bool = False,
     tokenizer: Callable[[str], list[tuple[int, str, int, int]]] | None = None,
     fallback: bool | None = None,
-    timeout: float | None = DEFAULT,
+    max_steps: int | None = DEFAULT,
     max_memory: int | str | None = DEFAULT,
+    timeout: float | None = DEFAULT,
     **template_kwargs: Any,
 ) -> Rendering:
     """Render `messages` (the first built-in demo the template accepts when None) and find the trained spans:
@@ -213,7 +214,7 @@ def render_conversation(
 
     Raises `PatchError`/`FallbackError` when neither generation tags nor delimiters can be found for the
     template, `ConversationError` when the template rejects the conversation, and `TemplateLimitError` when
-    it goes past `timeout` seconds or `max_memory` bytes (defaults 10 s and 1 GiB; `templatekit.core.sandbox`).
+    it goes past `max_steps`, `max_memory` bytes or the `timeout` backstop (`templatekit.core.sandbox`).
 
     Example:
         >>> from templatekit import get_template
@@ -223,7 +224,7 @@ def render_conversation(
         ('tags', ['Hello!<|im_end|>'])
     """
     # The tags hold under every setting of the template's switches: `enable_thinking=False` goes to the render.
-    renderer = SpanRenderer(template, fallback=fallback, timeout=timeout, max_memory=max_memory)
+    renderer = SpanRenderer(template, fallback=fallback, max_steps=max_steps, max_memory=max_memory, timeout=timeout)
     notes = [f"generation tags could not be used: {reason}" for reason in (renderer.reasons or [])[:3]]
     if messages is not None:
         candidates = [("your conversation", list(messages), tools)]

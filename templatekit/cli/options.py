@@ -1,9 +1,11 @@
-"""What several commands share: the `--timeout`, `--max-memory` and `--train-role` options, and how an error
-from the core names the template's file."""
+"""What several commands share: the limits (`--max-steps`, `--max-memory`, `--timeout`) and the child process the
+work on a template runs in, `--train-role`, `--template-kwarg`, and how an error from the core names the
+template's file."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 from typing import Any
 
 from ..errors import TemplateSourceError
@@ -13,8 +15,10 @@ __all__ = [
     "RESERVED_KWARGS",
     "add_format",
     "add_limit_options",
+    "add_policy_options",
     "add_template_kwargs",
     "add_train_role",
+    "isolated",
     "limits",
     "located",
     "output_format",
@@ -48,14 +52,30 @@ def output_format(args: argparse.Namespace) -> str:
     return "json" if args.json else args.format
 
 
-def _positive_seconds(text: str) -> float:
+_OFF = ("none", "off")
+
+
+def _seconds_or_none(text: str) -> float | str:
+    """Seconds, or "none" (the wall-clock backstop turned off)."""
+    if text.strip().lower() in _OFF:
+        return "none"
     try:
         seconds = float(text)
     except ValueError:
         seconds = 0.0
     if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (e.g. 10 or 2.5)")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (e.g. 60 or 2.5, or none for no limit)")
     return seconds
+
+
+def _steps(text: str) -> int:
+    try:
+        steps = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        steps = 0
+    if steps <= 0:
+        raise argparse.ArgumentTypeError(f"not a number of steps: {text!r} (e.g. 50000000)")
+    return steps
 
 
 def _size(text: str) -> int:
@@ -71,18 +91,27 @@ def _size(text: str) -> int:
 
 
 def add_limit_options(sub: argparse.ArgumentParser) -> None:
-    """`--timeout SECONDS` and `--max-memory SIZE`: the limits on each template's renders."""
+    """`--max-steps N`, `--max-memory SIZE` and `--timeout SECONDS|none`: the limits on the work on each template
+    (which also runs in a child process under hard limits of its own)."""
     sub.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        metavar="SECONDS",
-        help="wall time allowed for each template (patching and verifying it, or rendering it); default 10",
+        "--max-steps",
+        type=_steps,
+        metavar="N",
+        help="work allowed for each template, in steps (loop iterations, calls, comparisons, characters built): "
+        "the same verdict on any machine under any load; default 50000000",
     )
     sub.add_argument(
         "--max-memory",
         type=_size,
         metavar="SIZE",
         help="memory a template may build while it is rendered (e.g. 512M, 1G); default 1G",
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_seconds_or_none,
+        metavar="SECONDS",
+        help="wall-clock backstop for each template, for what no step counts (it depends on the machine's load, so "
+        "it is generous); default 60, none to turn it off",
     )
 
 
@@ -151,13 +180,46 @@ def train_roles(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def limits(args: argparse.Namespace) -> dict[str, Any]:
-    """`timeout` and `max_memory` as the core functions take them (the defaults when not given)."""
+    """`max_steps`, `max_memory` and `timeout` as the core functions take them (the defaults when not given)."""
     from ..core.sandbox import DEFAULT
 
+    timeout = getattr(args, "timeout", None)
     return {
-        "timeout": DEFAULT if args.timeout is None else args.timeout,
-        "max_memory": DEFAULT if args.max_memory is None else args.max_memory,
+        "max_steps": DEFAULT if getattr(args, "max_steps", None) is None else args.max_steps,
+        "max_memory": DEFAULT if getattr(args, "max_memory", None) is None else args.max_memory,
+        "timeout": DEFAULT if timeout is None else None if timeout == "none" else timeout,
     }
+
+
+def isolated(
+    args: argparse.Namespace, function: Any, /, *call_args: Any, operations: int | None = 1, **kwargs: Any
+) -> Any:
+    """`function(*call_args, **kwargs)` under the command's limits in a child process with hard limits
+    (`templatekit.core.sandbox.isolation`; `operations` as `run_isolated` takes it): a template that takes Python
+    past what it can interrupt ends in one `TemplateLimitError`, and the command goes on."""
+    from ..core.sandbox import active_limits
+    from ..core.sandbox.isolation import run_isolated
+
+    _warm_up()
+    budget = active_limits().replace(**limits(args))
+    return run_isolated(function, *call_args, limits=budget, operations=operations, **kwargs)
+
+
+_WARM: list[bool] = []
+_TINY = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+
+
+def _warm_up() -> None:
+    """Do here, once, what each child process would otherwise do again: import the core and transformers, build
+    the environments and the probes (a tiny template patched and rendered). The children share it all."""
+    if _WARM:
+        return
+    _WARM.append(True)
+    from ..training.spans import SpanRenderer
+
+    SpanRenderer(_TINY).render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    # What exists now is never collected by a child: its collector then leaves these pages shared, not copied.
+    gc.freeze()
 
 
 def located(exc: TemplateSourceError, template: LoadedTemplate) -> TemplateSourceError:

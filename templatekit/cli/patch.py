@@ -16,6 +16,7 @@ from .options import (
     add_policy_options,
     add_template_kwargs,
     add_train_role,
+    isolated,
     limits,
     located,
     public_api,
@@ -173,8 +174,9 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         "template_kwargs": template_kwargs(args),
         **limits(args),
     }
+    # Each template in a child process under hard limits (templatekit.core.sandbox.isolation).
     results, code = rewrite_each(
-        templates, lambda text: api.patch_template(text, **options), PatchError, "patch", args, err
+        templates, lambda text: isolated(args, api.patch_template, text, **options), PatchError, "patch", args, err
     )
     if code is not None:
         return code

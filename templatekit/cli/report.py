@@ -20,7 +20,7 @@ from .options import (
     add_limit_options,
     add_template_kwargs,
     add_train_role,
-    limits,
+    isolated,
     output_format,
     public_api,
     reason_of,
@@ -55,13 +55,12 @@ def _first(reasons: Sequence[str]) -> str:
     return reasons[0] + more
 
 
-def _classify(api: Any, template: LoadedTemplate, options: dict[str, Any], budget: dict[str, Any]) -> _Row:
-    from ..core.sandbox import limit_scope
-
+def _classify(api: Any, template: LoadedTemplate, options: dict[str, Any], args: argparse.Namespace) -> _Row:
     row = _Row(template.label, "not patchable", source=str(template.origin or template.label), name=template.name)
     try:
-        with limit_scope(**budget):  # one time and memory budget for all the work on this template
-            return _classify_within(api, template, options, row)
+        # One budget for all the work on this template, in a child process under hard limits: a template that
+        # is killed there is one row, and the report goes on.
+        return isolated(args, _classify_within, api, template, options, row)
     except PatchError as exc:
         row.reason = _first(exc.reasons)
     except TemplateSourceError as exc:  # malformed, unsafe, or past a limit (TemplateLimitError)
@@ -120,7 +119,7 @@ def _progress(err: Console, total: int, quiet: bool) -> Any:
 
 
 def _rows(args: argparse.Namespace, files: list, err: Console) -> list[_Row]:
-    api, budget = public_api(), limits(args)
+    api = public_api()
     options = {"train_roles": train_roles(args), "template_kwargs": template_kwargs(args)}
     rows: list[_Row] = []
     with _progress(err, len(files), args.quiet) as progress:
@@ -135,7 +134,7 @@ def _rows(args: argparse.Namespace, files: list, err: Console) -> list[_Row]:
             except TemplateSourceError as exc:
                 rows.append(_Row(str(path), "not patchable", reason_of(exc), source=str(path)))
                 templates = []
-            rows.extend(_classify(api, template, options, budget) for template in templates)
+            rows.extend(_classify(api, template, options, args) for template in templates)
             if progress is not None:
                 progress.advance(task)
     return rows

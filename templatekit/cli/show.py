@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
 from ..sources import load_templates
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console, Replay
-from .options import add_limit_options, add_template_kwargs, limits, located, template_kwargs
+from .options import add_limit_options, add_template_kwargs, isolated, limits, located, template_kwargs
 from .writing import add_mkdir, check_targets, write_texts
 
 __all__ = ["add_parser", "run"]
@@ -40,7 +40,9 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if folder is None and args.tokenizer and Path(args.tokenizer).is_dir():
         folder = Path(args.tokenizer)
     try:
-        rendering = show.render_conversation(
+        rendering = isolated(  # in a child process under hard limits (templatekit.core.sandbox.isolation)
+            args,
+            show.render_conversation,
             template.text,
             messages,
             tools=tools,
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             **limits(args),
             **show.special_tokens(folder),
             **template_kwargs(args),
+            operations=2,  # patching the template, then rendering the conversation: each under the limits
         )
     except ConversationError as exc:
         err.line(f"error: {args.messages or 'the demo conversations'}: {exc}", "red")

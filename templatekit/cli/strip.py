@@ -13,7 +13,7 @@ import difflib
 
 from ..errors import StripError
 from .console import EXIT_USAGE, Console
-from .options import add_limit_options, limits
+from .options import add_limit_options, isolated, limits
 from .patch import add_source_and_output, inputs_and_outputs, rewrite_each
 from .writing import deliver
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     templates, targets, gguf_out = chosen
 
     stripped, code = rewrite_each(
-        templates, lambda text: strip_template(text, **limits(args)), StripError, "strip", args, err
+        templates, lambda text: isolated(args, strip_template, text, **limits(args)), StripError, "strip", args, err
     )
     if code is not None:
         return code

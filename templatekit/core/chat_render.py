@@ -71,14 +71,19 @@ def _plain_twin(reference: jinja2.Environment) -> jinja2.Environment:
     return environment
 
 
-@functools.lru_cache(maxsize=256)
 def compile_chat_template(template: str) -> jinja2.Template:
-    """`template` compiled by `transformers_environment()` (cached, like transformers' own compiler)."""
+    """`template` compiled by `transformers_environment()` (cached, like transformers' own compiler; the compile
+    is charged to the limits in force either way, `sandbox.charge_compiled`)."""
+    return sandbox.charge_compiled(_compiled(template))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(template: str) -> jinja2.Template:
     return transformers_environment().from_string(template)
 
 
 sandbox.on_switch(transformers_environment.cache_clear)
-sandbox.on_switch(compile_chat_template.cache_clear)
+sandbox.on_switch(_compiled.cache_clear)
 
 
 def _tool_schemas(tools: list | None) -> list | None:

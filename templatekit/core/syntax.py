@@ -27,7 +27,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import TemplateSourceError
 from .positions import Pos, line_column
-from .sandbox import LimitedEnvironment, enabled
+from .sandbox import LimitedEnvironment, check_source_size, compile_cost, enabled
 from .tags import GenerationTag
 
 __all__ = [
@@ -216,7 +216,10 @@ def parse_template(source: str, name: str | None = None) -> ParsedTemplate:
         raise TemplateSourceError(f"a template must be text, not {type(source).__name__}", source=name)
     if not source.strip():
         raise TemplateSourceError("the template is empty", source=name, line=1, column=1)
-    return _parse(_parsing_environment(), source, name)
+    check_source_size(source)  # its tokens and AST alone can take hundreds of bytes a character
+    parsed = _parse(_parsing_environment(), source, name)
+    compile_cost(parsed.ast)  # what the work on a template this size takes, charged before it starts
+    return parsed
 
 
 _PARSER_ENVIRONMENT: list[ImmutableSandboxedEnvironment] = []

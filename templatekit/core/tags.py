@@ -6,12 +6,17 @@ assistant mask. TRL detects a tagged template with `TRL_TAG`; a `{%+ generation 
 package accepts every form (`TAG`), so a template tagged in a form TRL cannot see is still found and replaced.
 
 The jinja2 extension `GenerationTag` parses the block. Rendered plainly it writes its body unchanged, like
-transformers' tracker; `MarkedGenerationTag` writes private-use marks around the body instead, so that one scan
-of the output finds every block's span (`training.tagged_render`).
+transformers' tracker; `MarkedGenerationTag` writes marks around the body instead, so that one scan of the output
+finds every block's span (`training.tagged_render`). The marks are strings of private-use characters drawn at
+random once per process: a template or a conversation may write any character, `\ue000` included, and no mark
+can be forged without reading one, which a template can only do by capturing a block's output (a macro, a
+`set` or `filter` block, a `call` or recursive loop's body). A block there raises `MarkerCollision` instead
+(`guard_captured_blocks`), and the caller renders with transformers' own tracker.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
@@ -19,6 +24,8 @@ import jinja2
 import jinja2.ext
 from jinja2 import nodes
 from jinja2.parser import Parser
+
+from ..errors import MarkerCollision
 
 __all__ = [
     "CLOSE_MARK",
@@ -33,6 +40,7 @@ __all__ = [
     "MarkedGenerationTag",
     "end_tag",
     "first_start_tag",
+    "guard_captured_blocks",
     "has_generation_tags",
     "mentions_generation_tag",
     "start_tag",
@@ -55,9 +63,15 @@ TRL_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # Lexing only (never rendering): where block tags begin, with the delimiters transformers' environment uses.
 _LEXING_ENVIRONMENT = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
 
-# Unicode private-use characters, written around each block's text by `MarkedGenerationTag`: no tokenizer or
-# template writes them.
-OPEN_MARK, CLOSE_MARK = "\ue000", "\ue001"
+
+def _random_mark(draw: random.Random) -> str:
+    return "".join(chr(draw.randrange(0xE100, 0xF900)) for _ in range(12))  # 12 of 6,144 private-use characters
+
+
+# Written around each block's text by `MarkedGenerationTag`: drawn once per process, so that nothing a template
+# or a conversation holds can be taken for one (a template that writes U+E000 keeps it, as transformers does).
+_DRAW = random.SystemRandom()
+OPEN_MARK, CLOSE_MARK = _random_mark(_DRAW), _random_mark(_DRAW)
 
 
 def start_tag(marker: str = "") -> str:
@@ -278,6 +292,44 @@ class MarkedGenerationTag(GenerationTag):
 
     def _render_body(self, caller: Any) -> str:
         return OPEN_MARK + caller() + CLOSE_MARK
+
+    def _captured(self, caller: Any = None) -> str:
+        raise MarkerCollision("a generation block renders inside a macro, a set, filter or call block or a loop(...)")
+
+
+#: What renders a body into a value the template can read (and slice, compare, write twice) before it is output.
+_CAPTURING = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock, nodes.Block)
+
+
+def guard_captured_blocks(ast: nodes.Template, extension: MarkedGenerationTag) -> nodes.Template:
+    """Make every generation block whose output the template could capture raise `MarkerCollision` when it
+    renders, in place of its marks: a template that read a mark could write it around any text.
+
+    Example:
+        >>> env = jinja2.Environment(extensions=[MarkedGenerationTag])
+        >>> ast = env.parse("{% macro m() %}{% generation %}x{% endgeneration %}{% endmacro %}{{ m() }}")
+        >>> env.from_string(guard_captured_blocks(ast, env.extensions[MarkedGenerationTag.identifier])).render()
+        Traceback (most recent call last):
+        ...
+        templatekit.errors.MarkerCollision: a generation block renders inside a macro, a set, filter or call block or a loop(...)
+    """
+    stack: list[tuple[nodes.Node, bool]] = [(ast, False)]
+    while stack:
+        node, captured = stack.pop()
+        if captured and isinstance(node, nodes.Output) and len(node.nodes) == 1:
+            data = node.nodes[0]
+            if isinstance(data, nodes.TemplateData) and data.data in (OPEN_MARK, CLOSE_MARK):
+                node.nodes = [extension.call_method("_captured")] if data.data == OPEN_MARK else []
+                continue
+        if captured and isinstance(node, nodes.ExtensionAttribute) and node.name == "_render_body":
+            node.name = "_captured"
+        inside = captured or isinstance(node, _CAPTURING) or (isinstance(node, nodes.For) and node.recursive)
+        if isinstance(node, nodes.CallBlock):  # the call itself is where the block stands; its body is captured
+            stack.append((node.call, captured))
+            stack.extend((child, inside) for child in node.body)
+        else:
+            stack.extend((child, inside) for child in node.iter_child_nodes())
+    return ast
 
 
 def _sets_a_variable(body: list[nodes.Node]) -> bool:

@@ -285,8 +285,9 @@ def prepare_dataset(
     tools_field: str = "tools",
     remove_columns: bool = True,
     progress: bool = True,
-    timeout: float | None = DEFAULT,
+    max_steps: int | None = DEFAULT,
     max_memory: int | str | None = DEFAULT,
+    timeout: float | None = DEFAULT,
 ) -> Any:
     """Tokenize a dataset of conversations with exact assistant masks, ready for TRL's `SFTTrainer`.
 
@@ -329,9 +330,10 @@ def prepare_dataset(
         messages_field, tools_field: the column names of the conversations and of the tool schemas.
         remove_columns: drop the input columns, keeping only the new ones.
         progress: show datasets' progress bar (a `Dataset` only; an `IterableDataset` maps lazily).
-        timeout, max_memory: the limits on the template (`templatekit.core.sandbox`): seconds (default 10) and bytes
-            or `"512M"` (default 1 GiB) for patching and verifying it, then again for each conversation
-            rendered; None for no limit.
+        max_steps, max_memory, timeout: the limits on the template (`templatekit.core.sandbox`): steps of work
+            (default 50,000,000), bytes or `"512M"` (default 1 GiB), and seconds of wall clock (a backstop,
+            default 60) for patching and verifying it, then again for each conversation rendered; None for no
+            limit.
 
     Returns:
         A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``;
@@ -391,7 +393,7 @@ def prepare_dataset(
     if messages_field not in columns:
         raise InvalidArgumentError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
 
-    limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
+    limits = active_limits().replace(timeout=timeout, max_memory=max_memory, max_steps=max_steps)
     renderer_options = {name: arguments[name] for name in RENDERER_KEYWORDS}
     if per_turn:
         renderer_options["last_response_only"] = True  # the row's last message is its one trained turn
@@ -402,6 +404,7 @@ def prepare_dataset(
         # Concrete numbers, not "the default in force": the options travel to worker processes.
         timeout=limits.timeout,
         max_memory=limits.max_memory,
+        max_steps=limits.max_steps,
     )
     replaced = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
     keep = [c for c in columns if c not in replaced]

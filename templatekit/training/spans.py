@@ -53,8 +53,9 @@ RENDERER_KEYWORDS = (
     "response_part",
     "fallback",
     "template_kwargs",
-    "timeout",
+    "max_steps",
     "max_memory",
+    "timeout",
 )
 
 
@@ -96,9 +97,10 @@ class SpanRenderer:
         instruction_part, response_part: explicit delimiters (Unsloth's meaning); implies the fallback.
         fallback: `None` tags when the template can be patched, else delimiters; `True` always delimiters;
             `False` tags or `PatchError`.
-        timeout, max_memory: the limits (seconds; bytes or `"512M"`) for building the renderer (patching and
-            verifying the template, or learning its delimiters) and then for each conversation rendered;
-            default 10 s and 1 GiB. A template that goes past them raises `TemplateLimitError`.
+        max_steps, max_memory, timeout: the limits (steps of work; bytes or `"512M"`; seconds of wall clock, a
+            backstop) for building the renderer (patching and verifying the template, or learning its
+            delimiters) and then for each conversation rendered; default 50,000,000 steps, 1 GiB and 60 s
+            (`templatekit.core.sandbox`). A template that goes past them raises `TemplateLimitError`.
 
     Attributes: `mode` (`"tags"` or `"delimiters"`), `template` (the tagged template in tags mode, the
     original otherwise), `delimiters` (in delimiters mode), `reasons` (why tags were not used).
@@ -131,14 +133,15 @@ class SpanRenderer:
         response_part: str | Sequence[str] | None = None,
         fallback: bool | None = None,
         template_kwargs: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-        timeout: float | None = DEFAULT,
+        max_steps: int | None = DEFAULT,
         max_memory: int | str | None = DEFAULT,
+        timeout: float | None = DEFAULT,
     ) -> None:
         if not isinstance(template, str):  # as patch_template refuses it (and the fallback alike)
             raise TemplateSourceError(f"a template must be text, not {type(template).__name__}")
         if not template.strip():
             raise TemplateSourceError("the template is empty", line=1, column=1)
-        self.limits: Limits = active_limits().replace(timeout=timeout, max_memory=max_memory)
+        self.limits: Limits = active_limits().replace(timeout=timeout, max_memory=max_memory, max_steps=max_steps)
         with limit_scope(self.limits):  # patching and verifying (or learning delimiters) within the limits
             self.policy = Policy(
                 train_roles=tuple(train_roles),
@@ -280,7 +283,7 @@ def _hashable(value):
 
 def _render(template: str, messages, tags: bool, tools, add_generation_prompt: bool, kwargs: dict):
     """Text and generation spans: the template compiled once (`tagged_render`), or transformers' own renderer for
-    what only it prepares (tools given as Python functions) and for a conversation holding a marker character.
+    what only it prepares (tools given as Python functions) and where the marks cannot place a block (`MarkerCollision`).
     Both are bounded by the limits in force."""
     if not tools or not any(callable(tool) for tool in tools):
         try:
@@ -324,7 +327,7 @@ def render_with_spans(
     """Render `messages` with `template`; return the text and the trained character spans.
 
     Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
-    `instruction_part`, `response_part`, `fallback`) and the limits (`timeout`, `max_memory`) configure a
+    `instruction_part`, `response_part`, `fallback`) and the limits (`max_steps`, `max_memory`, `timeout`) configure a
     cached `SpanRenderer`; every other keyword goes to the template, as `apply_chat_template` passes them
     (`bos_token`, `enable_thinking`, …). The tags hold under every setting of the template's switches, so a
     switch such as ``enable_thinking=False`` moves the trained text with it.

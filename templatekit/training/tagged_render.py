@@ -2,8 +2,10 @@
 
 transformers' renderer (`render_jinja_template`, what TRL calls) tracks a generation block's offsets by
 joining everything streamed so far at each block, and prepares each call afresh. Here the template is
-compiled once, each `{% generation %}` block writes two private-use marker characters around its text, and
-one scan removes them and notes where they stood. The conversation is prepared as transformers prepares it
+compiled once, each `{% generation %}` block writes two marks around its text (strings drawn at random per
+process, `core.tags`: no template or conversation can hold one), and one scan removes them and notes where
+they stood. A block whose output the template could capture raises `MarkerCollision`, as does a conversation
+that holds a mark: the caller renders those with transformers' own tracker. The conversation is prepared as transformers prepares it
 (plain data only, reasoning under each of its names), and the environment has transformers' settings, so
 text and spans are the same as transformers'; tests check that on the corpus.
 """
@@ -16,9 +18,9 @@ from typing import Any
 
 import jinja2
 
-from ..core.sandbox import on_switch
+from ..core.sandbox import attach_source, charge_compiled, on_switch
 from ..core.syntax import make_environment
-from ..core.tags import CLOSE_MARK, OPEN_MARK, MarkedGenerationTag
+from ..core.tags import CLOSE_MARK, OPEN_MARK, MarkedGenerationTag, guard_captured_blocks
 from ..errors import MarkerCollision
 
 try:  # What transformers does to a conversation before rendering it: plain data only, reasoning under all its names.
@@ -37,7 +39,7 @@ __all__ = ["MarkerCollision", "render_tagged"]
 
 def _plain(value: Any) -> Any:
     """transformers' `_plain_template_data`, with a fast path for the exact JSON types a dataset row is made of,
-    that also refuses a string holding a marker character (raises `MarkerCollision`).
+    that also refuses a string holding a generation mark (raises `MarkerCollision`).
 
     Example:
         >>> _plain({"role": "user", "content": ["hi", 1, None]})
@@ -46,7 +48,7 @@ def _plain(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         if OPEN_MARK in value or CLOSE_MARK in value:
-            raise MarkerCollision("the conversation holds a generation marker character itself")
+            raise MarkerCollision("the conversation holds a generation mark itself")
         return value
     if kind is dict:
         return {_plain(key): _plain(item) for key, item in value.items()}
@@ -67,12 +69,15 @@ def _holds_marker(value: Any) -> None:
     # One C-speed pass over a converted value; `default=str` covers what JSON cannot hold.
     text = json.dumps(value, ensure_ascii=False, default=str)
     if OPEN_MARK in text or CLOSE_MARK in text:
-        raise MarkerCollision("the conversation holds a generation marker character itself")
+        raise MarkerCollision("the conversation holds a generation mark itself")
 
 
 @lru_cache(maxsize=64)
 def _compiled(template: str) -> jinja2.Template:
-    return make_environment(MarkedGenerationTag).from_string(template)  # bounded: see templatekit.core.sandbox
+    environment = make_environment(MarkedGenerationTag)  # bounded: see templatekit.core.sandbox
+    extension = environment.extensions[MarkedGenerationTag.identifier]
+    compiled = environment.from_string(guard_captured_blocks(environment.parse(template), extension))
+    return attach_source(compiled, template)  # a limit reached in it names its line and column
 
 
 on_switch(_compiled.cache_clear)
@@ -89,8 +94,8 @@ def render_tagged(
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of its generation blocks (empty ones left out).
 
-    Raises `MarkerCollision` when the conversation itself holds a marker character (the caller falls back to
-    transformers' renderer for that conversation).
+    Raises `MarkerCollision` when a block renders where the template could capture its output, or the
+    conversation holds a mark (the caller falls back to transformers' renderer for that conversation).
 
     Example:
         >>> tagged = "{% for m in messages %}{{ m.role }}: {% generation %}{{ m.content }}{% endgeneration %}.{% endfor %}"
@@ -98,7 +103,7 @@ def render_tagged(
         ('assistant: Hi.', [(11, 13)])
     """
     messages, tools, documents, variables = _plain([messages, tools, documents, variables])
-    raw = _compiled(template).render(
+    raw = charge_compiled(_compiled(template)).render(
         messages=_alias_reasoning_fields(messages),
         tools=tools,
         documents=documents,

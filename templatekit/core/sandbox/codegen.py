@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from jinja2 import nodes
@@ -15,19 +16,64 @@ def _place(node: nodes.Node) -> tuple[int, int]:
     return int(lineno), getattr(lineno, "offset", -1)
 
 
-def _literal_bytes(body: list[nodes.Node]) -> int:
-    """The literal text one iteration of a loop with this body may write. A nested loop's text is its own (its
-    iterable charges it per iteration), and expressions hold no literal text: neither is walked, so that
-    compiling stays linear in the template's size."""
-    size = 0
-    stack = list(body)
+#: Steps a node takes each time it runs, beyond one: what a call, a filter or an attribute lookup through the
+#: sandbox costs next to a loop iteration (measured: `benchmarks/limits_overhead.py --steps`).
+_NODE_STEPS = {nodes.Call: 16, nodes.NSRef: 16, nodes.Filter: 8, nodes.Getattr: 4, nodes.Getitem: 2, nodes.Test: 2}
+
+
+def walk(roots: list[nodes.Node], skip: tuple[type, ...] = ()) -> Iterator[nodes.Node]:
+    """Every node of `roots` and below, not below a node of a type in `skip`: jinja2's `iter_child_nodes`,
+    without a generator per node (this runs for every compile)."""
+    stack: list = list(roots)
+    pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
-        node = stack.pop()
-        if isinstance(node, nodes.TemplateData):
+        node = pop()
+        if not isinstance(node, nodes.Node):
+            continue
+        yield node
+        if type(node) in skip:
+            continue
+        for name in node.fields:
+            value = getattr(node, name)
+            if type(value) is list:
+                extend(value)
+            elif isinstance(value, nodes.Node):
+                push(value)
+
+
+def _body_cost(body: list[nodes.Node]) -> tuple[int, int]:
+    """The literal text one run of a body (a loop's iteration, a macro's call) may write, and its steps: one per
+    node, more for the costly ones (`_NODE_STEPS`). A nested loop, macro or call block counts its own (per
+    iteration, per call), so none is walked here, and compiling stays linear in the template's size."""
+    size, steps = 0, 1
+    for node in walk(body, _OWN_COST):
+        kind = type(node)
+        steps += _NODE_STEPS.get(kind, 1)
+        if kind is nodes.TemplateData:
             size += len(node.data)
-        elif not isinstance(node, (nodes.For, nodes.Expr)):
-            stack.extend(node.iter_child_nodes())
-    return size
+    return size, steps
+
+
+_OWN_COST = (nodes.For, nodes.Macro, nodes.CallBlock)  # counted per iteration or per call, where they run
+
+
+#: Comparisons that take constant time whatever the other side holds: with a constant of plain type (as long as
+#: the constant), or `x in [constants]`. Every other comparison is charged by the size of its operands.
+_PLAIN_CONSTANTS = (str, int, float, bool, type(None))
+_ORDERING = frozenset({"eq", "ne", "lt", "lteq", "gt", "gteq"})
+
+
+def _constant(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Const) and type(node.value) in _PLAIN_CONSTANTS
+
+
+def _cheap_compare(node: nodes.Compare) -> bool:
+    if len(node.ops) != 1:
+        return False
+    op, right = node.ops[0].op, node.ops[0].expr
+    if op in _ORDERING:
+        return _constant(node.expr) or _constant(right)
+    return isinstance(right, (nodes.List, nodes.Tuple)) and all(_constant(item) for item in right.items)
 
 
 def _limited_binop(op: str):
@@ -53,11 +99,11 @@ class LimitedCodeGenerator(CodeGenerator):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._loop_iterables: dict[int, tuple[int, int, int]] = {}
+        self._loop_iterables: dict[int, tuple[int, int, int, int]] = {}
 
     def visit_For(self, node: nodes.For, frame: Frame) -> None:
         # jinja2 allows no custom node types: the iterable is recognised by identity when it is visited.
-        self._loop_iterables[id(node.iter)] = (_literal_bytes(node.body), *_place(node))
+        self._loop_iterables[id(node.iter)] = (*_body_cost(node.body), *_place(node))
         try:
             super().visit_For(node, frame)
         finally:
@@ -69,7 +115,46 @@ class LimitedCodeGenerator(CodeGenerator):
             return super().visit(node, *args, **kwargs)
         self.write("environment.tk_iter(")
         super().visit(node, *args, **kwargs)
-        self.write(f", {loop[0]}, {loop[1]}, {loop[2]})")
+        self.write(f", {loop[0]}, {loop[1]}, {loop[2]}, {loop[3]})")
+
+    def macro_def(self, macro_ref: Any, frame: Frame) -> None:
+        self.write("environment.tk_macro(")
+        super().macro_def(macro_ref, frame)
+        self.write(f", {_body_cost(macro_ref.node.body)[1]})")
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        if _cheap_compare(node):
+            super().visit_Compare(node, frame)
+            return
+        line, offset = _place(node)
+        if len(node.ops) == 1:
+            self.write(f"environment.tk_compare({node.ops[0].op!r}, {line}, {offset}, ")
+            self.visit(node.expr, frame)
+            self.write(", ")
+            self.visit(node.ops[0].expr, frame)
+            self.write(")")
+            return
+        self.write(f"environment.tk_chain({tuple(op.op for op in node.ops)!r}, {line}, {offset}, ")
+        self.visit(node.expr, frame)
+        for op in node.ops:  # later operands are evaluated only when the chain gets to them, as in Python
+            self.write(", lambda: ")
+            self.visit(op.expr, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("{")
+        for index, item in enumerate(node.items):
+            if index:
+                self.write(", ")
+            if isinstance(item.key, nodes.Const):
+                self.visit(item.key, frame)
+            else:  # a computed key: a tuple's hash walks all of it
+                self.write("environment.tk_key(")
+                self.visit(item.key, frame)
+                self.write(")")
+            self.write(": ")
+            self.visit(item.value, frame)
+        self.write("}")
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:

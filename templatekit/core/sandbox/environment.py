@@ -11,30 +11,37 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+    _mutable_spec,
+)
 from markupsafe import Markup
 
 from ...errors import ArgumentTypeError, InvalidArgumentError
 from ..positions import parse_with_offsets
 from .codegen import LimitedCodeGenerator
+from .compiling import check_source_size, compile_cost
+from .filters import GuardedFilters, GuardedTests, lipsum
 from .scope import _SCOPE, LimitScope, _loop, _python_limit, _start_render, enabled
-from .settings import DEFAULT_LIMITS
+from .settings import DEFAULT_LIMITS, STEPS_PER_BYTE
 from .sizes import (
     _BIG,
     _SHORT,
     _SIZED,
     _SMALL,
     _binop_bytes,
-    _GuardedFilters,
+    _bound_message,
     _method_bytes,
     _printed,
     _remaining,
     _str_bytes,
     _what,
-    lipsum,
 )
+from .work import COMPARE, compare_work, logical_size, method_work
 
 
 class LimitedTemplate(jinja2.Template):
@@ -90,6 +97,22 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+_WALKING_METHODS = frozenset({"index", "count", "copy"})
+
+
+def _walks(function: Any, args: tuple) -> bool:
+    """Whether a builtin's call walks a container: one of its arguments, or its list's items."""
+    for argument in args:
+        if type(argument) not in _ATOMS:
+            return True
+    return function.__name__ in _WALKING_METHODS
+
+
+_CALL_STEPS = 4  # a call through the sandbox: about four loop iterations (its node in a loop's body counts more)
+_MACRO_STEPS = 16  # a macro call binds its arguments and renders its body in a frame of its own
+
+
 class _BoundedFormatterMixin:
     _env: LimitedEnvironment
 
@@ -124,11 +147,11 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         >>> env = LimitedEnvironment(trim_blocks=True)
         >>> env.from_string("{% for i in range(3) %}{{ i ~ '-' }}{% endfor %}").render()
         '0-1-2-'
-        >>> with limit_scope(timeout=0.2):
+        >>> with limit_scope(max_steps=1_000_000):
         ...     env.from_string("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}").render()
         Traceback (most recent call last):
         ...
-        templatekit.errors.TemplateLimitError: <template>:1:31: time limit exceeded: the template ran past 0.2 s
+        templatekit.errors.TemplateLimitError: <template>:1:31: step limit exceeded: the template did more than 1,000,000 steps of work (loop iterations, calls, comparisons, characters built); raise the budget with --max-steps N (max_steps=N)
     """
 
     code_generator_class = LimitedCodeGenerator
@@ -144,8 +167,18 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             )
         kwargs["finalize"] = _finalize
         super().__init__(*args, **kwargs)
-        self.filters = _GuardedFilters(self.filters)
+        self.filters = GuardedFilters(self.filters)
+        self.tests = GuardedTests(self.tests)
         self.globals["lipsum"] = lipsum
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        """jinja2's immutable sandbox, which refuses `messages.append`, also refusing the unbound `dict.clear`,
+        `list.append`, …: called on the caller's data (`dict.clear(messages[-1])`), they would change it."""
+        if isinstance(obj, type):
+            for kind, unsafe in _mutable_spec:
+                if attr in unsafe and issubclass(obj, kind):
+                    return False
+        return super().is_safe_attribute(obj, attr, value)
 
     # -- parsing: with source offsets, so that errors can name a column
 
@@ -155,6 +188,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             and type(ext).filter_stream is jinja2.ext.Extension.filter_stream
             for ext in self.extensions.values()
         )
+        check_source_size(source)
         if plain:
             try:
                 return parse_with_offsets(self, source, name)
@@ -168,14 +202,18 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         globals: dict[str, Any] | None = None,
         template_class: type[jinja2.Template] | None = None,
     ) -> jinja2.Template:
-        template = super().from_string(source, globals, template_class)
+        ast = self.parse(source) if isinstance(source, str) else source
+        cost = compile_cost(ast) if enabled() else None  # charged before its code is generated
+        template = super().from_string(ast, globals, template_class)
+        template.tk_cost, template.tk_fresh = cost, True  # charged now: not again where it is first handed out
         if isinstance(source, str):
             template.tk_source = source
         return template
 
     # -- hooks called by the compiled template
 
-    def tk_iter(self, iterable: Any, weight: int, line: int, offset: int) -> Any:
+    def tk_iter(self, iterable: Any, weight: int, steps: int, line: int, offset: int) -> Any:
+        """A loop's iterable: `weight` bytes of literal text and `steps` steps of work per iteration."""
         scope = _SCOPE.get()
         if scope is None:
             return iterable
@@ -185,10 +223,61 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             count = len(iterable)
             if weight:
                 scope.charge(weight * count, line, offset)
-            if count <= _SHORT:
+            if count <= _SHORT:  # counted at once: no check per iteration
+                scope.step(1 + steps * count, line, offset)
                 return iterable
-            return _loop(iterable, scope, 0, line, offset)
-        return _loop(iterable, scope, weight, line, offset)
+            scope.step(1, line, offset)
+            return _loop(iterable, scope, 0, line, offset, steps)
+        scope.step(1, line, offset)
+        return _loop(iterable, scope, weight, line, offset, steps)
+
+    def tk_compare(self, op: str, line: int, offset: int, left: Any, right: Any) -> Any:
+        """`left op right`, charged by the logical size of its operands first."""
+        scope = _SCOPE.get()
+        if scope is not None:
+            if op in ("in", "notin") and hasattr(type(right), "__next__"):
+                right = list(right)  # a filter's lazy items (each counted as it comes): sized before compared
+            left_kind, right_kind = type(left), type(right)
+            if left_kind in _ATOMS and right_kind in _ATOMS:
+                if left_kind is str and right_kind is str and len(left) + len(right) > 4096:
+                    scope.step((len(left) + len(right)) >> 6, line, offset)
+            else:
+                scope.step(compare_work(op, left, right, scope.step_cap - scope.steps), line, offset)
+        return COMPARE[op](left, right)
+
+    def tk_chain(self, ops: tuple[str, ...], line: int, offset: int, left: Any, *rights: Callable[[], Any]) -> Any:
+        """`a < b < c`: each comparison charged; later operands evaluated only as far as Python would."""
+        result: Any = True
+        for op, right in zip(ops, rights):
+            value = right()
+            result = self.tk_compare(op, line, offset, left, value)
+            if not result:
+                return result
+            left = value
+        return result
+
+    def tk_key(self, key: Any) -> Any:
+        """A dictionary literal's computed key, charged for the hash it will take."""
+        scope = _SCOPE.get()
+        if scope is not None and type(key) is tuple:
+            scope.step(logical_size(key, scope.step_cap - scope.steps))
+        return key
+
+    def tk_macro(self, macro: Macro, steps: int) -> Macro:
+        """A macro (or a `call` block's caller) just defined, with the steps its body takes per call."""
+        macro.tk_steps = steps  # type: ignore[attr-defined]
+        return macro
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """`obj[argument]`, a tuple key charged for its hash first; jinja2's sandboxed lookup where it fails."""
+        if type(argument) is tuple:
+            scope = _SCOPE.get()
+            if scope is not None:
+                scope.step(logical_size(argument, scope.step_cap - scope.steps))
+        try:
+            return obj[argument]  # what the sandbox's own getitem tries first, without a frame of its own
+        except (TypeError, LookupError):
+            return super().getitem(obj, argument)
 
     def tk_binop(self, context: Context, op: str, line: int, offset: int, left: Any, right: Any) -> Any:
         scope = _SCOPE.get()
@@ -251,27 +340,41 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         scope = _SCOPE.get()
         if scope is None:
             return self.call(context, function, *args, **kwargs)
-        if monotonic() > scope.deadline:
-            scope.late(line, offset)
+        steps = scope.steps = scope.steps + _CALL_STEPS
+        if steps + scope.spent * STEPS_PER_BYTE > scope.step_cap:
+            scope.out_of_steps(line, offset)
         kind = type(function)
         if kind is types.BuiltinMethodType:
-            if isinstance(function.__self__, str):
+            owner = function.__self__
+            if isinstance(owner, (str, bytes, bytearray)):
+                scope.steps += len(owner) >> 6  # a scan in C: checked at the next step
                 size = _method_bytes(function, args, kwargs, scope)
                 if size and scope.spent + size > scope.cap:
-                    scope.too_big(size, f"str.{function.__name__}()'s result", line, offset)
+                    scope.too_big(size, f"{type(owner).__name__}.{function.__name__}()'s result", line, offset)
+            elif _walks(function, args):  # list.index, dict.get(key), dict.fromkeys(keys): what they compare or hash
+                scope.step(method_work(function, owner, args, scope), line, offset)
         elif kind is not types.MethodType and isinstance(function, (Macro, LoopContext)):
             if isinstance(function, LoopContext) and args:  # loop(children): the children are a loop too
-                args = (self.tk_iter(args[0], 0, line, offset), *args[1:])
+                args = (self.tk_iter(args[0], 0, 1, line, offset), *args[1:])
+            scope.step(_MACRO_STEPS + getattr(function, "tk_steps", 1), line, offset)
             scope.enter(line, offset)
             try:
                 result = self.call(context, function, *args, **kwargs)
             finally:
                 scope.depth -= 1
             return scope.account(result, line, offset)
+        elif (kind is type or kind is types.BuiltinFunctionType) and _walks(function, args):  # dict(pairs) hashes
+            scope.step(method_work(function, None, args, scope), line, offset)
+        elif kind is types.MethodType and isinstance(function.__self__, LoopContext) and args:
+            scope.step(method_work(function, None, args, scope), line, offset)  # loop.changed(x) compares x
         # What SandboxedEnvironment.call does, without a frame of its own (this runs for every call).
         if getattr(function, "unsafe_callable", False) or getattr(function, "alters_data", False):
             raise SecurityError(f"{function!r} is not safely callable")
-        result = context.call(function, *args, **kwargs)
+        try:
+            result = context.call(function, *args, **kwargs)
+        except TemplateError as error:  # raise_exception(a value): its text is built later, outside every hook
+            _bound_message(error, scope)
+            raise
         kind = type(result)
         if kind is str:
             scope.spent += len(result) if result.isascii() else 4 * len(result)
@@ -352,7 +455,7 @@ def mirror_environment(reference: jinja2.Environment, *, offsets: bool = True) -
     environment = LimitedEnvironment(extensions=[type(ext) for ext in reference.extensions.values()], **options)
     environment.offsets = offsets
     environment.filters.update(reference.filters)
-    environment.tests = dict(reference.tests)
+    environment.tests = GuardedTests(reference.tests)
     environment.globals.update(reference.globals)
     environment.globals["lipsum"] = lipsum
     environment.policies = dict(reference.policies)

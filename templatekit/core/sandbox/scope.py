@@ -16,10 +16,9 @@ from contextvars import ContextVar
 from time import monotonic
 from typing import Any
 
-import jinja2
-
 from ...errors import TemplateLimitError
-from .settings import DEFAULT, DEFAULT_LIMITS, Limits, _format_seconds, format_size
+from .location import _located_error
+from .settings import DEFAULT, DEFAULT_LIMITS, STEPS_PER_BYTE, Limits, _late_detail, format_size
 
 # ------------------------------------------------------------------------------------------------------ scopes
 
@@ -37,35 +36,74 @@ class _Scope:
 
     The hooks read `deadline`, `spent` and `cap` directly (they run for every operation a template does)."""
 
-    __slots__ = ("limits", "deadline", "cap", "spent", "depth", "max_depth", "error", "parent", "ident", "fired")
+    __slots__ = (
+        "limits",
+        "deadline",
+        "cap",
+        "spent",
+        "steps",
+        "step_cap",
+        "depth",
+        "max_depth",
+        "error",
+        "parent",
+        "ident",
+        "fired",
+        "compiled",
+    )
 
     def __init__(self, limits: Limits, parent: _Scope | None):
         deadline = monotonic() + limits.timeout if limits.timeout is not None else _INF
         cap = limits.max_memory if limits.max_memory is not None else _INF
+        step_cap = limits.max_steps if limits.max_steps is not None else _INF
         max_depth = limits.max_depth if limits.max_depth is not None else sys.maxsize
         if parent is not None:
             deadline = min(deadline, parent.deadline)
             cap = min(cap, parent.cap - parent.spent)
+            step_cap = min(step_cap, parent.step_cap - parent.work())
             max_depth = min(max_depth, parent.max_depth)
         self.limits = limits
         self.deadline = deadline
         self.cap = cap
         self.spent = 0
+        self.steps = 0
+        self.step_cap = step_cap
         self.depth = 0
         self.max_depth = max_depth
         self.error: TemplateLimitError | None = None
         self.parent = parent
         self.ident = 0
         self.fired = False
+        self.compiled: set[Any] | None = None  # the outermost scope's: templates whose compile is charged
 
     # -- checks, called by the hooks
 
+    def work(self) -> float:
+        """The steps done so far: those counted, and every byte built (`STEPS_PER_BYTE` a byte)."""
+        return self.steps + self.spent * STEPS_PER_BYTE
+
     def tick(self, line: int = 0, offset: int = -1) -> None:
+        if self.steps + self.spent * STEPS_PER_BYTE > self.step_cap:
+            self.out_of_steps(line, offset)
         if monotonic() > self.deadline:
             self.late(line, offset)
 
+    def step(self, count: float, line: int = 0, offset: int = -1) -> None:
+        """Count `count` steps of work (before doing it, where it can be told)."""
+        self.steps += count
+        if self.steps + self.spent * STEPS_PER_BYTE > self.step_cap:
+            self.out_of_steps(line, offset)
+
+    def out_of_steps(self, line: int = 0, offset: int = -1):
+        budget = self.limits.max_steps or self.step_cap
+        detail = (
+            f"the template did more than {budget:,.0f} steps of work (loop iterations, calls, comparisons, "
+            "characters built); raise the budget with --max-steps N (max_steps=N)"
+        )
+        self.fail("step", detail, line, offset)
+
     def late(self, line: int = 0, offset: int = -1):
-        self.fail("time", f"the template ran past {_format_seconds(self.limits.timeout)}", line, offset)
+        self.fail("time", _late_detail(self.limits.timeout), line, offset)
 
     def need(self, size: float, what: str, line: int = 0, offset: int = -1) -> None:
         """Refuse to build something of `size` bytes if it would take the total past the cap."""
@@ -114,9 +152,11 @@ class _Scope:
         elif kind is list or kind is tuple or kind is dict or kind is set:
             self.spent += 8 * len(value) + 64
         elif kind is types.GeneratorType:
-            return _loop(value, self, 8, line, offset)  # a generator's items, 8 bytes each
+            return _loop(value, self, 8, line, offset, 16)  # a filter's items: each runs a test or a filter
         elif isinstance(value, str):
             self.spent += _str_bytes(value)
+        elif isinstance(value, (bytes, bytearray)):
+            self.spent += len(value)
         else:
             return value
         if self.spent > self.cap:
@@ -155,13 +195,15 @@ def active_limits() -> Limits:
 
 
 class LimitScope:
-    """The context manager `limit_scope` returns (a class, not a generator: renders open one each)."""
+    """The context manager `limit_scope` returns (a class, not a generator: renders open one each). Once left,
+    `work` holds the steps done in it (bytes built included): how close to `max_steps` the work came."""
 
-    __slots__ = ("limits", "scope", "token")
+    __slots__ = ("limits", "scope", "token", "work")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.scope: _Scope | None = None
+        self.work = 0.0
 
     def __enter__(self) -> Limits:
         if not _ENABLED:
@@ -189,9 +231,11 @@ class LimitScope:
                 break
             except _Interrupt:
                 continue
+        self.work = scope.work()
         parent = scope.parent
         if parent is not None:
             parent.spent += scope.spent
+            parent.steps += scope.steps
             if scope.error is not None and parent.error is None:
                 parent.error = scope.error
         if kind is None:
@@ -211,13 +255,18 @@ class LimitScope:
 
 
 def limit_scope(
-    limits: Limits | None = None, *, timeout: Any = DEFAULT, max_memory: Any = DEFAULT, max_depth: Any = DEFAULT
+    limits: Limits | None = None,
+    *,
+    timeout: Any = DEFAULT,
+    max_memory: Any = DEFAULT,
+    max_depth: Any = DEFAULT,
+    max_steps: Any = DEFAULT,
 ) -> LimitScope:
     """A context manager that runs its block under `limits` (the enclosing scope's, or the defaults, with the
     keywords changed).
 
-    A scope inside another can only tighten it: the earlier deadline and the smaller remaining memory win,
-    and what the inner scope spends counts for the outer one. Leaving the scope raises the first
+    A scope inside another can only tighten it: the earlier deadline, the smaller remaining memory and step
+    budget win, and what the inner scope spends counts for the outer one. Leaving the scope raises the first
     `TemplateLimitError` raised in it, even if the code inside caught it.
 
     Example:
@@ -232,32 +281,48 @@ def limit_scope(
     if limits is None:
         parent = _SCOPE.get()
         limits = parent.limits if parent is not None else DEFAULT_LIMITS
-    if timeout is not DEFAULT or max_memory is not DEFAULT or max_depth is not DEFAULT:
-        limits = limits.replace(timeout=timeout, max_memory=max_memory, max_depth=max_depth)
+    changed = {"timeout": timeout, "max_memory": max_memory, "max_depth": max_depth, "max_steps": max_steps}
+    if any(value is not DEFAULT for value in changed.values()):
+        limits = limits.replace(**changed)
     return LimitScope(limits)
 
 
 def bounded(function: Callable) -> Callable:
-    """Give `function` the keywords `timeout` (seconds) and `max_memory` (bytes, or `"512M"`), and run it in a
-    `limit_scope` with them: the defaults (10 s, 1 GiB) apply when they are not given.
+    """Give `function` the keywords `max_steps`, `max_memory` (bytes, or `"512M"`), `timeout` (seconds of wall
+    clock, a backstop) and `isolate`, and run it in a `limit_scope` with them (the defaults apply when they are
+    not given); with `isolate=True`, in a child process under hard limits as well (`isolation.run_isolated`).
 
     Example:
         >>> @bounded
         ... def work(text):
-        ...     return active_limits().timeout
-        >>> work("x"), work("x", timeout=3)
-        (10.0, 3.0)
+        ...     return active_limits().max_steps
+        >>> work("x"), work("x", max_steps=3)
+        (50000000, 3)
     """
 
     @functools.wraps(function)
-    def wrapper(*args, timeout: Any = DEFAULT, max_memory: Any = DEFAULT, **kwargs):
-        with limit_scope(timeout=timeout, max_memory=max_memory):
+    def wrapper(
+        *args,
+        max_steps: Any = DEFAULT,
+        max_memory: Any = DEFAULT,
+        timeout: Any = DEFAULT,
+        isolate: bool = False,
+        **kwargs,
+    ):
+        with limit_scope(timeout=timeout, max_memory=max_memory, max_steps=max_steps) as limits:
+            if isolate:
+                from .isolation import run_isolated  # on use: the child process is the rare, heavy case
+
+                return run_isolated(function, *args, limits=limits, **kwargs)
             return function(*args, **kwargs)
 
     signature = inspect.signature(function)
+    keyword = inspect.Parameter.KEYWORD_ONLY
     extra = [
-        inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_LIMITS.timeout),
-        inspect.Parameter("max_memory", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_LIMITS.max_memory),
+        inspect.Parameter("max_steps", keyword, default=DEFAULT_LIMITS.max_steps),
+        inspect.Parameter("max_memory", keyword, default=DEFAULT_LIMITS.max_memory),
+        inspect.Parameter("timeout", keyword, default=DEFAULT_LIMITS.timeout),
+        inspect.Parameter("isolate", keyword, default=False),
     ]
     parameters = list(signature.parameters.values())
     tail = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
@@ -270,8 +335,10 @@ def bounded(function: Callable) -> Callable:
 
 _BOUNDED_DOC = """
 
-    Limits (`templatekit.core.sandbox`): `timeout` seconds (default 10) and `max_memory` bytes or `"512M"` (default
-    1 GiB) for all the work on the template; None for no limit. Going past one raises `TemplateLimitError`.
+    Limits (`templatekit.core.sandbox`): `max_steps` (default 50,000,000 steps of work) and `max_memory` bytes or
+    `"512M"` (default 1 GiB) for all the work on the template, and `timeout`, a wall-clock backstop in seconds
+    (default 60); None for no limit. Going past one raises `TemplateLimitError`. `isolate=True` does the work in
+    a child process with hard limits (address space, CPU time) as well, for what Python cannot interrupt.
     """
 
 
@@ -351,67 +418,24 @@ if hasattr(os, "register_at_fork"):  # a forked child has no watchdog thread (an
 
 
 def _interrupted(scope: _Scope, tb) -> TemplateLimitError:
-    detail = f"the template ran past {_format_seconds(scope.limits.timeout)}"
-    return _located_error("time", detail, 0, -1, tb)
-
-
-# ---------------------------------------------------------------------------------------------------- location
-
-
-def _template_frame(tb=None):
-    """The innermost frame running a compiled template: from a traceback, or from the current stack."""
-    found = None
-    if tb is not None:
-        while tb is not None:
-            if "__jinja_template__" in tb.tb_frame.f_globals:
-                found = (tb.tb_frame, tb.tb_lineno)
-            tb = tb.tb_next
-        return found
-    frame = sys._getframe(2)
-    for _ in range(64):
-        if frame is None:
-            return None
-        if "__jinja_template__" in frame.f_globals:
-            return frame, frame.f_lineno
-        frame = frame.f_back
-    return None
-
-
-def _located_error(limit: str, detail: str, line: int, offset: int, tb=None) -> TemplateLimitError:
-    column = None
-    found = _template_frame(tb)
-    template = found[0].f_globals["__jinja_template__"] if found else None
-    if not line and found:
-        try:
-            line = template.get_corresponding_lineno(found[1])
-        except Exception:  # noqa: BLE001 - a place is a courtesy
-            line = 0
-    source = getattr(template, "tk_source", None)
-    if offset >= 0 and isinstance(source, str) and offset <= len(source):
-        line = source.count("\n", 0, offset) + 1
-        column = offset - (source.rfind("\n", 0, offset) + 1) + 1
-    return TemplateLimitError(limit, detail, line=line or None, column=column)
-
-
-def attach_source(template: jinja2.Template, source: str) -> jinja2.Template:
-    """Let errors in `template` (compiled from an AST parsed out of `source`) name their column."""
-    template.tk_source = source  # type: ignore[attr-defined]
-    return template
+    return _located_error("time", _late_detail(scope.limits.timeout), 0, -1, tb)
 
 
 def _str_bytes(text: str) -> int:
     return len(text) if text.isascii() else 4 * len(text)
 
 
-def _loop(iterable, scope: _Scope, weight: int, line: int, offset: int) -> Iterator:
-    """The items of a lazy or long iterable, checking the deadline every 16 and charging `weight` bytes each."""
+def _loop(iterable, scope: _Scope, weight: int, line: int, offset: int, steps: int = 1) -> Iterator:
+    """The items of a lazy or long iterable, charging `weight` bytes and `steps` steps each, and checking the
+    budget and the deadline every 16."""
     count = 0
     for item in iterable:
         count += 1
-        if not count & 15:
-            scope.tick(line, offset)
+        scope.steps += steps
         if weight:
             scope.charge(weight, line, offset)
+        if not count & 15:
+            scope.tick(line, offset)
         yield item
 
 
@@ -423,10 +447,13 @@ def _start_render(scope: _Scope) -> int:
     return depth
 
 
+OUT_OF_MEMORY = "Python ran out of memory"
+
+
 def _python_limit(scope: _Scope, error: BaseException) -> TemplateLimitError:
     """Python's own `RecursionError` or `MemoryError` in a render, as the limit it stands for."""
     if isinstance(error, RecursionError):
         found = _located_error("recursion", "Python's recursion limit was reached", 0, -1, error.__traceback__)
     else:
-        found = _located_error("memory", "Python ran out of memory", 0, -1, error.__traceback__)
+        found = _located_error("memory", OUT_OF_MEMORY, 0, -1, error.__traceback__)
     return scope.record(found)

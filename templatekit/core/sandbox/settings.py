@@ -1,4 +1,5 @@
-"""The limits themselves: `Limits` (time, memory, call depth), their defaults, and sizes as people write them."""
+"""The limits themselves: `Limits` (work in steps, memory, call depth, and the wall-clock backstop), their
+defaults, and sizes as people write them."""
 
 from __future__ import annotations
 
@@ -28,27 +29,36 @@ class Limits:
     """What one template may use.
 
     Attributes:
-        timeout: wall-clock seconds for one operation on a template (patching and verifying it, checking it,
-            or rendering one conversation with it); None for no limit.
+        max_steps: the work one operation on a template may do (patching and verifying it, checking it, or
+            rendering one conversation with it), counted in steps: loop iterations (weighed by the size of the
+            loop's body), calls, comparisons and sorts (by the logical size of what they compare), characters
+            scanned and built. A count, not a clock: the same template gets the same verdict on any machine
+            under any load. None for no limit.
         max_memory: bytes the template may build in that operation: every string, list and dict it makes
             (garbage included) and what it writes; None for no limit.
         max_depth: how deep macro, `caller()` and recursive-loop calls may nest; None for Python's own limit.
+        timeout: the wall-clock backstop, in seconds, for what no step can count (None: off). Generous on
+            purpose: it depends on how busy the machine is, so the step budget decides every ordinary verdict.
 
     Example:
         >>> Limits(timeout=2).max_memory == Limits().max_memory == 1 << 30
         True
     """
 
-    timeout: float | None = 10.0
+    timeout: float | None = 60.0
     max_memory: int | None = GIB
     max_depth: int | None = 100
+    max_steps: int | None = 50_000_000
 
-    def replace(self, *, timeout: Any = DEFAULT, max_memory: Any = DEFAULT, max_depth: Any = DEFAULT) -> Limits:
+    def replace(
+        self, *, timeout: Any = DEFAULT, max_memory: Any = DEFAULT, max_depth: Any = DEFAULT, max_steps: Any = DEFAULT
+    ) -> Limits:
         """These limits with the given ones changed (`DEFAULT` keeps a value)."""
         return Limits(
             self.timeout if timeout is DEFAULT else _seconds(timeout),
             self.max_memory if max_memory is DEFAULT else _bytes(max_memory),
             self.max_depth if max_depth is DEFAULT else _depth(max_depth),
+            self.max_steps if max_steps is DEFAULT else _steps(max_steps),
         )
 
 
@@ -71,6 +81,14 @@ def _bytes(value: Any) -> int | None:
     if size <= 0:
         raise InvalidArgumentError(f"max_memory must be a positive number of bytes, got {value!r}")
     return size
+
+
+def _steps(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"max_steps must be a positive number of steps, got {value!r}")
+    return int(value)
 
 
 def _depth(value: Any) -> int | None:
@@ -114,5 +132,18 @@ def format_size(size: float) -> str:
     return f"{int(size)} bytes"
 
 
-def _format_seconds(seconds: float) -> str:
+def _format_seconds(seconds: float | None) -> str:
     return f"{seconds:g} s"
+
+
+#: Steps one byte built counts for: building and writing text is work too, though far cheaper per byte than a
+#: loop iteration is.
+STEPS_PER_BYTE = 1 / 64
+
+
+def _late_detail(timeout: float | None) -> str:
+    return (
+        f"the template ran past the {_format_seconds(timeout)} wall-clock backstop (a safety net that depends on "
+        "how busy the machine is; the step budget limits the work): raise it with --timeout SECONDS (timeout=), "
+        "or turn it off with --timeout none (timeout=None)"
+    )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jinja2
-from jinja2.utils import Namespace, _PassArg, generate_lorem_ipsum, pass_context
+from jinja2.exceptions import TemplateError
+from jinja2.utils import Namespace
 
 from .scope import _SCOPE, _Scope, _str_bytes
 
@@ -25,6 +25,8 @@ def _printed(value: Any, cap: float, indent: int = 0) -> float:
         return _str_bytes(value) + 2
     if kind in _SMALL:
         return value.bit_length() // 3 + 2 if kind is int else 24
+    if isinstance(value, (bytes, bytearray)):
+        return 4 * len(value) + 16  # its repr: \\xNN for each byte at most
     total = 0
     # Each entry: the items left to walk, their depth, the container they belong to, and `total` when it began.
     stack: list[tuple[Iterator, int, int | None, float]] = [(iter((value,)), 0, None, 0)]
@@ -55,6 +57,8 @@ def _printed(value: Any, cap: float, indent: int = 0) -> float:
                     stack.append((iter(children), depth + 1, key, total))
                     path.add(key)
                     break
+            elif isinstance(item, (bytes, bytearray)):
+                total += 4 * len(item) + 16 + depth * indent
             elif not isinstance(item, jinja2.Undefined):
                 total += 64
             if total > cap:
@@ -174,10 +178,15 @@ def _predict_format(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, st
 
 def _predict_join(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, str]:
     value, sep = args[0], _arg(args, kwargs, 1, "d", "")
-    if not isinstance(value, (list, tuple)):
+    if isinstance(value, str):  # joined character by character
+        count, size = len(value), _str_bytes(value)
+    elif isinstance(value, (list, tuple)):
+        count, size = len(value), _printed(value, _remaining(scope))
+    elif isinstance(value, (dict, range)):
+        count, size = len(value), _printed(list(value), _remaining(scope))
+    else:
         return 0, ""
-    size = _printed(value, _remaining(scope))
-    return size + len(value) * (len(sep) if isinstance(sep, str) else 0), "a joined string"
+    return size + count * _text_bytes(sep, scope), "a joined string"
 
 
 def _predict_printed(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, str]:
@@ -193,6 +202,10 @@ def _predict_tojson(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, st
 
 def _predict_list(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, str]:
     value = args[0]
+    if isinstance(value, str) and not value.isascii():  # a string's characters each become a new object
+        return 88 * len(value) + 64, "a list"
+    if isinstance(value, dict):  # items: a tuple each
+        return 72 * len(value) + 64, "a list"
     return (8 * len(value) + 64 if isinstance(value, _SIZED) else 0), "a list"
 
 
@@ -209,10 +222,26 @@ def _predict_slice(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, str
 
 
 def _predict_sum(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, str]:
-    value = args[0]
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
-        return 8 * sum(len(item) for item in value if isinstance(item, (list, tuple, str))), "a summed list"
-    return 0, ""
+    """Lists summed are copied at each step: every partial sum is built (and left as garbage)."""
+    value, start = args[0], _arg(args, kwargs, 2, "start", 0)
+    if not isinstance(value, (list, tuple)) or not isinstance(start, (list, tuple, str)):
+        return 0, ""
+    total, garbage = len(start), 0.0
+    for item in value:
+        total += len(item) if isinstance(item, (list, tuple, str)) else 1
+        garbage += 8 * total + 64
+    return garbage, "a summed list"
+
+
+def _predict_urlize(scope: _Scope, args: tuple, kwargs: dict) -> tuple[float, str]:
+    text = args[0]
+    if not isinstance(text, str):
+        return 6 * _printed(text, _remaining(scope)), "an urlized string"
+    extra = sum(
+        _text_bytes(_arg(args, kwargs, index, name, None) or "", scope) for index, name in ((3, "target"), (4, "rel"))
+    )
+    words = text.count(" ") + text.count("\n") + text.count("\t") + 1  # each may become a link
+    return 6 * _str_bytes(text) + words * (extra + 64), "an urlized string"
 
 
 def _scaled(factor: int) -> Callable:
@@ -247,7 +276,7 @@ _FILTER_SIZES: dict[str, Callable] = {
     "e": _scaled(6),
     "forceescape": _scaled(6),
     "urlencode": _scaled(9),
-    "urlize": _scaled(6),
+    "urlize": _predict_urlize,
     "title": _scaled(3),
     "capitalize": _scaled(3),
     "upper": _scaled(3),
@@ -258,96 +287,43 @@ _FILTER_SIZES: dict[str, Callable] = {
 }
 
 
-def _guard_filter(name: str, function: Callable) -> Callable:
-    """`function` with its result's size checked (before it is built, where it can be told) and counted.
-
-    The guard passes the context (as `pass_context` filters get it), which also keeps jinja2 from running the
-    filter at compile time on constant arguments, outside any limit."""
-    if getattr(function, "tk_guarded", False) or not callable(function):
-        return function
-    passes = _PassArg.from_obj(function)
-    predict = _FILTER_SIZES.get(name)
-
-    @pass_context
-    def guarded(context, *args, **kwargs):
-        scope = _SCOPE.get()
-        if scope is not None:
-            scope.tick()
-            if predict is not None and args:
-                size, what = predict(scope, args, kwargs)
-                if size:
-                    scope.need(size, f"the |{name} filter's result ({what})")
-        if passes is None:
-            result = function(*args, **kwargs)
-        elif passes is _PassArg.context:
-            result = function(context, *args, **kwargs)
-        elif passes is _PassArg.eval_context:
-            result = function(context.eval_ctx, *args, **kwargs)
-        else:
-            result = function(context.environment, *args, **kwargs)
-        return result if scope is None else scope.account(result)
-
-    functools.update_wrapper(guarded, function)
-    guarded.jinja_pass_arg = _PassArg.context  # type: ignore[attr-defined]
-    guarded.tk_guarded = True  # type: ignore[attr-defined]
-    return guarded
-
-
-class _GuardedFilters(dict):
-    """The environment's filters, each guarded as it is added."""
-
-    def __init__(self, filters: dict):
-        super().__init__()
-        self.update(filters)
-
-    def __setitem__(self, name: str, function: Callable) -> None:
-        super().__setitem__(name, _guard_filter(name, function))
-
-    def update(self, *args, **kwargs) -> None:
-        for name, function in dict(*args, **kwargs).items():
-            self[name] = function
-
-    def setdefault(self, name: str, function: Callable = None):  # type: ignore[override]
-        if name not in self:
-            self[name] = function
-        return self[name]
-
-
-def lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 - jinja2's names
-    """jinja2's `lipsum`, refusing a text larger than the memory left."""
-    scope = _SCOPE.get()
-    if scope is not None and type(n) is int and type(max) is int:
-        scope.need(12 * n * max, f"lipsum({n}, max={max})")
-    return generate_lorem_ipsum(n, html, min, max)
-
-
 # -------------------------------------------------------------------------------------------- string methods
 
 
 def _method_bytes(method: Any, args: tuple, kwargs: dict, scope: _Scope) -> float:
-    """An upper bound for the size of what a `str` method returns (0: no check needed before calling)."""
-    text: str = method.__self__
+    """An upper bound for the size of what a `str` or `bytes` method returns (0: no check needed before calling)."""
+    text: str | bytes = method.__self__
     name = method.__name__
-    size = _str_bytes(text)
+    size = _str_bytes(text) if isinstance(text, str) else len(text)
     if name in ("center", "ljust", "rjust", "zfill"):
         width = _int(args[0] if args else kwargs.get("width"))
         return max(width or 0, 0) * 4 + size
     if name == "expandtabs":
         tab = _int(args[0] if args else kwargs.get("tabsize", 8))
-        return size + text.count("\t") * max(tab if tab is not None else 8, 0) + text.count("\n")
+        tabs, newlines = (text.count("\t"), text.count("\n")) if isinstance(text, str) else (text.count(b"\t"), 1)
+        return size + tabs * max(tab if tab is not None else 8, 0) + newlines
     if name == "replace":
         old, new = (args + (None, None))[:2]
         return _replaced(text, old, new, args[2] if len(args) > 2 else kwargs.get("count"))
+    if name == "translate":
+        table = args[0] if args else None
+        longest = 4
+        if isinstance(table, dict):
+            lengths = (len(v) for v in table.values() if isinstance(v, (str, bytes)))
+            longest = 4 * max(lengths, default=1)
+        return 4 * len(text) * longest + 64
     if name == "join":
         items = args[0] if args else None
         if isinstance(items, (list, tuple)):
             return _printed(items, _remaining(scope)) + len(items) * size
+        if isinstance(items, (str, bytes)):
+            return 4 * len(items) * (size + 1)
         return 0
     if name in ("split", "rsplit", "splitlines"):
         sep = args[0] if args else kwargs.get("sep")
-        pieces = (text.count(sep) if isinstance(sep, str) and sep else len(text) // 2) + 1
+        pieces = (text.count(sep) if isinstance(sep, type(text)) and sep else len(text) // 2) + 1
         return size + 64 * pieces
-    return 3 * size
+    return 4 * size + 64
 
 
 _BIG = 1 << 16  # a result this small is built first and counted after
@@ -361,19 +337,24 @@ def _binop_bytes(op: str, left: Any, right: Any, scope: _Scope, line: int, offse
             return 8 * (len(left) + len(right)) + 64
         if left_kind is str and right_kind is str:
             return (len(left) + len(right)) * (1 if left.isascii() and right.isascii() else 4)
+        if isinstance(left, (bytes, bytearray)) and isinstance(right, (bytes, bytearray)):
+            return len(left) + len(right) + 64
     elif op == "*":
-        if right_kind is int and left_kind in (str, list, tuple):
+        if right_kind is int and isinstance(left, _SEQUENCES):
             return _repeated(left, right)
-        if left_kind is int and right_kind in (str, list, tuple):
+        if left_kind is int and isinstance(right, _SEQUENCES):
             return _repeated(right, left)
         if left_kind is int and right_kind is int:
             return _int_bytes(left.bit_length() + right.bit_length(), scope, line, offset)
     elif op == "**":
         if left_kind is int and right_kind is int and right > 0:
             return _int_bytes(max(left.bit_length(), 1) * right, scope, line, offset)
-    elif op == "%" and isinstance(left, str):
-        return _percent_bytes(left, right, scope)
+    elif op == "%" and isinstance(left, (str, bytes)):
+        return _percent_bytes(left if isinstance(left, str) else left.decode("latin-1"), right, scope)
     return 0
+
+
+_SEQUENCES = (str, list, tuple, bytes, bytearray)
 
 
 def _repeated(value: Any, times: int) -> float:
@@ -381,6 +362,8 @@ def _repeated(value: Any, times: int) -> float:
         return 0
     if isinstance(value, str):
         return _str_bytes(value) * times or 1
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) * times or 1
     return 8 * len(value) * times + 64
 
 
@@ -396,7 +379,24 @@ def _int_bytes(bits: int, scope: _Scope, line: int, offset: int) -> float:
 
 
 def _what(op: str, left: Any) -> str:
-    kind = "a string" if isinstance(left, str) else "a list" if isinstance(left, list) else "a value"
+    kinds = ((str, "a string"), ((bytes, bytearray), "a byte string"), (list, "a list"), (tuple, "a tuple"))
+    kind = next((name for types, name in kinds if isinstance(left, types)), "a value")
     return {"+": f"{kind} built with +", "*": f"{kind} repeated with *", "%": "a string formatted with %"}.get(
         op, "a value"
     )
+
+
+_MESSAGE_BYTES = 1 << 16  # the most of a value raised as an error's message that is kept as its text
+
+
+def _bound_message(error: TemplateError, scope: Any) -> None:
+    """Give an error raised with a value (not text) a message of bounded size: its text if small, else a note."""
+    if len(error.args) != 1 or isinstance(error.args[0], str) or error.args[0] is None:
+        return
+    value = error.args[0]
+    size = _printed(value, _MESSAGE_BYTES)
+    if size > _MESSAGE_BYTES:
+        error.args = (f"<a {type(value).__name__} of about {size:,.0f} characters or more, too large to show>",)
+    else:
+        scope.charge(size)
+        error.args = (str(value),)
