@@ -159,6 +159,7 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
     assert seen() == {
         "train_roles": repr(("assistant", "tool")),
         "only_last_turn": "False",
+        "strict": "False",
         "retag": "True",
         "template_kwargs": "{}",
         **defaults,
@@ -173,6 +174,7 @@ def test_patch_passes_options_through(capsys: pytest.CaptureFixture[str], monkey
     assert seen() == {
         "train_roles": repr(("assistant",)),
         "only_last_turn": "True",
+        "strict": "False",
         "retag": "False",
         **switch,
         **defaults,
