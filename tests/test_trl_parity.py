@@ -1,7 +1,7 @@
 """Parity with TRL's hand-written `*_training.jinja` templates (installed with trl).
 
 Where TRL's copy renders exactly like the original on a probe, the characters it trains are compared with
-ours. DESIGN.md's invariant 2 decides differences: we train exactly what the model generates. So we must
+ours. Invariant 2 of docs/design.md decides differences: we train exactly what the model generates. So we must
 never train a character TRL leaves out (TRL's copies are hand-checked), and every character TRL trains
 beyond ours must be one our layout says the model does not generate: a header, a marker the template writes
 outside the assistant's message, never anyone's content.
