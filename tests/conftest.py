@@ -36,3 +36,11 @@ def mistral_tokenizer():
 def mistral_v1_tokenizer():
     """Mistral v1 SentencePiece-BPE fast tokenizer (32,000 ids; [INST] is plain text)."""
     return tokenizers_offline.mistral_tokenizer("v1")
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    """The corpus templates, each patched and verified once and traced once per session (see _corpus.py)."""
+    import _corpus
+
+    return _corpus.shared()

@@ -32,14 +32,18 @@ def _move_clock(start: str, step: float) -> None:
     datetime_module.datetime = MovedDatetime  # modules that import `datetime` after this see the moved clock
 
 
-def verdict(path: str, fallbacks: str) -> dict:
+def verdict(path: str, fallbacks: str, *, patch=None, delimiters=None) -> dict:
+    """The verdict on one template. `patch(text)` and `delimiters(text)` are `patch_template(text, retag=True)` and
+    `derive_delimiters(text)` unless given (test_determinism passes the session's own results of those calls)."""
     import templatekit
     from templatekit.errors import TemplateSourceError
     from templatekit.training.fallback import derive_delimiters
 
+    patch = patch or (lambda text: templatekit.patch_template(text, retag=True))
+    delimiters = delimiters or derive_delimiters
     text = open(path, encoding="utf-8").read()
     try:
-        result = templatekit.patch_template(text, retag=True)
+        result = patch(text)
         patched = {"status": result.status, "template": result.template, "notes": result.report.notes}
     except templatekit.PatchError as error:
         patched = {"status": "refused", "reasons": error.reasons, "notes": error.report.notes if error.report else []}
@@ -50,7 +54,7 @@ def verdict(path: str, fallbacks: str) -> dict:
     if fallbacks == "refused" and patched["status"] != "refused":
         return patched
     try:
-        fallback = repr(derive_delimiters(text))
+        fallback = repr(delimiters(text))
     except Exception as error:
         fallback = f"{type(error).__name__}: {error}"
     return {**patched, "fallback": fallback}

@@ -6,15 +6,16 @@ Qwen3 reads `reasoning_content`), the real Qwen2.5 tokenizer built offline, gene
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
+from _corpus import TOOLS
 from _paths import REPO_ROOT, corpus_file
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
+from tokenizers_offline import with_chat_template
 
 import templatekit
 from templatekit.training.audit import audit_conversations, template_roles
@@ -29,16 +30,6 @@ def assistant(text: str | None, **extra) -> dict:
 
 
 TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -50,8 +41,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def qwen_folder(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Path:
     """A local tokenizer folder (no template in it)."""
     folder = tmp_path_factory.mktemp("qwen_tok")
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = None
+    tokenizer = with_chat_template(qwen_tokenizer, None)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -60,8 +50,7 @@ def qwen_folder(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Pat
 def qwen_model(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Path:
     """A model folder: Qwen2.5's template and its tokenizer files side by side."""
     folder = tmp_path_factory.mktemp("qwen_model")
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -264,6 +253,7 @@ def test_usage_errors_exit_2_and_name_the_place(capsys, tmp_path):
     assert code == 2
 
 
+@pytest.mark.subprocess
 def test_json_mode_prints_exactly_one_document_from_the_command(tmp_path):
     data = write_jsonl(
         tmp_path / "data.jsonl",
@@ -308,6 +298,7 @@ def test_library_field_checks_are_capped_and_say_so():
         audit_conversations(template, rows, max_length=10)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal for stderr")
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_progress_bar_on_a_terminal_only_in_text_mode(tmp_path, fmt):

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
 from _paths import REPO_ROOT, corpus_file
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
 import templatekit
 from templatekit.cli.check_formats import github_escape_data, github_escape_property
@@ -235,6 +235,7 @@ def _shadow_repository(path: Path) -> str:
     ).stdout.strip()
 
 
+@pytest.mark.subprocess
 def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
     """pre-commit installs this repository's hook (.pre-commit-hooks.yaml) into its own virtualenv and runs it on
     a repository holding a tagged and an untagged template, an unrelated file, and a template tagged for a custom

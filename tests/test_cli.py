@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
 from _paths import REPO_ROOT, corpus_dir, corpus_file
 
 import templatekit
-from templatekit import cli
 from templatekit.core.sandbox import DEFAULT
 from templatekit.errors import PatchError
 
@@ -25,12 +25,6 @@ SUMMARY_LINE = re.compile(r"^(\d+) patched, (\d+) retagged, (\d+) already tagged
 # Corpus templates the core patches; the tests of CLI plumbing use these.
 PATCHABLE = "trl/qwen2_5.jinja"
 PATCHABLE_2 = "trl/llama3_2.jinja"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def summary_counts(out: str) -> tuple[int, ...]:
@@ -377,6 +371,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "patch" in out and "check" in out and "report" in out
 
 
+@pytest.mark.subprocess
 def test_python_dash_m_templatekit(tmp_path: Path) -> None:
     source = corpus_file("trl/qwen2_5.jinja")
     target = tmp_path / "out.jinja"
@@ -393,6 +388,7 @@ def test_python_dash_m_templatekit(tmp_path: Path) -> None:
     assert "\x1b[" not in result.stderr  # not a terminal: plain text, no colour codes
 
 
+@pytest.mark.corpus
 def test_report_on_whole_corpus_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
     # Its speed is measured in benchmarks/patch_speed.py, not here.
     if not corpus_dir().is_dir():

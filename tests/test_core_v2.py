@@ -8,8 +8,7 @@ trained: tool calls whole, reasoning framing it writes, and the stop marker wher
 from __future__ import annotations
 
 import pytest
-from test_core import read
-from test_hard_cases import TOOLS, patched_and_original
+from _corpus import TOOLS, patched_and_original, read
 
 import templatekit
 from templatekit import PatchError, SpanRenderer

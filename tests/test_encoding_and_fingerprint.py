@@ -15,6 +15,7 @@ from _paths import corpus_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers, processors
+from tokenizers_offline import with_chat_template
 
 from templatekit import prepare_dataset
 from templatekit.training.encoding import CHUNK_ROWS, BatchEncoder, render_and_encode
@@ -27,8 +28,9 @@ WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly h
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = copy.deepcopy(tokenizers_offline.qwen_tokenizer())
-    tok.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tok = with_chat_template(
+        tokenizers_offline.qwen_tokenizer(), corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    )
     return tok
 
 
@@ -210,8 +212,7 @@ def test_a_cached_dataset_is_read_back_only_for_the_same_preparation(tokenizer, 
     shorter = prepare_dataset(rows, tokenizer, progress=False, max_length=12, truncation="left")
     assert shorter._fingerprint != first._fingerprint
     assert max(len(ids) for ids in shorter["input_ids"]) <= 12 < max(len(ids) for ids in first["input_ids"])
-    other = copy.deepcopy(tokenizer)
-    other.chat_template = corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8")
+    other = with_chat_template(tokenizer, corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8"))
     relabelled = prepare_dataset(rows, other, progress=False)
     assert relabelled._fingerprint != first._fingerprint
     assert relabelled["input_ids"] != first["input_ids"]

@@ -6,7 +6,7 @@ template, and checks the rendering is unchanged and exactly the assistant's gene
 
 from __future__ import annotations
 
-from test_core import read, trained_text
+from _corpus import TOOLS, patched_and_original, read
 
 import templatekit
 
@@ -15,25 +15,6 @@ WEATHER_CALL = {
     "content": "",
     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
 }
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
-
-
-def patched_and_original(name: str, messages: list[dict], **kwargs) -> tuple[list[str], str]:
-    original = read(name)
-    patched = templatekit.patch_template(original).template
-    text, trained = trained_text(patched, messages, **kwargs)
-    plain, _ = trained_text(original, messages, **kwargs)
-    assert text == plain
-    return trained, text
 
 
 def test_llama3_content_built_in_a_variable_is_sliced_at_the_call_site():

@@ -257,6 +257,7 @@ def test_hub_id_and_local_paths_are_told_apart(tmp_path: Path, monkeypatch: pyte
 # ------------------------------------------------------------------------------- the real command, real env
 
 
+@pytest.mark.subprocess
 def test_command_line_reads_the_environment_at_start(hub: StandInHub, tmp_path: Path) -> None:
     """A fresh process: huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE at import, as for a user."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}

@@ -9,7 +9,6 @@ prompt `apply_chat_template(messages[:k], add_generation_prompt=True)` up to and
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import random
@@ -18,6 +17,7 @@ import warnings
 import pytest
 import tokenizers_offline
 from _paths import corpus_file
+from tokenizers_offline import with_chat_template
 
 from templatekit import check_template, cli, patch_template, prepare_dataset
 from templatekit.errors import HistoryMismatchWarning
@@ -87,16 +87,16 @@ def conversations(count: int, *, seed: int, tool_calls: bool) -> list[list[dict]
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
     path, build, stop, rewrites, tool_calls = CASES[request.param]
-    tokenizer = copy.deepcopy(build())
-    tokenizer.chat_template = corpus_file(path).read_text(encoding="utf-8")
+    tokenizer = with_chat_template(build(), corpus_file(path).read_text(encoding="utf-8"))
     rows = conversations(12, seed=7, tool_calls=tool_calls)
     return {"name": request.param, "tokenizer": tokenizer, "stop": stop, "rewrites": rewrites, "rows": rows}
 
 
 @pytest.fixture(scope="module")
 def qwen3():
-    tokenizer = copy.deepcopy(tokenizers_offline.qwen_tokenizer(qwen3=True))
-    tokenizer.chat_template = corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(
+        tokenizers_offline.qwen_tokenizer(qwen3=True), corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    )
     return tokenizer
 
 

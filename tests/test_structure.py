@@ -45,6 +45,7 @@ def test_layout_is_a_few_subpackages_of_small_modules() -> None:
         "import templatekit.sources, templatekit.library; templatekit.library.list_templates()",
     ],
 )
+@pytest.mark.subprocess
 def test_importing_loads_no_training_stack(code: str) -> None:
     """`import templatekit` and `templatekit --help` load neither transformers nor torch, datasets or trl."""
     probe = f"import sys; {code}; import json; print(json.dumps(sorted(m for m in sys.modules)))"

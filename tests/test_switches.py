@@ -6,12 +6,12 @@ generation prompt, so it is no longer generated. The tags verified with the swit
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import tokenizers_offline
 from _paths import corpus_file
+from tokenizers_offline import with_chat_template
 
 from templatekit import patch_template, prepare_dataset, render_with_spans
 from templatekit.core.switches import template_switches
@@ -64,8 +64,9 @@ def test_a_setting_the_default_patch_fails_is_patched_and_verified_when_given(na
 
 @pytest.fixture(scope="module")
 def qwen3():
-    tokenizer = copy.deepcopy(tokenizers_offline.qwen_tokenizer(qwen3=True))
-    tokenizer.chat_template = corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(
+        tokenizers_offline.qwen_tokenizer(qwen3=True), corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    )
     return tokenizer
 
 
@@ -159,8 +160,8 @@ def test_patch_tokenizer_warns_of_a_setting_its_tags_do_not_hold_for(qwen3):
     from templatekit.integrations.trl import patch_tokenizer
 
     with pytest.warns(TemplateSwitchWarning, match=r"enable_thinking=False .*template_kwargs=\{'enable_thinking'"):
-        patch_tokenizer(copy.deepcopy(qwen3))
-    tokenizer = copy.deepcopy(qwen3)
+        patch_tokenizer(with_chat_template(qwen3, qwen3.chat_template))
+    tokenizer = with_chat_template(qwen3, qwen3.chat_template)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TemplateSwitchWarning)
         patch_tokenizer(tokenizer, template_kwargs={"enable_thinking": False})

@@ -8,12 +8,12 @@ whole, so none straddles the cut).
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 
 import pytest
 from _paths import corpus_file
+from tokenizers_offline import with_chat_template
 
 from templatekit import prepare_dataset
 from templatekit.errors import InvalidArgumentError
@@ -43,8 +43,7 @@ def conversations(count: int, *, seed: int = 0) -> list[list[dict]]:
 
 @pytest.fixture(scope="module")
 def tokenizer(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     return tokenizer
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from ..core.chat_render import render_chat
 from ..core.pipeline import patch_template
 from ..core.probes import build_probes
+from ..core.report import PatchResult
 from ..core.sandbox import limit_scope
 from ..core.verify import merge_adjacent, render_probe
 from ..errors import (
@@ -89,7 +90,8 @@ class SpanRenderer:
             are planned and verified for them.
 
     Attributes: `mode` (`"tags"` or `"delimiters"`), `template` (the tagged template in tags mode, the
-    original otherwise), `delimiters` (in delimiters mode), `reasons` (why tags were not used).
+    original otherwise), `patched` (in tags mode: `patch_template`'s `PatchResult`, its report and notes),
+    `delimiters` (in delimiters mode), `reasons` (why tags were not used).
 
     Example:
         >>> template = (
@@ -130,16 +132,17 @@ class SpanRenderer:
             self.template_kwargs = dict(template_kwargs or {})
             self.switch_problems: dict[str, list[str]] = {}
             self.reasons: list[str] = []
+            self.patched: PatchResult | None = None
             self.delimiters: Delimiters | None = None
             explicit = instruction_part is not None or response_part is not None
             speakers = self.policy.train_roles
             if fallback is not True and not explicit:
                 try:
-                    patched = patch_template(
+                    self.patched = patch_template(
                         template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs
                     )
-                    self.template, self.mode = patched.template, "tags"
-                    self.switch_problems = patched.report.switch_problems
+                    self.template, self.mode = self.patched.template, "tags"
+                    self.switch_problems = self.patched.report.switch_problems
                 except PatchError as error:
                     if fallback is False:
                         raise
