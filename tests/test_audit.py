@@ -63,6 +63,7 @@ def audit_json(capsys, *argv: object) -> tuple[int, dict, str]:
 # --------------------------------------------------------------------------------------------- data loss
 
 
+@pytest.mark.slow
 def test_thinking_key_dropped_by_qwen2_5_and_a_row_that_trains_nothing(capsys, tmp_path, qwen_folder, qwen_tokenizer):
     data = write_jsonl(
         tmp_path / "data.jsonl",
@@ -146,6 +147,7 @@ def test_gemma_drops_tool_calls_and_tools_and_rejects_a_system_message(capsys, t
     assert doc["rows"] == 3 and doc["trained_tokens"]["min"] > 0  # the rejected row is not counted as trained
 
 
+@pytest.mark.slow
 def test_qwen2_5_renders_tool_calls_and_clean_data_exits_0(capsys, tmp_path, qwen_folder):
     data = write_jsonl(
         tmp_path / "data.jsonl",
@@ -196,6 +198,7 @@ def test_roles_the_template_tests_for_are_known() -> None:
 # --------------------------------------------------------------------------------------------- max length
 
 
+@pytest.mark.slow
 def test_max_length_counts_truncated_rows_and_those_losing_trained_tokens(capsys, tmp_path, qwen_folder):
     long_answer = " ".join(["word"] * 80)
     data = write_jsonl(
@@ -218,6 +221,7 @@ def test_max_length_counts_truncated_rows_and_those_losing_trained_tokens(capsys
     assert "rows truncated (longer than 60 tokens): 1, losing trained tokens: 1" in out
 
 
+@pytest.mark.slow
 def test_tokenizer_found_in_the_source_folder(capsys, tmp_path, qwen_model):
     data = write_jsonl(tmp_path / "data.jsonl", [{"messages": [user("Hi"), assistant("Hello!")]}])
     code, doc, _ = audit_json(capsys, qwen_model, "--data", data, "--max-length", 100)

@@ -314,6 +314,7 @@ def test_lying_gguf_files_through_the_cli(tmp_path: Path) -> None:
         through_every_command(path, f"GGUF {lie} (CLI)", "not a readable GGUF", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_real_sized_vocabulary_is_read_in_bounded_memory(tmp_path: Path) -> None:
     """262,144 tokens with types and scores, 300,000 merges: read without loading an array."""
     import gguf

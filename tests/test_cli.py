@@ -47,6 +47,7 @@ def test_patch_corpus_template_prints_the_verified_template(capsys: pytest.Captu
     assert "verification ok" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["trl/qwen2_5.jinja", "trl/llama3_1.jinja", "trl/gemma.jinja", "axolotl/chatml.jinja", "trl/qwen3.jinja"]
 )
@@ -172,6 +173,7 @@ def test_patch_unreadable_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_
     assert f"{source}" in err and message in err
 
 
+@pytest.mark.slow
 def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     default = corpus_file(PATCHABLE).read_text(encoding="utf-8")
     tool_use = corpus_file(PATCHABLE_2).read_text(encoding="utf-8")
@@ -216,6 +218,7 @@ def test_check_untagged_template_exits_1(capsys: pytest.CaptureFixture[str]) -> 
     assert "\n  - " in out  # at least one reason
 
 
+@pytest.mark.slow
 def test_check_patched_template_exits_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "patched.jinja"
     assert run(capsys, "patch", corpus_file(PATCHABLE_2), "-o", target)[0] == 0
@@ -246,6 +249,7 @@ def test_check_malformed_template_exits_2_with_line_and_column(capsys: pytest.Ca
 # ------------------------------------------------------------------------------------------------------ report
 
 
+@pytest.mark.slow
 def test_report_classifies_templates_and_prints_the_summary_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -324,6 +328,7 @@ class _Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_report_json_quiet_and_progress(capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
     folder = _report_folder(tmp_path)
     code, out, err = run(capsys, "report", folder, "--json")

@@ -55,6 +55,7 @@ def setup_case(request, case: str):
     return tokenizer, eot, conversations(12, system=system)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_masks_match_sentinel_truth(request, case):
     tokenizer, eot, rows = setup_case(request, case)
@@ -104,6 +105,7 @@ def test_iterable_dataset_same_as_dataset(qwen_tokenizer):
     assert list(lazy) == list(eager)
 
 
+@pytest.mark.slow
 def test_num_proc_two_gives_identical_results(qwen_tokenizer):
     tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     data = Dataset.from_dict({"messages": conversations(40, seed=5)})
@@ -112,6 +114,7 @@ def test_num_proc_two_gives_identical_results(qwen_tokenizer):
     assert double.to_dict() == single.to_dict()
 
 
+@pytest.mark.slow
 def test_errors_from_a_worker_process_keep_the_row(qwen_tokenizer):
     tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     rows = conversations(10, seed=1)
@@ -348,6 +351,7 @@ TEXT = st.lists(
 ).map("".join)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["qwen_tokenizer", "llama3_tokenizer", "mistral_tokenizer", "mistral_v1_tokenizer"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())

@@ -120,6 +120,7 @@ TOKENIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOKENIZERS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rendered=rendered_rows())
@@ -147,6 +148,7 @@ def test_the_byte_lengths_are_the_tokens_utf8_lengths(tokenizer):
     assert all(length <= len(piece) for length, piece in zip(lengths, pieces))  # a split character: its pieces
 
 
+@pytest.mark.slow
 def test_a_trimming_post_processor_or_a_prefix_space_keeps_the_offsets_route(tokenizer):
     trimming = copy.deepcopy(tokenizer)
     trimming.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
@@ -158,6 +160,7 @@ def test_a_trimming_post_processor_or_a_prefix_space_keeps_the_offsets_route(tok
     assert rows_of(BatchEncoder(prefixed).encode(rendered)) == expected_rows(prefixed, rendered)
 
 
+@pytest.mark.slow
 def test_a_backend_that_truncates_is_encoded_through_transformers(tokenizer):
     truncating = copy.deepcopy(tokenizer)
     truncating.backend_tokenizer.enable_truncation(max_length=5)
@@ -180,6 +183,7 @@ def test_a_render_error_stops_the_work_and_propagates(tokenizer):
         render_and_encode(len(lines), render, BatchEncoder(tokenizer), pool)
 
 
+@pytest.mark.slow
 def test_an_in_memory_dataset_gets_a_fresh_fingerprint_and_a_cached_one_an_exact_one(tokenizer, tmp_path):
     in_memory = datasets.Dataset.from_list(conversations(4))
     options = {"max_length": None, "train_roles": ("assistant",)}
@@ -201,6 +205,7 @@ def test_an_in_memory_dataset_gets_a_fresh_fingerprint_and_a_cached_one_an_exact
     assert map_fingerprint(on_disk, template, {"fallback": object()}, tokenizer) is None  # datasets hashes it
 
 
+@pytest.mark.slow
 def test_a_cached_dataset_is_read_back_only_for_the_same_preparation(tokenizer, tmp_path):
     datasets.Dataset.from_list(conversations(6)).save_to_disk(tmp_path / "rows")
     rows = datasets.load_from_disk(tmp_path / "rows")

@@ -238,6 +238,7 @@ def test_joins_keep_a_channel_turn_whole(corpus):
     assert len(find_spans(text, plain)) == 3  # without the join, the turn's own second header is left out
 
 
+@pytest.mark.slow
 def test_continuation_and_split_turns_with_policies():
     # Rules 3-4 on a template that writes a tool's result inside the model's turn: the tool call and the
     # reply around it are trained, the result is not; per-span policies apply, per-message ones cannot.

@@ -93,6 +93,7 @@ def test_truncated_gguf_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- round trip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("endian", "alignment"), [(gguf.GGUFEndian.LITTLE, None), (gguf.GGUFEndian.BIG, None), (gguf.GGUFEndian.LITTLE, 64)]
 )
@@ -135,6 +136,7 @@ def test_one_named_template_patched_the_other_kept(tmp_path: Path) -> None:
     assert_same_except_templates(source, target, {template_key("tool_use")})
 
 
+@pytest.mark.slow
 def test_gguf_templates_to_jinja_files(tmp_path: Path, capsys) -> None:
     source = make_gguf(tmp_path / "model.gguf", {"default": text_of(QWEN), "tool_use": text_of(LLAMA)})
     out_dir = tmp_path / "templates"

@@ -6,6 +6,7 @@ template, and checks the rendering is unchanged and exactly the assistant's gene
 
 from __future__ import annotations
 
+import pytest
 from _corpus import TOOLS, patched_and_original, read
 
 import templatekit
@@ -31,6 +32,7 @@ def test_llama3_content_built_in_a_variable_is_sliced_at_the_call_site():
         assert text.startswith("<s><|start_header_id|>assistant")
 
 
+@pytest.mark.slow
 def test_gemma4_tool_result_inside_the_model_turn_stays_untrained():
     # Gemma 4 writes the tool's result inside the model's turn, between the call and the reply, and sets
     # variables between them that are read later (a generation block would hide them).
@@ -104,6 +106,7 @@ def test_gpt_oss_header_is_generated_after_reasoning_but_not_when_it_opens_the_t
         ], name
 
 
+@pytest.mark.slow
 def test_empty_reasoning_framing_belongs_to_the_header_but_real_reasoning_is_trained():
     # Qwen3.5 (no-think) writes '<think>\n' + reasoning + '\n</think>\n\n' + content in one output. With
     # no reasoning the empty think block is what the generation prompt writes; with reasoning it is generated.

@@ -90,6 +90,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, st
 # ------------------------------------------------------------------------------------------------ downloading
 
 
+@pytest.mark.slow
 def test_patch_hub_id_downloads_only_template_files(hub: StandInHub, capsys, tmp_path: Path) -> None:
     code, out, err = run(capsys, "patch", "org/qwen")
     assert code == 0, err
@@ -126,6 +127,7 @@ def test_pinned_revision(hub: StandInHub, capsys) -> None:
     assert all(first_commit in path for _, path in hub.file_requests())
 
 
+@pytest.mark.slow
 def test_named_templates_are_each_loaded_and_patched(hub: StandInHub, capsys, tmp_path: Path) -> None:
     templates = load_templates("org/multi")
     assert [(t.name, t.text) for t in templates] == [("default", text_of(QWEN)), ("tool_use", text_of(LLAMA))]

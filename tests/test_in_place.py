@@ -124,6 +124,7 @@ def test_processor_chat_template_json(tmp_path: Path, capsys) -> None:
 # ---------------------------------------------------------------------------------------- chat_template.jinja
 
 
+@pytest.mark.slow
 def test_chat_template_jinja_wins_over_the_config(tmp_path: Path, capsys) -> None:
     """transformers reads chat_template.jinja first, so that is the file updated; the config is left alone."""
     (tmp_path / "chat_template.jinja").write_text(text_of(QWEN), encoding="utf-8")
@@ -283,6 +284,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     before=st.dictionaries(st.text(), json_values, max_size=4),

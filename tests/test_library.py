@@ -242,6 +242,7 @@ def base_model(tokenizer, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_apply_in_place_gives_a_base_model_a_trainable_template(capsys, qwen_tokenizer, tmp_path: Path) -> None:
     folder = base_model(qwen_tokenizer, tmp_path / "base")
     config_before = (folder / "tokenizer_config.json").read_bytes()

@@ -133,6 +133,7 @@ def trained_turns(messages: list[dict]) -> list[int]:
     return [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1)]
 
 
+@pytest.mark.slow
 def test_rows_are_the_turns_as_generated(case):
     tokenizer, rows, stop = case["tokenizer"], case["rows"], case["stop"]
     prepared = per_turn_rows(tokenizer, rows)
@@ -196,6 +197,7 @@ def test_weights_and_last_response_only(qwen3):
     assert [(r["source_row"], r["turn_index"]) for r in last] == wanted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("truncation", ["right", "left", "drop"])
 def test_truncation_acts_on_each_row(qwen3, truncation, caplog):
     rows = conversations(10, seed=9, tool_calls=True)
@@ -219,6 +221,7 @@ def test_truncation_acts_on_each_row(qwen3, truncation, caplog):
         assert dropped and f"dropping {dropped} row" in caplog.text
 
 
+@pytest.mark.slow
 def test_kept_columns_iterable_and_num_proc(qwen3):
     rows = conversations(8, seed=13, tool_calls=True)
     reference = per_turn_rows(qwen3, rows)
@@ -234,6 +237,7 @@ def test_kept_columns_iterable_and_num_proc(qwen3):
 # ------------------------------------------------------------------------------------------------ detection
 
 
+@pytest.mark.slow
 def test_history_note(case):
     template = case["tokenizer"].chat_template
     patched = patch_template(template)
@@ -250,6 +254,7 @@ def test_history_note(case):
             assert not any("history renders" in note for note in report.notes)
 
 
+@pytest.mark.slow
 def test_check_prints_the_note_and_keeps_its_exit_code(case, tmp_path, capsys):
     path = tmp_path / "chat_template.jinja"
     path.write_text(patch_template(case["tokenizer"].chat_template).template, encoding="utf-8")
@@ -275,6 +280,7 @@ def test_prepare_dataset_warns_without_per_turn(case):
         assert "per_turn=True" in str(history[0].message) and history[0].filename == __file__
 
 
+@pytest.mark.slow
 def test_report_and_patch_carry_the_note(case, tmp_path, capsys):
     path = tmp_path / f"{case['name']}.jinja"
     path.write_text(case["tokenizer"].chat_template, encoding="utf-8")

@@ -45,6 +45,7 @@ def test_plain_and_weight(fallback):
     assert _trained(QWEN, messages, fallback=fallback) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fallback", PATHS)
 def test_last_response_only_and_eot(fallback):
     assert _trained(LLAMA3, _conversation(), fallback=fallback, last_response_only=True) == ["Two.<|eot_id|>"]
@@ -55,6 +56,7 @@ def test_last_response_only_and_eot(fallback):
     assert _trained(LLAMA3, messages, fallback=fallback, last_response_only=True) == ["One.<|eot_id|>"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fallback", PATHS)
 def test_reasoning_and_mask_out(fallback):
     messages = _conversation()

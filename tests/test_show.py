@@ -274,6 +274,7 @@ def test_html_page_is_self_contained_and_marks_trained_spans(capsys, tmp_path: P
 # ---------------------------------------------------------------------------------------------------- terminal
 
 
+@pytest.mark.slow
 def test_plain_output_brackets_trained_text_and_marks_tokens(capsys, tmp_path: Path, qwen_folder: Path) -> None:
     template = templatekit.get_template("chatml")
     source = tmp_path / "chatml.jinja"

@@ -84,6 +84,7 @@ def call_on_save(callback, output_dir: Path, step: int, *, main: bool = True):
     return callback.on_save(args, state, control)
 
 
+@pytest.mark.slow
 def test_template_inside_tokenizer_config(patched, tmp_path):
     tokenizer, original = patched
     checkpoint = tmp_path / "checkpoint-7"
@@ -108,6 +109,7 @@ def test_template_inside_tokenizer_config(patched, tmp_path):
     assert renders(text, tokenizer, conversations) == renders(original, tokenizer, conversations)
 
 
+@pytest.mark.slow
 def test_named_templates_are_all_stripped(patched, tmp_path):
     tokenizer, _ = patched
     tool_use = templatekit.patch_template(corpus_file("trl/llama3_2.jinja").read_text(encoding="utf-8")).template
@@ -129,6 +131,7 @@ def test_only_the_main_process_writes_and_a_missing_checkpoint_is_ignored(patche
     call_on_save(strip_tags_on_save(), tmp_path, 99)  # no checkpoint-99: nothing to do, no error
 
 
+@pytest.mark.slow
 def test_strip_saved_templates_after_save_model(patched, tmp_path):
     tokenizer, _ = patched
     tokenizer.save_pretrained(str(tmp_path))

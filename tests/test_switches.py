@@ -43,6 +43,7 @@ def test_the_default_patch_names_the_settings_it_does_not_hold_for():
     assert "also verified with enable_thinking=True" in report.notes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "setting"),
     [
@@ -116,6 +117,7 @@ def test_prepare_dataset_renders_and_masks_with_the_given_switch(qwen3):
     assert switched[0]["input_ids"] == expected
 
 
+@pytest.mark.slow
 def test_the_cli_patches_and_checks_for_a_switch(tmp_path, capsys):
     from templatekit import cli
 
@@ -197,6 +199,7 @@ def test_audit_renders_each_row_with_its_own_switches(qwen3, tmp_path, capsys):
     assert document["unit"] == "characters" and document["trained_tokens"]["max"] == len("It is 4.<|im_end|>")
 
 
+@pytest.mark.slow
 def test_show_marks_what_trains_under_a_switch(tmp_path, capsys):
     import json
 

@@ -151,6 +151,7 @@ def test_weight_zero_rows_are_kept_even_when_cut(tokenizer):
     assert len(got) == 3 and all(not any(r["assistant_masks"]) and len(r["input_ids"]) == 30 for r in got)
 
 
+@pytest.mark.slow
 def test_num_proc_counts_across_workers(tokenizer, rows, caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         data = Dataset.from_dict({"messages": rows})

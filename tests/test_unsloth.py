@@ -232,6 +232,7 @@ def _seed_reference(tokenizer, rows, last_response_only: bool) -> list[list[int]
     return [unsloth_reference_labels(ids, instruction, response, **options) for ids in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["rendered", "text_column"])
 @pytest.mark.parametrize("template_name", ["trl/llama3_1.jinja", "trl/llama3.jinja"])
 @pytest.mark.parametrize("last_response_only", [False, True])
