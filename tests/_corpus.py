@@ -89,6 +89,12 @@ def shared() -> Corpus:
     return Corpus()
 
 
+def patched(name: str | Path) -> templatekit.PatchResult:
+    """`patch_template(text)` of one corpus template (its name under the corpus, or its path), once per session;
+    raises its `PatchError`."""
+    return shared().patch(name if isinstance(name, Path) else corpus_file(name))
+
+
 def read(name: str) -> str:
     """One corpus template's text by its name under the corpus (`"trl/qwen2_5.jinja"`)."""
     return shared().text(corpus_file(name))
@@ -97,9 +103,8 @@ def read(name: str) -> str:
 def patched_and_original(name: str, messages: list[dict], **kwargs) -> tuple[list[str], str]:
     """The corpus template `name` patched (once per session), and `messages` rendered through transformers with
     the patch and with the original: asserts the texts are equal, returns the trained pieces and the text."""
-    original = read(name)
-    patched = shared().patch(corpus_file(name)).template
-    text, trained = trained_text(patched, messages, **kwargs)
+    original, tagged = read(name), patched(name).template
+    text, trained = trained_text(tagged, messages, **kwargs)
     plain, _ = trained_text(original, messages, **kwargs)
     assert text == plain
     return trained, text

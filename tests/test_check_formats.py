@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _cli import run
+from _corpus import patched
 from _paths import REPO_ROOT, corpus_file
 
 import templatekit
@@ -56,7 +57,7 @@ def parse_annotations(out: str) -> list[dict[str, str]]:
 def sources(tmp_path: Path) -> dict[str, Path]:
     """A verified template, an untagged one, one whose tags train the header, and a malformed one."""
     ok = tmp_path / "ok.jinja"
-    ok.write_text(templatekit.patch_template(corpus_file(UNTAGGED).read_text(encoding="utf-8")).template, "utf-8")
+    ok.write_text(patched(UNTAGGED).template, "utf-8")
     untagged = tmp_path / "untagged.jinja"
     shutil.copy(corpus_file(UNTAGGED), untagged)
     wrong = tmp_path / "wrong.jinja"

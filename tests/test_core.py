@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _corpus import IDS, TEMPLATES, read, trained_text
+from _corpus import IDS, TEMPLATES, patched, read, trained_text
 from _paths import corpus_dir
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -38,7 +38,7 @@ def test_corpus_coverage_and_reasons(corpus):
 
 def test_qwen25_shared_output_is_split_and_guarded():
     original = read("trl/qwen2_5.jinja")
-    result = templatekit.patch_template(original)
+    result = patched("trl/qwen2_5.jinja")
     assert "{% generation %}" in result.template
     messages = [
         {"role": "system", "content": "SYS"},
@@ -54,7 +54,7 @@ def test_qwen25_shared_output_is_split_and_guarded():
 
 
 def test_tool_calls_are_trained_with_their_framing():
-    result = templatekit.patch_template(read("trl/qwen2_5.jinja"))
+    result = patched("trl/qwen2_5.jinja")
     messages = [
         {"role": "user", "content": "weather?"},
         {
@@ -97,7 +97,7 @@ def test_only_last_turn():
 
 
 def test_already_tagged_template_is_verified_and_kept():
-    tagged = templatekit.patch_template(read("trl/qwen2_5.jinja")).template
+    tagged = patched("trl/qwen2_5.jinja").template
     again = templatekit.patch_template(tagged)
     assert again.status == "already_tagged" and again.template == tagged
     assert templatekit.check_template(tagged).ok
@@ -123,7 +123,7 @@ def test_check_untagged_template_names_the_problem():
 
 def test_diff_is_minimal():
     original = read("trl/qwen2_5.jinja")
-    result = templatekit.patch_template(original)
+    result = patched("trl/qwen2_5.jinja")
     removed = [line for line in result.diff.splitlines() if line.startswith("-") and not line.startswith("---")]
     assert 1 <= len(removed) <= 4
     assert result.template.replace("{% generation %}", "").count("\n") >= original.count("\n")

@@ -8,7 +8,7 @@ trained: tool calls whole, reasoning framing it writes, and the stop marker wher
 from __future__ import annotations
 
 import pytest
-from _corpus import TOOLS, patched_and_original, read
+from _corpus import TOOLS, patched, patched_and_original, read
 
 import templatekit
 from templatekit import PatchError, SpanRenderer
@@ -202,7 +202,7 @@ def test_a_reply_written_with_its_header_by_one_macro_call_is_tagged_once_the_ma
         "hard/llama.cpp-tests__tct-yandex_YandexGPT-5-Lite-8B-instruct.jinja", [QUESTION, ANSWER, THANKS, WELCOME]
     )
     assert trained == [" Sunny and noon."] and " Ассистент: Sunny and noon.\n\n" in text
-    result = templatekit.patch_template(read("hard/llama.cpp__Kimi-K3.jinja"))
+    result = patched("hard/llama.cpp__Kimi-K3.jinja")
     assert any("render_assistant" in note and "written out" in note for note in result.report.notes)
     thinking = {"role": "assistant", "content": "Sunny.", "reasoning_content": "Check it."}
     trained, _ = patched_and_original("hard/llama.cpp__Kimi-K3.jinja", [QUESTION, thinking])

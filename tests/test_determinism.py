@@ -2,8 +2,9 @@
 
 Probe renders read the clock at one fixed instant (`syntax.probe_clock`), so neither the time of day nor the
 date changes a verdict, and nothing that decides a verdict depends on hash order (`PYTHONHASHSEED`).
-The corpus runs in fresh processes (determinism_worker.py), as `templatekit check` runs in CI, each template
-under a fixed hash seed, and its verdict is compared with this process's own (another seed).
+The corpus runs in a fresh process (determinism_worker.py, through conftest.py's `fresh_corpus_run`), as
+`templatekit check` runs in CI, under a fixed hash seed, and each verdict is compared with this process's own
+(another seed); the templates that read the clock run again in fresh processes whose clocks move.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from templatekit.training.tagged_render import render_tagged
 
 WORKER = Path(__file__).with_name("determinism_worker.py")
 CLOCK_TEMPLATES = [path for path in TEMPLATES if "strftime_now" in path.read_text(encoding="utf-8")]
-# Fresh processes run under two of these seeds (each half of the corpus), never the seed of this process.
-HASH_SEEDS = ("1", "2", "3")
 CLOCK_NOTE = "the template reads the clock"
 DATED = (
     "{{ 'Today: ' + strftime_now('%Y-%m-%d %H:%M:%S') + '\\n' }}"
@@ -81,15 +80,15 @@ def _differences(verdicts: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-def _verdicts_here(corpus, templates: list[Path]) -> dict[str, dict]:
-    """What this process says about each template: the worker's verdict from the session's patches and learned
-    delimiters (the very calls the worker makes), written out as the worker prints it."""
+def _verdicts_here(corpus, templates: list[Path], fallbacks: str) -> dict[str, dict]:
+    """What this process says about each template (its own hash seed, the real clock): the worker's verdict from
+    the session's patches and learned delimiters (the very calls the worker makes), written out as it prints it."""
     return json.loads(
         json.dumps(
             {
                 str(path): determinism_worker.verdict(
                     str(path),
-                    "refused",
+                    fallbacks,
                     patch=lambda text, path=path: corpus.patch(path),
                     delimiters=lambda text, path=path: corpus.renderer(path, fallback=True).delimiters,
                 )
@@ -102,20 +101,10 @@ def _verdicts_here(corpus, templates: list[Path]) -> dict[str, dict]:
 @pytest.mark.corpus
 @pytest.mark.subprocess
 @pytest.mark.skipif(not TEMPLATES, reason="the corpus is not there")
-def test_the_corpus_gets_one_verdict_under_every_hash_seed(corpus):
-    seeds = [seed for seed in HASH_SEEDS if seed != os.environ.get("PYTHONHASHSEED")][:2]
-    shards = [TEMPLATES[k :: len(seeds)] for k in range(len(seeds))]
-    # This process first (the session has patched the corpus already, as a rule), then the fresh ones side by side:
-    # run together, they would contend for the cores and a render near its time limit could go past it.
-    here = _verdicts_here(corpus, TEMPLATES)
-    fresh = _in_parallel(
-        [
-            lambda seed=seed, shard=shard: _verdicts(shard, "--fallback", "refused", seed=seed)
-            for seed, shard in zip(seeds, shards)
-        ]
-    )
-    runs = {"this process": here, **{f"PYTHONHASHSEED={seed}": run for seed, run in zip(seeds, fresh)}}
-    verdicts = _by_template(runs)
+def test_the_corpus_gets_one_verdict_under_every_hash_seed(corpus, fresh_corpus_run):
+    here = _verdicts_here(corpus, TEMPLATES, "refused")
+    fresh = f"a fresh process (PYTHONHASHSEED={fresh_corpus_run['seed']})"
+    verdicts = _by_template({"this process": here, fresh: fresh_corpus_run["verdicts"]})
     assert sorted(verdicts) == sorted(map(str, TEMPLATES))
     assert all(len(by_seed) == 2 for by_seed in verdicts.values())
     assert not _differences(verdicts)
@@ -136,13 +125,14 @@ MOVED_CLOCKS = {
 
 @pytest.mark.subprocess
 @pytest.mark.skipif(not CLOCK_TEMPLATES, reason="the corpus holds no template that reads the clock")
-def test_templates_that_read_the_clock_get_one_verdict_whatever_the_time():
-    calls = [lambda: _verdicts(CLOCK_TEMPLATES)]
-    calls += [
+def test_templates_that_read_the_clock_get_one_verdict_whatever_the_time(corpus):
+    calls = [
         lambda first=first, step=step: _verdicts(CLOCK_TEMPLATES, "--clock", first, "--step", step)
         for first, step in MOVED_CLOCKS.values()
     ]
-    runs = dict(zip(["the real clock", *MOVED_CLOCKS], _in_parallel(calls)))
+    moved = _in_parallel(calls)
+    # This process reads the real clock: its verdicts (from the session's patches) are the real clock's.
+    runs = {"the real clock": _verdicts_here(corpus, CLOCK_TEMPLATES, "all"), **dict(zip(MOVED_CLOCKS, moved))}
     verdicts = _by_template(runs)
     assert sorted(verdicts) == sorted(map(str, CLOCK_TEMPLATES))
     assert not _differences(verdicts)

@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 import pytest
 from _cli import run
+from _corpus import patched
 from _gguf import make_gguf
 from _paths import corpus_file
 
@@ -111,10 +112,7 @@ def test_patch_writes_a_new_verified_gguf(tmp_path: Path, capsys, endian: gguf.G
     assert f"wrote {target}" in err
     assert digest(source) == before  # the input is never modified
 
-    expected = {
-        name: templatekit.patch_template(text_of(corpus)).template
-        for name, corpus in (("default", QWEN), ("tool_use", LLAMA))
-    }
+    expected = {name: patched(corpus).template for name, corpus in (("default", QWEN), ("tool_use", LLAMA))}
     written = read_gguf_templates(target)
     assert {t.name: t.text for t in written} == expected
     for template in written:
@@ -130,9 +128,9 @@ def test_patch_writes_a_new_verified_gguf(tmp_path: Path, capsys, endian: gguf.G
 def test_one_named_template_patched_the_other_kept(tmp_path: Path) -> None:
     source = make_gguf(tmp_path / "model.gguf", {"default": text_of(QWEN), "tool_use": text_of(LLAMA)})
     target = tmp_path / "new.gguf"
-    patched = templatekit.patch_template(text_of(LLAMA)).template
-    write_gguf_templates(source, target, {"tool_use": patched})
-    assert {t.name: t.text for t in read_gguf_templates(target)} == {"default": text_of(QWEN), "tool_use": patched}
+    tool_use = patched(LLAMA).template
+    write_gguf_templates(source, target, {"tool_use": tool_use})
+    assert {t.name: t.text for t in read_gguf_templates(target)} == {"default": text_of(QWEN), "tool_use": tool_use}
     assert_same_except_templates(source, target, {template_key("tool_use")})
 
 
@@ -147,7 +145,7 @@ def test_gguf_templates_to_jinja_files(tmp_path: Path, capsys) -> None:
     ).template
     code, out, err = run(capsys, "patch", source, "--name", "tool_use")
     assert code == 0, err
-    assert out == templatekit.patch_template(text_of(LLAMA)).template
+    assert out == patched(LLAMA).template
 
 
 # ----------------------------------------------------------------------------------------- refusals and safety
@@ -187,7 +185,7 @@ def test_interrupted_gguf_write_leaves_no_file(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
-        write_gguf_templates(source, target, {"default": templatekit.patch_template(text_of(QWEN)).template})
+        write_gguf_templates(source, target, {"default": patched(QWEN).template})
     assert target.read_bytes() == b"an older file the user keeps"
     assert sorted(os.listdir(tmp_path)) == ["model.gguf", "new.gguf"]  # no temporary file left
 

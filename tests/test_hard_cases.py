@@ -7,9 +7,7 @@ template, and checks the rendering is unchanged and exactly the assistant's gene
 from __future__ import annotations
 
 import pytest
-from _corpus import TOOLS, patched_and_original, read
-
-import templatekit
+from _corpus import TOOLS, patched, patched_and_original
 
 WEATHER_CALL = {
     "role": "assistant",
@@ -83,11 +81,11 @@ def test_header_inferred_when_the_generation_prompt_writes_nothing():
 
 def test_report_names_the_stop_marker_and_where_it_is_written():
     # GLM-4 ends an assistant turn with the next message's role token; Qwen2.5 with its own <|im_end|>.
-    notes = templatekit.patch_template(read("trl/glm4moe.jinja")).report.notes
+    notes = patched("trl/glm4moe.jinja").report.notes
     assert any("'<|user|>', a role token written right after the turn" in note for note in notes), notes
-    notes = templatekit.patch_template(read("trl/qwen2_5.jinja")).report.notes
+    notes = patched("trl/qwen2_5.jinja").report.notes
     assert "the turn ends with '<|im_end|>', written by the turn itself" in notes, notes
-    notes = templatekit.patch_template(read("trl/phi3.jinja")).report.notes
+    notes = patched("trl/phi3.jinja").report.notes
     assert any("'</s>', written after the turn" in note for note in notes), notes
 
 
@@ -139,5 +137,5 @@ def test_a_statement_ends_at_its_own_tag_even_when_a_comment_follows():
     source = "{% for m in messages %}{% if m.x %}a{% endif %}{# note #}\n{% endfor %}"
     statement = build_flow(parse_template(source)).root.items[0].bodies[0].items[0]
     assert source[statement.start : statement.end] == "{% if m.x %}a{% endif %}"
-    result = templatekit.patch_template(read("axolotl/llava.jinja"), retag=True)
+    result = patched("axolotl/llava.jinja")  # retag=True
     assert result.status == "retagged" and result.report.ok

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from _corpus import patched as corpus_patch
 from _paths import corpus_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ def text_of(name: str) -> str:
 
 
 def patched(name: str) -> str:
-    return templatekit.patch_template(text_of(name)).template
+    return corpus_patch(name).template
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

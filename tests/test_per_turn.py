@@ -16,10 +16,11 @@ import warnings
 
 import pytest
 import tokenizers_offline
+from _corpus import patched as corpus_patch
 from _paths import corpus_file
 from tokenizers_offline import with_chat_template
 
-from templatekit import check_template, cli, patch_template, prepare_dataset
+from templatekit import check_template, cli, prepare_dataset
 from templatekit.errors import HistoryMismatchWarning
 from templatekit.training.dataset import truncate_row
 
@@ -89,7 +90,14 @@ def case(request):
     path, build, stop, rewrites, tool_calls = CASES[request.param]
     tokenizer = with_chat_template(build(), corpus_file(path).read_text(encoding="utf-8"))
     rows = conversations(12, seed=7, tool_calls=tool_calls)
-    return {"name": request.param, "tokenizer": tokenizer, "stop": stop, "rewrites": rewrites, "rows": rows}
+    return {
+        "name": request.param,
+        "path": path,
+        "tokenizer": tokenizer,
+        "stop": stop,
+        "rewrites": rewrites,
+        "rows": rows,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +247,7 @@ def test_kept_columns_iterable_and_num_proc(qwen3):
 
 @pytest.mark.slow
 def test_history_note(case):
-    template = case["tokenizer"].chat_template
-    patched = patch_template(template)
+    patched = corpus_patch(case["path"])  # patch_template(the tokenizer's template)
     checked = check_template(patched.template)
     assert checked.ok
     for report in (patched.report, checked):
@@ -257,7 +264,7 @@ def test_history_note(case):
 @pytest.mark.slow
 def test_check_prints_the_note_and_keeps_its_exit_code(case, tmp_path, capsys):
     path = tmp_path / "chat_template.jinja"
-    path.write_text(patch_template(case["tokenizer"].chat_template).template, encoding="utf-8")
+    path.write_text(corpus_patch(case["path"]).template, encoding="utf-8")
     code = cli.main(["check", str(path)])
     out = capsys.readouterr().out
     assert code == 0

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _corpus import IDS, TEMPLATES
-from _paths import corpus_file
+from _corpus import IDS, TEMPLATES, patched
 
 import templatekit
 from templatekit.core.probes import build_probes
@@ -48,7 +47,7 @@ def test_a_conversation_holding_a_marker_character_is_refused_not_misread():
 
 def test_conversation_is_prepared_like_transformers_prepares_it():
     # gpt-oss reads `thinking`; transformers copies `reasoning_content` there before rendering, and so must we.
-    tagged = templatekit.patch_template(corpus_file("trl/gptoss.jinja").read_text(encoding="utf-8")).template
+    tagged = patched("trl/gptoss.jinja").template
     probe = build_probes()[0]
     probe.messages = [
         {"role": "user", "content": "2+2?"},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _cli import run
+from _corpus import patched as corpus_patch
 from _paths import corpus_dir, corpus_file
 
 import templatekit
@@ -158,7 +159,7 @@ def test_public_and_lazy():
 @pytest.fixture
 def patched_file(tmp_path: Path) -> tuple[Path, str, str]:
     original = corpus_file(QWEN).read_text(encoding="utf-8")
-    patched = templatekit.patch_template(original).template
+    patched = corpus_patch(QWEN).template
     path = tmp_path / "patched.jinja"
     path.write_text(patched, encoding="utf-8")
     return path, original, patched
@@ -184,8 +185,7 @@ def test_cli_strip_output_file_and_refuses_the_input(capsys, patched_file, tmp_p
 
 
 def test_cli_strip_in_place_model_folder_keeps_a_backup(capsys, tmp_path):
-    original = corpus_file(QWEN).read_text(encoding="utf-8")
-    patched = templatekit.patch_template(original).template
+    patched = corpus_patch(QWEN).template
     folder = tmp_path / "model"
     folder.mkdir()
     config = {"model_max_length": 32768, "chat_template": patched, "eos_token": "<|im_end|>"}

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _corpus import patched as corpus_patch
 from _paths import corpus_file
 from _training import make_conversations, sft_config, tiny_qwen2
 from tokenizers_offline import with_chat_template
@@ -112,7 +113,7 @@ def test_template_inside_tokenizer_config(patched, tmp_path):
 @pytest.mark.slow
 def test_named_templates_are_all_stripped(patched, tmp_path):
     tokenizer, _ = patched
-    tool_use = templatekit.patch_template(corpus_file("trl/llama3_2.jinja").read_text(encoding="utf-8")).template
+    tool_use = corpus_patch("trl/llama3_2.jinja").template
     tokenizer = with_chat_template(tokenizer, {"default": tokenizer.chat_template, "tool_use": tool_use})
     checkpoint = tmp_path / "checkpoint-3"
     tokenizer.save_pretrained(str(checkpoint))

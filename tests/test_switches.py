@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import tokenizers_offline
+from _corpus import patched
 from _paths import corpus_file
 from tokenizers_offline import with_chat_template
 
@@ -35,7 +36,7 @@ def test_switches_are_the_names_a_template_tests_and_only_defaults():
 
 
 def test_the_default_patch_names_the_settings_it_does_not_hold_for():
-    report = patch_template(corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")).report
+    report = patched("trl/qwen3.jinja").report
     assert report.ok
     assert list(report.switch_problems) == ["enable_thinking=False"]
     assert "'<think>\\n\\n</think>\\n\\n' is trained" in report.switch_problems["enable_thinking=False"][0]
@@ -57,7 +58,7 @@ def test_the_default_patch_names_the_settings_it_does_not_hold_for():
 def test_a_setting_the_default_patch_fails_is_patched_and_verified_when_given(name, setting):
     source = corpus_file(name).read_text(encoding="utf-8")
     ((key, value),) = setting.items()
-    assert f"{key}={value}" in patch_template(source).report.switch_problems
+    assert f"{key}={value}" in patched(name).report.switch_problems
     result = patch_template(source, template_kwargs=setting)
     assert result.report.ok and f"{key}={value}" not in result.report.switch_problems
     assert f"verified for data rendered with template_kwargs={setting!r}" in result.report.notes
