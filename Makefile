@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test test-fast lint clean-venv
 
 # The patched template goes to a file (ignored, in the venv), so the diff is the one thing printed, once.
 demo: $(VENV)/.installed-base
@@ -13,6 +13,12 @@ demo: $(VENV)/.installed-base
 # and the package's doctests (pytest --doctest-modules, set in pyproject.toml).
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop while editing (under a minute): every test but those marked corpus, subprocess, e2e or slow
+# (pyproject.toml lists the markers), and no lint. `make test` before a commit runs everything.
+FAST := not corpus and not subprocess and not e2e and not slow
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "$(FAST)"
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .library import get_template, list_templates
     from .training.audit import audit_conversations
     from .training.dataset import prepare_dataset
+    from .training.options import Limits
+    from .training.policies import Policy
     from .training.spans import SpanRenderer, render_with_spans
 
 # Each lazily loaded name and the module that defines it.
@@ -48,14 +50,18 @@ _LAZY = {
     "list_templates": "templatekit.library",
     "audit_conversations": "templatekit.training.audit",
     "prepare_dataset": "templatekit.training.dataset",
+    "Limits": "templatekit.training.options",
+    "Policy": "templatekit.training.policies",
     "SpanRenderer": "templatekit.training.spans",
     "render_with_spans": "templatekit.training.spans",
 }
 
 __all__ = [
     "DatasetRowError",
+    "Limits",
     "PatchError",
     "PatchResult",
+    "Policy",
     "Report",
     "SpanRenderer",
     "StripError",

@@ -36,3 +36,46 @@ def mistral_tokenizer():
 def mistral_v1_tokenizer():
     """Mistral v1 SentencePiece-BPE fast tokenizer (32,000 ids; [INST] is plain text)."""
     return tokenizers_offline.mistral_tokenizer("v1")
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    """The corpus templates, each patched and verified once and traced once per session (see _corpus.py)."""
+    import _corpus
+
+    return _corpus.shared()
+
+
+@pytest.fixture(scope="session")
+def fresh_corpus_run():
+    """`templatekit report` over the whole corpus and the verdict on every corpus template, from one fresh
+    interpreter under a fixed hash seed other than this process's (determinism_worker.py --report): test_cli reads
+    the report, test_determinism compares the verdicts with this process's own."""
+    import json
+    import os
+    import subprocess
+
+    import _corpus
+    from _paths import corpus_dir
+
+    if not _corpus.TEMPLATES:
+        pytest.skip(f"no corpus templates under {corpus_dir()}")
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    worker = Path(__file__).with_name("determinism_worker.py")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(worker),
+            "--report",
+            str(corpus_dir()),
+            "--fallback",
+            "refused",
+            *map(str, _corpus.TEMPLATES),
+        ],
+        env={**os.environ, "PYTHONHASHSEED": seed},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"seed": seed, **json.loads(done.stdout)}

@@ -1,8 +1,13 @@
-"""Run in a fresh process by test_determinism.py: the verdict on each template named on the command line.
+"""Run in a fresh process by the tests: the verdict on each template named on the command line.
 
 Prints one JSON object: template path → what `patch_template(retag=True)` gives (the patched text and its
 notes, or the refusal and its reasons) and what the delimiter fallback learns from the same template
 (`--fallback refused`: only where the patcher refuses, as `SpanRenderer` does by default).
+
+`--report ROOT` first runs `templatekit report ROOT --summary` as the command line runs it, and prints
+`{"report": {"code", "out", "err"}, "verdicts": {...}}`: the report patches each template with the very call a
+verdict makes, so the verdicts read the report's results (recorded as they pass, never replaced) instead of
+patching every template twice. conftest.py's `fresh_corpus_run` runs it over the corpus once per session.
 
 `--clock ISO --step SECONDS` moves the clock before anything is imported: its first reading is that instant
 and every later reading is `SECONDS` further on, so renders of one conversation straddle a second, a minute
@@ -32,14 +37,18 @@ def _move_clock(start: str, step: float) -> None:
     datetime_module.datetime = MovedDatetime  # modules that import `datetime` after this see the moved clock
 
 
-def verdict(path: str, fallbacks: str) -> dict:
+def verdict(path: str, fallbacks: str, *, patch=None, delimiters=None) -> dict:
+    """The verdict on one template. `patch(text)` and `delimiters(text)` are `patch_template(text, retag=True)` and
+    `derive_delimiters(text)` unless given (test_determinism passes the session's own results of those calls)."""
     import templatekit
     from templatekit.errors import TemplateSourceError
     from templatekit.training.fallback import derive_delimiters
 
+    patch = patch or (lambda text: templatekit.patch_template(text, retag=True))
+    delimiters = delimiters or derive_delimiters
     text = open(path, encoding="utf-8").read()
     try:
-        result = templatekit.patch_template(text, retag=True)
+        result = patch(text)
         patched = {"status": result.status, "template": result.template, "notes": result.report.notes}
     except templatekit.PatchError as error:
         patched = {"status": "refused", "reasons": error.reasons, "notes": error.report.notes if error.report else []}
@@ -50,15 +59,62 @@ def verdict(path: str, fallbacks: str) -> dict:
     if fallbacks == "refused" and patched["status"] != "refused":
         return patched
     try:
-        fallback = repr(derive_delimiters(text))
+        fallback = repr(delimiters(text))
     except Exception as error:
         fallback = f"{type(error).__name__}: {error}"
     return {**patched, "fallback": fallback}
 
 
+def report_recording_patches(root: str) -> tuple[dict, dict]:
+    """`templatekit report ROOT --summary` through the command line's `main`, and what each of its
+    `patch_template(text, train_roles=("assistant",), retag=True)` calls gave: text → result or exception."""
+    import contextlib
+    import io
+
+    import templatekit
+    from templatekit import cli
+
+    real, recorded = templatekit.patch_template, {}
+
+    def recording(text, **options):  # the report calls the package's public function: the call passes through
+        try:
+            result = real(text, **options)
+        except Exception as error:
+            if options == {"train_roles": ("assistant",), "retag": True}:
+                recorded[text] = error
+            raise
+        if options == {"train_roles": ("assistant",), "retag": True}:
+            recorded[text] = result
+        return result
+
+    out, err = io.StringIO(), io.StringIO()
+    templatekit.patch_template = recording
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["report", root, "--summary"])
+    finally:
+        templatekit.patch_template = real
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()}, recorded
+
+
+def _recorded_or_patched(recorded: dict):
+    """`patch_template(text, retag=True)`: the report's result for `text` where it made that call, else a new one."""
+    import templatekit
+
+    def patch(text: str):
+        if text not in recorded:
+            return templatekit.patch_template(text, retag=True)
+        if isinstance(recorded[text], BaseException):
+            raise recorded[text]
+        return recorded[text]
+
+    return patch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("templates", nargs="+")
+    parser.add_argument("--report", metavar="ROOT", help="run `templatekit report ROOT --summary` first (see above)")
     parser.add_argument("--clock", help="ISO date-time of the clock's first reading")
     parser.add_argument("--step", type=float, default=1.0, help="seconds the clock moves on at each reading")
     parser.add_argument(
@@ -67,7 +123,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.clock:
         _move_clock(args.clock, args.step)
-    json.dump({path: verdict(path, args.fallback) for path in args.templates}, sys.stdout)
+    if not args.report:
+        json.dump({path: verdict(path, args.fallback) for path in args.templates}, sys.stdout)
+        return
+    report, recorded = report_recording_patches(args.report)
+    patch = _recorded_or_patched(recorded)
+    verdicts = {path: verdict(path, args.fallback, patch=patch) for path in args.templates}
+    json.dump({"report": report, "verdicts": verdicts}, sys.stdout)
 
 
 if __name__ == "__main__":

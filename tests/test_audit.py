@@ -6,16 +6,17 @@ Qwen3 reads `reasoning_content`), the real Qwen2.5 tokenizer built offline, gene
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
+from _corpus import TOOLS
 from _harness import in_child
 from _paths import REPO_ROOT, corpus_file
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
+from tokenizers_offline import with_chat_template
 
 import templatekit
 from templatekit.training.audit import audit_conversations, template_roles
@@ -30,16 +31,6 @@ def assistant(text: str | None, **extra) -> dict:
 
 
 TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -51,8 +42,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def qwen_folder(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Path:
     """A local tokenizer folder (no template in it)."""
     folder = tmp_path_factory.mktemp("qwen_tok")
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = None
+    tokenizer = with_chat_template(qwen_tokenizer, None)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -61,8 +51,7 @@ def qwen_folder(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Pat
 def qwen_model(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Path:
     """A model folder: Qwen2.5's template and its tokenizer files side by side."""
     folder = tmp_path_factory.mktemp("qwen_model")
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -75,6 +64,7 @@ def audit_json(capsys, *argv: object) -> tuple[int, dict, str]:
 # --------------------------------------------------------------------------------------------- data loss
 
 
+@pytest.mark.slow
 def test_thinking_key_dropped_by_qwen2_5_and_a_row_that_trains_nothing(capsys, tmp_path, qwen_folder, qwen_tokenizer):
     data = write_jsonl(
         tmp_path / "data.jsonl",
@@ -158,6 +148,7 @@ def test_gemma_drops_tool_calls_and_tools_and_rejects_a_system_message(capsys, t
     assert doc["rows"] == 3 and doc["trained_tokens"]["min"] > 0  # the rejected row is not counted as trained
 
 
+@pytest.mark.slow
 def test_qwen2_5_renders_tool_calls_and_clean_data_exits_0(capsys, tmp_path, qwen_folder):
     data = write_jsonl(
         tmp_path / "data.jsonl",
@@ -208,6 +199,7 @@ def test_roles_the_template_tests_for_are_known() -> None:
 # --------------------------------------------------------------------------------------------- max length
 
 
+@pytest.mark.slow
 def test_max_length_counts_truncated_rows_and_those_losing_trained_tokens(capsys, tmp_path, qwen_folder):
     long_answer = " ".join(["word"] * 80)
     data = write_jsonl(
@@ -230,6 +222,7 @@ def test_max_length_counts_truncated_rows_and_those_losing_trained_tokens(capsys
     assert "rows truncated (longer than 60 tokens): 1, losing trained tokens: 1" in out
 
 
+@pytest.mark.slow
 def test_tokenizer_found_in_the_source_folder(capsys, tmp_path, qwen_model):
     data = write_jsonl(tmp_path / "data.jsonl", [{"messages": [user("Hi"), assistant("Hello!")]}])
     code, doc, _ = audit_json(capsys, qwen_model, "--data", data, "--max-length", 100)
@@ -265,6 +258,7 @@ def test_usage_errors_exit_2_and_name_the_place(capsys, tmp_path):
     assert code == 2
 
 
+@pytest.mark.subprocess
 def test_json_mode_prints_exactly_one_document_from_the_command(tmp_path):
     data = write_jsonl(
         tmp_path / "data.jsonl",
@@ -309,6 +303,7 @@ def test_library_field_checks_are_capped_and_say_so():
         audit_conversations(template, rows, max_length=10)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal for stderr")
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_progress_bar_on_a_terminal_only_in_text_mode(tmp_path, fmt):

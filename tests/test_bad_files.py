@@ -138,6 +138,7 @@ def test_a_200_mb_tokenizer_config_is_refused_before_it_is_read(huge_config: Pat
         assert outcome.peak < 16 * MiB, outcome  # nothing read
 
 
+@pytest.mark.subprocess
 def test_a_200_mb_tokenizer_config_through_the_cli(huge_config: Path, tmp_path: Path) -> None:
     through_every_command(huge_config, "200 MB tokenizer_config.json (CLI)", "not read", tmp_path=tmp_path)
 
@@ -199,11 +200,13 @@ def test_json_nested_100000_deep_names_file_line_and_column(tmp_path: Path, shap
         assert outcome.peak < 32 * MiB, outcome
 
 
+@pytest.mark.subprocess
 def test_deep_json_through_the_cli(tmp_path: Path) -> None:
     path = _deep_files(tmp_path)["objects"]
     through_every_command(path, "JSON nested 100,000 deep (CLI)", ":3:", "levels deep", tmp_path=tmp_path)
 
 
+@pytest.mark.subprocess
 def test_deep_json_beside_a_good_template_and_as_messages(tmp_path: Path) -> None:
     """show reads the folder's tokenizer_config.json for its special tokens and --messages as JSON: a deep one is
     skipped (special tokens) or one clear line (messages), never a RecursionError."""
@@ -295,6 +298,7 @@ def test_nested_arrays_deeper_than_the_limit_are_refused(tmp_path: Path) -> None
     assert "nested more than 8 deep" in outcome.message, outcome
 
 
+@pytest.mark.subprocess
 def test_lying_gguf_files_through_the_cli(tmp_path: Path) -> None:
     for number, lie in enumerate(("template length 2**62", "token strings count 2**40")):
         folder = tmp_path / f"lie{number}"
@@ -310,6 +314,7 @@ def test_lying_gguf_files_through_the_cli(tmp_path: Path) -> None:
         through_every_command(path, f"GGUF {lie} (CLI)", "not a readable GGUF", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_real_sized_vocabulary_is_read_in_bounded_memory(tmp_path: Path) -> None:
     """262,144 tokens with types and scores, 300,000 merges: read without loading an array."""
     import gguf
@@ -369,6 +374,7 @@ def test_a_model_folder_with_a_symlink_loop(tmp_path: Path, case: str) -> None:
     assert outcome.peak < 16 * MiB, outcome
 
 
+@pytest.mark.subprocess
 def test_symlink_loops_through_the_cli(tmp_path: Path) -> None:
     for case, folder in _loop_folders(tmp_path).items():
         if case == "the folder itself":  # its snapshot would be the whole tmp_path: run the commands alone
@@ -380,6 +386,7 @@ def test_symlink_loops_through_the_cli(tmp_path: Path) -> None:
         through_every_command(folder, "symlink loop (CLI)", "symbolic link loop", tmp_path=tmp_path, report_row=row)
 
 
+@pytest.mark.subprocess
 def test_report_walks_a_tree_with_a_folder_loop(tmp_path: Path) -> None:
     """A link to a parent folder is not followed (the walk ends); a file link loop is one not-patchable row."""
     tree = tmp_path / "tree"
@@ -437,6 +444,7 @@ def test_a_40_mb_binary_blob_is_not_read(tmp_path: Path) -> None:
     assert "over 16 MiB is not read" in outcome.message and outcome.peak < 16 * MiB, outcome
 
 
+@pytest.mark.subprocess
 def test_binary_files_through_the_cli(tmp_path: Path) -> None:
     for case in ("NUL bytes", "PNG image"):
         name, content, words, (line, column) = BINARY[case]

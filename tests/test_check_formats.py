@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
+from _corpus import patched
 from _paths import REPO_ROOT, corpus_file
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
 import templatekit
 from templatekit.cli.check_formats import github_escape_data, github_escape_property
@@ -56,7 +57,7 @@ def parse_annotations(out: str) -> list[dict[str, str]]:
 def sources(tmp_path: Path) -> dict[str, Path]:
     """A verified template, an untagged one, one whose tags train the header, and a malformed one."""
     ok = tmp_path / "ok.jinja"
-    ok.write_text(templatekit.patch_template(corpus_file(UNTAGGED).read_text(encoding="utf-8")).template, "utf-8")
+    ok.write_text(patched(UNTAGGED).template, "utf-8")
     untagged = tmp_path / "untagged.jinja"
     shutil.copy(corpus_file(UNTAGGED), untagged)
     wrong = tmp_path / "wrong.jinja"
@@ -253,6 +254,7 @@ def _pre_commit_run(pre_commit: str, repo: Path, cache: Path, **environment: str
     return result.returncode, result.stdout + result.stderr
 
 
+@pytest.mark.subprocess
 def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
     """pre-commit installs this repository's hook (.pre-commit-hooks.yaml) into its own virtualenv and runs it on
     a repository holding a tagged and an untagged template, an unrelated file, and a template tagged for a custom
@@ -297,6 +299,7 @@ def test_pre_commit_hook_runs_check_on_template_files(tmp_path: Path) -> None:
     assert "good.jinja" not in bot_run
 
 
+@pytest.mark.subprocess
 def test_readme_pre_commit_snippet_works_as_written(tmp_path: Path) -> None:
     """The README's pre-commit snippet, copied as it is under `repos:`, runs `templatekit check` on the template
     files of a repository (the templatekit installed beside this Python), with no placeholder to fill in."""

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
+from _corpus import patched
 from _paths import REPO_ROOT, corpus_dir, corpus_file
 
 import templatekit
-from templatekit import cli
 from templatekit.core.sandbox import DEFAULT
 from templatekit.errors import PatchError
 
@@ -26,12 +27,6 @@ SUMMARY_LINE = re.compile(r"^(\d+) patched, (\d+) retagged, (\d+) already tagged
 # Corpus templates the core patches; the tests of CLI plumbing use these.
 PATCHABLE = "trl/qwen2_5.jinja"
 PATCHABLE_2 = "trl/llama3_2.jinja"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def summary_counts(out: str) -> tuple[int, ...]:
@@ -49,11 +44,12 @@ def test_patch_corpus_template_prints_the_verified_template(capsys: pytest.Captu
     code, out, err = run(capsys, "patch", source)
     assert code == 0, err
     assert TRL_TAG.search(out) and "endgeneration" in out
-    assert out == templatekit.patch_template(source.read_text(encoding="utf-8")).template
+    assert out == patched(source).template
     assert f"{source}: patched" in err
     assert "verification ok" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["trl/qwen2_5.jinja", "trl/llama3_1.jinja", "trl/gemma.jinja", "axolotl/chatml.jinja", "trl/qwen3.jinja"]
 )
@@ -63,7 +59,7 @@ def test_patch_exit_code_matches_the_api(capsys: pytest.CaptureFixture[str], nam
     source = corpus_file(name)
     code, out, err = run(capsys, "patch", source)
     try:
-        expected = templatekit.patch_template(source.read_text(encoding="utf-8"))
+        expected = patched(source)
     except PatchError as exc:
         assert code == 1, err
         assert out == ""
@@ -106,11 +102,11 @@ def test_patch_output_file_is_written_atomically(capsys: pytest.CaptureFixture[s
     target = tmp_path / "patched.jinja"
     code, out, err = run(capsys, "patch", source, "-o", target, "--diff")
     assert code == 0, err
-    patched = target.read_text(encoding="utf-8")
-    assert patched == templatekit.patch_template(source.read_text(encoding="utf-8")).template
+    written = target.read_text(encoding="utf-8")
+    assert written == patched(source).template
     assert sorted(os.listdir(tmp_path)) == ["patched.jinja"]  # no temporary file left behind
     assert "+++ patched" in out  # with -o, stdout carries the diff, not the template
-    assert patched not in out
+    assert written not in out
     assert f"wrote {target}" in err
 
 
@@ -202,6 +198,7 @@ def test_patch_unreadable_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_
     assert f"{source}" in err and message in err
 
 
+@pytest.mark.slow
 def test_patch_tokenizer_config_with_named_templates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     default = corpus_file(PATCHABLE).read_text(encoding="utf-8")
     tool_use = corpus_file(PATCHABLE_2).read_text(encoding="utf-8")
@@ -249,6 +246,7 @@ def test_check_untagged_template_exits_1(capsys: pytest.CaptureFixture[str]) -> 
     assert "\n  - " in out  # at least one reason
 
 
+@pytest.mark.slow
 def test_check_patched_template_exits_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "patched.jinja"
     assert run(capsys, "patch", corpus_file(PATCHABLE_2), "-o", target)[0] == 0
@@ -279,6 +277,7 @@ def test_check_malformed_template_exits_2_with_line_and_column(capsys: pytest.Ca
 # ------------------------------------------------------------------------------------------------------ report
 
 
+@pytest.mark.slow
 def test_report_classifies_templates_and_prints_the_summary_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -294,7 +293,7 @@ def test_report_classifies_templates_and_prints_the_summary_line(
         source = corpus_file(name)
         shutil.copy(source, tmp_path / f"{source.parent.name}_{source.name}")
         try:
-            templatekit.patch_template(source.read_text(encoding="utf-8"))
+            patched(source)
             expected[0] += 1
         except PatchError:
             expected[3] += 1
@@ -357,6 +356,7 @@ class _Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_report_json_quiet_and_progress(capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
     folder = _report_folder(tmp_path)
     code, out, err = run(capsys, "report", folder, "--json")
@@ -404,6 +404,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "patch" in out and "check" in out and "report" in out
 
 
+@pytest.mark.subprocess
 def test_python_dash_m_templatekit(tmp_path: Path) -> None:
     source = corpus_file("trl/qwen2_5.jinja")
     target = tmp_path / "out.jinja"
@@ -420,11 +421,12 @@ def test_python_dash_m_templatekit(tmp_path: Path) -> None:
     assert "\x1b[" not in result.stderr  # not a terminal: plain text, no colour codes
 
 
-def test_report_on_whole_corpus_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
-    # Its speed is measured in benchmarks/patch_speed.py, not here.
-    if not corpus_dir().is_dir():
-        pytest.skip("corpus not found")
-    code, out, _ = run(capsys, "report", corpus_dir(), "--summary")
-    assert code == 0
-    counts = summary_counts(out)
+@pytest.mark.corpus
+@pytest.mark.subprocess
+def test_report_on_whole_corpus_is_complete(fresh_corpus_run) -> None:
+    # `templatekit report <corpus> --summary` in a fresh interpreter (conftest.py's fresh_corpus_run, whose
+    # verdicts test_determinism reads too). Its speed is measured in benchmarks/patch_speed.py, not here.
+    report = fresh_corpus_run["report"]
+    assert report["code"] == 0, report["err"][-3000:]
+    counts = summary_counts(report["out"])
     assert counts[-1] == len(list(corpus_dir().rglob("*.jinja")))

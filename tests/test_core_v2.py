@@ -8,8 +8,7 @@ trained: tool calls whole, reasoning framing it writes, and the stop marker wher
 from __future__ import annotations
 
 import pytest
-from test_core import read
-from test_hard_cases import TOOLS, patched_and_original
+from _corpus import TOOLS, patched, patched_and_original, read
 
 import templatekit
 from templatekit import PatchError, SpanRenderer
@@ -35,6 +34,7 @@ THANKS = {"role": "user", "content": "thanks"}
 WELCOME = {"role": "assistant", "content": "Welcome."}
 
 
+@pytest.mark.slow
 def test_eos_after_a_rebuilt_message_list_is_trained():
     # mistral-common v3 merges consecutive messages into new objects before its output loop.
     for name in ("hard/mistral-common__v3.jinja", "hard/mistral-common__v7.jinja"):
@@ -42,6 +42,7 @@ def test_eos_after_a_rebuilt_message_list_is_trained():
         assert trained == ["Sunny and noon.</s>", "Welcome.</s>"], name
 
 
+@pytest.mark.slow
 def test_mistral_tool_calls_are_trained_whole():
     # `[TOOL_CALLS]name[ARGS]{json}`: the name and its framing are generated, not a header.
     trained, _ = patched_and_original(
@@ -192,6 +193,7 @@ def test_a_separator_the_previous_message_writes_is_generated():
     assert text == " Weather in Paris and Rome?  Sunny and noon.   thanks  Welcome.</s>"
 
 
+@pytest.mark.slow
 def test_a_reply_written_with_its_header_by_one_macro_call_is_tagged_once_the_macro_is_written_out():
     # YandexGPT and Kimi K3 write the assistant's header and reply in one `{{ render(message) }}` call.
     # transformers measures a generation block inside a macro from where the call began, so the body is
@@ -200,7 +202,7 @@ def test_a_reply_written_with_its_header_by_one_macro_call_is_tagged_once_the_ma
         "hard/llama.cpp-tests__tct-yandex_YandexGPT-5-Lite-8B-instruct.jinja", [QUESTION, ANSWER, THANKS, WELCOME]
     )
     assert trained == [" Sunny and noon."] and " Ассистент: Sunny and noon.\n\n" in text
-    result = templatekit.patch_template(read("hard/llama.cpp__Kimi-K3.jinja"))
+    result = patched("hard/llama.cpp__Kimi-K3.jinja")
     assert any("render_assistant" in note and "written out" in note for note in result.report.notes)
     thinking = {"role": "assistant", "content": "Sunny.", "reasoning_content": "Check it."}
     trained, _ = patched_and_original("hard/llama.cpp__Kimi-K3.jinja", [QUESTION, thinking])
@@ -220,6 +222,7 @@ def test_template_without_a_generation_prompt_and_eos_only_without_one():
     assert trained == ["\n\nAssistant: Sunny and noon.</s>"]
 
 
+@pytest.mark.slow
 def test_existing_tags_that_train_the_header_are_replaced():
     original = read("hard/alignment-handbook__smollm3_sft_sft.jinja")
     assert not templatekit.check_template(original).ok

@@ -10,12 +10,13 @@ not doubled).
 from __future__ import annotations
 
 import copy
-import random
 
 import pytest
 from _paths import corpus_file
+from _training import conversations, truth_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokenizers_offline import with_chat_template
 
 import templatekit
 from templatekit import DatasetRowError, prepare_dataset
@@ -32,36 +33,6 @@ CASES = {
     "mistral": ("mistral_tokenizer", "unsloth/mistral.jinja", "</s>"),
     "mistral_v2v3": ("mistral_tokenizer", "axolotl/mistral_v2v3.jinja", "</s>"),
 }
-PIECES = ["alpha", "beta", "gamma 42", "δέλτα", "𝔘nicode", "x=1+2", "new\nline", "tabs\tand  spaces", "ok!"]
-
-
-def conversations(count: int, *, seed: int = 0, system: bool = True) -> list[list[dict]]:
-    """Conversations whose every content is unique (a sentinel) and starts and ends with a letter."""
-    rng = random.Random(seed)
-    rows = []
-    for row in range(count):
-        messages = [{"role": "system", "content": f"sys{row} {rng.choice(PIECES)} end"}] if system else []
-        for turn in range(rng.randint(1, 3)):
-            messages.append({"role": "user", "content": f"ask{row}t{turn} {' '.join(rng.choices(PIECES, k=3))} q"})
-            messages.append(
-                {"role": "assistant", "content": f"reply{row}t{turn} {' '.join(rng.choices(PIECES, k=4))} z"}
-            )
-        rows.append(messages)
-    return rows
-
-
-def truth_spans(text: str, messages: list[dict], eot: str) -> list[tuple[int, int]]:
-    """Each assistant content and the end-of-turn marker right after it, found by search."""
-    spans, cursor = [], 0
-    for message in messages:
-        if message["role"] != "assistant":
-            continue
-        start = text.index(message["content"], cursor)
-        end = start + len(message["content"])
-        assert text.startswith(eot, end), f"no {eot!r} right after {message['content']!r}"
-        spans.append((start, end + len(eot)))
-        cursor = end
-    return spans
 
 
 def expected_row(tokenizer, template: str, messages: list[dict], eot: str, *, last_only: bool = False):
@@ -79,12 +50,12 @@ def fixture_of(case: str) -> str:
 
 def setup_case(request, case: str):
     fixture, path, eot = CASES[case]
-    tokenizer = copy.deepcopy(request.getfixturevalue(fixture))
-    tokenizer.chat_template = corpus_file(path).read_text(encoding="utf-8")
+    tokenizer = with_chat_template(request.getfixturevalue(fixture), corpus_file(path).read_text(encoding="utf-8"))
     system = case != "mistral_v2v3"  # that template drops the system prompt
     return tokenizer, eot, conversations(12, system=system)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_masks_match_sentinel_truth(request, case):
     tokenizer, eot, rows = setup_case(request, case)
@@ -105,8 +76,7 @@ def test_masks_match_sentinel_truth(request, case):
 
 
 def test_llama3_bos_written_once(llama3_tokenizer):
-    tokenizer = copy.deepcopy(llama3_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(llama3_tokenizer, corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8"))
     prepared = prepare_dataset(Dataset.from_dict({"messages": conversations(2)}), tokenizer, progress=False)
     ids = prepared[0]["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
@@ -125,8 +95,7 @@ def test_delimiter_fallback_gives_the_same_masks(request, case):
 
 
 def test_iterable_dataset_same_as_dataset(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     rows = conversations(9, seed=3)
     eager = prepare_dataset(Dataset.from_dict({"messages": rows}), tokenizer, add_labels=True, progress=False)
     stream = IterableDataset.from_generator(lambda: ({"messages": m} for m in rows))
@@ -136,18 +105,18 @@ def test_iterable_dataset_same_as_dataset(qwen_tokenizer):
     assert list(lazy) == list(eager)
 
 
+@pytest.mark.slow
 def test_num_proc_two_gives_identical_results(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     data = Dataset.from_dict({"messages": conversations(40, seed=5)})
     single = prepare_dataset(data, tokenizer, add_labels=True, batch_size=8, progress=False)
     double = prepare_dataset(data, tokenizer, add_labels=True, batch_size=8, num_proc=2, progress=False)
     assert double.to_dict() == single.to_dict()
 
 
+@pytest.mark.slow
 def test_errors_from_a_worker_process_keep_the_row(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     rows = conversations(10, seed=1)
     rows[7][1]["weight"] = 5
     with pytest.raises(DatasetRowError, match=r"row 7, message 1: weight must be 0 or 1"):
@@ -155,8 +124,7 @@ def test_errors_from_a_worker_process_keep_the_row(qwen_tokenizer):
 
 
 def test_labels_are_ids_inside_the_mask(llama3_tokenizer):
-    tokenizer = copy.deepcopy(llama3_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(llama3_tokenizer, corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8"))
     prepared = prepare_dataset(
         Dataset.from_dict({"messages": conversations(6)}), tokenizer, add_labels=True, progress=False
     )
@@ -166,8 +134,7 @@ def test_labels_are_ids_inside_the_mask(llama3_tokenizer):
 
 
 def test_max_length_truncates_ids_and_masks_alike(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     data = Dataset.from_dict({"messages": conversations(5)})
     full = prepare_dataset(data, tokenizer, add_labels=True, progress=False)
     cut = prepare_dataset(data, tokenizer, add_labels=True, max_length=20, progress=False)
@@ -188,8 +155,7 @@ def test_last_response_only(request):
 
 
 def test_weight_zero_rows_are_kept_untrained(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     rows = conversations(3)
     for message in rows[1]:
         message["weight"] = 0 if message["role"] == "assistant" else 1
@@ -199,8 +165,7 @@ def test_weight_zero_rows_are_kept_untrained(qwen_tokenizer):
 
 
 def test_kept_columns_and_custom_field_names(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     data = Dataset.from_dict({"chat": conversations(2), "source": ["a", "b"]})
     prepared = prepare_dataset(data, tokenizer, messages_field="chat", remove_columns=False, progress=False)
     assert prepared.column_names == ["chat", "source", "input_ids", "attention_mask", "assistant_masks"]
@@ -208,7 +173,7 @@ def test_kept_columns_and_custom_field_names(qwen_tokenizer):
 
 
 def test_template_argument_and_named_templates(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
+    tokenizer = with_chat_template(qwen_tokenizer, None)
     chatml = corpus_file("unsloth/chatml.jinja").read_text(encoding="utf-8")
     qwen = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
     data = Dataset.from_dict({"messages": conversations(3, system=False)})
@@ -228,8 +193,7 @@ def test_template_argument_and_named_templates(qwen_tokenizer):
 
 
 def test_tools_column_reaches_the_template(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     tool = {
         "type": "function",
         "function": {"name": "lookup", "description": "tkschemaDESC", "parameters": {"type": "object"}},
@@ -246,8 +210,7 @@ def test_tools_column_reaches_the_template(qwen_tokenizer):
 
 @pytest.fixture
 def qwen(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     return tokenizer
 
 
@@ -305,8 +268,7 @@ def test_content_blocks_are_accepted(qwen):
 
 
 def test_unknown_role_the_template_rejects(mistral_tokenizer):
-    tokenizer = copy.deepcopy(mistral_tokenizer)
-    tokenizer.chat_template = corpus_file("unsloth/mistral.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(mistral_tokenizer, corpus_file("unsloth/mistral.jinja").read_text(encoding="utf-8"))
     rows = conversations(3, system=False)
     rows[1].insert(1, {"role": "narrator", "content": "meanwhile"})
     with pytest.raises(DatasetRowError, match=r"^row 1: .*message 1 has role 'narrator'.*Only user and assistant"):
@@ -389,6 +351,7 @@ TEXT = st.lists(
 ).map("".join)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["qwen_tokenizer", "llama3_tokenizer", "mistral_tokenizer", "mistral_v1_tokenizer"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())

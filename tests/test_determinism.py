@@ -2,7 +2,9 @@
 
 Probe renders read the clock at one fixed instant (`syntax.probe_clock`), so neither the time of day nor the
 date changes a verdict, and nothing that decides a verdict depends on hash order (`PYTHONHASHSEED`).
-The corpus runs in fresh processes (determinism_worker.py), as `templatekit check` runs in CI.
+The corpus runs in a fresh process (determinism_worker.py, through conftest.py's `fresh_corpus_run`), as
+`templatekit check` runs in CI, under a fixed hash seed, and each verdict is compared with this process's own
+(another seed); the templates that read the clock run again in fresh processes whose clocks move.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import determinism_worker
 import pytest
+from _corpus import TEMPLATES
 from _paths import corpus_dir
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -28,11 +32,7 @@ from templatekit.core.verify import render_probe
 from templatekit.training.tagged_render import render_tagged
 
 WORKER = Path(__file__).with_name("determinism_worker.py")
-TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
 CLOCK_TEMPLATES = [path for path in TEMPLATES if "strftime_now" in path.read_text(encoding="utf-8")]
-# Each template runs under two of these seeds (template i under seeds i and i+1, round the list), so three
-# processes of two thirds of the corpus each compare every template twice, at the cost of two corpus passes.
-HASH_SEEDS = ("0", "1", "2")
 CLOCK_NOTE = "the template reads the clock"
 DATED = (
     "{{ 'Today: ' + strftime_now('%Y-%m-%d %H:%M:%S') + '\\n' }}"
@@ -80,21 +80,35 @@ def _differences(verdicts: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-@pytest.mark.skipif(not TEMPLATES, reason="the corpus is not there")
-def test_the_corpus_gets_one_verdict_under_every_hash_seed():
-    count = len(HASH_SEEDS)
-    shards = [[p for i, p in enumerate(TEMPLATES) if k in (i % count, (i + 1) % count)] for k in range(count)]
-    runs = _in_parallel(
-        [
-            lambda seed=seed, shard=shard: _verdicts(shard, "--fallback", "refused", seed=seed)
-            for seed, shard in zip(HASH_SEEDS, shards)
-        ]
+def _verdicts_here(corpus, templates: list[Path], fallbacks: str) -> dict[str, dict]:
+    """What this process says about each template (its own hash seed, the real clock): the worker's verdict from
+    the session's patches and learned delimiters (the very calls the worker makes), written out as it prints it."""
+    return json.loads(
+        json.dumps(
+            {
+                str(path): determinism_worker.verdict(
+                    str(path),
+                    fallbacks,
+                    patch=lambda text, path=path: corpus.patch(path),
+                    delimiters=lambda text, path=path: corpus.renderer(path, fallback=True).delimiters,
+                )
+                for path in templates
+            }
+        )
     )
-    verdicts = _by_template({f"PYTHONHASHSEED={seed}": run for seed, run in zip(HASH_SEEDS, runs)})
+
+
+@pytest.mark.corpus
+@pytest.mark.subprocess
+@pytest.mark.skipif(not TEMPLATES, reason="the corpus is not there")
+def test_the_corpus_gets_one_verdict_under_every_hash_seed(corpus, fresh_corpus_run):
+    here = _verdicts_here(corpus, TEMPLATES, "refused")
+    fresh = f"a fresh process (PYTHONHASHSEED={fresh_corpus_run['seed']})"
+    verdicts = _by_template({"this process": here, fresh: fresh_corpus_run["verdicts"]})
     assert sorted(verdicts) == sorted(map(str, TEMPLATES))
     assert all(len(by_seed) == 2 for by_seed in verdicts.values())
     assert not _differences(verdicts)
-    statuses = [next(iter(by_seed.values()))["status"] for by_seed in verdicts.values()]
+    statuses = [verdict["status"] for verdict in here.values()]
     assert statuses.count("patched") > len(TEMPLATES) // 2  # real verdicts, not one error everywhere
 
 
@@ -109,14 +123,16 @@ MOVED_CLOCKS = {
 }
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not CLOCK_TEMPLATES, reason="the corpus holds no template that reads the clock")
-def test_templates_that_read_the_clock_get_one_verdict_whatever_the_time():
-    calls = [lambda: _verdicts(CLOCK_TEMPLATES)]
-    calls += [
+def test_templates_that_read_the_clock_get_one_verdict_whatever_the_time(corpus):
+    calls = [
         lambda first=first, step=step: _verdicts(CLOCK_TEMPLATES, "--clock", first, "--step", step)
         for first, step in MOVED_CLOCKS.values()
     ]
-    runs = dict(zip(["the real clock", *MOVED_CLOCKS], _in_parallel(calls)))
+    moved = _in_parallel(calls)
+    # This process reads the real clock: its verdicts (from the session's patches) are the real clock's.
+    runs = {"the real clock": _verdicts_here(corpus, CLOCK_TEMPLATES, "all"), **dict(zip(MOVED_CLOCKS, moved))}
     verdicts = _by_template(runs)
     assert sorted(verdicts) == sorted(map(str, CLOCK_TEMPLATES))
     assert not _differences(verdicts)

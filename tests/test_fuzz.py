@@ -9,15 +9,13 @@ benchmarks/fuzz_mutants.py runs the same mutations at scale (1,500 mutants) with
 
 from __future__ import annotations
 
-import functools
-
 import mutations
 import pytest
+from _corpus import shared
 from _paths import corpus_dir
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-import templatekit
 from templatekit.errors import TemplateKitError
 
 CORPUS = mutations.load_corpus(corpus_dir()) if corpus_dir().is_dir() else []
@@ -25,11 +23,12 @@ SECONDS_PER_EXAMPLE = 20
 MEMORY_CAP_BYTES = 4 * 2**30
 
 
-@functools.lru_cache(maxsize=None)
 def _patched(name: str, text: str) -> str | None:
-    """A corpus template as patch_template writes it; None when it is refused (a crash is a failure)."""
+    """A corpus template as patch_template writes it (the session's patch, see _corpus.py); None when it is refused
+    (a crash is a failure)."""
+    assert text == shared().text(corpus_dir() / name)
     try:
-        return templatekit.patch_template(text).template
+        return shared().patch(corpus_dir() / name).template
     except TemplateKitError:
         return None
 
@@ -49,6 +48,7 @@ def memory_cap():
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+@pytest.mark.slow
 @given(rnd=st.randoms(use_true_random=False))
 def test_mutants_end_patched_or_refused(memory_cap, rnd):
     # Every choice (corpus file, base, mutations, their tags, spans and conditions) is a `rnd.randrange`

@@ -13,10 +13,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from _cli import run
+from _corpus import patched
+from _gguf import make_gguf
 from _paths import corpus_file
 
 import templatekit
-from templatekit import cli
 from templatekit.errors import TemplateSourceError
 from templatekit.sources import NoChatTemplateError, atomic, load_templates
 from templatekit.sources.gguf import read_gguf_templates, template_key, write_gguf_templates
@@ -29,49 +31,8 @@ def text_of(name: str) -> str:
     return corpus_file(name).read_text(encoding="utf-8")
 
 
-def make_gguf(
-    path: Path,
-    templates: dict[str, str] | None,
-    *,
-    endian: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE,
-    alignment: int | None = None,
-) -> Path:
-    """A small but complete GGUF file: typical metadata of every kind, the templates, and three tensors."""
-    writer = gguf.GGUFWriter(str(path), "llama", endianess=endian)
-    if alignment is not None:
-        writer.add_custom_alignment(alignment)
-    writer.add_name("stand-in")
-    writer.add_context_length(4096)
-    writer.add_block_count(2)
-    writer.add_rope_freq_base(500000.0)
-    writer.add_bool("general.stand_in", True)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(["<|begin_of_text|>", "<|eot_id|>", "hello", "\u00e9t\u00e9"])
-    writer.add_token_types([3, 3, 1, 1])
-    writer.add_token_scores([0.0, 0.0, -1.5, -2.25])
-    writer.add_eos_token_id(1)
-    if templates:
-        writer.add_chat_template([{"name": name, "template": text} for name, text in templates.items()])
-    rng = np.random.default_rng(0)
-    writer.add_tensor("token_embd.weight", rng.standard_normal((4, 32), dtype=np.float32))
-    writer.add_tensor("output_norm.weight", rng.standard_normal(32).astype(np.float16))
-    quantised = gguf.quants.quantize(rng.standard_normal((2, 64), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
-    writer.add_tensor("blk.0.attn_q.weight", quantised, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_same_except_templates(before: Path, after: Path, changed: set[str]) -> None:
@@ -133,6 +94,7 @@ def test_truncated_gguf_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- round trip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("endian", "alignment"), [(gguf.GGUFEndian.LITTLE, None), (gguf.GGUFEndian.BIG, None), (gguf.GGUFEndian.LITTLE, 64)]
 )
@@ -150,10 +112,7 @@ def test_patch_writes_a_new_verified_gguf(tmp_path: Path, capsys, endian: gguf.G
     assert f"wrote {target}" in err
     assert digest(source) == before  # the input is never modified
 
-    expected = {
-        name: templatekit.patch_template(text_of(corpus)).template
-        for name, corpus in (("default", QWEN), ("tool_use", LLAMA))
-    }
+    expected = {name: patched(corpus).template for name, corpus in (("default", QWEN), ("tool_use", LLAMA))}
     written = read_gguf_templates(target)
     assert {t.name: t.text for t in written} == expected
     for template in written:
@@ -169,12 +128,13 @@ def test_patch_writes_a_new_verified_gguf(tmp_path: Path, capsys, endian: gguf.G
 def test_one_named_template_patched_the_other_kept(tmp_path: Path) -> None:
     source = make_gguf(tmp_path / "model.gguf", {"default": text_of(QWEN), "tool_use": text_of(LLAMA)})
     target = tmp_path / "new.gguf"
-    patched = templatekit.patch_template(text_of(LLAMA)).template
-    write_gguf_templates(source, target, {"tool_use": patched})
-    assert {t.name: t.text for t in read_gguf_templates(target)} == {"default": text_of(QWEN), "tool_use": patched}
+    tool_use = patched(LLAMA).template
+    write_gguf_templates(source, target, {"tool_use": tool_use})
+    assert {t.name: t.text for t in read_gguf_templates(target)} == {"default": text_of(QWEN), "tool_use": tool_use}
     assert_same_except_templates(source, target, {template_key("tool_use")})
 
 
+@pytest.mark.slow
 def test_gguf_templates_to_jinja_files(tmp_path: Path, capsys) -> None:
     source = make_gguf(tmp_path / "model.gguf", {"default": text_of(QWEN), "tool_use": text_of(LLAMA)})
     out_dir = tmp_path / "templates"
@@ -185,7 +145,7 @@ def test_gguf_templates_to_jinja_files(tmp_path: Path, capsys) -> None:
     ).template
     code, out, err = run(capsys, "patch", source, "--name", "tool_use")
     assert code == 0, err
-    assert out == templatekit.patch_template(text_of(LLAMA)).template
+    assert out == patched(LLAMA).template
 
 
 # ----------------------------------------------------------------------------------------- refusals and safety
@@ -225,7 +185,7 @@ def test_interrupted_gguf_write_leaves_no_file(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(TemplateSourceError, match="new.gguf: cannot write: disk on fire"):
-        write_gguf_templates(source, target, {"default": templatekit.patch_template(text_of(QWEN)).template})
+        write_gguf_templates(source, target, {"default": patched(QWEN).template})
     assert target.read_bytes() == b"an older file the user keeps"
     assert sorted(os.listdir(tmp_path)) == ["model.gguf", "new.gguf"]  # no temporary file left
 

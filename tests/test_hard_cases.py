@@ -6,34 +6,14 @@ template, and checks the rendering is unchanged and exactly the assistant's gene
 
 from __future__ import annotations
 
-from test_core import read, trained_text
-
-import templatekit
+import pytest
+from _corpus import TOOLS, patched, patched_and_original
 
 WEATHER_CALL = {
     "role": "assistant",
     "content": "",
     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
 }
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
-
-
-def patched_and_original(name: str, messages: list[dict], **kwargs) -> tuple[list[str], str]:
-    original = read(name)
-    patched = templatekit.patch_template(original).template
-    text, trained = trained_text(patched, messages, **kwargs)
-    plain, _ = trained_text(original, messages, **kwargs)
-    assert text == plain
-    return trained, text
 
 
 def test_llama3_content_built_in_a_variable_is_sliced_at_the_call_site():
@@ -50,6 +30,7 @@ def test_llama3_content_built_in_a_variable_is_sliced_at_the_call_site():
         assert text.startswith("<s><|start_header_id|>assistant")
 
 
+@pytest.mark.slow
 def test_gemma4_tool_result_inside_the_model_turn_stays_untrained():
     # Gemma 4 writes the tool's result inside the model's turn, between the call and the reply, and sets
     # variables between them that are read later (a generation block would hide them).
@@ -100,11 +81,11 @@ def test_header_inferred_when_the_generation_prompt_writes_nothing():
 
 def test_report_names_the_stop_marker_and_where_it_is_written():
     # GLM-4 ends an assistant turn with the next message's role token; Qwen2.5 with its own <|im_end|>.
-    notes = templatekit.patch_template(read("trl/glm4moe.jinja")).report.notes
+    notes = patched("trl/glm4moe.jinja").report.notes
     assert any("'<|user|>', a role token written right after the turn" in note for note in notes), notes
-    notes = templatekit.patch_template(read("trl/qwen2_5.jinja")).report.notes
+    notes = patched("trl/qwen2_5.jinja").report.notes
     assert "the turn ends with '<|im_end|>', written by the turn itself" in notes, notes
-    notes = templatekit.patch_template(read("trl/phi3.jinja")).report.notes
+    notes = patched("trl/phi3.jinja").report.notes
     assert any("'</s>', written after the turn" in note for note in notes), notes
 
 
@@ -123,6 +104,7 @@ def test_gpt_oss_header_is_generated_after_reasoning_but_not_when_it_opens_the_t
         ], name
 
 
+@pytest.mark.slow
 def test_empty_reasoning_framing_belongs_to_the_header_but_real_reasoning_is_trained():
     # Qwen3.5 (no-think) writes '<think>\n' + reasoning + '\n</think>\n\n' + content in one output. With
     # no reasoning the empty think block is what the generation prompt writes; with reasoning it is generated.
@@ -155,5 +137,5 @@ def test_a_statement_ends_at_its_own_tag_even_when_a_comment_follows():
     source = "{% for m in messages %}{% if m.x %}a{% endif %}{# note #}\n{% endfor %}"
     statement = build_flow(parse_template(source)).root.items[0].bodies[0].items[0]
     assert source[statement.start : statement.end] == "{% if m.x %}a{% endif %}"
-    result = templatekit.patch_template(read("axolotl/llava.jinja"), retag=True)
+    result = patched("axolotl/llava.jinja")  # retag=True
     assert result.status == "retagged" and result.report.ok

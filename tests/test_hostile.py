@@ -266,6 +266,7 @@ def assert_clear(run: Run, source: Path, case: Case) -> None:
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.subprocess
 def test_issue_table_through_patch_at_the_default_limits(hostile: dict, tmp_path: Path) -> None:
     """Issue 9's table, as a new user runs it: `templatekit patch` with no flags refuses each within 30 s and
     under 2 GiB of peak memory, exit 2 and one line. `report` over the nested loops and three good templates
@@ -290,6 +291,7 @@ def test_issue_table_through_patch_at_the_default_limits(hostile: dict, tmp_path
     assert runs[-1].code == 0
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["patch", "show"])
 def test_each_case_through_the_cli(hostile: dict, command: str) -> None:
     """`patch FILE` and `show FILE` on every case (the CLI's `main` in a capped, forked child: a fresh interpreter
@@ -301,6 +303,7 @@ def test_each_case_through_the_cli(hostile: dict, command: str) -> None:
         assert run.peak < GiB, (case.name, run.peak / MiB)
 
 
+@pytest.mark.subprocess
 def test_check_and_report_go_on_past_every_case(hostile: dict) -> None:
     """`check` over all the cases' files, as the pre-commit hook runs it (with generation tags, so that it
     renders them), names each one that reaches a limit, and goes on; `report` over them and three good templates lists each
@@ -363,6 +366,7 @@ def _api_calls(template: str, tagged: str, tokenizer) -> dict[str, str]:
     return results
 
 
+@pytest.mark.slow
 def test_each_case_through_the_api(hostile: dict, qwen_tokenizer) -> None:
     """patch_template, check_template, the delimiter fallback, render_with_spans, show's render_conversation and
     prepare_dataset on every case, each case in a forked child under RLIMIT_AS: a result or a TemplateKitError

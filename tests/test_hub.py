@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _corpus import patched
 from _paths import REPO_ROOT, corpus_file
 from hub_server import StandInHub
 
@@ -90,10 +91,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, st
 # ------------------------------------------------------------------------------------------------ downloading
 
 
+@pytest.mark.slow
 def test_patch_hub_id_downloads_only_template_files(hub: StandInHub, capsys, tmp_path: Path) -> None:
     code, out, err = run(capsys, "patch", "org/qwen")
     assert code == 0, err
-    assert out == templatekit.patch_template(text_of(LLAMA)).template  # main is the second commit
+    assert out == patched(LLAMA).template  # main is the second commit
     assert "org/qwen/tokenizer_config.json: patched" in err
     fetched = {path.rsplit("/", 1)[-1] for _, path in hub.file_requests()}
     assert fetched == {"tokenizer_config.json"}  # never config.json, never weights
@@ -113,7 +115,7 @@ def test_second_run_is_served_from_the_cache(hub: StandInHub, capsys) -> None:
 
 
 def test_pinned_revision(hub: StandInHub, capsys) -> None:
-    qwen = templatekit.patch_template(text_of(QWEN)).template
+    qwen = patched(QWEN).template
     code, out, err = run(capsys, "patch", "org/qwen", "--revision", "v1")
     assert code == 0, err
     assert out == qwen
@@ -126,6 +128,7 @@ def test_pinned_revision(hub: StandInHub, capsys) -> None:
     assert all(first_commit in path for _, path in hub.file_requests())
 
 
+@pytest.mark.slow
 def test_named_templates_are_each_loaded_and_patched(hub: StandInHub, capsys, tmp_path: Path) -> None:
     templates = load_templates("org/multi")
     assert [(t.name, t.text) for t in templates] == [("default", text_of(QWEN)), ("tool_use", text_of(LLAMA))]
@@ -140,12 +143,12 @@ def test_named_templates_are_each_loaded_and_patched(hub: StandInHub, capsys, tm
     assert (out_dir / "chat_template.jinja").read_text(encoding="utf-8") == templatekit.patch_template(
         text_of(QWEN)
     ).template
-    assert (out_dir / "additional_chat_templates" / "tool_use.jinja").read_text(
-        encoding="utf-8"
-    ) == templatekit.patch_template(text_of(LLAMA)).template
+    assert (out_dir / "additional_chat_templates" / "tool_use.jinja").read_text(encoding="utf-8") == patched(
+        LLAMA
+    ).template
     code, out, err = run(capsys, "patch", "org/multi", "--name", "tool_use", "--stdout")
     assert code == 0, err
-    assert out == templatekit.patch_template(text_of(LLAMA)).template
+    assert out == patched(LLAMA).template
 
 
 def test_processor_chat_template_json(hub: StandInHub) -> None:
@@ -198,7 +201,7 @@ def test_private_repo_needs_a_token(hub: StandInHub, capsys, monkeypatch: pytest
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # read when the request is made, as huggingface_hub does
     code, out, err = run(capsys, "patch", "org/private")
     assert code == 0, err
-    assert out == templatekit.patch_template(text_of(QWEN)).template
+    assert out == patched(QWEN).template
 
 
 def test_gated_repo(hub: StandInHub, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,6 +260,7 @@ def test_hub_id_and_local_paths_are_told_apart(tmp_path: Path, monkeypatch: pyte
 # ------------------------------------------------------------------------------- the real command, real env
 
 
+@pytest.mark.subprocess
 def test_command_line_reads_the_environment_at_start(hub: StandInHub, tmp_path: Path) -> None:
     """A fresh process: huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE at import, as for a user."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
@@ -271,7 +275,7 @@ def test_command_line_reads_the_environment_at_start(hub: StandInHub, tmp_path: 
 
     result = patch()
     assert result.returncode == 0, result.stderr
-    assert target.read_text(encoding="utf-8") == templatekit.patch_template(text_of(LLAMA)).template
+    assert target.read_text(encoding="utf-8") == patched(LLAMA).template
     assert list((tmp_path / "home" / "hub").glob("models--org--qwen/snapshots/*/tokenizer_config.json"))
     target.unlink()
     hub.requests.clear()

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from _corpus import patched as corpus_patch
 from _paths import corpus_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ def text_of(name: str) -> str:
 
 
 def patched(name: str) -> str:
-    return templatekit.patch_template(text_of(name)).template
+    return corpus_patch(name).template
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -124,6 +125,7 @@ def test_processor_chat_template_json(tmp_path: Path, capsys) -> None:
 # ---------------------------------------------------------------------------------------- chat_template.jinja
 
 
+@pytest.mark.slow
 def test_chat_template_jinja_wins_over_the_config(tmp_path: Path, capsys) -> None:
     """transformers reads chat_template.jinja first, so that is the file updated; the config is left alone."""
     (tmp_path / "chat_template.jinja").write_text(text_of(QWEN), encoding="utf-8")
@@ -284,6 +286,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     before=st.dictionaries(st.text(), json_values, max_size=4),

@@ -3,7 +3,6 @@ conversations, masked right by real tokenizers, installed with the package, and 
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -13,8 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from _cli import run
 from _paths import REPO_ROOT, corpus_file
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
+from tokenizers_offline import with_chat_template
 from transformers import AutoTokenizer
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -163,8 +163,7 @@ def test_chatml_and_llama3_train_tool_calls_but_not_tool_results() -> None:
 )
 def test_real_tokenizer_masks_exactly_the_answers(request, name: str, fixture: str, end: str) -> None:
     """What TRL's assistant_only_loss reads: transformers' assistant mask over real token ids."""
-    tokenizer = copy.deepcopy(request.getfixturevalue(fixture))
-    tokenizer.chat_template = templatekit.get_template(name)
+    tokenizer = with_chat_template(request.getfixturevalue(fixture), templatekit.get_template(name))
     encoded = tokenizer.apply_chat_template(
         CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
@@ -179,6 +178,7 @@ def test_real_tokenizer_masks_exactly_the_answers(request, name: str, fixture: s
 # ---------------------------------------------------------------------------------------------------- package
 
 
+@pytest.mark.subprocess
 def test_wheel_ships_the_library(tmp_path: Path) -> None:
     """Build a wheel from a copy of the project (nothing written into the checkout), install it into a folder
     of its own, and read every template back through the installed package."""
@@ -235,14 +235,14 @@ def test_wheel_ships_the_library(tmp_path: Path) -> None:
 
 def base_model(tokenizer, folder: Path) -> Path:
     """A saved tokenizer folder without any chat template: what a base model ships."""
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.chat_template = None
+    tokenizer = with_chat_template(tokenizer, None)
     tokenizer.save_pretrained(folder)
     assert not (folder / "chat_template.jinja").exists()
     assert "chat_template" not in json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     return folder
 
 
+@pytest.mark.slow
 def test_apply_in_place_gives_a_base_model_a_trainable_template(capsys, qwen_tokenizer, tmp_path: Path) -> None:
     folder = base_model(qwen_tokenizer, tmp_path / "base")
     config_before = (folder / "tokenizer_config.json").read_bytes()

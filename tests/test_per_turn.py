@@ -9,7 +9,6 @@ prompt `apply_chat_template(messages[:k], add_generation_prompt=True)` up to and
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import random
@@ -17,9 +16,11 @@ import warnings
 
 import pytest
 import tokenizers_offline
+from _corpus import patched as corpus_patch
 from _paths import corpus_file
+from tokenizers_offline import with_chat_template
 
-from templatekit import check_template, cli, patch_template, prepare_dataset
+from templatekit import check_template, cli, prepare_dataset
 from templatekit.errors import HistoryMismatchWarning
 from templatekit.training.dataset import truncate_row
 
@@ -87,16 +88,23 @@ def conversations(count: int, *, seed: int, tool_calls: bool) -> list[list[dict]
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
     path, build, stop, rewrites, tool_calls = CASES[request.param]
-    tokenizer = copy.deepcopy(build())
-    tokenizer.chat_template = corpus_file(path).read_text(encoding="utf-8")
+    tokenizer = with_chat_template(build(), corpus_file(path).read_text(encoding="utf-8"))
     rows = conversations(12, seed=7, tool_calls=tool_calls)
-    return {"name": request.param, "tokenizer": tokenizer, "stop": stop, "rewrites": rewrites, "rows": rows}
+    return {
+        "name": request.param,
+        "path": path,
+        "tokenizer": tokenizer,
+        "stop": stop,
+        "rewrites": rewrites,
+        "rows": rows,
+    }
 
 
 @pytest.fixture(scope="module")
 def qwen3():
-    tokenizer = copy.deepcopy(tokenizers_offline.qwen_tokenizer(qwen3=True))
-    tokenizer.chat_template = corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(
+        tokenizers_offline.qwen_tokenizer(qwen3=True), corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    )
     return tokenizer
 
 
@@ -133,6 +141,7 @@ def trained_turns(messages: list[dict]) -> list[int]:
     return [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1)]
 
 
+@pytest.mark.slow
 def test_rows_are_the_turns_as_generated(case):
     tokenizer, rows, stop = case["tokenizer"], case["rows"], case["stop"]
     prepared = per_turn_rows(tokenizer, rows)
@@ -196,6 +205,7 @@ def test_weights_and_last_response_only(qwen3):
     assert [(r["source_row"], r["turn_index"]) for r in last] == wanted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("truncation", ["right", "left", "drop"])
 def test_truncation_acts_on_each_row(qwen3, truncation, caplog):
     rows = conversations(10, seed=9, tool_calls=True)
@@ -219,6 +229,7 @@ def test_truncation_acts_on_each_row(qwen3, truncation, caplog):
         assert dropped and f"dropping {dropped} row" in caplog.text
 
 
+@pytest.mark.slow
 def test_kept_columns_iterable_and_num_proc(qwen3):
     rows = conversations(8, seed=13, tool_calls=True)
     reference = per_turn_rows(qwen3, rows)
@@ -234,9 +245,9 @@ def test_kept_columns_iterable_and_num_proc(qwen3):
 # ------------------------------------------------------------------------------------------------ detection
 
 
+@pytest.mark.slow
 def test_history_note(case):
-    template = case["tokenizer"].chat_template
-    patched = patch_template(template)
+    patched = corpus_patch(case["path"])  # patch_template(the tokenizer's template)
     checked = check_template(patched.template)
     assert checked.ok
     for report in (patched.report, checked):
@@ -250,9 +261,10 @@ def test_history_note(case):
             assert not any("history renders" in note for note in report.notes)
 
 
+@pytest.mark.slow
 def test_check_prints_the_note_and_keeps_its_exit_code(case, tmp_path, capsys):
     path = tmp_path / "chat_template.jinja"
-    path.write_text(patch_template(case["tokenizer"].chat_template).template, encoding="utf-8")
+    path.write_text(corpus_patch(case["path"]).template, encoding="utf-8")
     code = cli.main(["check", str(path)])
     out = capsys.readouterr().out
     assert code == 0
@@ -275,6 +287,7 @@ def test_prepare_dataset_warns_without_per_turn(case):
         assert "per_turn=True" in str(history[0].message) and history[0].filename == __file__
 
 
+@pytest.mark.slow
 def test_report_and_patch_carry_the_note(case, tmp_path, capsys):
     path = tmp_path / f"{case['name']}.jinja"
     path.write_text(case["tokenizer"].chat_template, encoding="utf-8")

@@ -1,13 +1,17 @@
-"""Loss policies and bad conversations, on real corpus templates, through both paths of SpanRenderer."""
+"""Loss policies and bad conversations, on real corpus templates, through both paths of SpanRenderer; the
+policy and limits objects reaching every training entry point."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from _paths import corpus_file
+from datasets import Dataset
 
-from templatekit import SpanRenderer, render_with_spans
+from templatekit import Limits, Policy, SpanRenderer, audit_conversations, prepare_dataset, render_with_spans
 from templatekit.errors import ConversationError
-from templatekit.training.policies import Policy, attribute
+from templatekit.training.policies import attribute, cut_out
 
 QWEN = "trl/qwen2_5.jinja"
 QWEN3 = "trl/qwen3.jinja"
@@ -41,6 +45,7 @@ def test_plain_and_weight(fallback):
     assert _trained(QWEN, messages, fallback=fallback) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fallback", PATHS)
 def test_last_response_only_and_eot(fallback):
     assert _trained(LLAMA3, _conversation(), fallback=fallback, last_response_only=True) == ["Two.<|eot_id|>"]
@@ -51,6 +56,7 @@ def test_last_response_only_and_eot(fallback):
     assert _trained(LLAMA3, messages, fallback=fallback, last_response_only=True) == ["One.<|eot_id|>"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fallback", PATHS)
 def test_reasoning_and_mask_out(fallback):
     messages = _conversation()
@@ -113,3 +119,98 @@ def test_policy_validation():
     with pytest.raises(ValueError, match="train_roles"):
         Policy(train_roles=())
     assert Policy(mask_out="</think>").mask_out == ("</think>",)
+
+
+# ------------------------------------------------------------------------------------ one option, every entry point
+
+
+@dataclass(frozen=True)
+class DigitsPolicy(Policy):
+    """A policy option added in one place, as ARCHITECTURE.md says a new one is added to `Policy`: a field, and
+    its rule in `apply`. Nothing else in the package knows of it."""
+
+    train_digits: bool = True
+
+    def apply(self, text, turns, weighted, **markers):
+        spans = super().apply(text, turns, weighted, **markers)
+        if not self.train_digits:
+            for digit in "0123456789":
+                spans = cut_out(spans, text, digit)
+        return spans
+
+
+NUMBERS = [
+    {"role": "user", "content": "How many apples?"},
+    {"role": "assistant", "content": "42 apples."},
+    {"role": "user", "content": "And pears?"},
+    {"role": "assistant", "content": "7 pears."},
+]
+
+
+def _through_every_entry_point(tokenizer, **options) -> dict[str, object]:
+    """What each of the four entry points trains of NUMBERS on Qwen2.5's template, given the same options."""
+    template = corpus_file(QWEN).read_text()
+    text, spans = SpanRenderer(template, **options).render(NUMBERS)
+    by_renderer = [text[s:e] for s, e in spans]
+    text, spans = render_with_spans(template, NUMBERS, **options)
+    by_function = [text[s:e] for s, e in spans]
+    data = Dataset.from_dict({"messages": [NUMBERS]})
+    row = prepare_dataset(data, tokenizer, template=template, progress=False, **options)[0]
+    by_dataset = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+    report = audit_conversations(template, [{"messages": NUMBERS}], **options)
+    return {
+        "SpanRenderer": by_renderer,
+        "render_with_spans": by_function,
+        "prepare_dataset": by_dataset,
+        "audit_conversations": report.trained,
+    }
+
+
+@pytest.mark.parametrize("route", ["object", "keyword"])
+def test_a_new_policy_option_reaches_every_entry_point(qwen_tokenizer, route):
+    # The option's default trains the digits, as the plain policy does; set, it leaves them untrained wherever
+    # the policy is taken: as the object, or as a keyword naming the new field (read off the object's class).
+    assert _through_every_entry_point(qwen_tokenizer, policy=DigitsPolicy()) == {
+        "SpanRenderer": ["42 apples.<|im_end|>", "7 pears.<|im_end|>"],
+        "render_with_spans": ["42 apples.<|im_end|>", "7 pears.<|im_end|>"],
+        "prepare_dataset": "42 apples.<|im_end|>7 pears.<|im_end|>",
+        "audit_conversations": [len("42 apples.<|im_end|>7 pears.<|im_end|>")],
+    }
+    options = {"policy": DigitsPolicy(train_digits=False)}
+    if route == "keyword":
+        options = {"policy": DigitsPolicy(), "train_digits": False}
+    assert _through_every_entry_point(qwen_tokenizer, **options) == {
+        "SpanRenderer": [" apples.<|im_end|>", " pears.<|im_end|>"],
+        "render_with_spans": [" apples.<|im_end|>", " pears.<|im_end|>"],
+        "prepare_dataset": " apples.<|im_end|> pears.<|im_end|>",
+        "audit_conversations": [len(" apples.<|im_end|> pears.<|im_end|>")],
+    }
+
+
+def test_policy_and_limits_objects_equal_their_keywords(qwen_tokenizer):
+    as_keywords = dict(train_on_eot="last", max_length=24, truncation="left", timeout=30)
+    as_objects = dict(policy=Policy(train_on_eot="last"), limits=Limits(max_length=24, truncation="left", timeout=30))
+    template = corpus_file(QWEN).read_text()
+    renderer = SpanRenderer(template, **as_objects)
+    assert (renderer.policy, renderer.limits) == (SpanRenderer(template, **as_keywords).policy, as_objects["limits"])
+    assert render_with_spans(template, NUMBERS, **as_objects) == render_with_spans(template, NUMBERS, **as_keywords)
+    data = Dataset.from_dict({"messages": [NUMBERS, NUMBERS[:2]]})
+    by_objects = prepare_dataset(data, qwen_tokenizer, template=template, progress=False, **as_objects)
+    assert (
+        by_objects.to_list()
+        == prepare_dataset(data, qwen_tokenizer, template=template, progress=False, **as_keywords).to_list()
+    )
+    assert all(len(row["input_ids"]) == 24 for row in by_objects)  # the limits reached the cut
+    rows = [{"messages": NUMBERS}]
+    report = audit_conversations(template, rows, tokenizer=qwen_tokenizer, **as_objects)
+    assert report.to_dict() == audit_conversations(template, rows, tokenizer=qwen_tokenizer, **as_keywords).to_dict()
+    assert report.rows_truncated == 1
+    # A keyword overrides the object's field; a keyword no object has is refused, as Python refuses one.
+    assert SpanRenderer(template, policy=Policy(train_on_eot="last"), train_on_eot="none").policy.train_on_eot == "none"
+    for entry in (
+        lambda: SpanRenderer(template, train_role="judge"),
+        lambda: audit_conversations(template, rows, train_role="judge"),
+        lambda: prepare_dataset(data, qwen_tokenizer, template=template, train_role="judge"),
+    ):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'train_role'"):
+            entry()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from _paths import corpus_dir
+from _corpus import IDS, TEMPLATES, patched
 from datasets import Dataset
 
 import templatekit
@@ -17,13 +17,12 @@ from templatekit.errors import MarkerCollision
 from templatekit.training.spans import _render as render_tags
 from templatekit.training.tagged_render import render_tagged
 
-TEMPLATES = sorted(corpus_dir().glob("*/*.jinja"))
 
-
-@pytest.mark.parametrize("path", TEMPLATES, ids=[f"{p.parent.name}/{p.stem}" for p in TEMPLATES])
-def test_same_text_and_spans_as_transformers(path):
+@pytest.mark.corpus
+@pytest.mark.parametrize("path", TEMPLATES, ids=IDS)
+def test_same_text_and_spans_as_transformers(corpus, path):
     try:
-        tagged = templatekit.patch_template(path.read_text(encoding="utf-8"), retag=True).template
+        tagged = corpus.patch(path).template  # patch_template(text, retag=True)
     except templatekit.PatchError as error:
         assert error.reasons  # refused with a reason; the corpus report lists it
         return
@@ -109,7 +108,7 @@ def test_a_generation_block_whose_output_the_template_captures_is_rendered_as_tr
 
 def test_conversation_is_prepared_like_transformers_prepares_it():
     # gpt-oss reads `thinking`; transformers copies `reasoning_content` there before rendering, and so must we.
-    tagged = templatekit.patch_template((corpus_dir() / "trl/gptoss.jinja").read_text(encoding="utf-8")).template
+    tagged = patched("trl/gptoss.jinja").template
     probe = build_probes()[0]
     probe.messages = [
         {"role": "user", "content": "2+2?"},

@@ -8,7 +8,6 @@ system, user and tool text outside), and, for patchable templates, against trans
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -17,8 +16,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from _cli import run
 from _paths import corpus_file
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
+from tokenizers_offline import with_chat_template
 from transformers.utils.chat_template_utils import render_jinja_template
 
 import templatekit
@@ -182,8 +182,7 @@ def tag_spans(template: str, probe) -> list[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def qwen_folder(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("qwen")
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = None
+    tokenizer = with_chat_template(qwen_tokenizer, None)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -211,6 +210,7 @@ def template_text(name: str) -> str:
     return corpus_file(name).read_text(encoding="utf-8")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it); see the html.parser test")
 @pytest.mark.parametrize(("name", "probe_name", "tokenizer", "mode"), CASES)
 def test_chromium_highlights_exactly_the_trained_spans(
@@ -274,6 +274,7 @@ def test_html_page_is_self_contained_and_marks_trained_spans(capsys, tmp_path: P
 # ---------------------------------------------------------------------------------------------------- terminal
 
 
+@pytest.mark.slow
 def test_plain_output_brackets_trained_text_and_marks_tokens(capsys, tmp_path: Path, qwen_folder: Path) -> None:
     template = templatekit.get_template("chatml")
     source = tmp_path / "chatml.jinja"

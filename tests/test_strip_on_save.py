@@ -14,8 +14,10 @@ import json
 from pathlib import Path
 
 import pytest
+from _corpus import patched as corpus_patch
 from _paths import corpus_file
-from test_trl_e2e import make_conversations, sft_config, tiny_qwen2
+from _training import make_conversations, sft_config, tiny_qwen2
+from tokenizers_offline import with_chat_template
 
 import templatekit
 from templatekit.core.tags import has_generation_tags
@@ -28,11 +30,10 @@ transformers = pytest.importorskip("transformers")
 QWEN = "trl/qwen2_5.jinja"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def patched(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
     original = corpus_file(QWEN).read_text(encoding="utf-8")
-    tokenizer.chat_template = original
+    tokenizer = with_chat_template(qwen_tokenizer, original)
     templatekit.patch_tokenizer(tokenizer)
     assert has_generation_tags(tokenizer.chat_template)
     return tokenizer, original
@@ -46,10 +47,12 @@ def renders(template: str, tokenizer, conversations) -> list[str]:
     return [tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in conversations]
 
 
+@pytest.mark.e2e
 def test_tiny_training_run_saves_untagged_checkpoints(patched, tmp_path):
     from trl import SFTTrainer
 
     tokenizer, original = patched
+    tokenizer = copy.deepcopy(tokenizer)  # the trainer may change it; the shared one must stay as it is
     tagged = tokenizer.chat_template
     conversations = make_conversations(4)
     trainer = SFTTrainer(
@@ -82,6 +85,7 @@ def call_on_save(callback, output_dir: Path, step: int, *, main: bool = True):
     return callback.on_save(args, state, control)
 
 
+@pytest.mark.slow
 def test_template_inside_tokenizer_config(patched, tmp_path):
     tokenizer, original = patched
     checkpoint = tmp_path / "checkpoint-7"
@@ -106,11 +110,11 @@ def test_template_inside_tokenizer_config(patched, tmp_path):
     assert renders(text, tokenizer, conversations) == renders(original, tokenizer, conversations)
 
 
+@pytest.mark.slow
 def test_named_templates_are_all_stripped(patched, tmp_path):
     tokenizer, _ = patched
-    tool_use = templatekit.patch_template(corpus_file("trl/llama3_2.jinja").read_text(encoding="utf-8")).template
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.chat_template = {"default": tokenizer.chat_template, "tool_use": tool_use}
+    tool_use = corpus_patch("trl/llama3_2.jinja").template
+    tokenizer = with_chat_template(tokenizer, {"default": tokenizer.chat_template, "tool_use": tool_use})
     checkpoint = tmp_path / "checkpoint-3"
     tokenizer.save_pretrained(str(checkpoint))
     call_on_save(strip_tags_on_save(), tmp_path, 3)
@@ -128,6 +132,7 @@ def test_only_the_main_process_writes_and_a_missing_checkpoint_is_ignored(patche
     call_on_save(strip_tags_on_save(), tmp_path, 99)  # no checkpoint-99: nothing to do, no error
 
 
+@pytest.mark.slow
 def test_strip_saved_templates_after_save_model(patched, tmp_path):
     tokenizer, _ = patched
     tokenizer.save_pretrained(str(tmp_path))

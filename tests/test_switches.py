@@ -8,12 +8,13 @@ template must train the right text under each.
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import tokenizers_offline
+from _corpus import patched
 from _paths import corpus_file
+from tokenizers_offline import with_chat_template
 
 from templatekit import patch_template, prepare_dataset, render_with_spans
 from templatekit.core.switches import settings, switch_values, template_switches
@@ -62,7 +63,7 @@ SWITCHED = [
 def test_one_patch_is_verified_under_every_setting_of_every_switch(name):
     # Each of these trained the wrong text under some setting when patched for the default only.
     source = corpus_file(name).read_text(encoding="utf-8")
-    report = patch_template(source).report
+    report = patched(name).report
     expected = [s.name for s in settings(parse_template(source).ast)]
     assert report.ok and not report.switch_problems
     assert set(report.settings) | set(_rejected(report)) == set(expected)
@@ -76,13 +77,14 @@ def _rejected(report) -> list[str]:
 
 def test_where_the_tags_sit_differently_the_part_is_written_per_setting_under_the_templates_own_test():
     source = corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
-    result = patch_template(source)
+    result = patched("trl/qwen3.jinja")
     # Qwen3's own test of the switch, from its generation prompt, now also chooses where the turn opens.
     own_test = "{%- if enable_thinking is defined and enable_thinking is false %}"
     assert own_test in source and result.template.count(own_test) == source.count(own_test) + 1
     assert any("written once per setting" in note for note in result.report.notes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", [{"enable_thinking": False}, {"enable_thinking": True}])
 def test_a_fixed_setting_is_verified_with_the_other_switches_open(setting):
     source = corpus_file("trl/qwen3_8.jinja").read_text(encoding="utf-8")
@@ -95,8 +97,9 @@ def test_a_fixed_setting_is_verified_with_the_other_switches_open(setting):
 
 @pytest.fixture(scope="module")
 def qwen3():
-    tokenizer = copy.deepcopy(tokenizers_offline.qwen_tokenizer(qwen3=True))
-    tokenizer.chat_template = corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(
+        tokenizers_offline.qwen_tokenizer(qwen3=True), corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8")
+    )
     return tokenizer
 
 
@@ -147,6 +150,7 @@ def test_prepare_dataset_renders_and_masks_with_the_given_switch(qwen3):
     assert switched[0]["input_ids"] == expected
 
 
+@pytest.mark.slow
 def test_the_cli_patches_once_and_checks_every_setting(tmp_path, capsys):
     from templatekit import cli
 
@@ -226,6 +230,7 @@ def test_audit_renders_each_row_with_its_own_switches(qwen3, tmp_path, capsys):
     assert document["unit"] == "characters" and document["trained_tokens"]["max"] == len("It is 4.<|im_end|>")
 
 
+@pytest.mark.slow
 def test_show_marks_what_trains_under_a_switch(tmp_path, capsys):
     import json
 

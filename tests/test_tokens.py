@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _corpus import patched
 
 import templatekit
 
@@ -128,7 +129,7 @@ QWEN_CHAT = [
 @pytest.fixture(scope="module")
 def qwen_patched():
     original = corpus("trl/qwen2_5.jinja")
-    return original, templatekit.patch_template(original).template
+    return original, patched("trl/qwen2_5.jinja").template
 
 
 def test_qwen_multi_turn(qwen_tokenizer, qwen_patched, with_template):
@@ -237,7 +238,7 @@ def llama_header(role: str) -> str:
 
 def test_llama3_multi_turn(llama3_tokenizer, with_template):
     original = corpus("trl/llama3_1.jinja")
-    patched = templatekit.patch_template(original).template
+    tagged = patched("trl/llama3_1.jinja").template
     with_template(llama3_tokenizer, original)
     messages = [
         {"role": "system", "content": "You are a terse geography tutor."},
@@ -250,7 +251,7 @@ def test_llama3_multi_turn(llama3_tokenizer, with_template):
         Turn("Paris is the capital of France.", llama_header("assistant"), LLAMA_EOT),
         Turn("Rome.", llama_header("assistant"), LLAMA_EOT),
     ]
-    rendered, enc, mask, trained = check_mask(llama3_tokenizer, original, patched, messages, turns)
+    rendered, enc, mask, trained = check_mask(llama3_tokenizer, original, tagged, messages, turns)
     assert rendered.startswith("<|begin_of_text|>") and mask[0] == 0
     assert "".join(trained) == "Paris is the capital of France.<|eot_id|>Rome.<|eot_id|>"
     assert_outside(rendered, enc, mask, "Cutting Knowledge Date", "<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -310,10 +311,10 @@ def test_mistral_inst(request, with_template, template, fixture, first_token):
     final user turn, so it is absent here)."""
     tokenizer = request.getfixturevalue(fixture)
     original = corpus(template)
-    patched = templatekit.patch_template(original).template
+    tagged = patched(template).template
     with_template(tokenizer, original)
     turns = [Turn(m["content"], "[/INST]", "</s>") for m in MISTRAL_CHAT if m["role"] == "assistant"]
-    rendered, enc, mask, trained = check_mask(tokenizer, original, patched, MISTRAL_CHAT, turns)
+    rendered, enc, mask, trained = check_mask(tokenizer, original, tagged, MISTRAL_CHAT, turns)
     tokens = [tokenizer.convert_ids_to_tokens(i) for i, m in zip(enc["input_ids"], mask) if m]
     assert tokens[0] == first_token and tokens[-1] == "</s>" and tokens.count("</s>") == 2
     assert "".join(trained).replace(" ", "") == "Paris is the capital of France.</s>Rome.</s>".replace(" ", "")

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
+from _cli import run
 from _paths import REPO_ROOT
-from test_cli import run  # the CLI run in-process: (exit code, stdout, stderr)
 
 from templatekit.cli import main
 

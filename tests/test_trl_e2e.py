@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
-from pathlib import Path
 
 import pytest
+from _paths import corpus_dir
+from _training import make_conversations, sft_config, tiny_qwen2
 
 import templatekit
 
@@ -20,42 +20,12 @@ pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("datasets")
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-QWEN_TEMPLATE = CORPUS / "trl" / "qwen2_5.jinja"
+pytestmark = pytest.mark.e2e
+
+QWEN_TEMPLATE = corpus_dir() / "trl" / "qwen2_5.jinja"
 if not QWEN_TEMPLATE.is_file():
     pytest.skip(f"corpus template not found: {QWEN_TEMPLATE}", allow_module_level=True)
 HEADER, EOT = "<|im_start|>assistant\n", "<|im_end|>"
-
-SYSTEMS = ["You are a concise assistant.", "You answer like a pirate.", "Reply in plain English."]
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "Name a prime number above 10.",
-    "What colour is the sky on a clear day?",
-    "Who wrote Hamlet?",
-    "What is 12 times 12?",
-]
-ANSWERS = [
-    "Paris.",
-    "Eight legs, always.",
-    "Eleven is prime; so is 13.",
-    "Blue, mostly.",
-    "William Shakespeare wrote it around 1600.",
-    "It is 144.",
-]
-
-
-def make_conversations(count: int = 8, seed: int = 0) -> list[list[dict[str, str]]]:
-    rng = random.Random(seed)
-    conversations = []
-    for index in range(count):
-        messages = [{"role": "system", "content": rng.choice(SYSTEMS)}]
-        for turn in range(rng.randint(1, 3)):
-            q = rng.randrange(len(QUESTIONS))
-            messages.append({"role": "user", "content": QUESTIONS[q]})
-            messages.append({"role": "assistant", "content": f"{ANSWERS[q]} (#{index}.{turn})"})
-        conversations.append(messages)
-    return conversations
 
 
 def expected_labels(tokenizer, input_ids: list[int]) -> list[int]:
@@ -84,48 +54,6 @@ def patched_qwen(qwen_tokenizer):
     patched = templatekit.patch_tokenizer(tokenizer)
     assert patched.chat_template != original and "generation" in patched.chat_template
     return patched, original
-
-
-def tiny_qwen2(tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    vocab = (len(tokenizer) + 63) // 64 * 64
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    return Qwen2ForCausalLM(config)
-
-
-def sft_config(tmp_path, **overrides):
-    from trl import SFTConfig
-
-    options = dict(
-        output_dir=str(tmp_path),
-        assistant_only_loss=True,
-        max_steps=2,
-        per_device_train_batch_size=2,
-        report_to=[],
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        learning_rate=1e-3,
-        dataloader_num_workers=0,
-        seed=0,
-        disable_tqdm=True,
-    )
-    options.update(overrides)
-    return SFTConfig(**options)
 
 
 def test_sft_assistant_only_loss_with_patched_template(patched_qwen, tmp_path, caplog):

@@ -10,9 +10,8 @@ import copy
 import math
 
 import pytest
-import test_trl_e2e as e2e
 from _paths import corpus_file
-from test_dataset import conversations, truth_spans
+from _training import conversations, sft_config, tiny_qwen2, truth_spans
 
 from templatekit import prepare_dataset
 from templatekit.training.masks import spans_to_token_mask
@@ -21,15 +20,17 @@ pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("datasets")
 
+pytestmark = pytest.mark.e2e
+
 CASES = {
     "qwen2_5": ("qwen_tokenizer", "trl/qwen2_5.jinja", "<|im_end|>"),
     "llama3_1": ("llama3_tokenizer", "trl/llama3_1.jinja", "<|eot_id|>"),
 }
 
 
-def sft_config(tmp_path, **overrides):
+def prepared_sft_config(tmp_path, **overrides):
     # prepared data carries its masks: TRL folds `assistant_masks` into labels with the flag off (see below)
-    return e2e.sft_config(tmp_path, **{"assistant_only_loss": False, "per_device_train_batch_size": 3, **overrides})
+    return sft_config(tmp_path, **{"assistant_only_loss": False, "per_device_train_batch_size": 3, **overrides})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -43,7 +44,10 @@ def test_sft_trainer_trains_on_prepared_dataset(request, case, tmp_path):
     prepared = prepare_dataset(datasets.Dataset.from_dict({"messages": rows}), tokenizer, progress=False)
 
     trainer = SFTTrainer(
-        model=e2e.tiny_qwen2(tokenizer), args=sft_config(tmp_path), train_dataset=prepared, processing_class=tokenizer
+        model=tiny_qwen2(tokenizer),
+        args=prepared_sft_config(tmp_path),
+        train_dataset=prepared,
+        processing_class=tokenizer,
     )
     result = trainer.train()
     assert trainer.state.global_step == 2
@@ -82,8 +86,8 @@ def test_assistant_only_loss_flag_is_not_for_tokenized_data(qwen_tokenizer, tmp_
     prepared = prepare_dataset(datasets.Dataset.from_dict({"messages": conversations(3)}), tokenizer, progress=False)
     with pytest.raises(ValueError, match="not conversational"):
         SFTTrainer(
-            model=e2e.tiny_qwen2(tokenizer),
-            args=sft_config(tmp_path, assistant_only_loss=True),
+            model=tiny_qwen2(tokenizer),
+            args=prepared_sft_config(tmp_path, assistant_only_loss=True),
             train_dataset=prepared,
             processing_class=tokenizer,
         )

@@ -8,12 +8,12 @@ whole, so none straddles the cut).
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 
 import pytest
 from _paths import corpus_file
+from tokenizers_offline import with_chat_template
 
 from templatekit import prepare_dataset
 from templatekit.errors import InvalidArgumentError
@@ -43,8 +43,7 @@ def conversations(count: int, *, seed: int = 0) -> list[list[dict]]:
 
 @pytest.fixture(scope="module")
 def tokenizer(qwen_tokenizer):
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    tokenizer.chat_template = corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8")
+    tokenizer = with_chat_template(qwen_tokenizer, corpus_file("trl/qwen2_5.jinja").read_text(encoding="utf-8"))
     return tokenizer
 
 
@@ -152,6 +151,7 @@ def test_weight_zero_rows_are_kept_even_when_cut(tokenizer):
     assert len(got) == 3 and all(not any(r["assistant_masks"]) and len(r["input_ids"]) == 30 for r in got)
 
 
+@pytest.mark.slow
 def test_num_proc_counts_across_workers(tokenizer, rows, caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         data = Dataset.from_dict({"messages": rows})

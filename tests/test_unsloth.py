@@ -101,6 +101,7 @@ def _classify(text: str, offsets, ids, theirs, truth, messages) -> str:
     return f"trains {wrong_in!r}, misses {wrong_out!r}"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("family", ["chatml", "llama3"])
 @pytest.mark.parametrize("last_response_only", [False, True])
 def test_differential_against_unsloth(family, last_response_only, unsloth_masking, request):
@@ -231,6 +232,7 @@ def _seed_reference(tokenizer, rows, last_response_only: bool) -> list[list[int]
     return [unsloth_reference_labels(ids, instruction, response, **options) for ids in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["rendered", "text_column"])
 @pytest.mark.parametrize("template_name", ["trl/llama3_1.jinja", "trl/llama3.jinja"])
 @pytest.mark.parametrize("last_response_only", [False, True])
@@ -265,6 +267,7 @@ def test_court_seed_gives_unsloths_labels(llama3_tokenizer, template_name, form,
         assert trained_eots == (1 if last_response_only else len(turns))  # no one else's <|eot_id|>
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("last_response_only", [False, True])
 def test_court_seed_against_unsloth_itself(llama3_tokenizer, last_response_only, unsloth_masking):
     """The same 200 arguments through Unsloth's own function: it agrees with the reference and with ours."""

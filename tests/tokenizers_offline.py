@@ -13,12 +13,13 @@
   ``mistral-common``'s packaged ``.model`` files, read with ``sentencepiece`` and rebuilt as a
   byte-fallback BPE ``LlamaTokenizer`` (Metaspace pre-tokeniser, ``prepend_scheme="first"``).
 
-Every builder is cached; treat the returned tokenizers as shared and copy one
-(``copy.deepcopy``) before changing anything but ``chat_template``.
+Every builder is cached; treat the returned tokenizers as shared: :func:`with_chat_template` gives one its own
+chat template, and ``copy.deepcopy`` is for changing anything else.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "mistral_tokenizer",
     "package_file",
     "qwen_tokenizer",
+    "with_chat_template",
 ]
 
 # Qwen2/2.5/3 pre-tokeniser: like cl100k/Llama 3, but digits are split one by one (\p{N}, not \p{N}{1,3}).
@@ -217,3 +219,14 @@ def mistral_tokenizer(version: str = "v3") -> PreTrainedTokenizerFast:
     if extra:
         tokenizer.add_special_tokens({"additional_special_tokens": extra})
     return tokenizer
+
+
+def with_chat_template(tokenizer: PreTrainedTokenizerFast, template) -> PreTrainedTokenizerFast:
+    """A copy of a shared tokenizer that has `template` (text, a dict of named templates, or None) for its own.
+
+    Shallow: the copy shares the backend (change nothing else on it; ``copy.deepcopy`` for that), so it costs
+    nothing, where a deep copy of a 150,000-token vocabulary takes about 0.6 s.
+    """
+    copied = copy.copy(tokenizer)
+    copied.chat_template = template
+    return copied

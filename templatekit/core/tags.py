@@ -2,7 +2,7 @@
 
 transformers' `AssistantTracker` records the characters a generation block renders, and TRL reads them as the
 assistant mask. TRL detects a tagged template with `TRL_TAG`; a `{%+ generation %}` form is invisible to it
-(DESIGN.md invariant 4), so the patcher writes only `{% generation %}` with optional `-` markers. Reading, the
+(docs/design.md, invariant 4), so the patcher writes only `{% generation %}` with optional `-` markers. Reading, the
 package accepts every form (`TAG`), so a template tagged in a form TRL cannot see is still found and replaced.
 
 The jinja2 extension `GenerationTag` parses the block. Rendered plainly it writes its body unchanged, like

@@ -1,4 +1,4 @@
-"""What the model generates for each trained turn, read off the template's own renders (DESIGN.md invariant 2).
+"""What the model generates for each trained turn, read off the template's own renders (docs/design.md, invariant 2).
 
 For assistant turn k of a probe rendered as `text`, the model is given `render(messages[:k],
 add_generation_prompt=True)` and must write everything after it, up to and including the stop marker:

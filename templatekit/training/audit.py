@@ -28,13 +28,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.sandbox import DEFAULT
 from ..errors import InvalidArgumentError, TemplateKitError
 from .masks import spans_to_token_mask
+from .options import Limits, Policy, resolve
 from .policies import COMMON_ROLES
 from .roles import template_roles
 from .spans import SpanRenderer, row_kwargs
-from .truncation import TRUNCATION_MODES, truncate_row
+from .truncation import truncate_row
 
 __all__ = ["METADATA_FIELDS", "AuditReport", "audit_conversations", "template_roles"]
 
@@ -281,9 +281,8 @@ def audit_conversations(
     rows: Iterable[Mapping[str, Any]],
     *,
     tokenizer: Any = None,
-    max_length: int | None = None,
-    truncation: str = "right",
-    train_roles: Sequence[str] = ("assistant",),
+    policy: Policy | None = None,
+    limits: Limits | None = None,
     render_kwargs: Mapping[str, Any] | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
     row_names: Sequence[str] | None = None,
@@ -291,9 +290,7 @@ def audit_conversations(
     messages_field: str = "messages",
     tools_field: str = "tools",
     on_row: Callable[[int], None] | None = None,
-    max_steps: int | None = DEFAULT,
-    max_memory: int | str | None = DEFAULT,
-    timeout: float | None = DEFAULT,
+    **keywords: Any,
 ) -> AuditReport:
     """Render every conversation with `template` and report what trains and what the template drops.
 
@@ -303,9 +300,12 @@ def audit_conversations(
             `tools_field` (one JSONL line each, or a `datasets` row).
         tokenizer: a fast tokenizer: counts trained tokens (the masks' rule) and gives the special tokens the
             template sees. Without one, trained characters are counted (`report.unit == "characters"`).
-        max_length, truncation: count rows longer than `max_length` tokens and those whose trained tokens the
-            cut would remove, as `prepare_dataset` cuts (`"right"`, `"left"`, `"drop"`); needs a tokenizer.
-        train_roles: the roles trained.
+        policy: the loss policy (`Policy`: `train_roles`, `last_response_only`, …), as `prepare_dataset` takes it:
+            what is counted as trained is what the policy trains. Its fields are keywords here too.
+        limits: `Limits`, keywords here too: with `max_length`, count rows longer than that many tokens and those
+            whose trained tokens the cut would remove, as `prepare_dataset` cuts by `truncation` (`"right"`,
+            `"left"`, `"drop"`; needs a tokenizer); `max_steps`, `max_memory` and `timeout` bound patching and each render
+            (`templatekit.core.sandbox`).
         render_kwargs: what the template is rendered with (`bos_token`, …); default the tokenizer's special
             tokens, or the probes' stand-ins without a tokenizer.
         template_kwargs: the template's switches (``{"enable_thinking": False}``), as `prepare_dataset` takes them;
@@ -313,7 +313,7 @@ def audit_conversations(
         row_names: how problems name each row (default `row N`, counting from 0).
         field_check_rows: each field path is checked on at most this many rows (None: every row).
         on_row: called with the row index after each row (a progress bar).
-        max_steps, max_memory, timeout: the limits on patching and on each render (`templatekit.core.sandbox`).
+        keywords: the fields of `policy` and `limits` by name (``train_roles=("assistant",)``, ``max_length=2048``).
 
     Raises `InvalidArgumentError` for `max_length` without a tokenizer, or a bad `truncation`; what
     `SpanRenderer` raises for a template neither tags nor delimiters can train (`NotTrainableError`).
@@ -329,15 +329,11 @@ def audit_conversations(
         >>> report.trained, report.fields_not_rendered, report.exit_code  # "Hey<|im_end|>": 13 characters
         ([13], {'messages[].thinking': 1}, 1)
     """
-    if truncation not in TRUNCATION_MODES:
-        raise InvalidArgumentError(f"truncation must be one of {', '.join(map(repr, TRUNCATION_MODES))}")
-    if max_length is not None and tokenizer is None:
+    policy, limits = resolve(policy, limits, keywords, caller="audit_conversations")
+    if limits.max_length is not None and tokenizer is None:
         raise InvalidArgumentError("max_length counts tokens: it needs a tokenizer")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
-        raise InvalidArgumentError(f"max_length must be a positive integer, got {max_length!r}")
-    limits = {"train_roles": tuple(train_roles), "max_steps": max_steps, "max_memory": max_memory, "timeout": timeout}
     fixed = dict(template_kwargs or {})
-    renderer = SpanRenderer(template, template_kwargs=fixed, **limits)
+    renderer = SpanRenderer(template, policy=policy, limits=limits, template_kwargs=fixed)
     if render_kwargs is None:
         if tokenizer is not None:
             render_kwargs = dict(tokenizer.special_tokens_map)
@@ -345,14 +341,14 @@ def audit_conversations(
             from ..core.probes import SPECIAL_TOKENS
 
             render_kwargs = dict(SPECIAL_TOKENS)
-    known = COMMON_ROLES | set(train_roles) | template_roles(template)
+    known = COMMON_ROLES | set(policy.train_roles) | template_roles(template)
     report = AuditReport(
         unit="tokens" if tokenizer is not None else "characters",
         mode=renderer.mode,
-        max_length=max_length,
-        truncation=truncation,
-        rows_truncated=0 if max_length is not None else None,
-        rows_truncated_losing_trained=0 if max_length is not None else None,
+        max_length=limits.max_length,
+        truncation=limits.truncation,
+        rows_truncated=0 if limits.max_length is not None else None,
+        rows_truncated_losing_trained=0 if limits.max_length is not None else None,
         field_check_rows=field_check_rows,
     )
     if renderer.mode == "delimiters":

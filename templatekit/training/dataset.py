@@ -22,17 +22,18 @@ import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..core.sandbox import DEFAULT, active_limits
 from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
 from .encoding import BatchEncoder, EncodedRows, render_and_encode
 from .fingerprint import map_fingerprint
 from .masks import labels_from_mask
+from .options import Limits, Policy, resolve
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
-from .spans import RENDERER_KEYWORDS, SpanRenderer, row_kwargs
+from .spans import SpanRenderer, row_kwargs
 from .truncation import TRUNCATION_MODES, drop_message, truncate_row, truncate_rows
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
@@ -87,33 +88,33 @@ class _Preparer:
     def __init__(
         self,
         template: str,
-        renderer_options: dict[str, Any],
         tokenizer: Any,
+        policy: Policy,
+        limits: Limits,
+        finding: dict[str, Any],
         *,
-        messages_field: str,
-        tools_field: str,
-        max_length: int | None,
-        add_labels: bool,
-        arrow: bool = False,
-        truncation: str = "right",
+        columns: tuple[str, str],
         keep: Sequence[str] = (),
-        stream: bool = False,
+        add_labels: bool = False,
         per_turn: bool = False,
-        last_turn_only: bool = False,
+        stream: bool = False,
     ):
-        self.arrow = arrow  # return an Arrow table: datasets then stores the columns without a per-token copy
         self.template = template
-        self.renderer_options = renderer_options
         self.tokenizer = tokenizer
-        self.messages_field = messages_field
-        self.tools_field = tools_field
-        self.max_length = max_length
-        self.truncation = truncation
+        self.policy, self.limits = policy, limits  # the renderer's, and max_length and truncation read here
+        # SpanRenderer's keywords: how spans are found (`fallback`, explicit parts, `template_kwargs`) and the
+        # value objects. A per-turn row's last message is its one trained turn.
+        renderer_policy = replace(policy, last_response_only=True) if per_turn else policy
+        self.renderer_options = {**finding, "policy": renderer_policy, "limits": limits}
+        self.messages_field, self.tools_field = columns
         self.keep = list(keep)  # input columns carried into the output (rows may be dropped, so they are copied)
         self.stream = stream  # an IterableDataset: the dropped rows are logged here, on the first one
+        # Arrow output when the result holds only the new columns (else the kept input columns are copied):
+        # datasets then stores the columns without a per-token copy.
+        self.arrow = not stream and not keep
         self.dropped = 0
         self.add_labels = add_labels
-        self.per_turn, self.last_turn_only = per_turn, last_turn_only  # one row per trained turn (`per_turn`)
+        self.per_turn = per_turn  # one row per trained turn
         # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
         self.render_kwargs = dict(tokenizer.special_tokens_map)
         self._renderer = self._encoder = None
@@ -158,7 +159,7 @@ class _Preparer:
     def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
         """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""
         try:
-            return trained_turns(messages, self.renderer.policy.train_roles, self.last_turn_only)
+            return trained_turns(messages, self.policy.train_roles, self.policy.last_response_only)
         except TemplateKitError:
             self._render(messages, tools, row)  # raises the renderer's own error, naming the row and message
             raise
@@ -176,7 +177,7 @@ class _Preparer:
         # next chunk is rendered here.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="templatekit-tokenize") as pool:
             encoded = render_and_encode(len(units), render, self.encoder, pool)
-        encoded, kept = truncate_rows(encoded, self.max_length, self.truncation)
+        encoded, kept = truncate_rows(encoded, self.limits.max_length, self.limits.truncation)
         if len(kept) < len(units) and self.stream:
             self._log_stream_drop(len(units) - len(kept))
         extra = per_turn_columns(units, kept) if self.per_turn else {}
@@ -200,7 +201,7 @@ class _Preparer:
         if self.dropped == count:
             logger.warning(
                 "prepare_dataset: %s; this stream is read lazily, so the total is not known in advance",
-                drop_message(self.max_length, self.truncation, None),
+                drop_message(self.limits.max_length, self.limits.truncation, None),
             )
 
 
@@ -265,18 +266,13 @@ def prepare_dataset(
     dataset: Any,
     tokenizer: Any,
     *,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
     template: str | Mapping[str, str] | None = None,
-    train_roles: Sequence[str] = ("assistant",),
-    last_response_only: bool = False,
-    train_on_eot: str = "all",
-    train_reasoning: bool = True,
-    mask_out: Sequence[str] = (),
     instruction_part: str | None = None,
     response_part: str | None = None,
     fallback: Any = None,
     template_kwargs: Mapping[str, Any] | None = None,
-    max_length: int | None = None,
-    truncation: str = "right",
     per_turn: bool = False,
     add_labels: bool = False,
     batch_size: int = 1000,
@@ -285,9 +281,7 @@ def prepare_dataset(
     tools_field: str = "tools",
     remove_columns: bool = True,
     progress: bool = True,
-    max_steps: int | None = DEFAULT,
-    max_memory: int | str | None = DEFAULT,
-    timeout: float | None = DEFAULT,
+    **keywords: Any,
 ) -> Any:
     """Tokenize a dataset of conversations with exact assistant masks, ready for TRL's `SFTTrainer`.
 
@@ -303,8 +297,10 @@ def prepare_dataset(
             ``apply_chat_template`` does.
         template: the chat template; default ``tokenizer.chat_template``. A dict of named templates (or a
             tokenizer holding one) uses ``"default"``; a string naming one of the tokenizer's templates uses it.
-        train_roles, last_response_only, train_on_eot, train_reasoning, mask_out, instruction_part,
-            response_part, fallback: the loss policy, passed to `SpanRenderer` unchanged (see there).
+        policy: the loss policy (`Policy`: `train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`,
+            `mask_out`), passed to `SpanRenderer` unchanged; its fields are keywords here too.
+        limits: `Limits`: `max_length`, `truncation` (below), `max_steps`, `max_memory` and `timeout`; keywords here too.
+        instruction_part, response_part, fallback: how the spans are found, passed to `SpanRenderer` (see there).
         template_kwargs: the template's switches every conversation is rendered with, as ``apply_chat_template``
             takes them (``{"enable_thinking": False}``); the tags are planned and verified for them. A switch that
             moves what the model generates (Qwen3's ``enable_thinking=False`` writes the empty think block into the
@@ -330,10 +326,11 @@ def prepare_dataset(
         messages_field, tools_field: the column names of the conversations and of the tool schemas.
         remove_columns: drop the input columns, keeping only the new ones.
         progress: show datasets' progress bar (a `Dataset` only; an `IterableDataset` maps lazily).
-        max_steps, max_memory, timeout: the limits on the template (`templatekit.core.sandbox`): steps of work
-            (default 50,000,000), bytes or `"512M"` (default 1 GiB), and seconds of wall clock (a backstop,
-            default 60) for patching and verifying it, then again for each conversation rendered; None for no
-            limit.
+        max_steps, max_memory, timeout: the limits on the template (`templatekit.core.sandbox`, fields of `limits`):
+            steps of work (default 50,000,000), bytes or `"512M"` (default 1 GiB), and seconds of wall clock (a
+            backstop, default 60) for patching and verifying it, then again for each conversation rendered; None
+            for no limit.
+        keywords: the fields of `policy` and `limits` by name (``max_length=2048``); they override the objects'.
 
     Returns:
         A dataset of the same kind with ``input_ids``, ``attention_mask`` and ``assistant_masks`` (and ``labels``;
@@ -366,7 +363,7 @@ def prepare_dataset(
         >>> # 'Hello!<|im_end|>'
         >>> # SFTTrainer(model=model, args=SFTConfig(...), train_dataset=prepared, processing_class=tokenizer)
     """
-    arguments = locals()  # prepare_dataset's own arguments by name: the renderer's options are read off them
+    policy, limits = resolve(policy, limits, keywords, caller="prepare_dataset")
     from datasets import Dataset, IterableDataset
 
     if not isinstance(dataset, (Dataset, IterableDataset)):
@@ -375,11 +372,6 @@ def prepare_dataset(
         )
     if not getattr(tokenizer, "is_fast", False):
         raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
-    if truncation not in TRUNCATION_MODES:
-        allowed = ", ".join(repr(mode) for mode in TRUNCATION_MODES)
-        raise InvalidArgumentError(f"truncation must be one of {allowed}, got {truncation!r}")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
-        raise InvalidArgumentError(f"max_length must be a positive integer or None, got {max_length!r}")
     text = _resolve_template(tokenizer, template)
 
     columns = dataset.column_names
@@ -393,41 +385,32 @@ def prepare_dataset(
     if messages_field not in columns:
         raise InvalidArgumentError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
 
-    limits = active_limits().replace(timeout=timeout, max_memory=max_memory, max_steps=max_steps)
-    renderer_options = {name: arguments[name] for name in RENDERER_KEYWORDS}
-    if per_turn:
-        renderer_options["last_response_only"] = True  # the row's last message is its one trained turn
-    renderer_options.update(
+    # Concrete numbers, not "the limits in force": the limits travel to worker processes.
+    limits = limits.concrete()
+    finding = dict(
+        instruction_part=instruction_part,
+        response_part=response_part,
+        fallback=fallback,
         template_kwargs=dict(template_kwargs or {}),
-        train_roles=tuple(train_roles),
-        mask_out=tuple(mask_out),
-        # Concrete numbers, not "the default in force": the options travel to worker processes.
-        timeout=limits.timeout,
-        max_memory=limits.max_memory,
-        max_steps=limits.max_steps,
     )
     replaced = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
     keep = [c for c in columns if c not in replaced]
     stream = isinstance(dataset, IterableDataset)
     preparer = _Preparer(
         text,
-        renderer_options,
         tokenizer,
-        messages_field=messages_field,
-        tools_field=tools_field,
-        max_length=max_length,
-        truncation=truncation,
-        add_labels=add_labels,
-        # Arrow output when the result holds only the new columns (else the kept input columns are copied).
-        arrow=not stream and not keep,
+        policy,
+        limits,
+        finding,
+        columns=(messages_field, tools_field),
         keep=keep,
-        stream=stream,
+        add_labels=add_labels,
         per_turn=per_turn,
-        last_turn_only=last_response_only,
+        stream=stream,
     )
     _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
-    if not per_turn and not last_response_only:
-        warn_history(text, tuple(train_roles), limits)
+    if not per_turn and not policy.last_response_only:
+        warn_history(text, policy.train_roles, limits.sandbox())
     options = dict(
         batched=True,
         batch_size=batch_size,
@@ -438,8 +421,8 @@ def prepare_dataset(
     )
     if stream:
         return dataset.map(preparer, **options)
-    written = dict(renderer_options, max_length=max_length, truncation=truncation, add_labels=add_labels)
-    written.update(messages_field=messages_field, tools_field=tools_field, per_turn=per_turn, keep=keep)
+    written = dict(preparer.renderer_options, add_labels=add_labels, per_turn=per_turn, keep=keep)
+    written.update(messages_field=messages_field, tools_field=tools_field)
     with _progress_bars(progress):
         prepared = dataset.map(
             preparer,
@@ -449,8 +432,10 @@ def prepare_dataset(
             **options,
         )
     # Counted here: worker processes each see only their shard. A per-turn row is one trained turn.
-    expected = count_turns(dataset, messages_field, train_roles, last_response_only) if per_turn else len(dataset)
-    dropped = expected - len(prepared) if max_length is not None else 0
+    expected = len(dataset)
+    if per_turn:
+        expected = count_turns(dataset, messages_field, policy.train_roles, policy.last_response_only)
+    dropped = expected - len(prepared) if limits.max_length is not None else 0
     if dropped:
-        logger.warning("prepare_dataset: %s", drop_message(max_length, truncation, dropped))
+        logger.warning("prepare_dataset: %s", drop_message(limits.max_length, limits.truncation, dropped))
     return prepared

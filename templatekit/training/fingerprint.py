@@ -9,6 +9,7 @@ when it cannot hash); a dataset backed by cache files gets an exact one, so that
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import weakref
@@ -76,7 +77,11 @@ def _version() -> str:
 
 
 def _exact(value: Any) -> Any:
-    """Options JSON cannot hold: tuples and sets as lists; anything else has no exact written form."""
+    """Options JSON cannot hold: tuples and sets as lists, a value object (`Policy`, `Limits`) as its class and
+    fields; anything else has no exact written form."""
     if isinstance(value, (tuple, set, frozenset)):
         return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"  # a subclass's rule differs: so does the name
+        return {"class": kind, **{field.name: getattr(value, field.name) for field in dataclasses.fields(value)}}
     raise TypeError(f"no exact form for {type(value).__name__}")

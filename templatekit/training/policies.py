@@ -2,7 +2,8 @@
 
 The renderer (`spans.py`) finds one span per rendered turn of a trained role, from generation tags or from
 delimiters. This module checks the conversation, ties each span to the message it came from, and narrows
-the spans by the policy:
+the spans by the `Policy` (a value object every training entry point takes, or builds from the keywords of
+the same names: `templatekit.training.options.resolve`):
 
 * `train_roles`: the speakers whose turns are trained (default: the assistant).
 * a per-message `weight` key, as in OpenAI's fine-tuning format: `0` leaves that message untrained,
@@ -30,7 +31,6 @@ from dataclasses import dataclass, fields
 from ..errors import ConversationError, InvalidArgumentError
 
 __all__ = [
-    "POLICY_KEYWORDS",
     "ConversationError",
     "MessageSpan",
     "Policy",
@@ -48,6 +48,9 @@ COMMON_ROLES = frozenset({"system", "user", "assistant", "tool"})
 @dataclass(frozen=True)
 class Policy:
     """What the loss trains, beyond "the turns of the trained roles".
+
+    A new option is a field here and its rule in `apply`: `SpanRenderer`, `render_with_spans`, `prepare_dataset`
+    and `audit_conversations` pass the object through whole, and take the field as a keyword too.
 
     Example:
         >>> Policy(train_on_eot="last").train_on_eot
@@ -78,12 +81,64 @@ class Policy:
 
     @property
     def narrows(self) -> bool:
-        """Whether anything beyond the plain spans is asked for (weights are seen per conversation)."""
-        return self.last_response_only or self.train_on_eot != "all" or not self.train_reasoning or bool(self.mask_out)
+        """Whether anything beyond the plain spans is asked for: an option other than the roles set otherwise than
+        its default, whatever the option (weights are seen per conversation).
 
+        Example:
+            >>> Policy().narrows, Policy(train_roles=("judge",)).narrows, Policy(mask_out="</think>").narrows
+            (False, False, True)
+        """
+        return any(getattr(self, f.name) != f.default for f in fields(self) if f.name != "train_roles")
 
-#: The loss-policy keywords, in the order `Policy` takes them: the one list every caller reads.
-POLICY_KEYWORDS = tuple(field.name for field in fields(Policy))
+    def apply(
+        self,
+        text: str,
+        turns: Sequence[MessageSpan],
+        weighted: Sequence[int] | None,
+        *,
+        eots: Sequence[str] = (),
+        reasoning_close: str = "",
+    ) -> list[tuple[int, int]]:
+        """Narrow the attributed turns by weights and this policy; return the trained character spans.
+
+        `weighted` lists the messages of weight 1; `None` keeps every turn (no weight asks otherwise, so the
+        turns need not be tied to messages).
+
+        `eots` are the template's end-of-turn markers (one is trained at the end of each turn) and
+        `reasoning_close` the marker that ends reasoning inside a turn; both come from the renderer, which
+        learned them from the template's probe renders.
+
+        Example:
+            >>> text = "U: hi\\nA: <think>hm</think>Yes<eot>\\nU: ok\\nA: Fine<eot>"
+            >>> first, second = text.index("<think>"), text.index("Fine")
+            >>> turns = [MessageSpan(1, first, text.index("\\nU: ok")), MessageSpan(3, second, len(text))]
+            >>> spans = Policy(train_on_eot="last", train_reasoning=False).apply(
+            ...     text, turns, [1, 3], eots=["<eot>"], reasoning_close="</think>")
+            >>> [text[s:e] for s, e in spans]
+            ['Yes', 'Fine<eot>']
+        """
+        keep = set(weighted) if weighted is not None else None
+        chosen = [t for t in turns if keep is None or t.message in keep]
+        if self.last_response_only:
+            chosen = chosen[-1:]
+        spans = []
+        for number, turn in enumerate(chosen):
+            start, end = turn.start, turn.end
+            drop_eot = self.train_on_eot == "none" or (self.train_on_eot == "last" and number < len(chosen) - 1)
+            if drop_eot:
+                marker = next((m for m in eots if m and text.endswith(m, start, end)), "")
+                end -= len(marker)
+            if not self.train_reasoning and reasoning_close:
+                closed = text.find(reasoning_close, start, end)
+                if closed >= 0:
+                    start = closed + len(reasoning_close)
+                    while start < end and text[start].isspace():
+                        start += 1
+            if end > start:
+                spans.append((start, end))
+        for needle in self.mask_out:
+            spans = cut_out(spans, text, needle)
+        return spans
 
 
 @dataclass(frozen=True)
@@ -202,43 +257,10 @@ def apply_policy(
     eots: Sequence[str] = (),
     reasoning_close: str = "",
 ) -> list[tuple[int, int]]:
-    """Narrow the attributed turns by weights and `policy`; return the trained character spans.
-
-    `weighted` lists the messages of weight 1; `None` keeps every turn (no weight asks otherwise, so the
-    turns need not be tied to messages).
-
-    `eots` are the template's end-of-turn markers (one is trained at the end of each turn) and
-    `reasoning_close` the marker that ends reasoning inside a turn; both come from the renderer, which
-    learned them from the template's probe renders.
+    """`policy.apply(...)`: the trained character spans of the attributed turns (see `Policy.apply`).
 
     Example:
-        >>> text = "U: hi\\nA: <think>hm</think>Yes<eot>\\nU: ok\\nA: Fine<eot>"
-        >>> first, second = text.index("<think>"), text.index("Fine")
-        >>> turns = [MessageSpan(1, first, text.index("\\nU: ok")), MessageSpan(3, second, len(text))]
-        >>> spans = apply_policy(text, turns, [1, 3], Policy(train_on_eot="last", train_reasoning=False),
-        ...                      eots=["<eot>"], reasoning_close="</think>")
-        >>> [text[s:e] for s, e in spans]
-        ['Yes', 'Fine<eot>']
+        >>> apply_policy("A: Yes<eot>", [MessageSpan(1, 3, 11)], [1], Policy(train_on_eot="none"), eots=["<eot>"])
+        [(3, 6)]
     """
-    keep = set(weighted) if weighted is not None else None
-    chosen = [t for t in turns if keep is None or t.message in keep]
-    if policy.last_response_only:
-        chosen = chosen[-1:]
-    spans = []
-    for number, turn in enumerate(chosen):
-        start, end = turn.start, turn.end
-        drop_eot = policy.train_on_eot == "none" or (policy.train_on_eot == "last" and number < len(chosen) - 1)
-        if drop_eot:
-            marker = next((m for m in eots if m and text.endswith(m, start, end)), "")
-            end -= len(marker)
-        if not policy.train_reasoning and reasoning_close:
-            closed = text.find(reasoning_close, start, end)
-            if closed >= 0:
-                start = closed + len(reasoning_close)
-                while start < end and text[start].isspace():
-                    start += 1
-        if end > start:
-            spans.append((start, end))
-    for needle in policy.mask_out:
-        spans = cut_out(spans, text, needle)
-    return spans
+    return policy.apply(text, turns, weighted, eots=eots, reasoning_close=reasoning_close)

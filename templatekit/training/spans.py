@@ -11,8 +11,8 @@
 Either way the text is exactly what `tokenizer.apply_chat_template(..., tokenize=False)` renders: the
 template is compiled once (in a bounded twin of transformers' sandboxed environment) and rendered per
 conversation, each render within the renderer's limits (`timeout`, `max_memory`: `templatekit.core.sandbox`).
-Then `policies` ties each span to its message and applies weights,
-`last_response_only`, `train_on_eot`, `train_reasoning` and `mask_out`.
+Then `policies` ties each span to its message and applies the `Policy`: weights, `last_response_only`,
+`train_on_eot`, `train_reasoning`, `mask_out`.
 
 Pass what `apply_chat_template` would pass to the template (`bos_token`, `eos_token`, `enable_thinking`, …)
 as keyword arguments: the renderer adds nothing the caller did not give.
@@ -27,7 +27,8 @@ from typing import Any
 from ..core.chat_render import render_chat
 from ..core.pipeline import check_template, patch_template
 from ..core.probes import build_probes
-from ..core.sandbox import DEFAULT, Limits, active_limits, limit_scope
+from ..core.report import PatchResult
+from ..core.sandbox import limit_scope
 from ..core.tags import has_generation_tags
 from ..core.verify import merge_adjacent, render_probe
 from ..errors import (
@@ -40,23 +41,11 @@ from ..errors import (
 )
 from .delimiters import Delimiters, find_spans
 from .fallback import derive_delimiters
-from .policies import POLICY_KEYWORDS, MessageSpan, Policy, apply_policy, attribute, check_messages, unknown_roles
+from .options import Limits, resolve
+from .policies import MessageSpan, Policy, attribute, check_messages, unknown_roles
 from .tagged_render import render_tagged
 
-__all__ = ["RENDERER_KEYWORDS", "SpanRenderer", "render_with_spans", "row_kwargs"]
-
-#: The keywords that configure a `SpanRenderer` (and so `render_with_spans` and `prepare_dataset`): the loss
-#: policy, how spans are found, and the limits. `SpanRenderer.__init__` takes exactly these (a test checks).
-RENDERER_KEYWORDS = (
-    *POLICY_KEYWORDS,
-    "instruction_part",
-    "response_part",
-    "fallback",
-    "template_kwargs",
-    "max_steps",
-    "max_memory",
-    "timeout",
-)
+__all__ = ["SpanRenderer", "render_with_spans", "row_kwargs"]
 
 
 def _tag_shape(tagged: str, speakers: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
@@ -89,21 +78,21 @@ class SpanRenderer:
 
     Args:
         template: the chat template (with or without generation tags).
-        train_roles: roles whose turns are trained.
-        last_response_only: train only the last trained turn.
-        train_on_eot: `"all"`, `"last"` or `"none"`: which turns keep their end-of-turn marker trained.
-        train_reasoning: `False` leaves each turn's reasoning (through its closing marker) untrained.
-        mask_out: strings cut out of trained spans, e.g. `("</think>",)`.
+        policy: the loss policy (`Policy`: trained roles, `last_response_only`, `train_on_eot`,
+            `train_reasoning`, `mask_out`); its fields are keywords here too (``train_on_eot="last"``).
+        limits: `Limits`; here `max_steps`, `max_memory` and `timeout` (steps of work; bytes or `"512M"`; seconds
+            of wall clock, a backstop; keywords too) bound building the renderer (patching and verifying the
+            template, or learning its delimiters) and then each conversation rendered; default 50,000,000 steps,
+            1 GiB and 60 s. A template that goes past them raises `TemplateLimitError`.
         instruction_part, response_part: explicit delimiters (Unsloth's meaning); implies the fallback.
         fallback: `None` tags when the template can be patched, else delimiters; `True` always delimiters;
             `False` tags or `PatchError`.
-        max_steps, max_memory, timeout: the limits (steps of work; bytes or `"512M"`; seconds of wall clock, a
-            backstop) for building the renderer (patching and verifying the template, or learning its
-            delimiters) and then for each conversation rendered; default 50,000,000 steps, 1 GiB and 60 s
-            (`templatekit.core.sandbox`). A template that goes past them raises `TemplateLimitError`.
+        template_kwargs: switches fixed for every render (``{"enable_thinking": False}``); the tags are verified
+            with them so. Leave a switch out to have the tags verified under each of its settings.
 
     Attributes: `mode` (`"tags"` or `"delimiters"`), `template` (the tagged template in tags mode, the
-    original otherwise), `delimiters` (in delimiters mode), `reasons` (why tags were not used).
+    original otherwise), `patched` (in tags mode: `patch_template`'s `PatchResult`, its report and notes),
+    `delimiters` (in delimiters mode), `reasons` (why tags were not used).
 
     Example:
         >>> template = (
@@ -124,37 +113,27 @@ class SpanRenderer:
         self,
         template: str,
         *,
-        train_roles: Sequence[str] = ("assistant",),
-        last_response_only: bool = False,
-        train_on_eot: str = "all",
-        train_reasoning: bool = True,
-        mask_out: Sequence[str] = (),
+        policy: Policy | None = None,
+        limits: Limits | None = None,
         instruction_part: str | Sequence[str] | None = None,
         response_part: str | Sequence[str] | None = None,
         fallback: bool | None = None,
         template_kwargs: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-        max_steps: int | None = DEFAULT,
-        max_memory: int | str | None = DEFAULT,
-        timeout: float | None = DEFAULT,
+        **keywords: Any,
     ) -> None:
+        self.policy, self.limits = resolve(policy, limits, keywords, caller="SpanRenderer")
         if not isinstance(template, str):  # as patch_template refuses it (and the fallback alike)
             raise TemplateSourceError(f"a template must be text, not {type(template).__name__}")
         if not template.strip():
             raise TemplateSourceError("the template is empty", line=1, column=1)
-        self.limits: Limits = active_limits().replace(timeout=timeout, max_memory=max_memory, max_steps=max_steps)
-        with limit_scope(self.limits):  # patching and verifying (or learning delimiters) within the limits
-            self.policy = Policy(
-                train_roles=tuple(train_roles),
-                last_response_only=last_response_only,
-                train_on_eot=train_on_eot,
-                train_reasoning=train_reasoning,
-                mask_out=tuple(mask_out),
-            )
+        self._sandbox = self.limits.sandbox()
+        with limit_scope(self._sandbox):  # patching and verifying (or learning delimiters) within the limits
             self.original = template
             # Switches fixed for every render (`enable_thinking=False`): the tags are verified with them so, and
             # under every setting of the template's other switches.
             self.template_kwargs = dict(template_kwargs or {})
             self.reasons: list[str] = []
+            self.patched: PatchResult | None = None
             self.delimiters: Delimiters | None = None
             explicit = instruction_part is not None or response_part is not None
             speakers = self.policy.train_roles
@@ -178,7 +157,8 @@ class SpanRenderer:
 
     def _patched(self, template: str) -> str:
         speakers = self.policy.train_roles
-        return patch_template(template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs).template
+        self.patched = patch_template(template, train_roles=speakers, retag=True, template_kwargs=self.template_kwargs)
+        return self.patched.template
 
     def _verified_tags(self, template: str) -> str | None:
         """The template itself when its own tags verify for the trained roles: for every turn, or for the last one
@@ -202,7 +182,7 @@ class SpanRenderer:
                 d = self.delimiters
                 self._shape = (d.eots, d.reasoning_close)
             else:
-                with limit_scope(self.limits):
+                with limit_scope(self._sandbox):
                     self._shape = _tag_shape(self.template, self.policy.train_roles)
         return self._shape
 
@@ -233,7 +213,7 @@ class SpanRenderer:
             )
         kwargs = {**self.template_kwargs, **kwargs}
         try:
-            with limit_scope(self.limits):
+            with limit_scope(self._sandbox):
                 text, spans = _render(self.template, messages, tags, tools, add_generation_prompt, kwargs)
         except TemplateLimitError:
             raise
@@ -265,12 +245,12 @@ class SpanRenderer:
         else:
             turns = attribute(spans, messages, trained)
         eots, closer = self._eots_and_closer()
-        return text, apply_policy(text, turns, weighted, self.policy, eots=eots, reasoning_close=closer)
+        return text, self.policy.apply(text, turns, weighted, eots=eots, reasoning_close=closer)
 
 
 @functools.lru_cache(maxsize=32)
-def _renderer(template: str, options: tuple) -> SpanRenderer:
-    return SpanRenderer(template, **dict(options))
+def _renderer(template: str, policy: Policy, limits: Limits, options: tuple) -> SpanRenderer:
+    return SpanRenderer(template, policy=policy, limits=limits, **dict(options))
 
 
 def _hashable(value):
@@ -320,16 +300,23 @@ def render_with_spans(
     template: str,
     messages: Sequence[Mapping],
     *,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
     tools: list | None = None,
     add_generation_prompt: bool = False,
+    instruction_part: str | Sequence[str] | None = None,
+    response_part: str | Sequence[str] | None = None,
+    fallback: bool | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages` with `template`; return the text and the trained character spans.
 
-    Policy keywords (`train_roles`, `last_response_only`, `train_on_eot`, `train_reasoning`, `mask_out`,
-    `instruction_part`, `response_part`, `fallback`) and the limits (`max_steps`, `max_memory`, `timeout`) configure a
-    cached `SpanRenderer`; every other keyword goes to the template, as `apply_chat_template` passes them
-    (`bos_token`, `enable_thinking`, …). The tags hold under every setting of the template's switches, so a
+    `policy`, `limits` and the keywords naming their fields (`train_roles`, `last_response_only`, `train_on_eot`,
+    `train_reasoning`, `mask_out`; `max_steps`, `timeout`, `max_memory`), with `instruction_part`, `response_part`,
+    `fallback` and `template_kwargs`, configure a cached `SpanRenderer`; every other keyword goes to the template,
+    as `apply_chat_template` passes them (`bos_token`, `enable_thinking`, …). The tags hold under every setting of
+    the template's switches, so a
     switch such as ``enable_thinking=False`` moves the trained text with it.
 
     Example:
@@ -341,7 +328,17 @@ def render_with_spans(
         ...                                            {"role": "assistant", "content": "4"}])
         >>> [text[s:e] for s, e in spans]
         ['4<|im_end|>']
+        >>> text, spans = render_with_spans(template, [{"role": "user", "content": "2+2?"},
+        ...                                            {"role": "assistant", "content": "4"}], train_on_eot="none")
+        >>> [text[s:e] for s, e in spans]
+        ['4']
     """
-    options = {key: kwargs.pop(key) for key in RENDERER_KEYWORDS if key in kwargs}
-    renderer = _renderer(template, tuple(sorted((key, _hashable(value)) for key, value in options.items())))
+    policy, limits = resolve(policy, limits, kwargs)
+    options = {
+        "instruction_part": _hashable(instruction_part),
+        "response_part": _hashable(response_part),
+        "fallback": fallback,
+        "template_kwargs": _hashable(dict(template_kwargs or {})),
+    }
+    renderer = _renderer(template, policy, limits, tuple(sorted(options.items())))
     return renderer.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs)
