@@ -193,7 +193,7 @@ def test_prepare_dataset_reads_trls_per_row_chat_template_kwargs(qwen3):
 def test_patch_tokenizer_serves_rows_of_every_setting(qwen3):
     from templatekit.integrations.trl import patch_tokenizer
 
-    tokenizer = copy.deepcopy(qwen3)
+    tokenizer = with_chat_template(qwen3, qwen3.chat_template)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         patch_tokenizer(tokenizer)

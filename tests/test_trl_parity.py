@@ -15,7 +15,6 @@ import pytest
 import trl
 from _paths import corpus_dir
 
-import templatekit
 from templatekit.core.tags import has_generation_tags
 from templatekit.core.verify import render_probe
 

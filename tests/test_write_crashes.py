@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _gguf import make_gguf
 from _harness import cli_in_child
 from _paths import REPO_ROOT, corpus_file
-from test_gguf import make_gguf
 
 import templatekit
 from templatekit.sources import TEMPORARY_SUFFIX, load_templates

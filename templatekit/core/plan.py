@@ -17,6 +17,7 @@ from dataclasses import replace
 from jinja2 import nodes
 
 from ..errors import PlanError
+from . import writers
 from .analysis import Body, Flow, Item, Stmt, Unit
 from .guards import Guard
 from .layout import Layout, TracedProbe
@@ -190,33 +191,6 @@ def _pieces(flow: Flow, region: Region, foreign: set[int], seen: set[int]) -> li
     return found
 
 
-def _trained_units(traces: list[TracedProbe]) -> set[int]:
-    """Units that wrote part of a trained turn in some probe."""
-    return {
-        emission.uid
-        for trace in traces
-        for turn in trace.layout.turns
-        for emission in trace.emissions
-        if emission.text and emission.start < turn.end and turn.start < emission.end
-    }
-
-
-def _header_after_roles(traces: list[TracedProbe]) -> dict[int, set]:
-    """Per unit, the roles of the messages before the trained turns whose header it wrote (text of the message
-    before its turn starts): where the generation prompt writes that text itself."""
-    found: dict[int, set] = {}
-    for trace in traces:
-        for emission in trace.emissions:
-            index = emission.message
-            if index is None or index not in trace.layout.trained or not emission.text.strip():
-                continue
-            turns = [turn for turn in trace.layout.turns if turn.message == index]
-            if turns and emission.end <= min(turn.start for turn in turns):
-                previous = trace.probe.messages[index - 1]["role"] if index else None
-                found.setdefault(emission.uid, set()).add(previous)
-    return found
-
-
 def _opening_test(
     flow: Flow, region: Region, uids: set[int], headers: dict[int, set], per_message: set
 ) -> Guard | None:
@@ -233,33 +207,6 @@ def _opening_test(
     if not loops or loops[0].start in per_message:
         return None
     return Guard.previous_role_in(sorted(region.after_roles))
-
-
-def _header_units(traces: list[TracedProbe]) -> set[int]:
-    """Units that only ever write a trained turn's header (a header piece one branch adds), never its body."""
-    header, trained = set(), set()
-    for trace in traces:
-        layout, emissions = trace.layout, trace.emissions
-        for turn in layout.turns:
-            own = [e for e in emissions if e.message == turn.message and e.text]
-            opening = min((e.start for e in own), default=turn.start)
-            for emission in own:
-                if opening <= emission.start and emission.end <= turn.start and emission.text.strip():
-                    header.add(emission.uid)
-            # Whoever writes part of a turn is trained there (a stop marker the next message writes).
-            trained |= {e.uid for e in emissions if e.text and e.start < turn.end and turn.start < e.end}
-    return header - trained
-
-
-def _foreign_units(traces: list[TracedProbe]) -> set[int]:
-    """Units that, while writing a trained message, wrote someone else's text (a tool result, say)."""
-    return {
-        emission.uid
-        for trace in traces
-        for emission in trace.emissions
-        if emission.message in trace.layout.trained
-        and any(emission.start < end and start < emission.end for start, end, _ in trace.layout.forbidden)
-    }
 
 
 def _branch_guard(flow: Flow, statement: Stmt, body: Body) -> Guard | None:
@@ -287,22 +234,6 @@ def _covering_regions(flow: Flow, emissions: list, start: int, end: int) -> list
         return regions
     cut = min(missing)
     return regions_for_turn(flow, emissions, start, cut) + _covering_regions(flow, emissions, cut, end)
-
-
-def _per_message_loops(flow: Flow, traces: list[TracedProbe]) -> set[int]:
-    """The loops (by source offset) that run more than once for one message: loops over its parts (tool calls),
-    not over the messages."""
-    found = set()
-    for trace in traces:
-        counts: dict[tuple[int, int], int] = {}
-        for emission in trace.emissions:
-            if emission.message is None or not emission.text:
-                continue
-            key = (emission.uid, emission.message)
-            counts[key] = counts.get(key, 0) + 1
-            if counts[key] == 2 and (loops := loops_of(flow.units[emission.uid])):
-                found.add(loops[0].start)
-    return found
 
 
 def _pair_alternatives(
@@ -475,14 +406,14 @@ def plan_regions(
                 for region in _covering_regions(flow, emissions, start, end):
                     regions.append(replace(region, closes=closes, after_roles=frozenset({previous})))
     ends = {region.end.offset for region in regions}
-    per_message = _per_message_loops(flow, traces)
+    per_message = writers.per_message_loops(flow, traces)
     regions = [_trim(region) for region in regions]
     regions = merge_regions(flow, _pair_alternatives(flow, regions, pair_branches, per_message))
     regions = [piece for region in regions for piece in _blank_before_stop(flow, region, regions, ends)]
-    outside = _foreign_units(traces) | _header_units(traces)
-    seen = _trained_units(traces)
+    outside = writers.foreign_units(traces) | writers.header_units(traces)
+    seen = writers.trained_units(traces)
     regions = [piece for region in regions for piece in _pieces(flow, region, outside, seen)]
-    headers = _header_after_roles(traces)
+    headers = writers.header_after_roles(traces)
     return [_guarded(flow, region, traces, trained_roles_of, headers, per_message) for region in regions]
 
 
