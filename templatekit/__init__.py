@@ -30,11 +30,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .core.pipeline import check_template, patch_template
     from .core.report import PatchResult, Report
     from .core.strip import strip_template
+    from .integrations.processors import check_processor, patch_processor
     from .integrations.trl import patch_tokenizer
     from .library import get_template, list_templates
     from .training.audit import audit_conversations
     from .training.dataset import prepare_dataset
     from .training.spans import SpanRenderer, render_with_spans
+    from .training.vision import VisionCollator
 
 # Each lazily loaded name and the module that defines it.
 _LAZY = {
@@ -44,12 +46,15 @@ _LAZY = {
     "Report": "templatekit.core.report",
     "strip_template": "templatekit.core.strip",
     "patch_tokenizer": "templatekit.integrations.trl",
+    "check_processor": "templatekit.integrations.processors",
+    "patch_processor": "templatekit.integrations.processors",
     "get_template": "templatekit.library",
     "list_templates": "templatekit.library",
     "audit_conversations": "templatekit.training.audit",
     "prepare_dataset": "templatekit.training.dataset",
     "SpanRenderer": "templatekit.training.spans",
     "render_with_spans": "templatekit.training.spans",
+    "VisionCollator": "templatekit.training.vision",
 }
 
 __all__ = [
@@ -61,10 +66,13 @@ __all__ = [
     "StripError",
     "TemplateKitError",
     "TemplateSourceError",
+    "VisionCollator",
     "audit_conversations",
+    "check_processor",
     "check_template",
     "get_template",
     "list_templates",
+    "patch_processor",
     "patch_template",
     "patch_tokenizer",
     "prepare_dataset",

@@ -63,7 +63,9 @@ def _qwen(cls, qwen3: bool, patch_size: int):
     tokenizer = copy.deepcopy(tokenizers_offline.qwen_tokenizer(qwen3=qwen3))
     factor = patch_size * 2
     images = Qwen2VLImageProcessorPil(patch_size=patch_size, min_pixels=factor * factor, max_pixels=factor * factor * 6)
-    return cls(image_processor=images, tokenizer=tokenizer, chat_template=_template("qwen3_vl" if qwen3 else "qwen2_5_vl"))
+    return cls(
+        image_processor=images, tokenizer=tokenizer, chat_template=_template("qwen3_vl" if qwen3 else "qwen2_5_vl")
+    )
 
 
 def _idefics3():
@@ -127,11 +129,22 @@ TOOLS = [
         ("search", "Search the web", "query"),
     )
 ]
-_QUESTIONS = ["What is in this picture?", "Describe the colours.", "How many objects are there?",
-              "Is it day or night?", "Compare these images.", "What text can you read?"]
-_ANSWERS = ["A red bicycle leaning on a wall.", "Mostly blue, with a green stripe.", "There are 3 objects.",
-            "It looks like night: the sky is dark.", "The first is brighter than the second.",
-            "It says \"OPEN 24/7\" — café «Noël»."]
+_QUESTIONS = [
+    "What is in this picture?",
+    "Describe the colours.",
+    "How many objects are there?",
+    "Is it day or night?",
+    "Compare these images.",
+    "What text can you read?",
+]
+_ANSWERS = [
+    "A red bicycle leaning on a wall.",
+    "Mostly blue, with a green stripe.",
+    "There are 3 objects.",
+    "It looks like night: the sky is dark.",
+    "The first is brighter than the second.",
+    'It says "OPEN 24/7" — café «Noël».',
+]
 _RESULTS = ["Zoomed: a small label reads 42.", "Text found: EXIT.", "Top result: a museum page."]
 
 
@@ -194,25 +207,59 @@ def tiny_model(name: str, processor, seed: int = 0):
 
     tokenizer = processor.tokenizer
     vocab = len(tokenizer)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, vocab_size=vocab, max_position_embeddings=2048)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=vocab,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(seed)
     if name == "qwen2_5_vl":
-        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0])
-        config = Qwen2_5_VLConfig(text_config={**text, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
-                                  vision_config=vision, image_token_id=processor.image_token_id,
-                                  video_token_id=processor.video_token_id,
-                                  vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+        vision = dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=32,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            fullatt_block_indexes=[0],
+        )
+        config = Qwen2_5_VLConfig(
+            text_config={**text, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+            vision_config=vision,
+            image_token_id=processor.image_token_id,
+            video_token_id=processor.video_token_id,
+            vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        )
         return Qwen2_5_VLForConditionalGeneration(config).float()
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     if name == "idefics3":
-        config = Idefics3Config(text_config={**text, "model_type": "llama"}, vision_config=vision, scale_factor=2,
-                                image_token_id=processor.image_token_id)
+        config = Idefics3Config(
+            text_config={**text, "model_type": "llama"},
+            vision_config=vision,
+            scale_factor=2,
+            image_token_id=processor.image_token_id,
+        )
         return Idefics3ForConditionalGeneration(config).float()
-    perceiver = dict(hidden_size=32, resampler_n_latents=IMAGE_SEQ_LEN, resampler_depth=1, resampler_n_heads=2,
-                     resampler_head_dim=16, num_key_value_heads=1)
-    config = Idefics2Config(text_config={**text, "model_type": "mistral"}, vision_config=vision,
-                            perceiver_config=perceiver, image_token_id=processor.image_token_id)
+    perceiver = dict(
+        hidden_size=32,
+        resampler_n_latents=IMAGE_SEQ_LEN,
+        resampler_depth=1,
+        resampler_n_heads=2,
+        resampler_head_dim=16,
+        num_key_value_heads=1,
+    )
+    config = Idefics2Config(
+        text_config={**text, "model_type": "mistral"},
+        vision_config=vision,
+        perceiver_config=perceiver,
+        image_token_id=processor.image_token_id,
+    )
     return Idefics2ForConditionalGeneration(config).float()

@@ -83,8 +83,9 @@ class VisionMasker:
             )
         unknown = sorted(set(options) - set(RENDERER_KEYWORDS))
         if unknown:
-            raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)}; the policy keywords are "
-                                       f"{', '.join(RENDERER_KEYWORDS)}")
+            raise InvalidArgumentError(
+                f"unknown option(s) {', '.join(unknown)}; the policy keywords are {', '.join(RENDERER_KEYWORDS)}"
+            )
         self.processor = processor
         self.tokenizer = processor.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
@@ -178,6 +179,13 @@ class VisionMasker:
             except TemplateKitError as error:
                 at = getattr(error, "message", None)
                 raise DatasetRowError(getattr(error, "problem", str(error)), row=index, message=at) from error
+            placeholders = len(self._image_placeholder.findall(text)) if self._image_placeholder else 0
+            if placeholders != len(row_images):
+                raise DatasetRowError(
+                    f"the chat template writes {placeholders} image placeholder(s) for the conversation's "
+                    f"{len(row_images)} image(s) (it drops images in some messages, or writes its own)",
+                    row=index,
+                )
             texts.append(text)
             spans.append(row_spans)
             images.append(row_images)
@@ -244,7 +252,9 @@ class VisionCollator:
         media_tokens: Sequence[str] = (),
         **options: Any,
     ) -> None:
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
             raise InvalidArgumentError(f"max_length must be a positive integer or None, got {max_length!r}")
         self.masker = VisionMasker(
             processor, template=template, add_special_tokens=add_special_tokens, media_tokens=media_tokens, **options
@@ -300,7 +310,9 @@ class VisionCollator:
         empty = sum(1 for row in rows if not any(row.trained))
         if empty:
             logger.warning(
-                "VisionCollator: %d row(s) of this batch train nothing once cut to max_length=%d", empty, self.max_length
+                "VisionCollator: %d row(s) of this batch train nothing once cut to max_length=%d",
+                empty,
+                self.max_length,
             )
         return batch, rows
 

@@ -168,7 +168,9 @@ def from_tokens(
         if tag == "equal":
             for k in range(i2 - i1):
                 partner[j1 + k] = i1 + k
-    flags = [int(token in media.ids or (partner[j] is None and token in media.special_ids)) for j, token in enumerate(ids)]
+    flags = [
+        int(token in media.ids or (partner[j] is None and token in media.special_ids)) for j, token in enumerate(ids)
+    ]
     _inserted_between_media(flags, partner)
     trained = [int(p is not None and text_mask[p] and not f) for p, f in zip(partner, flags)]
     _check_survival(expected, ids, trained, describe)
