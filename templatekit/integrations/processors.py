@@ -32,7 +32,14 @@ from ..errors import (
 from ..training.vision import VisionMasker
 from ..training.vision_inputs import is_processor
 
-__all__ = ["PROBES", "ProcessorReport", "check_processor", "patch_processor", "route_versions"]
+__all__ = [
+    "PROBES",
+    "ProcessorReport",
+    "check_processor",
+    "patch_processor",
+    "probe_conversations",
+    "route_versions",
+]
 
 #: TRL accepts `assistant_only_loss` for processors from 1.15, and then needs transformers 5.18 (which moves the
 #: generation spans by what the replaced image placeholders added).
@@ -77,6 +84,16 @@ def _probes() -> list[tuple[str, list[dict]]]:
         ("system prompt and a tool result", [system, ask, call, result, answer]),
         ("an image inside the assistant's turn", [ask, shown]),
     ]
+
+
+def probe_conversations() -> list[tuple[str, list[dict]]]:
+    """`check_processor`'s probes, `(name, messages)`, each image a small Pillow image (a fresh copy each call).
+
+    Example:
+        >>> [name for name, _ in probe_conversations()] == list(PROBES)
+        True
+    """
+    return _probes()
 
 
 #: The probe names, in order (the last puts an image inside the assistant's turn).
