@@ -28,6 +28,7 @@ from ..errors import (
     InvalidArgumentError,
     MediaAlignmentError,
     ProcessorRouteError,
+    TemplateKitError,
 )
 from ..training.vision import VisionMasker
 from ..training.vision_inputs import is_processor
@@ -60,9 +61,22 @@ def _text(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
+_CALL = {"type": "function", "function": {"name": "zoom", "arguments": {"region": "top left"}}}
+#: A tool schema: whether the template writes tools into the prompt (TRL's vision collator passes none).
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "zoom",
+        "description": "Enlarge part of the image",
+        "parameters": {"type": "object", "properties": {"region": {"type": "string"}}, "required": ["region"]},
+    },
+}
+
+
 def _probes() -> list[tuple[str, list[dict]]]:
     """Conversations that exercise a processor: images of two sizes, in one turn and across turns, after a system
-    prompt and around a tool result; the last one has an image inside the assistant's turn."""
+    prompt, a tool call (content blocks, as TRL's collator leaves them) and a tool result holding an image; the last
+    one has an image inside the assistant's turn."""
     small, large = _image(40, 30, 1), _image(72, 56, 2)
     ask = {"role": "user", "content": [{"type": "image", "image": small}, _text("What is in the picture?")]}
     answer = {"role": "assistant", "content": [_text("A gradient of red and green.")]}
@@ -72,8 +86,8 @@ def _probes() -> list[tuple[str, list[dict]]]:
     }
     compare = {"role": "assistant", "content": [_text("The first is larger; both are gradients.")]}
     system = {"role": "system", "content": [_text("You describe images in one sentence.")]}
-    call = {"role": "assistant", "content": [_text('<tool_call>\n{"name": "zoom", "arguments": {}}\n</tool_call>')]}
-    result = {"role": "tool", "content": [_text("zoomed: a label reads 42")]}
+    call = {"role": "assistant", "content": [], "tool_calls": [_CALL]}
+    result = {"role": "tool", "content": [_text("zoomed:"), {"type": "image", "image": large}]}
     shown = {
         "role": "assistant",
         "content": [_text("Here it is: "), {"type": "image", "image": large}, _text(" Done.")],
@@ -177,7 +191,7 @@ class ProcessorReport:
         return "\n".join(lines)
 
 
-def _native_trained(processor: Any, template: str, messages: list[dict], options: dict) -> tuple[list[int], list[int]]:
+def _native_trained(processor: Any, template: str, messages: list[dict]) -> tuple[list[int], list[int]]:
     """The ids and the 0/1 labels mask TRL's own vision collator gives one conversation."""
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
@@ -189,6 +203,65 @@ def _native_trained(processor: Any, template: str, messages: list[dict], options
     return ids, [int(label != -100) for label in output["labels"][0].tolist()]
 
 
+def _first_difference(one: str, other: str) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(one, other)) if a != b), min(len(one), len(other)))
+    return f"at character {at}: {one[max(0, at - 20) : at + 20]!r} against {other[max(0, at - 20) : at + 20]!r}"
+
+
+def _rendering_notes(masker: VisionMasker) -> list[str]:
+    """What TRL's vision collator renders unlike the conversation as given: it passes no tools, and it turns string
+    content into text blocks (a template may write them differently: Qwen3-VL writes a newline before the tool call
+    of a message whose content was "")."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    notes = []
+    ask = [{"role": "user", "content": "Zoom in."}]
+    conversation = [*ask, {"role": "assistant", "content": "", "tool_calls": [_CALL]}]
+    as_given = masker.render(conversation)[0]
+    with_tools = masker.render(conversation, [_TOOL])[0]
+    if with_tools != as_given:
+        notes.append(
+            "TRL's vision collator passes no tools to the template, so the tool definitions this template writes "
+            "into the prompt are missing from TRL's rows (VisionCollator passes a row's tools)"
+        )
+    converted = masker.render(prepare_multimodal_messages(copy.deepcopy(conversation), images=[]))[0]
+    if converted != as_given:
+        notes.append(
+            "TRL's vision collator turns string content into text blocks, which this template renders differently "
+            f"({_first_difference(converted, as_given)}); VisionCollator renders the messages as given "
+            "(a separate images column is placed as TRL does)"
+        )
+    return notes
+
+
+def _compare(report: ProcessorReport, probe: str, masker: VisionMasker, row: Any, ids: list[int], mask: list[int]):
+    """One probe's tokens: TRL's against the exact ones; a reason (or, for an image inside the assistant's turn,
+    a note) when they differ."""
+    exact = [token for token, t in zip(row.input_ids, row.trained) if t]
+    native = [token for token, m in zip(ids, mask) if m]
+    media = sum(1 for token in native if token in masker.media.ids)
+    result = ProbeResult(probe, native, exact, media)
+    report.probes.append(result)
+    first = masker.describe(row.input_ids[:1])
+    if ids and row.input_ids and ids[0] != row.input_ids[0] and not any(first in note for note in report.notes):
+        report.notes.append(
+            f"TRL's collator tokenizes without the {first} that the processor adds at inference (the template "
+            "writes none); VisionCollator adds it, as the processor does"
+        )
+    if result.ok:
+        return
+    where = f"probe {probe!r}"
+    if probe == _ASSISTANT_IMAGE:
+        report.notes.append(
+            f"{where}: TRL trains the {media} media tokens of an image inside an assistant turn; exact only for "
+            "data whose images are in user (and tool) turns"
+        )
+        return
+    trained = f"TRL trains {masker.describe(native)[:120]}"
+    should = f"the assistant's tokens are {masker.describe(exact)[:120]}"
+    report.reasons.append(f"{where}: {trained} where {should}" + (f" ({media} of them media tokens)" if media else ""))
+
+
 def check_processor(processor: Any, *, template: str | None = None, **options: Any) -> ProcessorReport:
     """Whether TRL's native route trains exactly the assistant's tokens with this processor, these versions.
 
@@ -196,13 +269,14 @@ def check_processor(processor: Any, *, template: str | None = None, **options: A
     `template`) renders the probe conversations (`PROBES`, with small Pillow images). Each goes through TRL's own
     vision collator (`assistant_only_loss=True`) and through `VisionMasker`; the route is exact when the tokens
     TRL trains are the exact ones, in order, on every probe whose images are outside the assistant's turns. An
-    image inside an assistant turn, whose media tokens TRL trains, is a note. `options`: the policy keywords
-    (`train_roles`, ...).
+    image inside an assistant turn, whose media tokens TRL trains, is a note, and so is what TRL's collator
+    renders unlike the conversation as given (no tools; string content made blocks). `options`: the policy
+    keywords (`train_roles`, ...).
 
     Example:
         >>> # report = templatekit.check_processor(AutoProcessor.from_pretrained("HuggingFaceM4/idefics2-8b"))
         >>> # report.ok, report.reasons[0]
-        >>> # (False, "probe 'one image': TRL trains '<image><fake_token_around_image>' where ...")
+        >>> # (False, "probe 'one image': TRL trains '<fake_token_around_image> What is in the picture?...' where ...")
     """
     if not is_processor(processor):
         raise ArgumentTypeError(f"check_processor takes a transformers processor, not {type(processor).__name__}")
@@ -214,8 +288,7 @@ def check_processor(processor: Any, *, template: str | None = None, **options: A
         raise InvalidArgumentError(f"{name} has no chat template and template= was not given")
     roles = tuple(options.get("train_roles", ("assistant",)))
     tagged = original if has_generation_tags(original) else patch_template(original, train_roles=roles).template
-    reasons = route_versions(_installed("trl"), _installed("transformers"))
-    report = ProcessorReport(name, ok=False, reasons=reasons)
+    report = ProcessorReport(name, ok=False, reasons=route_versions(_installed("trl"), _installed("transformers")))
     if _installed("trl") is None:
         return report
     masker = VisionMasker(processor, template=original, **options)
@@ -227,33 +300,14 @@ def check_processor(processor: Any, *, template: str | None = None, **options: A
             continue
         except DatasetRowError:
             continue  # a conversation this template rejects or drops images of: not a question of the route
-        row = rows[0]
-        exact = [token for token, t in zip(row.input_ids, row.trained) if t]
-        ids, mask = _native_trained(processor, tagged, messages, options)
-        native = [token for token, m in zip(ids, mask) if m]
-        media = sum(1 for token in native if token in masker.media.ids)
-        result = ProbeResult(probe, native, exact, media)
-        report.probes.append(result)
-        if ids and row.input_ids and ids[0] != row.input_ids[0] and not report.notes:
-            report.notes.append(
-                f"TRL's collator tokenizes without the {masker.describe(row.input_ids[:1])} that the processor adds "
-                "at inference (the template writes none); VisionCollator adds it, as the processor does"
-            )
-        if result.ok:
-            continue
-        where = f"probe {probe!r}"
-        if probe == _ASSISTANT_IMAGE:
-            report.notes.append(
-                f"{where}: TRL trains the {media} media tokens of an image inside an assistant turn; exact only "
-                "for data whose images are in user (and tool) turns"
-            )
-            continue
-        trained = f"TRL trains {masker.describe(native)[:120]}"
-        should = f"the assistant's tokens are {masker.describe(exact)[:120]}"
-        reasons.append(f"{where}: {trained} where {should}" + (f" ({media} of them media tokens)" if media else ""))
-    report.ok = bool(report.probes) and not reasons
+        _compare(report, probe, masker, rows[0], *_native_trained(processor, tagged, messages))
+    try:
+        report.notes += _rendering_notes(masker)
+    except TemplateKitError:
+        pass  # a template that takes no tool call: nothing to compare
     if not report.probes:
-        reasons.append("the template rejects every probe conversation")
+        report.reasons.append("the template rejects every probe conversation")
+    report.ok = not report.reasons
     return report
 
 
