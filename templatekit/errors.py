@@ -6,8 +6,8 @@
     │   └── TemplateLimitError         a render went past a time, memory or recursion limit
     ├── NotTrainableError              a template cannot be made trainable as asked; `.reasons`
     │   ├── PatchError                 no verified generation tags
-    │   ├── FallbackError              not even the delimiter fallback
-    │   └── ProcessorRouteError        TRL's native route masks this processor's rows wrongly
+    │   │   └── ProcessorRouteError    patch_processor: TRL's native route masks this processor's rows wrongly
+    │   └── FallbackError              not even the delimiter fallback
     ├── StripError                     generation tags cannot be removed without changing the rendering; `.reasons`
     ├── PlanError                      (internal) a turn's span cannot be tagged in the top-level flow
     ├── MarkerCollision                (internal) a conversation holds a generation marker character
@@ -129,10 +129,11 @@ class FallbackError(NotTrainableError):
     prefix = "even the fallback cannot apply"
 
 
-class ProcessorRouteError(NotTrainableError):
-    """A vision-language processor for which TRL's native route (`SFTConfig(assistant_only_loss=True)` with the
-    patched chat template) would train the wrong tokens; `.reasons` says which, and `.report` holds the
-    `check_processor` report. `templatekit.VisionCollator` trains such a processor exactly.
+class ProcessorRouteError(PatchError):
+    """`patch_processor` refuses a vision-language processor for which TRL's native route
+    (`SFTConfig(assistant_only_loss=True)` with the patched chat template) would train the wrong tokens; `.reasons`
+    says which, and `.report` holds the `check_processor` report. `templatekit.VisionCollator` trains such a
+    processor exactly.
 
     Example:
         >>> str(ProcessorRouteError(["probe 'one image': trains 4 media tokens"]))
@@ -140,10 +141,6 @@ class ProcessorRouteError(NotTrainableError):
     """
 
     prefix = "TRL's native route is not exact for this processor"
-
-    def __init__(self, reasons: Sequence[str], *, report: Any = None) -> None:
-        self.report = report
-        super().__init__(reasons)
 
 
 class StripError(TemplateKitError):

@@ -100,7 +100,9 @@ class VisionMasker:
 
     # ----------------------------------------------------------------------------------------------- rendering
 
-    def render(self, messages: Sequence[Mapping], tools: list | None = None, **kwargs: Any):
+    def render(
+        self, messages: Sequence[Mapping], tools: list | None = None, **kwargs: Any
+    ) -> tuple[str, list[tuple[int, int]], list[Any]]:
         """`(text, spans, images)`: the conversation rendered with its trained character spans, and its images."""
         text, spans = self.renderer.render(template_view(messages), tools=tools, **{**self.template_kwargs, **kwargs})
         return text, spans, images_of(messages)
@@ -154,7 +156,14 @@ class VisionMasker:
         except TypeError:  # a processor whose __call__ takes no such keyword: no records then
             return self.processor(**options)
 
-    def align(self, texts, spans, batch, add_special_tokens: bool, rows: Sequence[int] | None = None):
+    def align(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[tuple[int, int]]],
+        batch: Mapping[str, Any],
+        add_special_tokens: bool,
+        rows: Sequence[int] | None = None,
+    ) -> list[AlignedRow]:
         """Each row of a processed batch aligned with its text's spans; a row that cannot be raises
         `MediaAlignmentError` naming it (`rows`: the examples' own indices, for the message)."""
         encode = self._encoder(add_special_tokens)
@@ -169,9 +178,12 @@ class VisionMasker:
                 raise MediaAlignmentError(error.problem, row=rows[index] if rows else index) from None
         return aligned
 
-    def process(self, conversations: Sequence[tuple], *, return_tensors: str | None = None, **kwargs: Any):
-        """`(batch, rows)` for `(messages, tools, template_kwargs)` conversations: the processor's batch and
-        each row's `AlignedRow`. Raises `DatasetRowError` (or `MediaAlignmentError`) naming the row."""
+    def process(
+        self, conversations: Sequence[tuple], *, return_tensors: str | None = None, **kwargs: Any
+    ) -> tuple[Any, list[AlignedRow], tuple]:
+        """`(batch, rows, rendered)` for `(messages, tools, template_kwargs)` conversations: the processor's batch,
+        each row's `AlignedRow`, and what was rendered (`texts, spans, images, add_special_tokens`). Raises
+        `DatasetRowError` (or `MediaAlignmentError`) naming the row."""
         texts, spans, images = [], [], []
         for index, (messages, tools, row_kwargs) in enumerate(conversations):
             try:
