@@ -63,7 +63,7 @@ class VisionMasker:
 
     Example:
         >>> # masker = VisionMasker(processor)
-        >>> # batch, rows = masker.process([(messages, None, {})])
+        >>> # batch, rows, _ = masker.process([(messages, None, {})])
         >>> # rows[0].trained, rows[0].media  # 0/1 per token of batch["input_ids"][0]
     """
 
