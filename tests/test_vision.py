@@ -226,7 +226,7 @@ def test_bad_arguments_and_conversations_get_clear_errors() -> None:
     dropped = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [image]}]}
     with pytest.raises(DatasetRowError, match="1 image"):  # Qwen3-VL's template writes no assistant images
         VisionCollator(proc)([dropped])
-    with pytest.raises(DatasetRowError, match="row 0"):
+    with pytest.raises(DatasetRowError, match=r"row 0: .*remove_unused_columns=False"):
         VisionCollator(proc)([{"text": "no messages"}])
 
 

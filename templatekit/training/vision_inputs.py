@@ -104,7 +104,11 @@ def example_conversation(
         (['cat.png'], None, {})
     """
     if messages_field not in example:
-        raise ConversationError(f"the example has no {messages_field!r} field (fields: {', '.join(map(str, example))})")
+        fields = ", ".join(map(str, example)) or "none"
+        raise ConversationError(
+            f"the example has no {messages_field!r} field (fields: {fields}); in TRL's SFTTrainer, "
+            "SFTConfig(remove_unused_columns=False) keeps the dataset's columns for the collator"
+        )
     messages = example[messages_field]
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
         raise ConversationError(f"{messages_field!r} must be a non-empty list of messages")
