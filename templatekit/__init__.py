@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .core.pipeline import check_template, patch_template
     from .core.report import PatchResult, Report
     from .core.strip import strip_template
+    from .integrations.processors import check_processor, patch_processor
     from .integrations.trl import patch_tokenizer
     from .library import get_template, list_templates
     from .training.audit import audit_conversations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .training.options import Limits
     from .training.policies import Policy
     from .training.spans import SpanRenderer, render_with_spans
+    from .training.vision import VisionCollator
 
 # Each lazily loaded name and the module that defines it.
 _LAZY = {
@@ -46,6 +48,8 @@ _LAZY = {
     "Report": "templatekit.core.report",
     "strip_template": "templatekit.core.strip",
     "patch_tokenizer": "templatekit.integrations.trl",
+    "check_processor": "templatekit.integrations.processors",
+    "patch_processor": "templatekit.integrations.processors",
     "get_template": "templatekit.library",
     "list_templates": "templatekit.library",
     "audit_conversations": "templatekit.training.audit",
@@ -54,6 +58,7 @@ _LAZY = {
     "Policy": "templatekit.training.policies",
     "SpanRenderer": "templatekit.training.spans",
     "render_with_spans": "templatekit.training.spans",
+    "VisionCollator": "templatekit.training.vision",
 }
 
 __all__ = [
@@ -67,10 +72,13 @@ __all__ = [
     "StripError",
     "TemplateKitError",
     "TemplateSourceError",
+    "VisionCollator",
     "audit_conversations",
+    "check_processor",
     "check_template",
     "get_template",
     "list_templates",
+    "patch_processor",
     "patch_template",
     "patch_tokenizer",
     "prepare_dataset",

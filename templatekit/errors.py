@@ -6,12 +6,14 @@
     │   └── TemplateLimitError         a render went past a time, memory or recursion limit
     ├── NotTrainableError              a template cannot be made trainable as asked; `.reasons`
     │   ├── PatchError                 no verified generation tags
+    │   │   └── ProcessorRouteError    patch_processor: TRL's native route masks this processor's rows wrongly
     │   └── FallbackError              not even the delimiter fallback
     ├── StripError                     generation tags cannot be removed without changing the rendering; `.reasons`
     ├── PlanError                      (internal) a turn's span cannot be tagged in the top-level flow
     ├── MarkerCollision                (internal) the fast tagged render cannot place a generation block
     ├── ConversationError              a conversation cannot be rendered or masked as asked (also ValueError)
     ├── DatasetRowError                one dataset row cannot be prepared (also ValueError)
+    │   └── MediaAlignmentError        a row's trained tokens do not survive the processor's image expansion
     ├── UnknownTemplateError           no library template has that name (also LookupError)
     ├── InvalidArgumentError           an argument with a wrong value (also ValueError)
     └── ArgumentTypeError              an argument of a wrong type (also TypeError)
@@ -137,6 +139,20 @@ class FallbackError(NotTrainableError):
     prefix = "even the fallback cannot apply"
 
 
+class ProcessorRouteError(PatchError):
+    """`patch_processor` refuses a vision-language processor for which TRL's native route
+    (`SFTConfig(assistant_only_loss=True)` with the patched chat template) would train the wrong tokens; `.reasons`
+    says which, and `.report` holds the `check_processor` report. `templatekit.VisionCollator` trains such a
+    processor exactly.
+
+    Example:
+        >>> str(ProcessorRouteError(["probe 'one image': trains 4 media tokens"]))
+        "TRL's native route is not exact for this processor: probe 'one image': trains 4 media tokens"
+    """
+
+    prefix = "TRL's native route is not exact for this processor"
+
+
 class StripError(TemplateKitError):
     """Removing a template's generation tags would change what it renders; `.reasons` says where.
 
@@ -191,6 +207,17 @@ class DatasetRowError(TemplateKitError, ValueError):
         )
         # Rebuilt from the message alone when unpickled from a worker process (row=None): no double prefix.
         super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class MediaAlignmentError(DatasetRowError):
+    """A conversation's trained tokens do not come through the processor's image expansion unchanged (the processor
+    rewrote text next to an image, or a token joins trained text and an image), so which tokens to train is not
+    known: the row is refused, never guessed.
+
+    Example:
+        >>> str(MediaAlignmentError("trained token 3 (' What') is not among the processor's tokens", row=1))
+        "row 1: trained token 3 (' What') is not among the processor's tokens"
+    """
 
 
 class UnknownTemplateError(TemplateKitError, LookupError):

@@ -76,13 +76,15 @@ DEMO_CONVERSATIONS: list[tuple[str, list[dict], list[dict] | None]] = [
 
 @dataclass(frozen=True)
 class Token:
-    """One token of the rendered text: its id, its `[start, end)` characters and whether its mask is 1."""
+    """One token of the rendered text: its id, its `[start, end)` characters, whether its mask is 1, and whether it
+    is a media token (an image's, with a processor: never trained)."""
 
     id: int
     piece: str
     start: int
     end: int
     trained: bool
+    media: bool = False
 
 
 @dataclass
@@ -287,7 +289,29 @@ def summary(rendering: Rendering) -> str:
     )
     if rendering.tokens is not None:
         line += f"; {sum(t.trained for t in rendering.tokens)} of {len(rendering.tokens)} tokens trained"
+        media = sum(t.media for t in rendering.tokens)
+        line += f", {media} media tokens (never trained)" if media else ""
     return line
+
+
+def _runs(rendering: Rendering) -> list[tuple[int | None, int, int, bool, bool, int]]:
+    """`_segments` with each segment's media flag, and a run of identical whole media tokens (an image's hundreds of
+    `<image>`) folded into its first one with a count: `(owner, start, end, trained, media, count)`."""
+    tokens = rendering.tokens or []
+    runs: list[tuple[int | None, int, int, bool, bool, int]] = []
+    reach = -1  # where the last folded run of media tokens ends
+    for owner, start, end, trained in _segments(rendering):
+        media = owner is not None and tokens[owner].media
+        whole = media and (start, end) == (tokens[owner].start, tokens[owner].end)
+        if whole and runs and runs[-1][4] and runs[-1][0] != owner and reach == start:
+            last = runs[-1]
+            if rendering.text[last[1] : last[2]] == rendering.text[start:end]:
+                runs[-1] = (*last[:5], last[5] + 1)
+                reach = end
+                continue
+        runs.append((owner, start, end, trained, media, 1))
+        reach = end
+    return runs
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -307,6 +331,9 @@ _SHADES_16 = {
     (False, 0): "",
     (False, 1): "on bright_black",
 }
+#: Media tokens (an image's), in either palette.
+_MEDIA_SHADES = ("black on plum2", "black on orchid2")
+_MEDIA_SHADES_16 = ("black on magenta", "black on bright_magenta")
 
 
 def to_rich(rendering: Rendering, color_system: str | None = "truecolor") -> Any:
@@ -323,13 +350,15 @@ def to_rich(rendering: Rendering, color_system: str | None = "truecolor") -> Any
     from rich.text import Text
 
     out = Text()
-    shades = _SHADES_16 if color_system in ("standard", "windows") else _SHADES
-    for owner, start, end, trained in _segments(rendering):
-        piece = rendering.text[start:end]
+    few = color_system in ("standard", "windows")
+    shades, media_shades = (_SHADES_16, _MEDIA_SHADES_16) if few else (_SHADES, _MEDIA_SHADES)
+    for owner, start, end, trained, media, count in _runs(rendering):
+        piece = rendering.text[start:end] + (f"×{count}" if count > 1 else "")
         if rendering.tokens is None:
             out.append(piece, style=shades[(True, 0)] if trained else "")
             continue
         style = shades[(trained, owner % 2)] if owner is not None else (shades[(True, 0)] if trained else "")
+        style = media_shades[owner % 2] if media else style
         if owner is not None and rendering.tokens[owner].trained:
             style += " underline"
         # A newline token would be invisible: show a return sign before the line break.
@@ -338,21 +367,33 @@ def to_rich(rendering: Rendering, color_system: str | None = "truecolor") -> Any
 
 
 def to_plain(rendering: Rendering) -> str:
-    """The text for a pipe or a file: trained runs between `⟦` and `⟧`, token starts (with tokens) marked `¦`.
+    """The text for a pipe or a file: trained runs between `⟦` and `⟧`, media tokens (with a processor) between `⟪`
+    and `⟫`, a run of one repeated media token written once with its count (`<image>×64`), token starts (with
+    tokens) marked `¦`.
 
     Example:
         >>> to_plain(Rendering("Q: hi A: yo</s>", [(9, 15)], "tags"))
         'Q: hi A: ⟦yo</s>⟧'
+        >>> tokens = [Token(1, "Q:", 0, 2, False), Token(7, "<i>", 2, 5, False, True), Token(7, "<i>", 5, 8, False, True),
+        ...           Token(2, "A", 8, 9, True)]
+        >>> to_plain(Rendering("Q:<i><i>A", [(8, 9)], "tags", tokens=tokens))
+        'Q:¦⟪<i>×2⟫⟦¦A⟧'
     """
-    parts, inside, previous = [], False, None
-    for owner, start, end, trained in _segments(rendering):
+    parts, inside, in_media, previous = [], False, False, None
+    for owner, start, end, trained, media, count in _runs(rendering):
+        if in_media and not media:
+            parts.append("⟫")
         if trained != inside:
             parts.append("⟦" if trained else "⟧")
             inside = trained
         if rendering.tokens is not None and owner is not None and owner != previous and start > 0:
             parts.append("¦")
+        if media and not in_media:
+            parts.append("⟪")
+        in_media = media
         previous = owner
-        parts.append(rendering.text[start:end])
+        parts.append(rendering.text[start:end] + (f"×{count}" if count > 1 else ""))
+    parts += ["⟫"] if in_media else []
     if inside:
         parts.append("⟧")
     return "".join(parts)
@@ -367,6 +408,7 @@ pre#render { white-space: pre-wrap; word-break: break-all; font: 14px/1.7 ui-mon
 .tok { outline: 1px solid rgba(31, 35, 40, .25); outline-offset: -1px; border-radius: 2px; }
 .tok.alt { outline-color: rgba(9, 105, 218, .55); }
 .tok.mask { text-decoration: underline 2px #1a7f37; text-underline-offset: 3px; }
+.tok.media { background: #f0d4f5; }
 .key { padding: 0 .4rem; border-radius: 3px; } .key.on { background: #aceebb; }
 """
 
@@ -395,7 +437,9 @@ def to_html(rendering: Rendering, title: str) -> str:
             if owner is not None:
                 token = rendering.tokens[owner]
                 classes = "tok" + (" alt" if owner % 2 else "") + (" mask" if token.trained else "")
+                classes += " media" if token.media else ""
                 tip = f"token {owner}: id {token.id} {token.piece!r}" + (" (trained)" if token.trained else "")
+                tip += " (media)" if token.media else ""
                 tip = html.escape(tip)
                 body.append(f'<span class="{classes}" data-index="{owner}" data-id="{token.id}" title="{tip}">')
             open_token = owner
@@ -405,6 +449,8 @@ def to_html(rendering: Rendering, title: str) -> str:
         body.append("</span>")
     notes = "".join(f'<p class="meta">{html.escape(note)}</p>' for note in rendering.notes)
     token_key = ' <span class="key tok">token</span> <span class="key tok mask">token with mask 1</span>'
+    if any(token.media for token in rendering.tokens or []):
+        token_key += ' <span class="key tok media">media token (never trained)</span>'
     legend = '<span class="key on">trained</span> <span class="key">not trained</span>' + (
         token_key if rendering.tokens is not None else ""
     )

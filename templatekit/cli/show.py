@@ -40,20 +40,33 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if folder is None and args.tokenizer and Path(args.tokenizer).is_dir():
         folder = Path(args.tokenizer)
     try:
-        rendering = isolated(  # in a child process under hard limits (templatekit.core.sandbox.isolation)
-            args,
-            show.render_conversation,
-            template.text,
-            messages,
-            tools=tools,
-            add_generation_prompt=args.add_generation_prompt,
-            tokenizer=encode,
-            fallback=True if args.fallback else None,
-            **limits(args),
-            **show.special_tokens(folder),
-            **template_kwargs(args),
-            operations=2,  # patching the template, then rendering the conversation: each under the limits
-        )
+        if args.processor:  # the processor's view: images expanded, media tokens apart
+            from .show_processor import load_processor, render_processor_conversation
+
+            rendering = render_processor_conversation(
+                load_processor(args.source if args.processor is True else args.processor),
+                messages,
+                tools=tools,
+                template=template.text,
+                fallback=True if args.fallback else None,
+                template_kwargs=template_kwargs(args),
+                **limits(args),
+            )
+        else:
+            rendering = isolated(  # in a child process under hard limits (templatekit.core.sandbox.isolation)
+                args,
+                show.render_conversation,
+                template.text,
+                messages,
+                tools=tools,
+                add_generation_prompt=args.add_generation_prompt,
+                tokenizer=encode,
+                fallback=True if args.fallback else None,
+                **limits(args),
+                **show.special_tokens(folder),
+                **template_kwargs(args),
+                operations=2,  # patching the template, then rendering the conversation: each under the limits
+            )
     except ConversationError as exc:
         err.line(f"error: {args.messages or 'the demo conversations'}: {exc}", "red")
         return EXIT_USAGE
@@ -99,6 +112,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--messages", metavar="CONV.json", help='a JSON list of messages, or {"messages": [...], "tools": [...]}'
     )
     show_cmd.add_argument("--tokenizer", metavar="SOURCE", help="a local tokenizer folder or tokenizer.json")
+    show_cmd.add_argument(
+        "--processor",
+        nargs="?",
+        const=True,
+        metavar="FOLDER",
+        help="a vision-language model's processor folder (SOURCE itself when FOLDER is left out): show the "
+        "conversation (a built-in one with images, or --messages with image blocks holding a path or URL) as the "
+        "processor gives it to the model, images expanded, media tokens marked apart (⟪ ⟫ in a pipe)",
+    )
     show_cmd.add_argument("--html", metavar="OUT", help="write a self-contained HTML page here instead")
     add_mkdir(show_cmd)
     show_cmd.add_argument("--add-generation-prompt", action="store_true", help="render with the generation prompt")

@@ -35,6 +35,7 @@ from .options import Limits, Policy, resolve
 from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
 from .spans import SpanRenderer, row_kwargs
 from .truncation import TRUNCATION_MODES, drop_message, truncate_row, truncate_rows
+from .vision_inputs import refuse_processor
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
 
@@ -340,8 +341,9 @@ def prepare_dataset(
         InvalidArgumentError (a ValueError): the dataset has no rows or no such column, no chat template is
             found, ``truncation`` is not one of ``"right"``, ``"left"``, ``"drop"``, or ``max_length`` is not a
             positive integer.
-        ArgumentTypeError (a TypeError): the dataset is not a `datasets` dataset, or the tokenizer is not a fast
-            tokenizer (char-to-token maps are needed).
+        ArgumentTypeError (a TypeError): the dataset is not a `datasets` dataset, the tokenizer is not a fast
+            tokenizer (char-to-token maps are needed), or it is a vision processor (a pre-tokenized dataset
+            trains without its images in TRL's SFTTrainer: use `templatekit.VisionCollator`).
         TemplateLimitError: the template goes past a limit (while it is patched, or rendering a row: the
             message names the row).
         DatasetRowError: a conversation the renderer refuses, named by row (and message): not a non-empty
@@ -370,6 +372,7 @@ def prepare_dataset(
         raise ArgumentTypeError(
             f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}"
         )
+    refuse_processor(tokenizer)  # its images would be lost in TRL's trainer: the message points to VisionCollator
     if not getattr(tokenizer, "is_fast", False):
         raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
     text = _resolve_template(tokenizer, template)
