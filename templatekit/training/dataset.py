@@ -18,215 +18,20 @@ on a conversational (`messages`) dataset and raises on a tokenized one.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
-
-from ..errors import ArgumentTypeError, DatasetRowError, InvalidArgumentError, TemplateKitError, TemplateLimitError
-from .encoding import BatchEncoder, EncodedRows, render_and_encode
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from .fingerprint import map_fingerprint
-from .masks import labels_from_mask
 from .options import Limits, Policy, resolve
-from .per_turn import count_turns, per_turn_columns, split_rows, trained_turns, warn_history
-from .spans import SpanRenderer, row_kwargs
-from .truncation import TRUNCATION_MODES, drop_message, truncate_row, truncate_rows
-from .vision_inputs import refuse_processor
+from .per_turn import count_turns
+from .preparer import OUTPUT_COLUMNS, build_preparer
+from .truncation import TRUNCATION_MODES, drop_message, truncate_row
 
 __all__ = ["TRUNCATION_MODES", "prepare_dataset", "truncate_row"]
 
-OUTPUT_COLUMNS = ("input_ids", "attention_mask", "assistant_masks")
-#: TRL's column of per-row `apply_chat_template` keywords (``{"enable_thinking": False}``), read when present.
-KWARGS_COLUMN = "chat_template_kwargs"
-
 logger = logging.getLogger(__name__)
-
-
-def _resolve_template(tokenizer: Any, template: str | Mapping[str, str] | None) -> str:
-    """The template text to prepare with: `template`, a name among the tokenizer's templates, or its default."""
-    named = getattr(tokenizer, "chat_template", None)
-    if template is None:
-        template = named
-    elif isinstance(template, str) and isinstance(named, Mapping) and template in named:
-        template = named[template]
-    if isinstance(template, Mapping):
-        if "default" not in template:
-            raise InvalidArgumentError(
-                f"the tokenizer holds named chat templates {sorted(template)} but none is called 'default'; "
-                "pass template=NAME or the template text"
-            )
-        template = template["default"]
-    if not isinstance(template, str) or not template.strip():
-        raise InvalidArgumentError("no chat template: the tokenizer has none and template= was not given")
-    return template
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_renderer(template: str, options: tuple[tuple[str, Any], ...]) -> SpanRenderer:
-    return SpanRenderer(template, **dict(options))
-
-
-def _build_renderer(template: str, options: dict[str, Any]) -> SpanRenderer:
-    """A SpanRenderer, reused for the same template and policy: building one patches and verifies the template
-    (far slower than rendering a batch), and prepare_dataset is often called once per split."""
-    key = tuple(
-        sorted((name, tuple(sorted(v.items())) if isinstance(v, Mapping) else v) for name, v in options.items())
-    )
-    try:
-        hash(key)
-    except TypeError:  # an unhashable option (e.g. a custom fallback object): build afresh
-        return SpanRenderer(template, **options)
-    return _cached_renderer(template, key)
-
-
-class _Preparer:
-    """The batched map function. Picklable for `num_proc`: the renderer is rebuilt in each process."""
-
-    def __init__(
-        self,
-        template: str,
-        tokenizer: Any,
-        policy: Policy,
-        limits: Limits,
-        finding: dict[str, Any],
-        *,
-        columns: tuple[str, str],
-        keep: Sequence[str] = (),
-        add_labels: bool = False,
-        per_turn: bool = False,
-        stream: bool = False,
-    ):
-        self.template = template
-        self.tokenizer = tokenizer
-        self.policy, self.limits = policy, limits  # the renderer's, and max_length and truncation read here
-        # SpanRenderer's keywords: how spans are found (`fallback`, explicit parts, `template_kwargs`) and the
-        # value objects. A per-turn row's last message is its one trained turn.
-        renderer_policy = replace(policy, last_response_only=True) if per_turn else policy
-        self.renderer_options = {**finding, "policy": renderer_policy, "limits": limits}
-        self.messages_field, self.tools_field = columns
-        self.keep = list(keep)  # input columns carried into the output (rows may be dropped, so they are copied)
-        self.stream = stream  # an IterableDataset: the dropped rows are logged here, on the first one
-        # Arrow output when the result holds only the new columns (else the kept input columns are copied):
-        # datasets then stores the columns without a per-token copy.
-        self.arrow = not stream and not keep
-        self.dropped = 0
-        self.add_labels = add_labels
-        self.per_turn = per_turn  # one row per trained turn
-        # What apply_chat_template hands every template: bos_token, eos_token, ... (templates concatenate them).
-        self.render_kwargs = dict(tokenizer.special_tokens_map)
-        self._renderer = self._encoder = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        # Rebuilt on first use: keeps pickling (and datasets' fingerprint) cheap.
-        state["_renderer"] = state["_encoder"] = None
-        return state
-
-    @property
-    def encoder(self) -> BatchEncoder:
-        if self._encoder is None:
-            self._encoder = BatchEncoder(self.tokenizer)
-        return self._encoder
-
-    @property
-    def renderer(self):
-        if self._renderer is None:
-            self._renderer = _build_renderer(self.template, self.renderer_options)
-        return self._renderer
-
-    def _render(self, messages: Any, tools: Any, row: int, settings: Any = None) -> tuple[str, Sequence[Sequence[int]]]:
-        # The renderer checks the conversation (roles, content, weights) and that every trained message is
-        # rendered as its own turn; its errors name the message, and here they gain the row.
-        try:
-            # One patched template holds under every setting of the template's switches: the row's own keywords
-            # (TRL's `chat_template_kwargs`) go to the render; a key Arrow filled with None was not set.
-            own = row_kwargs(settings)
-            return self.renderer.render(messages, tools=tools or None, **{**self.render_kwargs, **own})
-        except TemplateLimitError as error:  # still a limit error, now naming the row
-            raise TemplateLimitError(
-                error.limit, f"row {row}: {error.detail}", source=error.source, line=error.line, column=error.column
-            ) from None
-        except TemplateKitError as error:
-            index = getattr(error, "message", None)  # ConversationError: the message's index
-            index = index if isinstance(index, int) else None
-            raise DatasetRowError(getattr(error, "problem", str(error)), row=row, message=index) from error
-        except Exception as error:  # anything else the template or the renderer raised, still with its row
-            raise DatasetRowError(f"{type(error).__name__}: {error}", row=row) from error
-
-    def _turns(self, messages: Any, tools: Any, row: int) -> list[int]:
-        """The trained turns of one conversation (trained role, weight 1), each the last message of its row."""
-        try:
-            return trained_turns(messages, self.policy.train_roles, self.policy.last_response_only)
-        except TemplateKitError:
-            self._render(messages, tools, row)  # raises the renderer's own error, naming the row and message
-            raise
-
-    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
-        turns = self._turns if self.per_turn else None
-        units = split_rows(batch[self.messages_field], batch.get(self.tools_field), indices, turns)
-        settings = batch.get(KWARGS_COLUMN) or [None] * len(indices)
-
-        def render(position: int) -> tuple[str, Sequence[Sequence[int]]]:
-            source, row, _, messages, tools = units[position]
-            return self._render(messages, tools, row, settings[source])
-
-        # Chunks of the batch are tokenized on a worker thread (the Rust tokenizer releases the GIL) while the
-        # next chunk is rendered here.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="templatekit-tokenize") as pool:
-            encoded = render_and_encode(len(units), render, self.encoder, pool)
-        encoded, kept = truncate_rows(encoded, self.limits.max_length, self.limits.truncation)
-        if len(kept) < len(units) and self.stream:
-            self._log_stream_drop(len(units) - len(kept))
-        extra = per_turn_columns(units, kept) if self.per_turn else {}
-        if self.arrow:
-            return _arrow_table(encoded, self.add_labels, extra)
-        input_ids, masks = zip(*(encoded.row(index) for index in range(len(encoded)))) if kept else ((), ())
-        output = {
-            **{column: [batch[column][units[position][0]] for position in kept] for column in self.keep},
-            **extra,
-            "input_ids": list(input_ids),
-            "attention_mask": [[1] * len(ids) for ids in input_ids],
-            "assistant_masks": list(masks),
-        }
-        if self.add_labels:
-            output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
-        return output
-
-    def _log_stream_drop(self, count: int) -> None:
-        """A stream's count is known only once it is read to the end: say so on the first drop, once."""
-        self.dropped += count
-        if self.dropped == count:
-            logger.warning(
-                "prepare_dataset: %s; this stream is read lazily, so the total is not known in advance",
-                drop_message(self.limits.max_length, self.limits.truncation, None),
-            )
-
-
-def _arrow_table(encoded: EncodedRows, add_labels: bool, extra: Mapping[str, list]):
-    """The batch's columns as one Arrow table (int32 ids, int8 masks), straight from the flat arrays.
-
-    Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
-    """
-    import pyarrow as pa
-
-    offsets = encoded.offsets.astype(np.int32)
-    ids = encoded.ids.astype(np.int32)
-    columns = {
-        **{
-            name: pa.array(values, type=pa.int64() if name == "source_row" else pa.int32())
-            for name, values in extra.items()
-        },
-        "input_ids": pa.ListArray.from_arrays(offsets, ids),
-        "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(len(ids), dtype=np.int8)),
-        "assistant_masks": pa.ListArray.from_arrays(offsets, encoded.mask),
-    }
-    if add_labels:
-        columns["labels"] = pa.ListArray.from_arrays(offsets, np.where(encoded.mask == 1, ids, -100).astype(np.int32))
-    return pa.table(columns)
 
 
 @contextlib.contextmanager
@@ -372,11 +177,6 @@ def prepare_dataset(
         raise ArgumentTypeError(
             f"prepare_dataset needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}"
         )
-    refuse_processor(tokenizer)  # its images would be lost in TRL's trainer: the message points to VisionCollator
-    if not getattr(tokenizer, "is_fast", False):
-        raise ArgumentTypeError("prepare_dataset needs a fast tokenizer (its char-to-token maps place the masks)")
-    text = _resolve_template(tokenizer, template)
-
     columns = dataset.column_names
     if isinstance(dataset, IterableDataset):
         first = next(iter(dataset), None)  # a stream's emptiness and columns are only known by reading
@@ -388,8 +188,6 @@ def prepare_dataset(
     if messages_field not in columns:
         raise InvalidArgumentError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
 
-    # Concrete numbers, not "the limits in force": the limits travel to worker processes.
-    limits = limits.concrete()
     finding = dict(
         instruction_part=instruction_part,
         response_part=response_part,
@@ -399,21 +197,20 @@ def prepare_dataset(
     replaced = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
     keep = [c for c in columns if c not in replaced]
     stream = isinstance(dataset, IterableDataset)
-    preparer = _Preparer(
-        text,
+    preparer = build_preparer(
         tokenizer,
         policy,
         limits,
-        finding,
+        template=template,
+        finding=finding,
+        caller="prepare_dataset",
         columns=(messages_field, tools_field),
         keep=keep,
         add_labels=add_labels,
         per_turn=per_turn,
         stream=stream,
     )
-    _ = preparer.renderer  # built once here, so that a template it refuses fails before any row is read
-    if not per_turn and not policy.last_response_only:
-        warn_history(text, policy.train_roles, limits.sandbox())
+    text, limits = preparer.template, preparer.limits  # the template chosen, the limits made concrete
     options = dict(
         batched=True,
         batch_size=batch_size,

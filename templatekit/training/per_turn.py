@@ -45,14 +45,14 @@ def split_rows(
     conversations: list, tools_column: list | None, indices: list[int], turns: Callable[..., list[int]] | None
 ) -> list[Unit]:
     """A batch's conversations as output rows: one each (`turns` None), or `messages[:k + 1]` for every k in
-    `turns(messages, tools, row)`."""
+    `turns(position, messages, tools, row)`."""
     units: list[Unit] = []
     tools_column = tools_column or [None] * len(conversations)
     for position, (messages, tools, row) in enumerate(zip(conversations, tools_column, indices)):
         if turns is None:
             units.append((position, row, -1, messages, tools))
         else:
-            units += [(position, row, k, messages[: k + 1], tools) for k in turns(messages, tools, row)]
+            units += [(position, row, k, messages[: k + 1], tools) for k in turns(position, messages, tools, row)]
     return units
 
 
