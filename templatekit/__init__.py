@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .integrations.trl import patch_tokenizer
     from .library import get_template, list_templates
     from .training.audit import audit_conversations
+    from .training.batch import BatchMasker
     from .training.dataset import prepare_dataset
     from .training.options import Limits
     from .training.policies import Policy
@@ -53,6 +54,7 @@ _LAZY = {
     "get_template": "templatekit.library",
     "list_templates": "templatekit.library",
     "audit_conversations": "templatekit.training.audit",
+    "BatchMasker": "templatekit.training.batch",
     "prepare_dataset": "templatekit.training.dataset",
     "Limits": "templatekit.training.options",
     "Policy": "templatekit.training.policies",
@@ -62,6 +64,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BatchMasker",
     "DatasetRowError",
     "Limits",
     "PatchError",

@@ -251,15 +251,16 @@ class Preparer:
             extra = per_turn_columns(units, kept)
         elif self.ids:
             extra = {"source_row": [units[position][1] for position in kept]}
-        if self.on_error == "collect":  # the refused rows, empty, after the others
-            failed = sorted(refused)
-            filler = {"source_row": [indices[position] for position in failed], "turn_index": [-1] * len(failed)}
-            extra = {name: values + filler[name] for name, values in extra.items()}
-            extra["rejected"] = [None] * len(kept) + [refused[position] for position in failed]
-            encoded = EncodedRows.concatenate([encoded, EncodedRows.from_lists([[]] * len(failed), [[]] * len(failed))])
-            sources += failed
+        rejected = None
+        if self.on_error == "collect":  # every row left out, empty, after the others, with its reason
+            left_out = self._left_out(units, kept, refused, indices)
+            extra = {name: values + [row[name] for row in left_out] for name, values in extra.items()}
+            rejected = {"rejected": [None] * len(kept) + [row["rejected"] for row in left_out]}
+            empty = EncodedRows.from_lists([[]] * len(left_out), [[]] * len(left_out))
+            encoded = EncodedRows.concatenate([encoded, empty])
+            sources += [row["position"] for row in left_out]
         if self.arrow:
-            return arrow_table(encoded, self.add_labels, extra)
+            return arrow_table(encoded, self.add_labels, extra, rejected)
         rows = [encoded.row(index) for index in range(len(encoded))]
         input_ids, masks = [ids for ids, _ in rows], [mask for _, mask in rows]
         output = {
@@ -271,7 +272,21 @@ class Preparer:
         }
         if self.add_labels:
             output["labels"] = [labels_from_mask(ids, mask) for ids, mask in zip(input_ids, masks)]
-        return output
+        return {**output, **(rejected or {})}
+
+    def _left_out(
+        self, units: Sequence[Unit], kept: Sequence[int], refused: Mapping[int, str], indices: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        """The rows `on_error="collect"` reports: each conversation refused, then each row `max_length` dropped."""
+        rows = [
+            {"position": position, "source_row": indices[position], "turn_index": -1, "rejected": reason}
+            for position, reason in sorted(refused.items())
+        ]
+        cut = drop_message(self.limits.max_length, self.limits.truncation, 1)
+        for index in sorted(set(range(len(units))) - set(kept)):
+            position, row, turn = units[index][:3]
+            rows.append({"position": position, "source_row": row, "turn_index": turn, "rejected": f"row {row}: {cut}"})
+        return rows
 
     def _log_stream_drop(self, count: int) -> None:
         """A stream's count is known only once it is read to the end: say so on the first drop, once."""
@@ -287,8 +302,11 @@ class Preparer:
 _EXTRA_TYPES = {"source_row": "int64", "turn_index": "int32", "rejected": "string"}
 
 
-def arrow_table(encoded: EncodedRows, add_labels: bool, extra: Mapping[str, list]):
-    """The batch's columns as one Arrow table (int32 ids, int8 masks), straight from the flat arrays.
+def arrow_table(
+    encoded: EncodedRows, add_labels: bool, extra: Mapping[str, list], after: Mapping[str, list] | None = None
+):
+    """The batch's columns as one Arrow table (int32 ids, int8 masks), straight from the flat arrays: `extra`
+    before the token columns, `after` after them.
 
     Converting Python lists token by token is most of what `datasets.map` costs on a tokenized batch.
     """
@@ -304,4 +322,6 @@ def arrow_table(encoded: EncodedRows, add_labels: bool, extra: Mapping[str, list
     }
     if add_labels:
         columns["labels"] = pa.ListArray.from_arrays(offsets, np.where(encoded.mask == 1, ids, -100).astype(np.int32))
+    for name, values in (after or {}).items():
+        columns[name] = pa.array(values, type=pa.type_for_alias(_EXTRA_TYPES[name]))
     return pa.table(columns)

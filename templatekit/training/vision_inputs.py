@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,11 +44,10 @@ KNOWN_MARKERS = ("<|vision_start|>", "<|vision_end|>")
 
 def is_processor(value: Any) -> bool:
     """True for a transformers processor (`ProcessorMixin`: a tokenizer plus image, video or audio processors)."""
-    try:
-        from transformers import ProcessorMixin
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    return isinstance(value, ProcessorMixin)
+    # Read from the loaded modules, never imported for the check: importing it loads torch (seconds, in every
+    # worker process), and a processor cannot exist before its module is loaded.
+    module = sys.modules.get("transformers.processing_utils")
+    return module is not None and isinstance(value, module.ProcessorMixin)
 
 
 def refuse_processor(tokenizer: Any) -> None:
