@@ -95,7 +95,9 @@ def check_equal(ray_prepared, prepared) -> None:
     table = ray_prepared.dataset.to_arrow_refs()
     got = {}
     for part in ray.get(table):
-        for row, ids, mask in zip(*(part.column(c).to_pylist() for c in ("source_row", "input_ids", "assistant_masks"))):
+        for row, ids, mask in zip(
+            *(part.column(c).to_pylist() for c in ("source_row", "input_ids", "assistant_masks"))
+        ):
             got[row] = (ids, mask)
     assert len(got) == len(prepared) and ray_prepared.rejected_count == 0, (len(got), len(prepared))
     for index, row in enumerate(prepared):

@@ -17,7 +17,7 @@ import templatekit
 from templatekit import errors
 
 PACKAGE = REPO_ROOT / "templatekit"
-HEAVY = ("transformers", "torch", "datasets", "trl")
+HEAVY = ("transformers", "torch", "datasets", "trl", "ray")
 
 
 def _modules() -> list[str]:
@@ -47,7 +47,7 @@ def test_layout_is_a_few_subpackages_of_small_modules() -> None:
 )
 @pytest.mark.subprocess
 def test_importing_loads_no_training_stack(code: str) -> None:
-    """`import templatekit` and `templatekit --help` load neither transformers nor torch, datasets or trl."""
+    """`import templatekit` and `templatekit --help` load neither transformers nor torch, datasets, trl or ray."""
     probe = f"import sys; {code}; import json; print(json.dumps(sorted(m for m in sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
