@@ -77,15 +77,10 @@ class BatchMasker:
         self.source = os.fspath(tokenizer_or_path) if isinstance(tokenizer_or_path, os.PathLike) else tokenizer_or_path
         self.id_column = id_column
         self.columns = (messages_field, tools_field)
-        finding = dict(
-            instruction_part=instruction_part,
-            response_part=response_part,
-            fallback=fallback,
-            template_kwargs=dict(template_kwargs or {}),
-        )
         ids = id_column is not None or on_error == "collect"
-        self.options = dict(template=template, finding=finding, columns=self.columns, per_turn=per_turn)
-        self.options.update(add_labels=add_labels, ids=ids, on_error=on_error)
+        self.options = dict(template=template, instruction_part=instruction_part, response_part=response_part)
+        self.options.update(fallback=fallback, template_kwargs=dict(template_kwargs or {}), columns=self.columns)
+        self.options.update(per_turn=per_turn, add_labels=add_labels, ids=ids, on_error=on_error)
         self.policy, self.limits = policy, limits.concrete()  # concrete: they travel to the workers
         # Built here too, so that a tokenizer or template it refuses fails before any worker starts.
         self._preparer: Preparer | None = self._build(warn_stacklevel=5)

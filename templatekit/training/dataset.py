@@ -188,12 +188,6 @@ def prepare_dataset(
     if messages_field not in columns:
         raise InvalidArgumentError(f"the dataset has no column {messages_field!r} (columns: {', '.join(columns)})")
 
-    finding = dict(
-        instruction_part=instruction_part,
-        response_part=response_part,
-        fallback=fallback,
-        template_kwargs=dict(template_kwargs or {}),
-    )
     replaced = list(columns) if remove_columns else [c for c in columns if c in OUTPUT_COLUMNS or c == "labels"]
     keep = [c for c in columns if c not in replaced]
     stream = isinstance(dataset, IterableDataset)
@@ -202,8 +196,11 @@ def prepare_dataset(
         policy,
         limits,
         template=template,
-        finding=finding,
         caller="prepare_dataset",
+        instruction_part=instruction_part,
+        response_part=response_part,
+        fallback=fallback,
+        template_kwargs=template_kwargs,
         columns=(messages_field, tools_field),
         keep=keep,
         add_labels=add_labels,

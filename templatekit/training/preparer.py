@@ -84,19 +84,29 @@ def build_preparer(
     limits: Limits,
     *,
     template: str | Mapping[str, str] | None,
-    finding: dict[str, Any],
     caller: str,
+    instruction_part: str | None = None,
+    response_part: str | None = None,
+    fallback: Any = None,
+    template_kwargs: Mapping[str, Any] | None = None,
     warn_stacklevel: int | None = 4,
     **options: Any,
 ) -> Preparer:
     """What every engine does before the first row, in one place: the tokenizer checked, the template picked,
     the limits made concrete (they travel to worker processes), and the renderer built, so that a template it
-    refuses fails here. `options` are `Preparer`'s keywords. `warn_stacklevel` names the user's frame in the
-    `HistoryMismatchWarning` (None: no warning, for a worker rebuilding what its driver already checked)."""
+    refuses fails here. `instruction_part`, `response_part`, `fallback` and `template_kwargs` say how spans are
+    found (`SpanRenderer`'s); `options` are `Preparer`'s keywords. `warn_stacklevel` names the user's frame in
+    the `HistoryMismatchWarning` (None: no warning, for a worker rebuilding what its driver already checked)."""
     refuse_processor(tokenizer)  # its images would be lost in TRL's trainer: the message points to VisionCollator
     if not getattr(tokenizer, "is_fast", False):
         raise ArgumentTypeError(f"{caller} needs a fast tokenizer (its char-to-token maps place the masks)")
     text = resolve_template(tokenizer, template)
+    finding = dict(
+        instruction_part=instruction_part,
+        response_part=response_part,
+        fallback=fallback,
+        template_kwargs=dict(template_kwargs or {}),
+    )
     preparer = Preparer(text, tokenizer, policy, limits.concrete(), finding, **options)
     _ = preparer.renderer
     if warn_stacklevel is not None and not preparer.per_turn and not policy.last_response_only:
