@@ -9,7 +9,15 @@ import pytest
 from _paths import corpus_file
 from datasets import Dataset
 
-from templatekit import Limits, Policy, SpanRenderer, audit_conversations, prepare_dataset, render_with_spans
+from templatekit import (
+    BatchMasker,
+    Limits,
+    Policy,
+    SpanRenderer,
+    audit_conversations,
+    prepare_dataset,
+    render_with_spans,
+)
 from templatekit.errors import ConversationError
 from templatekit.training.policies import attribute, cut_out
 
@@ -148,7 +156,7 @@ NUMBERS = [
 
 
 def _through_every_entry_point(tokenizer, **options) -> dict[str, object]:
-    """What each of the four entry points trains of NUMBERS on Qwen2.5's template, given the same options."""
+    """What each of the five entry points trains of NUMBERS on Qwen2.5's template, given the same options."""
     template = corpus_file(QWEN).read_text()
     text, spans = SpanRenderer(template, **options).render(NUMBERS)
     by_renderer = [text[s:e] for s, e in spans]
@@ -157,11 +165,14 @@ def _through_every_entry_point(tokenizer, **options) -> dict[str, object]:
     data = Dataset.from_dict({"messages": [NUMBERS]})
     row = prepare_dataset(data, tokenizer, template=template, progress=False, **options)[0]
     by_dataset = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+    batch = BatchMasker(tokenizer, template, **options)({"messages": [NUMBERS]})
+    by_masker = tokenizer.decode([t for t, m in zip(batch["input_ids"][0], batch["assistant_masks"][0]) if m])
     report = audit_conversations(template, [{"messages": NUMBERS}], **options)
     return {
         "SpanRenderer": by_renderer,
         "render_with_spans": by_function,
         "prepare_dataset": by_dataset,
+        "BatchMasker": by_masker,
         "audit_conversations": report.trained,
     }
 
@@ -174,6 +185,7 @@ def test_a_new_policy_option_reaches_every_entry_point(qwen_tokenizer, route):
         "SpanRenderer": ["42 apples.<|im_end|>", "7 pears.<|im_end|>"],
         "render_with_spans": ["42 apples.<|im_end|>", "7 pears.<|im_end|>"],
         "prepare_dataset": "42 apples.<|im_end|>7 pears.<|im_end|>",
+        "BatchMasker": "42 apples.<|im_end|>7 pears.<|im_end|>",
         "audit_conversations": [len("42 apples.<|im_end|>7 pears.<|im_end|>")],
     }
     options = {"policy": DigitsPolicy(train_digits=False)}
@@ -183,6 +195,7 @@ def test_a_new_policy_option_reaches_every_entry_point(qwen_tokenizer, route):
         "SpanRenderer": [" apples.<|im_end|>", " pears.<|im_end|>"],
         "render_with_spans": [" apples.<|im_end|>", " pears.<|im_end|>"],
         "prepare_dataset": " apples.<|im_end|> pears.<|im_end|>",
+        "BatchMasker": " apples.<|im_end|> pears.<|im_end|>",
         "audit_conversations": [len(" apples.<|im_end|> pears.<|im_end|>")],
     }
 
