@@ -77,7 +77,8 @@ def prepare_ray_dataset(
             ``on_error="collect"`` and an ``id_column`` (its options are then its own: pass no others).
         template: the chat template (default: the tokenizer's), as `prepare_dataset` takes it.
         id_column: an integer column naming each row (unique), written as ``source_row``. Without it one is
-            added with Ray's ``monotonically_increasing_id()``: unique, not consecutive.
+            added with Ray's ``monotonically_increasing_id()``: unique, not consecutive, and computed before the
+            workers (a worker's batch run again keeps its ids); pass your own for ids that mean something.
         batch_size: rows per batch (each rendered and tokenized together).
         compute: the actor pool, a ``ray.data.ActorPoolStrategy``: ``ActorPoolStrategy(size=8)`` for a fixed
             pool; None: Ray's default, an autoscaling pool from one worker up. A pool that takes every CPU leaves
@@ -110,7 +111,6 @@ def prepare_ray_dataset(
             raise InvalidArgumentError(
                 "prepare_ray_dataset needs a BatchMasker built with on_error='collect' and an id_column"
             )
-        id_column = masker.id_column
     else:
         if id_column is None:
             id_column = ROW_ID

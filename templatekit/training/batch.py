@@ -124,10 +124,11 @@ class BatchMasker:
         pandas = sys.modules.get("pandas")  # a DataFrame can only come from a loaded pandas
         if pandas is not None and isinstance(batch, pandas.DataFrame):
             # Through Arrow: nested columns come out of pandas as numpy arrays, the renderer reads lists.
-            batch, kind = pa.Table.from_pandas(batch[[c for c in wanted if c in batch]], preserve_index=False), "pandas"
+            names, kind = list(batch.columns), "pandas"
+            batch = pa.Table.from_pandas(batch[[c for c in wanted if c in names]], preserve_index=False)
         if isinstance(batch, pa.Table):
-            names, size = batch.column_names, batch.num_rows
-            columns = {name: batch.column(name).to_pylist() for name in wanted if name in names}
+            names, size = (names if kind == "pandas" else batch.column_names), batch.num_rows
+            columns = {name: batch.column(name).to_pylist() for name in wanted if name in batch.column_names}
         elif isinstance(batch, Mapping):
             names = list(batch)
             columns = {name: list(batch[name]) for name in wanted if name in batch}
