@@ -1,6 +1,6 @@
 """prepare_ray_dataset on Ray Data against prepare_dataset(num_proc=None), side by side, on the same data.
 
-    .venv/bin/python benchmarks/ray_scale.py [--conversations 20000] [--repeats 3] [--workers 2]
+    .venv/bin/python benchmarks/ray_scale.py [--conversations 20000] [--repeats 5] [--workers 2]
     .venv/bin/python benchmarks/ray_scale.py --address auto --workers 16 --conversations 2000000   # a cluster
 
 The Qwen2.5 tokenizer built offline and the conversations of benchmarks/masking.py (the issue's shape, ~410 tokens
@@ -14,7 +14,9 @@ the patched template once), the map, the one materialization, and the split into
 (counted); for `prepare_dataset`, building the Arrow dataset. Ray's time is also broken down from what its workers
 report to a Ray actor after each batch: starting (the call to the first batch), mapping (the first batch to the
 last: the throughput), finishing (the last batch to the return). Per worker: the rows it prepared, the seconds
-it spent in `BatchMasker` calls (what one worker does per second) and its peak resident memory (ru_maxrss).
+it spent in `BatchMasker` calls (what one worker does per second) and its memory: the peak resident set
+(ru_maxrss), and the largest private part (RssAnon) and shared part (RssShmem: pages of Ray's object store it read
+in place, shared with the store) seen after a batch.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from templatekit import BatchMasker, prepare_dataset  # noqa: E402
 from templatekit.integrations.ray import prepare_ray_dataset  # noqa: E402
 
 GIB = 1024**3
+#: The parts of a worker's resident memory the benchmark reports (Linux: /proc/self/status).
+PARTS = {"RssAnon": "private", "RssShmem": "object store pages read in place"}
 
 
 @ray.remote(num_cpus=0)
@@ -50,12 +54,13 @@ class WorkerStats:
     def __init__(self):
         self.workers: dict[int, dict[str, float]] = {}
 
-    def add(self, pid: int, rows: int, began: float, ended: float, peak: int) -> None:
-        entry = self.workers.setdefault(pid, {"rows": 0, "seconds": 0.0, "first": began, "last": ended, "peak": 0})
+    def add(self, pid: int, rows: int, began: float, ended: float, memory: dict[str, int]) -> None:
+        entry = self.workers.setdefault(pid, {"rows": 0, "seconds": 0.0, "first": began, "last": ended})
         entry["rows"] += rows
         entry["seconds"] += ended - began
         entry["first"], entry["last"] = min(entry["first"], began), max(entry["last"], ended)
-        entry["peak"] = max(entry["peak"], peak)
+        for name, value in memory.items():
+            entry[name] = max(entry.get(name, 0), value)
 
     def take(self) -> dict[int, dict[str, float]]:
         workers, self.workers = self.workers, {}
@@ -72,9 +77,24 @@ class ReportingMasker(BatchMasker):
 
         began = time.time()
         output = super().__call__(batch, indices)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.stats.add.remote(os.getpid(), batch.num_rows, began, time.time(), peak)
+        ended = time.time()
+        self.stats.add.remote(os.getpid(), batch.num_rows, began, ended, memory())
         return output
+
+
+def memory() -> dict[str, int]:
+    """This process's memory, in bytes: its peak resident set (ru_maxrss), and now its private memory (RssAnon)
+    and the shared memory it has touched (RssShmem: the blocks of Ray's object store it read, mapped in place)."""
+    found = {"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssShmem"):
+                    found[name] = int(value.split()[0]) * 1024
+    except OSError:  # not Linux: the peak alone
+        pass
+    return found
 
 
 def ray_route(rows, tokenizer, args, stats):
@@ -111,7 +131,7 @@ def check_equal(ray_prepared, prepared) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="actors in the pool (a fixed pool)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--address", default=None, help="a Ray cluster (ray.init(address=...)); default: start one")
@@ -164,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         f"costs: starting {phases['starting']:.2f} s, finishing {phases['finishing']:.2f} s"
     )
     for pid, entry in sorted(workers.items()):
+        parts = [f"{label} {entry[name] / GIB:.2f} GiB" for name, label in PARTS.items() if name in entry]
         print(
             f"  worker {pid}: {int(entry['rows'])} rows in {entry['seconds']:.2f} s of BatchMasker calls "
-            f"({entry['rows'] / entry['seconds']:.0f} rows/s), peak resident memory {entry['peak'] / GIB:.2f} GiB"
+            f"({entry['rows'] / entry['seconds']:.0f} rows/s); peak resident memory {entry['maxrss'] / GIB:.2f} GiB"
+            + (f" (at most: {', '.join(parts)})" if parts else "")
         )
     return 0
 
