@@ -44,6 +44,7 @@ def row(content: str, answer: str = "yes") -> str:
 # ---------------------------------------------------------------------------------------------------- formats
 
 
+@pytest.mark.slow
 def test_every_reporting_command_takes_format_text_json_github_and_the_json_alias(capsys, tmp_path: Path) -> None:
     template = tmp_path / "t.jinja"
     template.write_text(QWEN.read_text(encoding="utf-8"), encoding="utf-8")
@@ -93,6 +94,7 @@ def test_version_prints_the_installed_version(capsys) -> None:
     assert capsys.readouterr().out.strip() == f"templatekit {templatekit.__version__}"
 
 
+@pytest.mark.slow
 def test_report_fail_on_refused_or_wrong_exits_1_for_ci(capsys, tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.mkdir()
@@ -185,6 +187,7 @@ def test_audit_lists_every_bad_row_all_in_json_20_in_text_and_the_count(capsys, 
     assert "bad rows: 26 (26 problems)" in out and "… and 6 more (--format json lists every one)" in out
 
 
+@pytest.mark.slow
 def test_apply_warns_when_the_template_special_tokens_are_not_in_the_vocabulary(
     capsys, qwen_tokenizer, tmp_path
 ) -> None:
@@ -202,6 +205,7 @@ def test_apply_warns_when_the_template_special_tokens_are_not_in_the_vocabulary(
     assert code == 0 and "warning" not in err  # <|im_start|>, <|im_end|> are Qwen's own tokens
 
 
+@pytest.mark.slow
 def test_bad_option_values_give_a_reason_never_a_traceback(tmp_path: Path) -> None:
     template = tmp_path / "t.jinja"
     template.write_text(QWEN.read_text(encoding="utf-8"), encoding="utf-8")
@@ -235,6 +239,7 @@ def test_bad_option_values_give_a_reason_never_a_traceback(tmp_path: Path) -> No
 _WITHOUT_TORCH = "import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
 
 
+@pytest.mark.subprocess
 def test_no_third_party_notice_on_a_plain_install(tmp_path: Path) -> None:
     """Without torch, transformers' import says "PyTorch was not found"; no command passes that on."""
     template = tmp_path / "t.jinja"

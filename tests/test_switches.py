@@ -52,7 +52,7 @@ SWITCHED = [
     "trl/qwen3_8.jinja",
     "trl/glm4moe.jinja",
     "axolotl/exaone4.jinja",
-    "hard/llama.cpp__Kimi-K3.jinja",
+    pytest.param("hard/llama.cpp__Kimi-K3.jinja", marks=pytest.mark.slow),  # several seconds to patch
     "hard/hf__google-gemma-4-26B-A4B-it.jinja",
     "trl/nemotron_3_super.jinja",
     "hard/alignment-handbook__smollm3_sft_sft.jinja",
