@@ -82,6 +82,7 @@ def test_llama3_bos_written_once(llama3_tokenizer):
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["qwen2_5", "llama3", "mistral"])
 def test_delimiter_fallback_gives_the_same_masks(request, case):
     """Forced onto the delimiter fallback, the same conversations get the same (exact) masks."""

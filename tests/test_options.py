@@ -289,6 +289,7 @@ def test_examples_without_their_optional_dependency_say_what_to_install(example,
     assert result.stderr.strip() == f"{example} needs {missing}: pip install {package}", result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("color_system", ["standard", "256", "truecolor"])
 def test_show_terminal_shades_alternate_between_untrained_tokens(qwen_tokenizer, tmp_path, color_system) -> None:
     """With --tokenizer, neighbouring tokens get backgrounds the terminal tells apart (the README's promise),

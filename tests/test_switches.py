@@ -52,13 +52,14 @@ SWITCHED = [
     "trl/qwen3_8.jinja",
     "trl/glm4moe.jinja",
     "axolotl/exaone4.jinja",
-    pytest.param("hard/llama.cpp__Kimi-K3.jinja", marks=pytest.mark.slow),  # several seconds to patch
+    "hard/llama.cpp__Kimi-K3.jinja",
     "hard/hf__google-gemma-4-26B-A4B-it.jinja",
     "trl/nemotron_3_super.jinja",
     "hard/alignment-handbook__smollm3_sft_sft.jinja",
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SWITCHED)
 def test_one_patch_is_verified_under_every_setting_of_every_switch(name):
     # Each of these trained the wrong text under some setting when patched for the default only.
