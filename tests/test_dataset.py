@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import datasets  # noqa: E402  (the test extra installs it)
 import pytest
 from _paths import corpus_file
 from _training import conversations, truth_spans
@@ -22,7 +23,6 @@ import templatekit
 from templatekit import DatasetRowError, prepare_dataset
 from templatekit.training.masks import encoding_token_mask, spans_to_token_mask
 
-datasets = pytest.importorskip("datasets")
 Dataset, IterableDataset = datasets.Dataset, datasets.IterableDataset
 
 # (tokenizer fixture, corpus template, end-of-turn marker, whether the template keeps the system prompt)

@@ -12,6 +12,7 @@ from ..errors import PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates, source_kind
 from .console import EXIT_FAIL, EXIT_USAGE, STATUS_STYLE, Console
 from .options import (
+    add_explain,
     add_limit_options,
     add_policy_options,
     add_template_kwargs,
@@ -19,6 +20,7 @@ from .options import (
     isolated,
     limits,
     located,
+    print_refusal,
     public_api,
     template_kwargs,
     train_roles,
@@ -149,11 +151,9 @@ def rewrite_each(
             return results, EXIT_USAGE
         except refused as exc:
             failed = True
-            err.line(f"{template.label}: cannot {verb}", "bold red")
-            for reason in exc.reasons:
-                err.line(f"  - {reason}")
+            outcome = "nothing written" if args.output or args.in_place else "no template printed"
+            print_refusal(err, template.label, f"cannot {verb}, {outcome}", exc.reasons, template.text, args)
     if failed:
-        err.line("nothing written" if args.output or args.in_place else "no template printed", "red")
         return results, EXIT_FAIL
     return results, None
 
@@ -220,6 +220,7 @@ def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str,
     parser.add_argument("--diff", action="store_true", help=f"show the unified diff from {before}")
     parser.add_argument("--name", help=f"{verb} only the named template (e.g. tool_use)")
     add_mkdir(parser)
+    add_explain(parser)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
