@@ -66,6 +66,37 @@ def test_every_reporting_command_takes_format_text_json_github_and_the_json_alia
     assert github.startswith(f"::error file={template}") or "file=" in github
 
 
+def test_patch_and_strip_report_every_template_as_json_or_github_annotations(capsys, tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text(QWEN.read_text(encoding="utf-8"), encoding="utf-8")
+    code, out, _ = run(capsys, "patch", template, "--format", "json")
+    (entry,) = json.loads(out)["templates"]
+    assert code == 0 and entry["status"] == "patched" and entry["summary"].startswith("verification ok")
+    assert entry["template"] == templatekit.patch_template(template.read_text(encoding="utf-8")).template
+    assert (code, json.loads(out)) == (
+        run(capsys, "patch", template, "--json")[0],
+        json.loads(run(capsys, "patch", template, "--json")[1]),
+    )
+    patched = tmp_path / "patched.jinja"
+    code, out, _ = run(capsys, "patch", template, "--format", "github", "-o", patched)
+    assert code == 0 and out.startswith(f"::notice file={template}") and patched.is_file()
+    code, out, _ = run(capsys, "strip", patched, "--format", "json", "--diff")
+    (entry,) = json.loads(out)["templates"]
+    assert code == 0 and entry["status"] == "stripped" and "{% generation %}" not in entry["template"]
+    assert entry["diff"].startswith("--- tagged")
+    # A refusal: its kind, place and advice, and the exit code, with nothing written.
+    wizard = tmp_path / "wizard.jinja"
+    wizard.write_text(corpus_file("hard/gpt4all__models3-Wizard_v1.2.jinja").read_text(encoding="utf-8"))
+    code, out, _ = run(capsys, "patch", wizard, "--format", "json", "-o", tmp_path / "never.jinja")
+    document = json.loads(out)
+    assert code == document["exit_code"] == 1 and not (tmp_path / "never.jinja").exists()
+    assert document["templates"][0]["refusal"]["advice"].startswith("if the model's turns use another role name")
+    code, out, _ = run(capsys, "patch", wizard, "--format", "github", "-o", tmp_path / "never.jinja")
+    assert code == 1 and out.startswith(f"::error file={wizard},title=templatekit patch%3A cannot patch::")
+    code, _, err = run(capsys, "patch", template, "--format", "github")
+    assert code == 2 and "--format github prints annotations, not templates" in err
+
+
 def test_apply_takes_its_template_with_template_and_the_old_format_still_works(capsys) -> None:
     code, out, err = run(capsys, "apply", "--template", "chatml")
     assert code == 0 and out == templatekit.get_template("chatml") and "deprecated" not in err
