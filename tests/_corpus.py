@@ -67,8 +67,14 @@ class Corpus:
 
     def patch(self, path: Path) -> templatekit.PatchResult:
         """`patch_template(text)` with its defaults (the assistant trained, `retag=True`): the very patch the tags
-        renderer made, so each template is patched and verified once. Raises its `PatchError`."""
-        return self.renderer(path, fallback=False).patched
+        renderer made, so each template is patched and verified once (a template whose own tags verify is used as it
+        is by the renderer, and patched here). Raises its `PatchError`."""
+
+        def patch() -> templatekit.PatchResult:
+            made = self.renderer(path, fallback=False).patched
+            return made if made is not None else templatekit.patch_template(self.text(path))
+
+        return self._once(("patch", path), patch)
 
     def truth(self, path: Path) -> Analysis | None:
         """The verifier's truth: the probes traced and laid out on the template without tags, or None where the

@@ -15,8 +15,9 @@ def corpus_dir() -> Path:
 
 
 def corpus_file(relative: str) -> Path:
-    """One corpus template (e.g. "trl/qwen2_5.jinja"); skips the test when the corpus is not there."""
+    """One corpus template (e.g. "trl/qwen2_5.jinja"); fails the test when it is not there (the corpus is
+    ../shared/corpus beside the repository, or $TEMPLATEKIT_CORPUS)."""
     path = corpus_dir() / relative
     if not path.is_file():
-        pytest.skip(f"corpus template {relative} not found under {corpus_dir()}")
+        pytest.fail(f"corpus template {relative} not found under {corpus_dir()}")
     return path

@@ -59,7 +59,7 @@ def fresh_corpus_run():
     from _paths import corpus_dir
 
     if not _corpus.TEMPLATES:
-        pytest.skip(f"no corpus templates under {corpus_dir()}")
+        pytest.fail(f"no corpus templates under {corpus_dir()}")
     seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
     worker = Path(__file__).with_name("determinism_worker.py")
     done = subprocess.run(

@@ -390,6 +390,7 @@ def test_malformed_tool_calls_and_reserved_kwargs_are_reasons_not_tracebacks(cap
         assert "Traceback" not in err and document["rejected_conversations"] == 1, document
 
 
+@pytest.mark.slow
 def test_the_field_check_of_a_row_of_100k_messages_is_linear():
     """One row of 100,000 messages: every sentinel found in one scan of the render (it was one scan per message,
     65 s for this row; `benchmarks/audit_scale.py` times it), and each field still checked."""

@@ -150,6 +150,7 @@ def test_an_endless_device_is_refused_before_it_is_read() -> None:
     assert outcome.peak < 16 * MiB, outcome  # nothing read
 
 
+@pytest.mark.slow
 def test_a_config_under_the_limit_is_read_in_bounded_memory(tmp_path: Path) -> None:
     """A 48 MiB config (the largest real ones are a few MB) still loads, in a few times its size."""
     path = tmp_path / "tokenizer_config.json"

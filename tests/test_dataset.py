@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import datasets  # noqa: E402  (the test extra installs it)
 import pytest
 from _paths import corpus_file
 from _training import conversations, truth_spans
@@ -22,7 +23,6 @@ import templatekit
 from templatekit import DatasetRowError, prepare_dataset
 from templatekit.training.masks import encoding_token_mask, spans_to_token_mask
 
-datasets = pytest.importorskip("datasets")
 Dataset, IterableDataset = datasets.Dataset, datasets.IterableDataset
 
 # (tokenizer fixture, corpus template, end-of-turn marker, whether the template keeps the system prompt)
@@ -82,6 +82,7 @@ def test_llama3_bos_written_once(llama3_tokenizer):
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["qwen2_5", "llama3", "mistral"])
 def test_delimiter_fallback_gives_the_same_masks(request, case):
     """Forced onto the delimiter fallback, the same conversations get the same (exact) masks."""

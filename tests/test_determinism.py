@@ -100,7 +100,6 @@ def _verdicts_here(corpus, templates: list[Path], fallbacks: str) -> dict[str, d
 
 @pytest.mark.corpus
 @pytest.mark.subprocess
-@pytest.mark.skipif(not TEMPLATES, reason="the corpus is not there")
 def test_the_corpus_gets_one_verdict_under_every_hash_seed(corpus, fresh_corpus_run):
     here = _verdicts_here(corpus, TEMPLATES, "refused")
     fresh = f"a fresh process (PYTHONHASHSEED={fresh_corpus_run['seed']})"

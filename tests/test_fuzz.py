@@ -40,7 +40,6 @@ def memory_cap():
         yield limit
 
 
-@pytest.mark.skipif(not CORPUS, reason=f"no corpus templates under {corpus_dir()}")
 @settings(
     max_examples=150,
     deadline=None,

@@ -39,6 +39,7 @@ def _limit_error(call) -> tuple[str, str]:
     return "none", ""
 
 
+@pytest.mark.slow
 def test_a_c_call_that_never_returns_is_stopped_at_the_cpu_limit():
     """`deque(count(), maxlen=0)` runs in C forever: no hook, no watchdog reaches it; the CPU-time limit does."""
     endless = lambda: collections.deque(itertools.count(), maxlen=0)  # noqa: E731
@@ -92,6 +93,7 @@ def test_results_and_errors_come_back_whole():
     assert here == there and reasons_here == reasons_there and reasons_here
 
 
+@pytest.mark.slow
 def test_the_steps_a_call_took_are_told_and_limited():
     """`LimitScope.work` tells how many steps the work took; the same work under a smaller budget is refused."""
     template = "{% for i in range(5000) %}{{ i }}{% endfor %}"

@@ -44,6 +44,7 @@ def row(content: str, answer: str = "yes") -> str:
 # ---------------------------------------------------------------------------------------------------- formats
 
 
+@pytest.mark.slow
 def test_every_reporting_command_takes_format_text_json_github_and_the_json_alias(capsys, tmp_path: Path) -> None:
     template = tmp_path / "t.jinja"
     template.write_text(QWEN.read_text(encoding="utf-8"), encoding="utf-8")
@@ -63,6 +64,37 @@ def test_every_reporting_command_takes_format_text_json_github_and_the_json_alia
     assert json.loads(run(capsys, "report", template, "--json")[1])["templates"][0]["status"] == "patched"
     github = run(capsys, "check", template, "--format", "github")[1]
     assert github.startswith(f"::error file={template}") or "file=" in github
+
+
+def test_patch_and_strip_report_every_template_as_json_or_github_annotations(capsys, tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text(QWEN.read_text(encoding="utf-8"), encoding="utf-8")
+    code, out, _ = run(capsys, "patch", template, "--format", "json")
+    (entry,) = json.loads(out)["templates"]
+    assert code == 0 and entry["status"] == "patched" and entry["summary"].startswith("verification ok")
+    assert entry["template"] == templatekit.patch_template(template.read_text(encoding="utf-8")).template
+    assert (code, json.loads(out)) == (
+        run(capsys, "patch", template, "--json")[0],
+        json.loads(run(capsys, "patch", template, "--json")[1]),
+    )
+    patched = tmp_path / "patched.jinja"
+    code, out, _ = run(capsys, "patch", template, "--format", "github", "-o", patched)
+    assert code == 0 and out.startswith(f"::notice file={template}") and patched.is_file()
+    code, out, _ = run(capsys, "strip", patched, "--format", "json", "--diff")
+    (entry,) = json.loads(out)["templates"]
+    assert code == 0 and entry["status"] == "stripped" and "{% generation %}" not in entry["template"]
+    assert entry["diff"].startswith("--- tagged")
+    # A refusal: its kind, place and advice, and the exit code, with nothing written.
+    wizard = tmp_path / "wizard.jinja"
+    wizard.write_text(corpus_file("hard/gpt4all__models3-Wizard_v1.2.jinja").read_text(encoding="utf-8"))
+    code, out, _ = run(capsys, "patch", wizard, "--format", "json", "-o", tmp_path / "never.jinja")
+    document = json.loads(out)
+    assert code == document["exit_code"] == 1 and not (tmp_path / "never.jinja").exists()
+    assert document["templates"][0]["refusal"]["advice"].startswith("if the model's turns use another role name")
+    code, out, _ = run(capsys, "patch", wizard, "--format", "github", "-o", tmp_path / "never.jinja")
+    assert code == 1 and out.startswith(f"::error file={wizard},title=templatekit patch%3A cannot patch::")
+    code, _, err = run(capsys, "patch", template, "--format", "github")
+    assert code == 2 and "--format github prints annotations, not templates" in err
 
 
 def test_apply_takes_its_template_with_template_and_the_old_format_still_works(capsys) -> None:
@@ -93,6 +125,7 @@ def test_version_prints_the_installed_version(capsys) -> None:
     assert capsys.readouterr().out.strip() == f"templatekit {templatekit.__version__}"
 
 
+@pytest.mark.slow
 def test_report_fail_on_refused_or_wrong_exits_1_for_ci(capsys, tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.mkdir()
@@ -185,6 +218,7 @@ def test_audit_lists_every_bad_row_all_in_json_20_in_text_and_the_count(capsys, 
     assert "bad rows: 26 (26 problems)" in out and "… and 6 more (--format json lists every one)" in out
 
 
+@pytest.mark.slow
 def test_apply_warns_when_the_template_special_tokens_are_not_in_the_vocabulary(
     capsys, qwen_tokenizer, tmp_path
 ) -> None:
@@ -202,6 +236,7 @@ def test_apply_warns_when_the_template_special_tokens_are_not_in_the_vocabulary(
     assert code == 0 and "warning" not in err  # <|im_start|>, <|im_end|> are Qwen's own tokens
 
 
+@pytest.mark.slow
 def test_bad_option_values_give_a_reason_never_a_traceback(tmp_path: Path) -> None:
     template = tmp_path / "t.jinja"
     template.write_text(QWEN.read_text(encoding="utf-8"), encoding="utf-8")
@@ -235,6 +270,7 @@ def test_bad_option_values_give_a_reason_never_a_traceback(tmp_path: Path) -> No
 _WITHOUT_TORCH = "import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
 
 
+@pytest.mark.subprocess
 def test_no_third_party_notice_on_a_plain_install(tmp_path: Path) -> None:
     """Without torch, transformers' import says "PyTorch was not found"; no command passes that on."""
     template = tmp_path / "t.jinja"
@@ -284,6 +320,7 @@ def test_examples_without_their_optional_dependency_say_what_to_install(example,
     assert result.stderr.strip() == f"{example} needs {missing}: pip install {package}", result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("color_system", ["standard", "256", "truecolor"])
 def test_show_terminal_shades_alternate_between_untrained_tokens(qwen_tokenizer, tmp_path, color_system) -> None:
     """With --tokenizer, neighbouring tokens get backgrounds the terminal tells apart (the README's promise),

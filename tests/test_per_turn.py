@@ -14,6 +14,7 @@ import logging
 import random
 import warnings
 
+import datasets  # noqa: E402  (the test extra installs it)
 import pytest
 import tokenizers_offline
 from _corpus import patched as corpus_patch
@@ -24,7 +25,6 @@ from templatekit import check_template, cli, prepare_dataset
 from templatekit.errors import HistoryMismatchWarning
 from templatekit.training.dataset import truncate_row
 
-datasets = pytest.importorskip("datasets")
 Dataset, IterableDataset = datasets.Dataset, datasets.IterableDataset
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]

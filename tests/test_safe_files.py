@@ -204,6 +204,7 @@ def _outputs(tmp_path: Path) -> dict[str, Path]:
     return places
 
 
+@pytest.mark.slow
 def test_output_onto_a_device_fifo_socket_or_outward_symlink_is_refused(tmp_path: Path) -> None:
     """patch -o, strip -o, show --html and apply -o: one line naming the path, exit 2, nothing replaced, even with
     --force; the check itself, on the system's /dev/null, says why without writing."""

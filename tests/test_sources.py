@@ -55,8 +55,7 @@ def test_jinja_file_keeps_crlf_and_bom_bytes(tmp_path: Path) -> None:
 
 def test_every_corpus_template_loads() -> None:
     files = sorted(corpus_dir().glob("*/*.jinja"))
-    if not files:
-        pytest.skip("corpus not found")
+    assert files, f"no corpus templates under {corpus_dir()}"
     for path in files:
         [template] = load_templates(path)
         assert template.text.strip(), path
@@ -279,8 +278,7 @@ def test_find_template_files(tmp_path: Path) -> None:
 
 
 def test_find_template_files_in_corpus() -> None:
-    if not corpus_dir().is_dir():
-        pytest.skip("corpus not found")
+    assert corpus_dir().is_dir(), f"no corpus under {corpus_dir()}"
     assert len(find_template_files([corpus_dir()])) == len(list(corpus_dir().rglob("*.jinja")))
 
 

@@ -13,7 +13,9 @@ import copy
 import json
 from pathlib import Path
 
+import datasets as datasets  # noqa: E402
 import pytest
+import transformers as transformers  # noqa: E402
 from _corpus import patched as corpus_patch
 from _paths import corpus_file
 from _training import make_conversations, sft_config, tiny_qwen2
@@ -22,10 +24,6 @@ from tokenizers_offline import with_chat_template
 import templatekit
 from templatekit.core.tags import has_generation_tags
 from templatekit.integrations.trl import strip_saved_templates, strip_tags_on_save
-
-pytest.importorskip("trl")
-datasets = pytest.importorskip("datasets")
-transformers = pytest.importorskip("transformers")
 
 QWEN = "trl/qwen2_5.jinja"
 

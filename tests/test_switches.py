@@ -59,6 +59,7 @@ SWITCHED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SWITCHED)
 def test_one_patch_is_verified_under_every_setting_of_every_switch(name):
     # Each of these trained the wrong text under some setting when patched for the default only.
@@ -140,7 +141,8 @@ def test_a_renderer_refuses_a_setting_other_than_the_one_it_fixed(qwen3):
 
 
 def test_prepare_dataset_renders_and_masks_with_the_given_switch(qwen3):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     data = datasets.Dataset.from_list([{"messages": CHAT}])
     plain = prepare_dataset(data, qwen3, progress=False)
     switched = prepare_dataset(data, qwen3, progress=False, template_kwargs={"enable_thinking": False})
@@ -175,7 +177,8 @@ def test_the_cli_patches_once_and_checks_every_setting(tmp_path, capsys):
 
 
 def test_prepare_dataset_reads_trls_per_row_chat_template_kwargs(qwen3):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     rows = [
         {"messages": CHAT, "chat_template_kwargs": {"enable_thinking": False}},
         {"messages": CHAT, "chat_template_kwargs": {}},  # Arrow writes the missing key as None: left unset

@@ -10,15 +10,13 @@ import copy
 import logging
 import math
 
+import datasets as datasets  # noqa: E402
 import pytest
+import torch as torch  # noqa: E402
 from _paths import corpus_dir
 from _training import make_conversations, sft_config, tiny_qwen2
 
 import templatekit
-
-pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-datasets = pytest.importorskip("datasets")
 
 pytestmark = pytest.mark.e2e
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 import copy
 import math
 
+import datasets as datasets  # noqa: E402
 import pytest
+import torch as torch  # noqa: E402
 from _paths import corpus_file
 from _training import conversations, sft_config, tiny_qwen2, truth_spans
 
 from templatekit import prepare_dataset
 from templatekit.training.masks import spans_to_token_mask
-
-pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-datasets = pytest.importorskip("datasets")
 
 pytestmark = pytest.mark.e2e
 

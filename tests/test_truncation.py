@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 
+import datasets as datasets  # noqa: E402
 import pytest
 from _paths import corpus_file
 from tokenizers_offline import with_chat_template
@@ -19,7 +20,6 @@ from templatekit import prepare_dataset
 from templatekit.errors import InvalidArgumentError
 from templatekit.training.dataset import truncate_row
 
-datasets = pytest.importorskip("datasets")
 Dataset, IterableDataset = datasets.Dataset, datasets.IterableDataset
 
 LOGGER = "templatekit.training.dataset"

@@ -20,6 +20,9 @@ from _paths import corpus_file
 import templatekit
 from templatekit.core.sandbox import limit_scope
 
+# Fresh interpreters, some of them busy loops beside the verdicts: the slowest module but one.
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 CHAT = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -12,14 +12,9 @@ import copy
 import random
 
 import pytest
-
-pytest.importorskip("PIL")
-pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-
-import vision_offline  # noqa: E402
-from test_cli import run  # noqa: E402  (the CLI run in-process: exit code, stdout, stderr)
-from vision_offline import PROCESSORS, conversations, processor  # noqa: E402
+import vision_offline
+from _cli import run  # the CLI run in-process: exit code, stdout, stderr
+from vision_offline import PROCESSORS, conversations, processor
 
 import templatekit  # noqa: E402
 from templatekit.core.tags import has_generation_tags  # noqa: E402
@@ -34,6 +29,10 @@ from templatekit.training.vision import VisionCollator, VisionMasker  # noqa: E4
 
 #: Processors whose native route TRL gets right, and the one it gets wrong (no replacement records).
 EXACT, WRONG = ("qwen2_5_vl", "qwen3_vl", "idefics3"), ("idefics2",)
+
+
+# Tiny processors built and images expanded per test: about twenty seconds in all.
+pytestmark = pytest.mark.slow
 
 
 def trained_text(masker: VisionMasker, ids, trained) -> str:

@@ -13,13 +13,9 @@ from __future__ import annotations
 import copy
 import random
 
+import datasets as datasets  # noqa: E402
 import pytest
-
-pytest.importorskip("PIL")
-pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-datasets = pytest.importorskip("datasets")
-
+import torch as torch  # noqa: E402
 import vision_offline  # noqa: E402
 
 import templatekit  # noqa: E402

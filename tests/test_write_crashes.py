@@ -30,6 +30,7 @@ from templatekit.sources import TEMPORARY_SUFFIX, load_templates
 
 QWEN, LLAMA = corpus_file("trl/qwen2_5.jinja"), corpus_file("trl/llama3_2.jinja")
 MAX_STEPS = 60  # far more than a run takes: a run that never gets through fails the test
+pytestmark = pytest.mark.subprocess  # the CLI in child processes, killed at every step
 
 
 def text(path: Path) -> str:

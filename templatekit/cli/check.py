@@ -7,6 +7,7 @@ import argparse
 from . import check_formats
 from .console import STATUS_STYLE, Console
 from .options import (
+    add_explain,
     add_format,
     add_limit_options,
     add_policy_options,
@@ -47,11 +48,26 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 err.line(f"error: {outcome.summary}", "red")
             elif not (outcome.ok and args.quiet):
                 out.line(f"{outcome.label}: {outcome.summary}", STATUS_STYLE["ok" if outcome.ok else "FAILED"])
-                for finding in outcome.findings:
-                    out.line(f"  - {finding.message}")
+                for line in _findings(outcome, args.explain):
+                    out.line(f"  {line}")
                 for note in outcome.notes:
                     out.line(f"  note: {note}", "dim")
     return check_formats.exit_code(outcomes)
+
+
+def _findings(outcome: check_formats.CheckOutcome, every: bool) -> list[str]:
+    """A failed template's findings: at most three, grouped, in the user's words, and what to do (every one as the
+    verifier wrote it with --explain); an untagged template's one finding says what to do itself."""
+    messages = [finding.message for finding in outcome.findings]
+    if outcome.status != "failed":
+        return [f"- {message}" for message in messages]
+    from ..core.refusal import explain  # on use: --help loads nothing of the core
+
+    lines = explain(messages).lines(explain=every)[:-1]
+    return [
+        *lines,
+        "what to do: `templatekit patch SOURCE` replaces the tags with verified ones, or says why it cannot",
+    ]
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -70,5 +86,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_train_role(check)
     add_template_kwargs(check)
     add_policy_options(check)
+    add_explain(check)
     add_limit_options(check)
     check.set_defaults(func=run)

@@ -126,6 +126,27 @@ def add_policy_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def add_explain(sub: argparse.ArgumentParser) -> None:
+    """`--explain`: every reason of a refusal, as the verifier wrote it, instead of the grouped few."""
+    sub.add_argument(
+        "--explain",
+        action="store_true",
+        help="on a refusal, list every reason as the verifier wrote it (by default: the kind of problem, at most 3 "
+        "grouped reasons and what to do)",
+    )
+
+
+def print_refusal(err: Any, label: str, verdict: str, reasons: list[str], template: str | None, args: Any) -> None:
+    """A refusal in at most five lines: `label: verdict: kind (where)`, at most three grouped reasons, what to do
+    (`templatekit.core.refusal`); every reason with --explain."""
+    from ..core.refusal import explain  # on use: --help loads nothing of the core
+
+    refusal = explain(reasons, template)
+    err.line(f"{label}: {verdict}: {refusal.headline()}", "bold red")
+    for line in refusal.lines(explain=getattr(args, "explain", False)):
+        err.line(f"  {line}")
+
+
 def add_train_role(sub: argparse.ArgumentParser) -> None:
     """`--train-role ROLE` (repeatable): the roles whose messages are trained."""
     sub.add_argument(

@@ -10,8 +10,11 @@ from typing import Any
 
 from ..errors import PatchError, TemplateSourceError
 from ..sources import LoadedTemplate, load_templates, source_kind
-from .console import EXIT_FAIL, EXIT_USAGE, STATUS_STYLE, Console
+from . import rewrite_formats
+from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, STATUS_STYLE, Console
 from .options import (
+    add_explain,
+    add_format,
     add_limit_options,
     add_policy_options,
     add_template_kwargs,
@@ -19,6 +22,8 @@ from .options import (
     isolated,
     limits,
     located,
+    output_format,
+    print_refusal,
     public_api,
     template_kwargs,
     train_roles,
@@ -67,6 +72,8 @@ def _output_problem(args: argparse.Namespace, kind: str) -> str | None:
     """Why the chosen output does not fit this kind of source (checked before anything is fetched or read)."""
     if args.revision is not None and kind != "hub":
         return f"--revision applies only to a Hugging Face Hub id; {args.source} is a local {kind}"
+    if output_format(args) == "github" and not (args.output or args.in_place):
+        return "--format github prints annotations, not templates: write them with -o OUT or --in-place"
     if args.in_place and kind == "hub":
         return (
             f"--in-place updates a local model folder or file; {args.source} is a Hugging Face Hub id "
@@ -136,26 +143,70 @@ def inputs_and_outputs(args: argparse.Namespace, err: Console) -> tuple[list, li
 
 
 def rewrite_each(
-    templates: list, rewrite: Callable[[str], Any], refused: type[Exception], verb: str, args, err: Console
+    templates: list,
+    rewrite: Callable[[str], Any],
+    refused: type[Exception],
+    verb: str,
+    args,
+    consoles: tuple[Console, Console],
 ) -> tuple[list, int | None]:
     """`rewrite(template.text)` for every template, and None; or, once any fails, what was done and the exit
-    code, its reasons printed (a refusal: every template is tried, then nothing is written; bad input: at once)."""
-    results, failed = [], False
+    code, its reasons printed (a refusal: every template is tried, then nothing is written; bad input: at once).
+    With `--format json|github` the failures are also reported on stdout (`rewrite_formats`)."""
+    results, failed, entries = [], False, []
     for template in templates:
         try:
             results.append(rewrite(template.text))
         except TemplateSourceError as exc:
-            err.line(f"error: {located(exc, template)}", "red")
+            err_line = str(located(exc, template))
+            consoles[1].line(f"error: {err_line}", "red")
+            entries.append(rewrite_formats.outcome(template, "error", reasons=[err_line]))
+            _report(args, verb, consoles[0], entries, EXIT_USAGE)
             return results, EXIT_USAGE
         except refused as exc:
             failed = True
-            err.line(f"{template.label}: cannot {verb}", "bold red")
-            for reason in exc.reasons:
-                err.line(f"  - {reason}")
+            outcome = "nothing written" if args.output or args.in_place else "no template printed"
+            print_refusal(consoles[1], template.label, f"cannot {verb}, {outcome}", exc.reasons, template.text, args)
+            entries.append(rewrite_formats.outcome(template, "refused", reasons=exc.reasons))
     if failed:
-        err.line("nothing written" if args.output or args.in_place else "no template printed", "red")
+        _report(args, verb, consoles[0], entries, EXIT_FAIL)
         return results, EXIT_FAIL
     return results, None
+
+
+def _report(args, verb: str, out: Console, entries: list[dict[str, Any]], code: int) -> None:
+    """The outcome document on stdout, for `--format json|github` (nothing for text)."""
+    fmt = output_format(args)
+    if fmt == "json":
+        out.raw(rewrite_formats.to_json(verb, entries, code))
+    elif fmt == "github":
+        out.raw(rewrite_formats.to_github(verb, entries))
+
+
+def deliver_rewritten(
+    args: argparse.Namespace,
+    verb: str,
+    chosen: tuple[list, list[Path], bool],
+    texts: list[str],
+    entries: list[dict[str, Any]],
+    consoles: tuple[Console, Console],
+    describe: Callable[[Console, Console], None],
+) -> int:
+    """Write the rewritten templates as `deliver` does; with `--format json|github`, then report every template's
+    `entries` on stdout (the templates themselves in the JSON when no file was asked for)."""
+    templates, targets, gguf_out = chosen
+    if output_format(args) == "text":
+        return deliver(args, templates, targets, gguf_out, texts, consoles, describe)
+    out, err = consoles
+    if args.output or args.in_place:
+        code = deliver(args, templates, targets, gguf_out, texts, (err, err), describe)
+    else:
+        describe(err, err)
+        code = EXIT_OK
+        for entry, text in zip(entries, texts):
+            entry["template"] = text
+    _report(args, verb, out, entries, code)
+    return code
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -176,7 +227,12 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     }
     # Each template in a child process under hard limits (templatekit.core.sandbox.isolation).
     results, code = rewrite_each(
-        templates, lambda text: isolated(args, api.patch_template, text, **options), PatchError, "patch", args, err
+        templates,
+        lambda text: isolated(args, api.patch_template, text, **options),
+        PatchError,
+        "patch",
+        args,
+        (out, err),
     )
     if code is not None:
         return code
@@ -195,7 +251,17 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         err.flush()
 
     texts = [result.template for result in results]
-    return deliver(args, templates, targets, gguf_out, texts, (out, err), describe)
+    entries = [
+        rewrite_formats.outcome(
+            template,
+            result.status,
+            summary=f"verification {result.report.summary()}",
+            notes=result.report.notes,
+            diff=(result.diff or "") if args.diff else None,
+        )
+        for template, result in zip(templates, results)
+    ]
+    return deliver_rewritten(args, "patch", chosen, texts, entries, (out, err), describe)
 
 
 def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str, before: str) -> None:
@@ -220,6 +286,10 @@ def add_source_and_output(parser: argparse.ArgumentParser, verb: str, done: str,
     parser.add_argument("--diff", action="store_true", help=f"show the unified diff from {before}")
     parser.add_argument("--name", help=f"{verb} only the named template (e.g. tool_use)")
     add_mkdir(parser)
+    add_explain(parser)
+    add_format(
+        parser, "every template's status, verification summary, notes or refusal; the template itself without -o"
+    )
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

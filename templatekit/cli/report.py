@@ -49,10 +49,14 @@ class _Row:
 
 
 def _first(reasons: Sequence[str]) -> str:
+    """The first of the reasons, in the user's words (`templatekit.core.refusal`), and how many more there are."""
+    from ..core.refusal import explain  # on use: --help loads nothing of the core
+
     if not reasons:
         return ""
-    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
-    return reasons[0] + more
+    grouped = explain(reasons).reasons
+    more = len(reasons) - grouped[0][1]
+    return grouped[0][0] + (f" (+{more} more)" if more else "")
 
 
 def _classify(api: Any, template: LoadedTemplate, options: dict[str, Any], args: argparse.Namespace) -> _Row:

@@ -8,7 +8,16 @@ from pathlib import Path
 from ..errors import ConversationError, NotTrainableError, TemplateKitError, TemplateSourceError
 from ..sources import load_templates
 from .console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Console, Replay
-from .options import add_limit_options, add_template_kwargs, isolated, limits, located, template_kwargs
+from .options import (
+    add_explain,
+    add_limit_options,
+    add_template_kwargs,
+    isolated,
+    limits,
+    located,
+    print_refusal,
+    template_kwargs,
+)
 from .writing import add_mkdir, check_targets, write_texts
 
 __all__ = ["add_parser", "run"]
@@ -74,10 +83,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         err.line(f"error: {located(exc, template)}", "red")
         return EXIT_USAGE
     except TemplateKitError as exc:
-        err.line(f"{template.label}: cannot tell what is trained", "bold red")
-        reasons = exc.reasons if isinstance(exc, NotTrainableError) else []
-        for reason in reasons or [str(exc)]:
-            err.line(f"  - {reason}")
+        reasons = exc.reasons if isinstance(exc, NotTrainableError) else [str(exc)]
+        print_refusal(err, template.label, "cannot tell what is trained", reasons, template.text, args)
         return EXIT_FAIL
     replay = Replay()
     said = replay.console(err) if args.html else err  # with --html: said once the page is written
@@ -129,4 +136,5 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_template_kwargs(show_cmd)
     add_limit_options(show_cmd)
+    add_explain(show_cmd)
     show_cmd.set_defaults(func=run)

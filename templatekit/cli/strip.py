@@ -12,10 +12,10 @@ import argparse
 import difflib
 
 from ..errors import StripError
+from . import rewrite_formats
 from .console import EXIT_USAGE, Console
 from .options import add_limit_options, isolated, limits
-from .patch import add_source_and_output, inputs_and_outputs, rewrite_each
-from .writing import deliver
+from .patch import add_source_and_output, deliver_rewritten, inputs_and_outputs, rewrite_each
 
 __all__ = ["add_parser", "run"]
 
@@ -38,7 +38,12 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     templates, targets, gguf_out = chosen
 
     stripped, code = rewrite_each(
-        templates, lambda text: isolated(args, strip_template, text, **limits(args)), StripError, "strip", args, err
+        templates,
+        lambda text: isolated(args, strip_template, text, **limits(args)),
+        StripError,
+        "strip",
+        args,
+        (out, err),
     )
     if code is not None:
         return code
@@ -59,7 +64,16 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 (out if diff_to_stdout else err).flush()
         err.flush()
 
-    return deliver(args, templates, targets, gguf_out, stripped, (out, err), describe)
+    entries = [
+        rewrite_formats.outcome(
+            template,
+            "stripped" if text != template.text else "unchanged",
+            summary=f"removed {len(TAG.findall(template.text))} generation tags; renders identically on every probe",
+            diff=_diff(template.text, text) if args.diff else None,
+        )
+        for template, text in zip(templates, stripped)
+    ]
+    return deliver_rewritten(args, "strip", chosen, stripped, entries, (out, err), describe)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import PatchError
 from .analysis import Emission
 from .markers import CLOSERS, MARKER, OPENERS
-from .probes import Probe
+from .probes import SPECIAL_TOKENS, Probe
 from .truth import GENERATED_KINDS, Generated, common_prefix, generated_at
 
 
@@ -200,9 +200,23 @@ def layout_probe(
             # Nothing generated is rendered (say, tool calls the template drops): what the message still
             # writes may be trained, but need not be.
             if own and own[0].start < own[-1].end:
-                # From where its prompt parts from the text, when that is known and comes before its outputs.
+                # From where its prompt parts from the text, when that is known and comes before its outputs, to
+                # an end-of-sequence token written right after them (as after a reply that ends the conversation).
                 begin = min(own[0].start, truth[index].start) if index in truth else own[0].start
-                turns.append(Turn(index, begin, own[-1].end, begin, begin, optional=True))
+                rest = text[own[-1].end :]
+                eos = SPECIAL_TOKENS["eos_token"]
+                end = own[-1].end + (len(rest) - len(rest.lstrip()) + len(eos) if rest.lstrip().startswith(eos) else 0)
+                turns.append(Turn(index, begin, end, begin, begin, optional=True))
+            elif index in truth and truth[index].empty:
+                # It writes nothing at all: what the template writes from where its prompt parts from the text
+                # to the next message (a separator, an end-of-sequence token) may be trained, when no one's text
+                # is in it.
+                begin = truth[index].start
+                end = min(
+                    (e.start for e in emissions if e.message is not None and e.message > index), default=len(text)
+                )
+                if begin < end and not any(start < end and begin < stop for start, stop, _ in forbidden):
+                    turns.append(Turn(index, begin, end, begin, begin, optional=True))
             continue
         first = min(start for start, _ in positions)
         last = max(end for _, end in positions)

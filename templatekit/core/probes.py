@@ -242,6 +242,16 @@ def build_probes(
                 .tool_result()
                 .say(speaker, reasoning=True)
                 .probe,
+                # Rows that end on a call (an agent's step, as agentic data sets cut them): a template may write the
+                # last calls apart from those in history (Kimi K2 keeps the reasoning only after the last answer).
+                new("ends_on_tool_call").with_tools().say("user").say(speaker, tool_call=True, content=False).probe,
+                new("agent_step")
+                .with_tools()
+                .say("user")
+                .say(speaker, tool_call=True, content=False)
+                .tool_result()
+                .say(speaker, tool_call=True, content=False)
+                .probe,
                 new("reasoning").say("user").say(speaker, reasoning=True).probe,
                 new("reasoning_multi_turn")
                 .say("system")

@@ -28,11 +28,16 @@ MAX_SWITCHES = 4
 # A string switch compared with more strings than this is set to the first ones.
 MAX_VALUES = 4
 
+# What transformers passes to every render, or takes as its own argument (`continue_final_message` is handled by
+# `apply_chat_template`, never a value the template is given), and Jinja's globals: not switches.
 _RENDER_NAMES = {
     "messages",
     "tools",
     "documents",
     "add_generation_prompt",
+    "continue_final_message",
+    "return_assistant_tokens_mask",
+    "chat_template",
     "loop",
     "raise_exception",
     "strftime_now",

@@ -21,11 +21,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
+from . import endings
 from .analysis import Emission
-from .markers import MARKER, MARKER_AT_END, ROLE_STOP
-from .probes import ASSISTANT, SPECIAL_TOKENS, Probe
+from .endings import Where
+from .markers import MARKER
+from .probes import ASSISTANT, Probe
 
 GENERATED_KINDS = ("content", "reasoning", "tool_name", "tool_call", "tool_id")
 # Generated only where the message's own outputs write it: a call's id also stands in the tool result that answers it.
@@ -37,7 +38,6 @@ Trace = Callable[[list, bool], "tuple[str, list[Emission]] | None"]
 
 #: How a turn's stop marker is written: by the turn's own outputs, by the next message's branch, after the message
 #: loop, or as the next role's token ("" when the turn has none of its own).
-Where = Literal["", "turn", "next message", "after the turn", "next role token"]
 
 
 @dataclass(frozen=True)
@@ -307,22 +307,24 @@ def generated_turns(
                 # A conversation that stops on the turn ends it with one marker (`</s>`), one that goes on with
                 # another that the turn's own outputs write right after the shared ending (`<|im_end|>`): that
                 # one is the stop token where the conversation goes on.
-                end = _own_marker(text, emissions, index, end, header)
+                end = endings.own_marker(text, emissions, index, end, header)
         if alone is not None and alone[0].rfind(closing) < 0 and next_start < len(text):
             # The turn renders its last generated text only when the conversation goes on (a call's id that the
             # template drops from the last message): it ends with what its own outputs write up to a stop marker.
-            end, where = _own_tail(text, emissions, index, last, next_start, header), "turn"
+            end, where = endings.own_tail(text, emissions, index, last, next_start, header), "turn"
         if end == last and next_start < len(text):
             # A render that ends on the turn ends it otherwise (Gemma 4 opens a tool's response there): the
             # marker the turn's own outputs write right after it ends it.
-            end, where = _own_marker(text, emissions, index, last, header), "turn"
+            end, where = endings.own_marker(text, emissions, index, last, header), "turn"
+        if next_start == len(text) and probe.messages[index].get("tool_calls"):
+            end, where = endings.call_ending(probe, text, emissions, index, last, header, (end, where))
         final = MARKER.match(text, last) if next_start == len(text) and end == last else None
         if final is not None and not header.strip().startswith(final.group()):
             # The last reply ends with a marker of its own that history turns do not write (gpt-oss writes
             # `<|return|>` there, `<|end|>` elsewhere): it is the stop token the model generates.
             end, where = final.end(), "turn"
         own_end = end
-        end, where = _stop_after(text, end, last, next_start, where, (header, headers))
+        end, where = endings.stop_after(text, end, last, next_start, where, (header, headers))
         stop_start = len(text[:end]) - len(text[own_end:end].lstrip())
         gap = (own_end, stop_start) if last < own_end < stop_start < end else None
         in_alone = alone[0].rfind(closing) if alone is not None else -1
@@ -356,11 +358,15 @@ def generated_at(kind: str, start: int, index: int, emissions: list[Emission]) -
 
 def _empty_turn_start(probe: Probe, text: str, emissions: list[Emission], index: int, trace: Trace) -> int | None:
     """Where the prompt for a turn that renders nothing generated parts from `text`, when that is before the
-    message's own first output (a separator the previous message writes only when a message follows)."""
+    message's own first output (a separator the previous message writes only when a message follows), or, for a
+    message that writes nothing at all, where the prompt parts from the text."""
     writes = [e.start for e in emissions if e.message == index and e.text]
-    given = _prompt_and_header(probe, index, trace) if writes and probe.messages[index]["role"] == ASSISTANT else None
+    given = _prompt_and_header(probe, index, trace) if probe.messages[index]["role"] == ASSISTANT else None
     if given is None:
         return None
+    if not writes:
+        parted = common_prefix(given[0], text)
+        return parted if parted < len(text) else None
     start = _turn_start(probe, text, *given, writes[0], index)
     return start if start is not None and start < writes[0] else None
 
@@ -372,60 +378,6 @@ def _prompt_and_header(probe: Probe, index: int, trace: Trace) -> tuple[str, str
     if prompt is None:
         return None
     return prompt[0], _added_prompt(bare[0], prompt[0]) if bare is not None else ""
-
-
-def _own_marker(text: str, emissions: list[Emission], index: int, last: int, header: str) -> int:
-    """The end of a marker written right at `last` by the message's own outputs, else `last`.
-
-    Whitespace the outputs write before it is generated too (an end-of-sentence token after a space); the
-    trained speaker's own header written there is no stop.
-    """
-    reach = last
-    for emission in emissions:
-        if emission.message == index and emission.start <= reach < emission.end:
-            reach = emission.end
-    gap = len(text[last:reach]) - len(text[last:reach].lstrip())
-    marker = MARKER.match(text, last + gap, reach)
-    if marker is None or (gap and header.strip().startswith(marker.group())):
-        return last
-    return marker.end()
-
-
-def _own_tail(text: str, emissions: list[Emission], index: int, last: int, stop: int, header: str) -> int:
-    """The end of what the message's own outputs write from `last` on (before `stop`), less trailing whitespace,
-    when it ends with a marker and holds no generation-prompt header; else `last`.
-
-    Example:
-        >>> _own_tail('x"}]</c>\\n<|end|>\\n<u>', [Emission(0, 'x"}]</c>\\n<|end|>\\n', 0, 1)], 1, 1, 17, "<a>")
-        16
-    """
-    reach = last
-    for emission in emissions:
-        if emission.message == index and emission.start <= reach < emission.end:
-            reach = min(emission.end, stop)
-    tail = text[last:reach].rstrip()
-    if header.strip() and header.strip() in tail:
-        return last
-    return last + len(tail) if MARKER_AT_END.search(tail) else last
-
-
-def _stop_after(
-    text: str, end: int, last: int, next_start: int, where: Where, headers: tuple[str, ...]
-) -> tuple[int, Where]:
-    """The turn's end moved over a stop token written right after it by the next message or after the loop.
-
-    A role token counts only when it opens none of `headers` (the trained speaker's, and the assistant's that the
-    generation prompt writes): two replies in a row are not one that stops, nor is a turn handed to the assistant.
-    """
-    rest = text[end:next_start] if next_start < len(text) else text[end:]
-    gap = len(rest) - len(rest.lstrip())
-    eos = SPECIAL_TOKENS["eos_token"]
-    if rest[gap:].startswith(eos):
-        return end + gap + len(eos), "after the turn" if next_start == len(text) else "next message"
-    stop = ROLE_STOP.match(text, end + gap) if end == last and next_start < len(text) else None
-    if stop is not None and not any(header.strip().startswith(stop.group()) for header in headers):
-        return stop.end(), "next role token"
-    return end, where
 
 
 def _opens_like_prompt(probe: Probe, text: str, prompt: str, first: int, index: int) -> bool:

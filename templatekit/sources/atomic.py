@@ -75,8 +75,8 @@ def clean_stale_temporaries(folder: str | Path) -> list[Path]:
     carry the run's process id; a run still alive keeps its own). Returns what was removed.
 
     Example:
-        >>> clean_stale_temporaries("model/")  # doctest: +SKIP
-        [PosixPath('model/.tokenizer_config.json.bak.4242.k2j3h4l5.templatekit-tmp')]
+        clean_stale_temporaries("model/")
+        # [PosixPath('model/.tokenizer_config.json.bak.4242.k2j3h4l5.templatekit-tmp')]
     """
     removed = []
     try:
@@ -110,7 +110,7 @@ def write_text_atomic(path: str | Path, text: str, *, make_folders: bool = False
     `TemplateSourceError` where `output_target` refuses the path, and for any OS error while writing.
 
     Example:
-        >>> write_text_atomic("patched.jinja", "{{ messages }}")  # doctest: +SKIP
+        write_text_atomic("patched.jinja", "{{ messages }}")
     """
     write_bytes_atomic(path, text.encode("utf-8"), make_folders=make_folders)
 
@@ -119,7 +119,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, make_folders: bool = Fa
     """`write_text_atomic` for bytes: the old file or the new one is there, never a half-written one.
 
     Example:
-        >>> write_bytes_atomic("tokenizer_config.json.bak", b"{}")  # doctest: +SKIP
+        write_bytes_atomic("tokenizer_config.json.bak", b"{}")
     """
     with atomic_output(path, make_folders=make_folders) as (handle, _):
         handle.write(data)
@@ -137,8 +137,8 @@ def atomic_output(path: str | Path, *, make_folders: bool = False) -> Iterator[t
     are `TemplateSourceError`s naming `path`.
 
     Example:
-        >>> with atomic_output("model.patched.gguf") as (handle, written):  # doctest: +SKIP
-        ...     handle.write(header)
+        with atomic_output("model.patched.gguf") as (handle, written):
+            handle.write(header)
     """
     shown = Path(path)
     target = output_target(shown, make_folders=make_folders)

@@ -344,8 +344,8 @@ def read_gguf_templates(source: str | Path) -> list[LoadedTemplate]:
     from them) or a template that is not a UTF-8 string; `NoChatTemplateError` when the file has no template.
 
     Example:
-        >>> [t.name for t in read_gguf_templates("model.Q4_K_M.gguf")]  # doctest: +SKIP
-        ['default', 'tool_use']
+        [t.name for t in read_gguf_templates("model.Q4_K_M.gguf")]
+        # ['default', 'tool_use']
     """
     path = Path(source)
     layout = _scan(path)
@@ -390,7 +390,7 @@ def write_gguf_templates(
     through `atomic.atomic_output`: a regular file or a new path, its folder created only with `make_folders`.
 
     Example:
-        >>> write_gguf_templates("model.gguf", "model.patched.gguf", {"default": patched_text})  # doctest: +SKIP
+        write_gguf_templates("model.gguf", "model.patched.gguf", {"default": patched_text})
     """
     source, target = Path(source), Path(target)
     if target.exists() and target.resolve() == source.resolve():

@@ -44,8 +44,8 @@ class HubSettings:
     """Where and how the Hub is reached: the environment as it is now, not as it was at import time.
 
     Example:
-        >>> hub_settings().endpoint  # doctest: +SKIP
-        'https://huggingface.co'
+        hub_settings().endpoint
+        # 'https://huggingface.co'
     """
 
     endpoint: str
@@ -58,9 +58,9 @@ def hub_settings() -> HubSettings:
     `HF_HUB_CACHE` / `HF_HOME`, `HF_HUB_OFFLINE`), falling back to what `huggingface_hub` read at import.
 
     Example:
-        >>> settings = hub_settings()  # doctest: +SKIP
-        >>> settings.offline, settings.cache_dir  # with HF_HUB_OFFLINE=1 HF_HOME=/data/hf  # doctest: +SKIP
-        (True, '/data/hf/hub')
+        settings = hub_settings()
+        settings.offline, settings.cache_dir  # with HF_HUB_OFFLINE=1 HF_HOME=/data/hf
+        # (True, '/data/hf/hub')
     """
     from huggingface_hub import constants
 
@@ -88,8 +88,8 @@ def load_hub_templates(repo_id: str, revision: str | None = None) -> list[Loaded
     chat template.
 
     Example:
-        >>> [t.name for t in load_hub_templates("Qwen/Qwen2.5-7B-Instruct")]  # doctest: +SKIP
-        ['default']
+        [t.name for t in load_hub_templates("Qwen/Qwen2.5-7B-Instruct")]
+        # ['default']
     """
     settings = hub_settings()
     where = f"{repo_id}@{revision}" if revision else repo_id

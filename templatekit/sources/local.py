@@ -152,8 +152,8 @@ def find_template_files(paths: Iterable[str | Path]) -> list[Path]:
     Raises `TemplateSourceError` for a path that does not exist.
 
     Example:
-        >>> find_template_files(["corpus/"])  # doctest: +SKIP
-        [PosixPath('corpus/trl/llama3_1.jinja'), PosixPath('corpus/trl/qwen2_5.jinja')]
+        find_template_files(["corpus/"])
+        # [PosixPath('corpus/trl/llama3_1.jinja'), PosixPath('corpus/trl/qwen2_5.jinja')]
     """
     found: list[Path] = []
     for entry in map(Path, paths):

@@ -58,9 +58,9 @@ def output_target(path: str | Path, *, make_folders: bool = False) -> Path:
     file where a folder is expected. Nothing is created or changed here.
 
     Example:
-        >>> output_target("/dev/null")  # doctest: +SKIP
-        Traceback (most recent call last):
-        TemplateSourceError: /dev/null: a character device, not a regular file: output goes only to a regular file ...
+        output_target("/dev/null")
+        # Traceback (most recent call last):
+        # TemplateSourceError: /dev/null: a character device, not a regular file: output goes only to a regular file ...
     """
     path = Path(path)
     problem = _missing_folder(path)

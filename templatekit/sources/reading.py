@@ -147,8 +147,8 @@ def open_regular(path: str | Path) -> BinaryIO:
     refused too. Raises `TemplateSourceError` naming the file.
 
     Example:
-        >>> with open_regular("chat_template.jinja") as handle:  # doctest: +SKIP
-        ...     head = handle.read(64)
+        with open_regular("chat_template.jinja") as handle:
+            head = handle.read(64)
     """
     path = Path(path)
     try:
@@ -171,8 +171,8 @@ def read_file_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
     grows while it is read).
 
     Example:
-        >>> read_file_bytes("chat_template.jinja", MAX_TEMPLATE_BYTES, "template file")  # doctest: +SKIP
-        b'{% for message in messages %}...'
+        read_file_bytes("chat_template.jinja", MAX_TEMPLATE_BYTES, "template file")
+        # b'{% for message in messages %}...'
     """
     path = Path(path)
     too_big = f"{{}}: a {what} over {_size(limit)} is not read"
@@ -195,8 +195,8 @@ def read_text_lines(path: str | Path, limit: int = MAX_DATA_BYTES) -> Iterator[t
     `MAX_LINE_BYTES`, no NUL byte and valid UTF-8; each refusal a `TemplateSourceError` naming the file and line.
 
     Example:
-        >>> [number for number, line in read_text_lines("train.jsonl")]  # doctest: +SKIP
-        [1, 2, 3]
+        [number for number, line in read_text_lines("train.jsonl")]
+        # [1, 2, 3]
     """
     path = Path(path)
     with open_regular(path) as handle:
@@ -319,8 +319,8 @@ def read_json_file(path: str | Path, limit: int = MAX_CONFIG_BYTES) -> object:
     no UTF-8 text, and so no template written back or printed, can hold).
 
     Example:
-        >>> read_json_file("tokenizer_config.json")["eos_token"]  # doctest: +SKIP
-        '<|im_end|>'
+        read_json_file("tokenizer_config.json")["eos_token"]
+        # '<|im_end|>'
     """
     path = Path(path)
     text = _read_text(path, limit, f"{path.name} file" if path.suffix.lower() == ".json" else "JSON file")

@@ -112,6 +112,10 @@ def _turn_end(
         marker = eots.search(text, cursor, min(limit, boundary + longest)) if eots is not None else None
         if marker is not None and marker.start() <= boundary:
             end, closed = marker.end(), True
+        elif d.split_turns and hit is not None and not text[hit.end() : limit].strip():
+            # A turn closed by opening someone else's part (Gemma 4 opens a tool's response after a call) that
+            # ends the conversation: that opener is its stop token (mid-conversation it comes with the result).
+            end, closed = hit.end(), False
         else:
             end, closed = cursor + len(text[cursor:boundary].rstrip()), False
         resumed = _joined(text, d.joins, end, limit) if d.joins else -1
