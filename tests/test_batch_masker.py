@@ -8,14 +8,16 @@ comes out as a row of its own with its reason; and the masker pickles small and 
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import pytest
+import tokenizers_offline
 from _paths import corpus_file
 from _training import conversations
 from tokenizers_offline import with_chat_template
 
 from templatekit import BatchMasker, DatasetRowError, prepare_dataset
-from templatekit.errors import ArgumentTypeError, InvalidArgumentError
+from templatekit.errors import ArgumentTypeError, HistoryMismatchWarning, InvalidArgumentError
 
 datasets = pytest.importorskip("datasets")
 pa = pytest.importorskip("pyarrow")
@@ -167,3 +169,19 @@ def test_bad_arguments_and_batches_say_what_is_wrong(qwen):
         BatchMasker(qwen)(rows)
     with pytest.raises(ArgumentTypeError, match="fast tokenizer"):
         BatchMasker(object())
+
+
+@pytest.mark.slow
+def test_history_warning_names_the_callers_line_once():
+    """A template that renders history unlike the turn as generated warns where the masker is built, as
+    prepare_dataset does; a worker rebuilding the masker does not warn again."""
+    qwen3 = tokenizers_offline.qwen_tokenizer(qwen3=True)
+    tokenizer = with_chat_template(qwen3, corpus_file("trl/qwen3.jinja").read_text(encoding="utf-8"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masker = BatchMasker(tokenizer)
+        BatchMasker(tokenizer, per_turn=True)
+        pickle.loads(pickle.dumps(masker))({"messages": conversations(2)})
+    history = [w for w in caught if issubclass(w.category, HistoryMismatchWarning)]
+    assert len(history) == 1 and "per_turn=True" in str(history[0].message)
+    assert history[0].filename == __file__
