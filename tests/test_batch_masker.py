@@ -19,6 +19,9 @@ from tokenizers_offline import with_chat_template
 from templatekit import BatchMasker, DatasetRowError, prepare_dataset
 from templatekit.errors import ArgumentTypeError, HistoryMismatchWarning, InvalidArgumentError
 
+# Every batch kind (pyarrow, pandas, dict) against prepare_dataset on real tokenizers: about fifteen seconds.
+pytestmark = pytest.mark.slow
+
 datasets = pytest.importorskip("datasets")
 pa = pytest.importorskip("pyarrow")
 pd = pytest.importorskip("pandas")
