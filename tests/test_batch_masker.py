@@ -10,6 +10,9 @@ from __future__ import annotations
 import pickle
 import warnings
 
+import datasets
+import pandas as pd
+import pyarrow as pa
 import pytest
 import tokenizers_offline
 from _paths import corpus_file
@@ -22,9 +25,6 @@ from templatekit.errors import ArgumentTypeError, HistoryMismatchWarning, Invali
 # Every batch kind (pyarrow, pandas, dict) against prepare_dataset on real tokenizers: about fifteen seconds.
 pytestmark = pytest.mark.slow
 
-datasets = pytest.importorskip("datasets")
-pa = pytest.importorskip("pyarrow")
-pd = pytest.importorskip("pandas")
 
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "assistant_masks", "labels")
 

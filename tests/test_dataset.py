@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 
-import datasets  # noqa: E402  (the test extra installs it)
+import datasets
 import pytest
 from _paths import corpus_file
 from _training import conversations, truth_spans

@@ -8,7 +8,7 @@ import copy
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-import datasets  # noqa: E402  (the test extra installs it)
+import datasets
 import numpy as np
 import pytest
 import tokenizers_offline

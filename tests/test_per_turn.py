@@ -14,7 +14,7 @@ import logging
 import random
 import warnings
 
-import datasets  # noqa: E402  (the test extra installs it)
+import datasets
 import pytest
 import tokenizers_offline
 from _corpus import patched as corpus_patch

@@ -13,16 +13,15 @@ import logging
 import math
 
 import _ray_faults
+import datasets
 import pytest
+import ray
 from _paths import corpus_file
 from _training import conversations, sft_config, tiny_qwen2
 
 from templatekit import BatchMasker, prepare_dataset
 from templatekit.errors import InvalidArgumentError
 from templatekit.integrations.ray import prepare_ray_dataset
-
-ray = pytest.importorskip("ray")
-datasets = pytest.importorskip("datasets")
 
 pytestmark = pytest.mark.slow
 
