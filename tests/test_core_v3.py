@@ -236,3 +236,49 @@ def test_deepseek_tool_calls_are_trained_whether_content_is_none_or_empty(conten
     assert pieces[0].startswith("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n")
     assert pieces[0].endswith("<｜tool▁calls▁end｜><｜end▁of▁sentence｜>") and "sep｜>g\n" in pieces[0]
     assert pieces[1] == "Sunny.<｜end▁of▁sentence｜>" and "22C" not in "".join(pieces)
+
+
+# ------------------------------------------------------------------------------------- rows that end on a call
+
+# The class of Kimi K2 Thinking: the messages after the last plain answer are written by a second loop (with their
+# reasoning), the ones before it by the first. A row that ends on a call (an agent's step) reaches only the second.
+LAST_CALLS_APART = (
+    "{%- set ns = namespace(last=-1) -%}"
+    "{%- for i in range(messages|length) -%}"
+    "{%- if messages[i].role == 'assistant' and not messages[i].tool_calls %}{% set ns.last = i %}{% endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages[:ns.last + 1] -%}"
+    "<|{{ m.role }}|>{% if m.role == 'assistant' %}<think></think>{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.name }}{{ c.function.arguments | tojson }}</call>"
+    "{% endfor %}{% else %}{{ m.content }}{% endif %}<|end|>"
+    "{%- endfor -%}"
+    "{%- for m in messages[ns.last + 1:] -%}"
+    "<|{{ m.role }}|>{% if m.role == 'assistant' %}<think>{{ m.reasoning_content or '' }}</think>{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.name }}{{ c.function.arguments | tojson }}</call>"
+    "{% endfor %}{% else %}{{ m.content }}{% endif %}<|end|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}<|assistant|>{% endif -%}"
+)
+
+
+def test_a_row_that_ends_on_a_call_trains_the_call_written_apart_from_history():
+    tagged = patch_template(LAST_CALLS_APART).template
+    text, trained = rendered(tagged, [QUESTION, CALL])
+    assert text == rendered(LAST_CALLS_APART, [QUESTION, CALL])[0]
+    assert trained == ['<think></think><call>get_weather{"city": "Paris"}</call><|end|>']
+    text, trained = rendered(tagged, [QUESTION, CALL, RESULT, ANSWER])
+    assert trained == [
+        '<think></think><call>get_weather{"city": "Paris"}</call><|end|>',
+        "<think></think>Sunny.<|end|>",
+    ]
+
+
+def test_a_call_that_ends_the_row_is_trained_up_to_its_stop_token():
+    # Mistral v3 (Tekken) writes the call's closing brackets and </s> after its id; Jamba writes <|eom|> after
+    # the loop; a template that drops tool calls trains only what it writes for the empty turn, its EOS included.
+    tagged = patch_template(read("axolotl/mistral_v3_tekken.jinja")).template
+    text, trained = rendered(tagged, [QUESTION, CALL])
+    assert trained[-1].endswith('"id": "abcdefghi"}]</s>'), trained
+    tagged = patch_template(read("axolotl/jamba.jinja")).template
+    text, trained = rendered(tagged, [QUESTION, CALL])
+    assert trained[-1].endswith("</tool_calls><|eom|>") and text.endswith(trained[-1])
