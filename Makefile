@@ -14,7 +14,7 @@ demo: $(VENV)/.installed-base
 test: lint
 	$(PY) -m pytest -q
 
-# The inner loop while editing (under a minute): every test but those marked corpus, subprocess, e2e or slow
+# The inner loop while editing (about a minute): every test but those marked corpus, subprocess, e2e or slow
 # (pyproject.toml lists the markers), and no lint. `make test` before a commit runs everything.
 FAST := not corpus and not subprocess and not e2e and not slow
 test-fast: $(VENV)/.installed-test
