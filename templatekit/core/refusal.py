@@ -15,6 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .positions import line_column
+
 __all__ = ["Refusal", "explain"]
 
 #: The probes' stand-in texts (`probes._Builder`): content, reasoning, a tool's name or arguments of a message;
@@ -180,12 +182,12 @@ def _where(reason: str, template: str | None) -> tuple[int, int] | None:
     setting = _SETTING.match(reason)
     if setting:
         found = re.search(rf"\b{re.escape(setting.group(1))}\b", template)
-        return _line_column(template, found.start()) if found else None
+        return line_column(template, found.start()) if found else None
     quoted = [match.group(1) for match in _QUOTED.finditer(reason)]
     for text in sorted(quoted, key=len, reverse=True):
         piece = _SENTINEL.split(_unquoted(text))[0].strip()
         if len(piece) >= 4 and piece in template:
-            return _line_column(template, template.index(piece))
+            return line_column(template, template.index(piece))
     return None
 
 
@@ -195,8 +197,3 @@ def _unquoted(text: str) -> str:
         return ast.literal_eval(f"'{text}'")
     except (ValueError, SyntaxError):
         return text
-
-
-def _line_column(text: str, offset: int) -> tuple[int, int]:
-    line = text.count("\n", 0, offset) + 1
-    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
