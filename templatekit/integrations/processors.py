@@ -290,8 +290,13 @@ def check_processor(processor: Any, *, template: str | None = None, **options: A
     if _installed("trl") is None:
         return report
     masker = VisionMasker(processor, template=original, **options)
-    roles = masker.renderer.policy.train_roles  # from policy= or train_roles=, as the masker read them
-    tagged = original if has_generation_tags(original) else patch_template(original, train_roles=roles).template
+    renderer = masker.renderer
+    if has_generation_tags(original):
+        tagged = original
+    elif renderer.mode == "tags":
+        tagged = renderer.template  # the masker's own patch, made once
+    else:  # refused: raises its PatchError, with the masker's roles (from policy= or train_roles=)
+        tagged = patch_template(original, train_roles=renderer.policy.train_roles).template
     for probe, messages in _probes():
         try:
             _, rows, _ = masker.process([(messages, None, {})])
