@@ -390,6 +390,22 @@ def test_each_case_through_the_api(hostile: dict, qwen_tokenizer) -> None:
             assert kind == TemplateLimitError.__name__ and limit in limit_of(case), (case.name, call, result)
 
 
+def test_a_template_too_large_to_parse_is_refused_before_any_api_reads_it(hostile: dict, qwen_tokenizer) -> None:
+    """A 14 MB template (its tokens alone take gigabytes) is refused by its size, before it is lexed or parsed, by
+    every API, the tagged form (which `check_template` scans for its tags first) too, in far less memory than
+    its tokens would take."""
+    tokenizer = copy.deepcopy(qwen_tokenizer)
+    datasets.disable_progress_bars()
+    _api_calls(CHAT_LOOP, TAGGED_LOOP, tokenizer)  # here, once: lazy imports and caches, so the child starts warm
+    case = BY_NAME["list_literal_14mb"]
+    template, tagged = case.template(hostile["canary"]), case.template(hostile["canary"], tagged=True)
+    outcome = in_child(lambda: _api_calls(template, tagged, tokenizer), cap=GiB, timeout=60)
+    assert outcome.kind == "returned", outcome
+    assert outcome.peak < 64 * MiB, outcome.peak / MiB  # lexing it alone took 1 GiB (and 28 s) before
+    for call in ("patch_template", "check_template", "derive_delimiters", "render_with_spans", "prepare_dataset"):
+        assert "memory limit exceeded: compiling a template of 14,000," in outcome.value[call], (call, outcome.value)
+
+
 def test_the_escape_payloads_are_real(tmp_path: Path) -> None:
     """The canary works: rendered by a plain (unsandboxed) jinja2 environment, in a capped child, the payloads
     that call os.system or Popen create the canary file. The sandboxed runs above never do."""

@@ -25,7 +25,8 @@ import jinja2.ext
 from jinja2 import nodes
 from jinja2.parser import Parser
 
-from ..errors import MarkerCollision
+from ..errors import MarkerCollision, TemplateLimitError
+from .sandbox import check_source_size
 
 __all__ = [
     "CLOSE_MARK",
@@ -96,7 +97,12 @@ def end_tag(marker: str = "") -> str:
 
 def _lexed(source: str) -> list[tuple[str, str, int]] | None:
     """The lexer's tokens as `(kind, value, start)`, with transformers' whitespace settings; None when the text does
-    not lex, or not as itself (CRLF line ends, which jinja2 reads as LF)."""
+    not lex, or not as itself (CRLF line ends, which jinja2 reads as LF), and None unlexed for a template too large
+    to parse (its tokens take as much memory as its parse, which then refuses it, named and within its limits)."""
+    try:
+        check_source_size(source)
+    except TemplateLimitError:
+        return None
     tokens, cursor = [], 0
     try:
         for _lineno, kind, value in _LEXING_ENVIRONMENT.lexer.tokeniter(source, None):
