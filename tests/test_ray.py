@@ -14,6 +14,7 @@ import math
 
 import _ray_faults
 import datasets
+import pyarrow as pa
 import pytest
 import ray
 from _paths import corpus_file
@@ -21,7 +22,7 @@ from _training import conversations, sft_config, tiny_qwen2
 
 from templatekit import BatchMasker, prepare_dataset
 from templatekit.errors import InvalidArgumentError
-from templatekit.integrations.ray import prepare_ray_dataset
+from templatekit.integrations.ray import _count_rejected, prepare_ray_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +85,7 @@ def prepared(local_ray, qwen, rows):
 
 def test_twenty_thousand_rows_equal_prepare_dataset_row_by_row(prepared, expected):
     assert prepared.rejected_count == 0 and prepared.rejected.count() == 0
+    assert prepared.rejected.columns() == ["source_row", "reason"]  # empty, with the columns it has when not
     got = by_source_row(prepared.dataset)
     assert sorted(got) == list(range(ROWS))
     for index, row in enumerate(expected):
@@ -197,3 +199,13 @@ def test_without_an_id_column_rows_get_unique_ids(local_ray, qwen, rows, expecte
     # The rows themselves are prepare_dataset's, in some order.
     key = sorted(tuple(row["input_ids"]) for row in got)
     assert key == sorted(tuple(row["input_ids"]) for row in expected[:500])
+
+
+def test_rows_left_out_are_counted_where_their_blocks_lie(local_ray):
+    """The count reads the blocks in this node's object store in place, and sends one task to each node holding
+    others (here: this node seen as another, through `here`); blocks without rows or without the column count 0."""
+    table = pa.table({"source_row": [1, 2, 3, 4, 5], "rejected": [None, "row 2: x", None, "row 4: y", "row 5: z"]})
+    blocks = [table.slice(0, 2), table.slice(2, 3), table.slice(5, 0), pa.table({"source_row": [6]})]
+    mapped = local_ray.data.from_arrow(blocks).materialize()
+    assert _count_rejected(mapped) == 3
+    assert _count_rejected(mapped, here="0" * 56) == 3

@@ -9,6 +9,7 @@ Ray is an optional extra (``pip install 'templatekit[ray]'``) and is imported on
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -77,8 +78,9 @@ def prepare_ray_dataset(
     """`prepare_dataset` on a Ray Dataset: exact assistant masks in an actor pool, rows left out reported.
 
     Each worker of the actor pool builds its `BatchMasker` once (the tokenizer, from a path when given one, and
-    the patched template) and keeps it for every batch. The mapped dataset is materialized once, then split into
-    the rows prepared and the rows left out, so both are read without a second pass over the input.
+    the patched template) and keeps it for every batch. The mapped dataset is materialized once and its rows left
+    out are counted where its blocks lie; only when there are any is it split into the rows prepared and the rows
+    left out (`dataset` is otherwise the materialized blocks less their ``rejected`` column).
 
     Args:
         ds: a `ray.data.Dataset` with a column of conversations (``messages``; optionally ``tools`` and
@@ -135,10 +137,14 @@ def prepare_ray_dataset(
         num_cpus=num_cpus,
         **(map_options or {}),
     ).materialize()
-    prepared = mapped.filter(expr=col("rejected").is_null()).drop_columns(["rejected"])
+    count = _count_rejected(mapped)
     rejected = mapped.filter(expr=col("rejected").is_not_null()).select_columns(["source_row", "rejected"])
-    rejected = rejected.rename_columns({"rejected": "reason"}).materialize()
-    count = rejected.count()
+    rejected = rejected.rename_columns({"rejected": "reason"})
+    if count:
+        prepared = mapped.filter(expr=col("rejected").is_null()).drop_columns(["rejected"])
+        rejected = rejected.materialize()
+    else:  # the usual case: no pass over the rows now; `rejected` stays a (lazy, empty) view of the blocks
+        prepared = mapped.drop_columns(["rejected"])
     if count:
         first = rejected.take(1)[0]
         logger.warning(
@@ -148,3 +154,47 @@ def prepare_ray_dataset(
             first["reason"],
         )
     return PreparedRayDataset(prepared, rejected, count)
+
+
+def _count_rejected(mapped: Any, here: str | None = None) -> int:
+    """The rows of the materialized `mapped` that hold a reason, counted where the blocks lie: the blocks in this
+    node's object store read in place (no copy, no task: on one machine, all of them), each other node's in one
+    task there. `here` is this node's id (default: the driver's)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    refs = mapped.to_arrow_refs()
+    here = here or ray.get_runtime_context().get_node_id()
+    located = ray.experimental.get_object_locations(refs)
+    local, elsewhere = [], {}
+    for ref in refs:
+        nodes = located.get(ref, {}).get("node_ids") or [here]
+        if here in nodes:
+            local.append(ref)
+        else:
+            elsewhere.setdefault(nodes[0], []).append(ref)
+    count = sum(_rejected_in(block) for block in ray.get(local))
+    task = _node_counter()
+    tasks = [
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(blocks)
+        for node, blocks in elsewhere.items()
+    ]
+    return count + sum(ray.get(tasks))
+
+
+def _rejected_in(block: Any) -> int:
+    """The rows of one mapped block that hold a reason (the ``rejected`` column is None on the rows prepared)."""
+    return block.num_rows - block.column("rejected").null_count if "rejected" in block.column_names else 0
+
+
+@functools.cache
+def _node_counter() -> Any:
+    """The Ray task that counts the rejected rows of the blocks of one node, run on that node (made once: a remote
+    function is exported each time it is defined)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def count(blocks: list) -> int:  # a list of refs, fetched here, where they lie: read in place
+        return sum(_rejected_in(block) for block in ray.get(blocks))
+
+    return count
