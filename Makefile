@@ -9,16 +9,20 @@ PY := $(VENV)/bin/python
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/templatekit patch examples/chatml_example.jinja --diff -o $(VENV)/chatml_example.patched.jinja
 
+# One test process per core (pytest-xdist, at most 4: each holds the tokenizers and the corpus it uses); the
+# tests that read the session corpus share one process (conftest.py). PARALLEL= runs in this process alone.
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
+
 # Lint (ruff, pinned in the test extra), the layer contracts (import-linter, see pyproject.toml), then the tests
 # and the package's doctests (pytest --doctest-modules, set in pyproject.toml).
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PARALLEL)
 
 # The inner loop while editing (about a minute): every test but those marked corpus, subprocess, e2e or slow
 # (pyproject.toml lists the markers), and no lint. `make test` before a commit runs everything.
 FAST := not corpus and not subprocess and not e2e and not slow
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "$(FAST)"
+	$(PY) -m pytest -q -m "$(FAST)" $(PARALLEL)
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .

@@ -79,3 +79,17 @@ def fresh_corpus_run():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"seed": seed, **json.loads(done.stdout)}
+
+
+# With pytest-xdist (`make test` runs `-n auto --dist loadgroup`): the tests that read the session corpus run in
+# one worker, so that the corpus is patched and traced once per run, not once per worker; every other test stays
+# with its module (its module-scoped fixtures, a local Ray for one, are built once).
+CORPUS_FIXTURES = frozenset({"corpus", "fresh_corpus_run"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        uses_corpus = CORPUS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.xdist_group("corpus" if uses_corpus else item.nodeid.split("::", 1)[0]))
