@@ -11,7 +11,7 @@ demo: $(VENV)/.installed-base
 
 # One test process per core (pytest-xdist, at most 4: each holds the tokenizers and the corpus it uses); the
 # tests that read the session corpus share one process (conftest.py). PARALLEL= runs in this process alone.
-PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
 
 # Lint (ruff, pinned in the test extra), the layer contracts (import-linter, see pyproject.toml), then the tests
 # and the package's doctests (pytest --doctest-modules, set in pyproject.toml).

@@ -81,15 +81,45 @@ def fresh_corpus_run():
     return {"seed": seed, **json.loads(done.stdout)}
 
 
-# With pytest-xdist (`make test` runs `-n auto --dist loadgroup`): the tests that read the session corpus run in
-# one worker, so that the corpus is patched and traced once per run, not once per worker; every other test stays
-# with its module (its module-scoped fixtures, a local Ray for one, are built once).
+# With pytest-xdist (`make test` runs `-n auto --dist loadfile`): each test module runs in one worker (its
+# module-scoped fixtures, a local Ray for one, are built once), and the modules that read the session corpus run
+# in one worker together, so that the corpus is patched and traced, and reported from a fresh interpreter
+# (`fresh_corpus_run`), once per run rather than once per worker. pytest_collection_modifyitems keeps this list
+# whole: a module that reads those fixtures and is not in it stops the run.
 CORPUS_FIXTURES = frozenset({"corpus", "fresh_corpus_run"})
+CORPUS_MODULES = frozenset(
+    f"tests/{name}.py"
+    for name in (
+        "test_cli",
+        "test_core",
+        "test_determinism",
+        "test_fallback",
+        "test_render",
+        "test_strip",
+        "test_trl_parity",
+    )
+)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (`-p no:xdist`), never called
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class CorpusModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "the corpus modules" if module in CORPUS_MODULES else module
+
+    return CorpusModulesTogether(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        uses_corpus = CORPUS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        item.add_marker(pytest.mark.xdist_group("corpus" if uses_corpus else item.nodeid.split("::", 1)[0]))
+    readers = {
+        item.nodeid.split("::", 1)[0]
+        for item in items
+        if CORPUS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    }
+    if readers - CORPUS_MODULES:
+        raise pytest.UsageError(f"tests/conftest.py: add {sorted(readers - CORPUS_MODULES)} to CORPUS_MODULES")
