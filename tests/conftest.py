@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -113,31 +112,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             module = super()._split_scope(nodeid)
             return "the corpus modules" if module in CORPUS_MODULES else module
 
-        def schedule(self) -> None:  # the units in the order the workers collected them: costliest first
-            self.config.option.loadscopereorder = False
-            super().schedule()
-
     return CorpusModulesTogether(config, log)
 
 
-#: What a test marked slow, subprocess or e2e costs against one that is not (tens of seconds against a fraction
-#: of one): a rough weight, enough to start the long units first.
-MARKED_COST = 30
-
-
-def _unit(item: pytest.Item) -> str:
-    """The unit of work `CorpusModulesTogether` gives one worker: the corpus modules together, else the module."""
-    module = item.nodeid.split("::", 1)[0]
-    return "the corpus modules" if module in CORPUS_MODULES else module
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker collects alike: the costliest units first
-        cost: dict[str, int] = {}
-        for item in items:
-            marked = any(item.get_closest_marker(name) for name in ("slow", "subprocess", "e2e"))
-            cost[_unit(item)] = cost.get(_unit(item), 0) + (MARKED_COST if marked else 1)
-        items.sort(key=lambda item: -cost[_unit(item)])  # stable: each unit keeps its own order
     readers = {
         item.nodeid.split("::", 1)[0]
         for item in items
