@@ -94,6 +94,7 @@ CORPUS_MODULES = frozenset(
         "test_core",
         "test_determinism",
         "test_fallback",
+        "test_fuzz",
         "test_render",
         "test_strip",
         "test_trl_parity",

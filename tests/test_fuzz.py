@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mutations
 import pytest
-from _corpus import shared
+from _corpus import Corpus
 from _paths import corpus_dir
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -23,12 +23,12 @@ SECONDS_PER_EXAMPLE = 20
 MEMORY_CAP_BYTES = 4 * 2**30
 
 
-def _patched(name: str, text: str) -> str | None:
+def _patched(corpus: Corpus, name: str, text: str) -> str | None:
     """A corpus template as patch_template writes it (the session's patch, see _corpus.py); None when it is refused
     (a crash is a failure)."""
-    assert text == shared().text(corpus_dir() / name)
+    assert text == corpus.text(corpus_dir() / name)
     try:
-        return shared().patch(corpus_dir() / name).template
+        return corpus.patch(corpus_dir() / name).template
     except TemplateKitError:
         return None
 
@@ -49,11 +49,11 @@ def memory_cap():
 )
 @pytest.mark.slow
 @given(rnd=st.randoms(use_true_random=False))
-def test_mutants_end_patched_or_refused(memory_cap, rnd):
+def test_mutants_end_patched_or_refused(memory_cap, corpus, rnd):
     # Every choice (corpus file, base, mutations, their tags, spans and conditions) is a `rnd.randrange`
     # that hypothesis records and can shrink. Drawn as `st.integers` instead, the choices crowd near 0:
     # 150 examples then reach about 40 of the 119 templates rather than about 85.
-    mutant = mutations.make_mutant(CORPUS, rnd.randrange, _patched)
+    mutant = mutations.make_mutant(CORPUS, rnd.randrange, lambda name, text: _patched(corpus, name, text))
     shown = mutant.text if len(mutant.text) <= 3000 else mutant.text[:3000] + "\n[... cut]"
     note(f"mutant: {mutant.describe()}\n--- text ---\n{shown}\n--- end ---")
     try:
