@@ -9,20 +9,22 @@ PY := $(VENV)/bin/python
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/templatekit patch examples/chatml_example.jinja --diff -o $(VENV)/chatml_example.patched.jinja
 
-# One test process per core (pytest-xdist, at most 4: each holds the tokenizers and the corpus it uses); the
-# tests that read the session corpus share one process (conftest.py). PARALLEL= runs in this process alone.
+# One test process per core (pytest-xdist, at most 4: each holds the tokenizers and the corpus it uses), each
+# module in one process; with `--dist loadfile` the modules that read the session corpus share one
+# (tests/conftest.py), which test-fast, without the corpus tests, has no use for. PARALLEL= runs in this process.
 PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
+FAST_PARALLEL ?= $(if $(PARALLEL),-n auto --maxprocesses 4 --dist loadscope)
 
 # Lint (ruff, pinned in the test extra), the layer contracts (import-linter, see pyproject.toml), then the tests
 # and the package's doctests (pytest --doctest-modules, set in pyproject.toml).
 test: lint
 	$(PY) -m pytest -q $(PARALLEL)
 
-# The inner loop while editing (about a minute): every test but those marked corpus, subprocess, e2e or slow
+# The inner loop while editing (under a minute): every test but those marked corpus, subprocess, e2e or slow
 # (pyproject.toml lists the markers), and no lint. `make test` before a commit runs everything.
 FAST := not corpus and not subprocess and not e2e and not slow
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "$(FAST)" $(PARALLEL)
+	$(PY) -m pytest -q -m "$(FAST)" $(FAST_PARALLEL)
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
