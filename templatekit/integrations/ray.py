@@ -140,19 +140,17 @@ def prepare_ray_dataset(
     count = _count_rejected(mapped)
     rejected = mapped.filter(expr=col("rejected").is_not_null()).select_columns(["source_row", "rejected"])
     rejected = rejected.rename_columns({"rejected": "reason"})
-    if count:
-        prepared = mapped.filter(expr=col("rejected").is_null()).drop_columns(["rejected"])
-        rejected = rejected.materialize()
-    else:  # the usual case: no pass over the rows now; `rejected` stays a (lazy, empty) view of the blocks
-        prepared = mapped.drop_columns(["rejected"])
-    if count:
-        first = rejected.take(1)[0]
-        logger.warning(
-            "prepare_ray_dataset: %d row%s left out (see .rejected), the first: %s",
-            count,
-            "" if count == 1 else "s",
-            first["reason"],
-        )
+    if not count:  # the usual case: no pass over the rows now; `rejected` stays a (lazy, empty) view of the blocks
+        return PreparedRayDataset(mapped.drop_columns(["rejected"]), rejected, 0)
+    prepared = mapped.filter(expr=col("rejected").is_null()).drop_columns(["rejected"])
+    rejected = rejected.materialize()
+    first = rejected.take(1)[0]
+    logger.warning(
+        "prepare_ray_dataset: %d row%s left out (see .rejected), the first: %s",
+        count,
+        "" if count == 1 else "s",
+        first["reason"],
+    )
     return PreparedRayDataset(prepared, rejected, count)
 
 
@@ -173,7 +171,7 @@ def _count_rejected(mapped: Any, here: str | None = None) -> int:
             local.append(ref)
         else:
             elsewhere.setdefault(nodes[0], []).append(ref)
-    count = sum(_rejected_in(block) for block in ray.get(local))
+    count = sum(_rejected_in(ray.get(ref)) for ref in local)  # one block at a time: spilled ones come back singly
     task = _node_counter()
     tasks = [
         task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(blocks)
