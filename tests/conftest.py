@@ -85,7 +85,8 @@ def fresh_corpus_run():
 # module-scoped fixtures, a local Ray for one, are built once), and the modules that read the session corpus run
 # in one worker together, so that the corpus is patched and traced, and reported from a fresh interpreter
 # (`fresh_corpus_run`), once per run rather than once per worker. pytest_collection_modifyitems keeps this list
-# whole: a module that reads those fixtures and is not in it stops the run.
+# whole: a module that reads those fixtures and is not in it stops the run. (Not `--dist loadgroup`: pytest-xdist
+# 3.8 groups by renaming `item._nodeid`, which pytest 9.2 no longer reads, so its groups are silently ignored.)
 CORPUS_FIXTURES = frozenset({"corpus", "fresh_corpus_run"})
 CORPUS_MODULES = frozenset(
     f"tests/{name}.py"
