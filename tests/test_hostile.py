@@ -366,18 +366,25 @@ def _api_calls(template: str, tagged: str, tokenizer) -> dict[str, str]:
     return results
 
 
+@pytest.fixture(scope="module")
+def api_tokenizer(qwen_tokenizer):
+    """A copy of the Qwen tokenizer for the API runs, every API called once here on a plain template first: lazy
+    imports and caches, so the forked children start warm."""
+    tokenizer = copy.deepcopy(qwen_tokenizer)
+    datasets.disable_progress_bars()
+    _api_calls(CHAT_LOOP, TAGGED_LOOP, tokenizer)
+    return tokenizer
+
+
 @pytest.mark.slow
-def test_each_case_through_the_api(hostile: dict, qwen_tokenizer) -> None:
+def test_each_case_through_the_api(hostile: dict, api_tokenizer) -> None:
     """patch_template, check_template, the delimiter fallback, render_with_spans, show's render_conversation and
     prepare_dataset on every case, each case in a forked child under RLIMIT_AS: a result or a TemplateKitError
     (a resource case: TemplateLimitError naming its limit, from every call), the caller's messages unchanged, and
     no canary."""
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    datasets.disable_progress_bars()
-    _api_calls(CHAT_LOOP, TAGGED_LOOP, tokenizer)  # here, once: lazy imports and caches, so children start warm
     for case in CASES:
         template, tagged = case.template(hostile["canary"]), case.template(hostile["canary"], tagged=True)
-        outcome = in_child(lambda: _api_calls(template, tagged, tokenizer), cap=GiB, timeout=60)
+        outcome = in_child(lambda: _api_calls(template, tagged, api_tokenizer), cap=GiB, timeout=60)
         assert outcome.kind == "returned", (case.name, outcome)
         print(f"  {case.name}: {outcome.seconds:.1f} s, {outcome.peak / MiB:.0f} MiB")
         results: dict[str, str] = outcome.value  # type: ignore[assignment]
@@ -390,16 +397,13 @@ def test_each_case_through_the_api(hostile: dict, qwen_tokenizer) -> None:
             assert kind == TemplateLimitError.__name__ and limit in limit_of(case), (case.name, call, result)
 
 
-def test_a_template_too_large_to_parse_is_refused_before_any_api_reads_it(hostile: dict, qwen_tokenizer) -> None:
+def test_a_template_too_large_to_parse_is_refused_before_any_api_reads_it(hostile: dict, api_tokenizer) -> None:
     """A 14 MB template (its tokens alone take gigabytes) is refused by its size, before it is lexed or parsed, by
     every API, the tagged form (which `check_template` scans for its tags first) too, in far less memory than
     its tokens would take."""
-    tokenizer = copy.deepcopy(qwen_tokenizer)
-    datasets.disable_progress_bars()
-    _api_calls(CHAT_LOOP, TAGGED_LOOP, tokenizer)  # here, once: lazy imports and caches, so the child starts warm
     case = BY_NAME["list_literal_14mb"]
     template, tagged = case.template(hostile["canary"]), case.template(hostile["canary"], tagged=True)
-    outcome = in_child(lambda: _api_calls(template, tagged, tokenizer), cap=GiB, timeout=60)
+    outcome = in_child(lambda: _api_calls(template, tagged, api_tokenizer), cap=GiB, timeout=60)
     assert outcome.kind == "returned", outcome
     assert outcome.peak < 64 * MiB, outcome.peak / MiB  # lexing it alone took 1 GiB (and 28 s) before
     for call in ("patch_template", "check_template", "derive_delimiters", "render_with_spans", "prepare_dataset"):

@@ -171,7 +171,7 @@ def _count_rejected(mapped: Any, here: str | None = None) -> int:
             local.append(ref)
         else:
             elsewhere.setdefault(nodes[0], []).append(ref)
-    count = sum(_rejected_in(ray.get(ref)) for ref in local)  # one block at a time: spilled ones come back singly
+    count = _count_blocks(local)
     task = _node_counter()
     tasks = [
         task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(blocks)
@@ -180,9 +180,16 @@ def _count_rejected(mapped: Any, here: str | None = None) -> int:
     return count + sum(ray.get(tasks))
 
 
-def _rejected_in(block: Any) -> int:
-    """The rows of one mapped block that hold a reason (the ``rejected`` column is None on the rows prepared)."""
-    return block.num_rows - block.column("rejected").null_count if "rejected" in block.column_names else 0
+def _count_blocks(refs: list) -> int:
+    """The rows that hold a reason in the blocks `refs`, read where this process runs, one block at a time (a
+    spilled block comes back alone; the ``rejected`` column is None on the rows prepared)."""
+    import ray
+
+    count = 0
+    for ref in refs:
+        block = ray.get(ref)
+        count += block.num_rows - block.column("rejected").null_count if "rejected" in block.column_names else 0
+    return count
 
 
 @functools.cache
@@ -191,8 +198,5 @@ def _node_counter() -> Any:
     function is exported each time it is defined)."""
     import ray
 
-    @ray.remote(num_cpus=1)
-    def count(blocks: list) -> int:  # a list of refs, fetched here, where they lie: read in place
-        return sum(_rejected_in(block) for block in ray.get(blocks))
-
-    return count
+    # A list of refs (Ray passes them unresolved), fetched on that node, where they lie: read in place.
+    return ray.remote(num_cpus=1)(_count_blocks)
