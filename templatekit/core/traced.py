@@ -5,6 +5,7 @@ source ─parse─▶ flow ─trace probes─▶ truth (truth.py) ─▶ layouts
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jinja2 import nodes
@@ -130,6 +131,24 @@ def _content_units(analysis: Analysis) -> set[int]:
     return units
 
 
+def _shapes(probe: Probe) -> Iterator[Probe]:
+    """The probe, then its tool calls in the other shapes (`call_variants`), copied only when the template has
+    rejected the probe as it is (most take it: each copy is a deep copy of the conversation)."""
+    yield probe
+    yield from call_variants(probe)
+
+
+def _content_none_variants(probe: Probe) -> Iterator[Probe]:
+    """`without_content(probe)`, then the same with its arguments as JSON text (made only when asked for); nothing
+    when the probe has no message that only calls tools."""
+    variant = without_content(probe)
+    if variant is None:
+        return
+    yield variant
+    for shape in call_variants(probe)[:1]:
+        yield without_content(shape)
+
+
 def _analyse_shape(
     parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool, kwargs: dict, judge_check: bool
 ) -> Analysis:
@@ -139,7 +158,7 @@ def _analyse_shape(
     errors: list[str] = []
     for position, probe in enumerate(probes):
         # A template that rejects a probe's tool calls may take them in another shape (arguments as JSON text).
-        for shape in [probe, *call_variants(probe)]:
+        for shape in _shapes(probe):
             try:
                 rendered[probe.name] = tracer.trace(shape.messages, **shape.render_kwargs())
             except Exception as error:  # the template rejects this probe; verification skips it too
@@ -152,10 +171,10 @@ def _analyse_shape(
     # A message that only calls tools, with `content: None` rather than "": analysed too where the template writes it
     # through other outputs (DeepSeek writes its first call with the header there), unless it writes the word None.
     for probe in list(probes):
-        if probe.name not in rendered or without_content(probe) is None:
+        if probe.name not in rendered:
             continue
         # Its arguments as given, else as JSON text (a branch for calls without content may need that).
-        for variant in [without_content(probe), *(without_content(shape) for shape in call_variants(probe)[:1])]:
+        for variant in _content_none_variants(probe):
             try:
                 text, emissions = tracer.trace(variant.messages, **variant.render_kwargs())
             except Exception:  # the template takes only one of the two
