@@ -5,6 +5,7 @@ source ─parse─▶ flow ─trace probes─▶ truth (truth.py) ─▶ layouts
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -194,13 +195,14 @@ def _analyse_shape(
             if probe.name in rendered
         )
     layouts, traces = {}, []
+    kept: dict = {}  # the renders of prompts and prefixes, shared by the probes (`_tracing`)
     quoted, endings = [], []
     for probe in probes:
         if probe.name not in rendered:
             continue
         text, emissions = rendered[probe.name]
         trained = trained_messages(probe, speakers, only_last_turn)
-        truth = generated_turns(probe, text, emissions, trained, _tracing(tracer, probe))
+        truth = generated_turns(probe, text, emissions, trained, _tracing(tracer, probe, kept))
         quoted += [probe.name for turn in truth.values() if turn.quoted]
         endings += [(last_marker(turn.marker), turn.where) for turn in truth.values() if not turn.empty]
         layout = layout_probe(probe, text, emissions, header, trained, truth)
@@ -220,14 +222,28 @@ def _analyse_shape(
     return Analysis(parsed, flow, probes, layouts, traces, notes, kwargs)
 
 
-def _tracing(tracer: Tracer, probe: Probe):
-    """`trace(messages, add_generation_prompt)` with the probe's other options; None when the template raises."""
+def _tracing(tracer: Tracer, probe: Probe, kept: dict):
+    """`trace(messages, add_generation_prompt)` with the probe's other options; None when the template raises.
+
+    Results are kept in `kept` (one dict per tracer) by the conversation and the options: the probes share their
+    first messages, so about a third of these renders would repeat one another's. They are only read."""
+    options = probe.render_kwargs()
 
     def trace(messages: list, add_generation_prompt: bool):
+        options["add_generation_prompt"] = add_generation_prompt
         try:
-            return tracer.trace(messages, **{**probe.render_kwargs(), "add_generation_prompt": add_generation_prompt})
+            key = json.dumps([messages, options], sort_keys=True)
+        except (TypeError, ValueError):  # not plain data: traced afresh
+            key = None
+        if key is not None and key in kept:
+            return kept[key]
+        try:
+            result = tracer.trace(messages, **options)
         except Exception:  # the template rejects this prefix: the turn falls back to its header
-            return None
+            result = None
+        if key is not None:
+            kept[key] = result
+        return result
 
     return trace
 
