@@ -195,3 +195,33 @@ def _probe(messages: list[dict], think: bool):
     probe = build_probes()[0]
     probe.messages, probe.template_kwargs = messages, {"think": think}
     return probe
+
+
+@pytest.mark.parametrize("name", ["trl/qwen2_5.jinja", "trl/llama3_2.jinja", "hard/llama.cpp__Kimi-K3.jinja"])
+def test_the_truth_is_the_same_with_the_probes_prompt_renders_shared(name, monkeypatch):
+    """The probes share their first messages, so the renders of their prompts and prefixes are traced once per
+    analysis and shared (`traced._tracing`); the layouts must be those of every render traced afresh."""
+    from _paths import corpus_file
+
+    from templatekit.core import traced
+
+    template = corpus_file(name).read_text(encoding="utf-8")
+    calls = {"shared": 0, "afresh": 0}
+    real_trace, real_tracing = traced.Tracer.trace, traced._tracing
+
+    def layouts(mode: str) -> dict:
+        def counted(self, *args, **kwargs):
+            calls[mode] += 1
+            return real_trace(self, *args, **kwargs)
+
+        monkeypatch.setattr(traced.Tracer, "trace", counted)
+        if mode == "afresh":
+            monkeypatch.setattr(traced, "_tracing", lambda tracer, probe, kept: real_tracing(tracer, probe, {}))
+        found = analyse(template, ("assistant",), False)
+        return {
+            t.probe.name: (t.layout.text, t.layout.turns, t.layout.forbidden, t.layout.header) for t in found.traces
+        }
+
+    shared = layouts("shared")
+    assert shared == layouts("afresh") and shared
+    assert calls["shared"] < calls["afresh"]  # renders were shared
