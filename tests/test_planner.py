@@ -1,13 +1,16 @@
 """The planner on small templates, one test per cut and region shape: where `plan_regions` cuts, what it guards, and
 what `region_edits` writes there; and `merge_plans`, which writes a part once per setting.
 
-Each template is tiny and written here; the real templates of each shape are in the corpus tests.
+Each template is tiny and written here; the real templates of each shape are in the corpus tests (three of them
+here check that the truth is the same with the probes' prompt renders shared).
 """
 
 from __future__ import annotations
 
 import pytest
+from _paths import corpus_file
 
+from templatekit.core import traced
 from templatekit.core.guards import Guard
 from templatekit.core.per_setting import Plan, Variant, merge_plans
 from templatekit.core.plan import plan_regions
@@ -201,10 +204,6 @@ def _probe(messages: list[dict], think: bool):
 def test_the_truth_is_the_same_with_the_probes_prompt_renders_shared(name, monkeypatch):
     """The probes share their first messages, so the renders of their prompts and prefixes are traced once per
     analysis and shared (`traced._tracing`); the layouts must be those of every render traced afresh."""
-    from _paths import corpus_file
-
-    from templatekit.core import traced
-
     template = corpus_file(name).read_text(encoding="utf-8")
     calls = {"shared": 0, "afresh": 0}
     real_trace, real_tracing = traced.Tracer.trace, traced._tracing

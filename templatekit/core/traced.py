@@ -225,7 +225,7 @@ def _analyse_shape(
 def _tracing(tracer: Tracer, probe: Probe, kept: dict):
     """`trace(messages, add_generation_prompt)` with the probe's other options; None when the template raises.
 
-    Results are kept in `kept` (one dict per tracer) by the conversation and the options: the probes share their
+    Results are kept in `kept` (one dict per analysis) by the conversation and the options: the probes share their
     first messages, so about a third of these renders would repeat one another's. They are only read."""
     options = probe.render_kwargs()
 
