@@ -65,35 +65,56 @@ def verdict(path: str, fallbacks: str, *, patch=None, delimiters=None) -> dict:
     return {**patched, "fallback": fallback}
 
 
+PLAIN = {"train_roles": ("assistant",), "retag": True}
+
+
 def report_recording_patches(root: str) -> tuple[dict, dict]:
     """`templatekit report ROOT --summary` through the command line's `main`, and what each of its
-    `patch_template(text, train_roles=("assistant",), retag=True)` calls gave: text → result or exception."""
+    `patch_template(text, train_roles=("assistant",), retag=True)` calls (`PLAIN`, no switch set) gave: text → result or exception.
+
+    The report does each template's work in a forked child (`run_isolated`), so a call recorded there is lost with
+    the child: each one is pickled to a folder this process reads back once the report is done."""
     import contextlib
+    import hashlib
     import io
+    import pickle
+    import tempfile
+    from pathlib import Path
 
     import templatekit
     from templatekit import cli
 
-    real, recorded = templatekit.patch_template, {}
+    real = templatekit.patch_template
+
+    def wanted(options: dict) -> bool:  # the call a verdict makes: no switch set (`{}` is none), the assistant trained
+        switches = options.get("template_kwargs") or {}
+        return not switches and {**options, "template_kwargs": {}} == {**PLAIN, "template_kwargs": {}}
+
+    def shelve(text, outcome) -> None:
+        name = hashlib.sha256(text.encode()).hexdigest()
+        (shelf / f"{name}.pickle").write_bytes(pickle.dumps((text, outcome)))
 
     def recording(text, **options):  # the report calls the package's public function: the call passes through
         try:
             result = real(text, **options)
         except Exception as error:
-            if options == {"train_roles": ("assistant",), "retag": True}:
-                recorded[text] = error
+            if wanted(options):
+                shelve(text, error)
             raise
-        if options == {"train_roles": ("assistant",), "retag": True}:
-            recorded[text] = result
+        if wanted(options):
+            shelve(text, result)
         return result
 
     out, err = io.StringIO(), io.StringIO()
-    templatekit.patch_template = recording
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(["report", root, "--summary"])
-    finally:
-        templatekit.patch_template = real
+    with tempfile.TemporaryDirectory() as folder:
+        shelf = Path(folder)
+        templatekit.patch_template = recording
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli.main(["report", root, "--summary"])
+        finally:
+            templatekit.patch_template = real
+        recorded = dict(pickle.loads(path.read_bytes()) for path in shelf.iterdir())
     return {"code": code, "out": out.getvalue(), "err": err.getvalue()}, recorded
 
 
@@ -127,6 +148,8 @@ def main() -> None:
         json.dump({path: verdict(path, args.fallback) for path in args.templates}, sys.stdout)
         return
     report, recorded = report_recording_patches(args.report)
+    if not recorded:  # the verdicts would patch every template again: twice the work, and this file's promise broken
+        sys.exit("determinism_worker: none of the report's patches was recorded")
     patch = _recorded_or_patched(recorded)
     verdicts = {path: verdict(path, args.fallback, patch=patch) for path in args.templates}
     json.dump({"report": report, "verdicts": verdicts}, sys.stdout)

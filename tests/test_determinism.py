@@ -28,7 +28,7 @@ import templatekit
 import templatekit.core.syntax
 from templatekit.core.probes import build_probes
 from templatekit.core.syntax import PROBE_INSTANT, make_environment, probe_clock
-from templatekit.core.verify import render_probe
+from templatekit.core.verify import render_probe, renders_kept, verify
 from templatekit.training.tagged_render import render_tagged
 
 WORKER = Path(__file__).with_name("determinism_worker.py")
@@ -137,6 +137,22 @@ def test_templates_that_read_the_clock_get_one_verdict_whatever_the_time(corpus)
     assert not _differences(verdicts)
     notes = [note for verdict in runs["the real clock"].values() for note in verdict.get("notes", [])]
     assert any(note.startswith(CLOCK_NOTE) for note in notes)
+
+
+def test_a_render_kept_for_the_next_verification_still_says_it_read_the_clock():
+    # One patch verifies the same renders many times (renders_kept): each verification must still note the clock.
+    patched = templatekit.patch_template(DATED).template
+    probes = build_probes()
+    with renders_kept():
+        first = verify(DATED, patched, probes, layouts={})
+        rendered = [render_probe(DATED, probe) for probe in probes]
+        second = verify(DATED, patched, probes, layouts={})
+        assert [render_probe(DATED, probe) for probe in probes] == rendered
+        assert all(again is kept for again, kept in zip([render_probe(DATED, p) for p in probes], rendered))
+    assert first.notes[-1].startswith(CLOCK_NOTE) and second.notes[-1].startswith(CLOCK_NOTE)
+    assert second.notes == first.notes
+    # Outside renders_kept nothing is kept.
+    assert render_probe(DATED, probes[0]) is not render_probe(DATED, probes[0])
 
 
 def _stopped_clock(monkeypatch, instant: datetime) -> None:

@@ -16,12 +16,13 @@ from .sandbox import bounded
 from .syntax import lf_line_ends, parse_template, restore_line_ends
 from .tags import has_generation_tags, strip_generation_tags
 from .traced import Analysis, analyse
-from .verify import render_probe
+from .verify import render_probe, renders_kept
 
 __all__ = ["Analysis", "analyse", "check_template", "patch_template"]
 
 
 @bounded  # timeout= and max_memory= (templatekit.core.sandbox): a template that outruns them raises TemplateLimitError
+@renders_kept()  # every setting and every plan verify the same original: each probe is rendered once
 def check_template(
     template: str,
     *,
@@ -84,6 +85,7 @@ def _finish(report: Report, analyses: Settings, fixed: dict | None, goal: Goal) 
 
 
 @bounded
+@renders_kept()
 def patch_template(
     template: str,
     *,

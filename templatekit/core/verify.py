@@ -9,6 +9,10 @@ date gets the same verdict at any time.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 from ..errors import TemplateLimitError
@@ -19,7 +23,7 @@ from .report import Report
 from .syntax import PROBE_INSTANT, probe_clock
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rendered:
     """One probe rendered by transformers: text and generation spans, or the error it raised."""
 
@@ -28,19 +32,77 @@ class Rendered:
     error: str | None = None
 
 
+#: The renders kept by `renders_kept` (None outside one): (template, conversation and options, spans) → Rendered.
+_KEPT: ContextVar[dict | None] = ContextVar("templatekit_kept_renders", default=None)
+
+
+@contextmanager
+def renders_kept() -> Iterator[None]:
+    """Within the block, `render_probe` renders each template, probe and `spans` once and hands out that render
+    again: one patch verifies the same original, probe by probe, against every plan it tries and under every
+    setting (about 40% of its renders were repeats). A render is a function of these alone (the clock stands at
+    the probe instant); an error the template raises is kept too, a limit reached is not. Nested blocks share the
+    outer one's renders, and they are let go when it ends.
+
+    Example:
+        >>> from templatekit.core.probes import build_probes
+        >>> probe = build_probes()[0]
+        >>> with renders_kept():
+        ...     render_probe("{{ messages[0].content }}", probe) is render_probe("{{ messages[0].content }}", probe)
+        True
+    """
+    if _KEPT.get() is not None:
+        yield
+        return
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
 def render_probe(template: str, probe: Probe, *, spans: bool = False) -> Rendered:
     """Render `probe` as transformers does (sandboxed, bounded) at the probe instant.
 
-    The template's own errors are returned, not raised; going past a limit raises `TemplateLimitError`.
+    The template's own errors are returned, not raised; going past a limit raises `TemplateLimitError`. Within
+    `renders_kept`, a render made before is handed out again (and tells the probe clock it was read, if it was).
     """
+    kept = _KEPT.get()
+    if kept is None:
+        return _render_probe(template, probe, spans)[0]
     try:
-        with probe_clock():
-            texts, indices = render_chat(
-                conversations=[probe.messages],
-                chat_template=template,
-                return_assistant_tokens_mask=spans,
-                **probe.render_kwargs(),
-            )
+        key = (template, spans, json.dumps([probe.messages, probe.render_kwargs()], sort_keys=True))
+    except (TypeError, ValueError):  # not plain data: rendered afresh
+        return _render_probe(template, probe, spans)[0]
+    if key not in kept:
+        kept[key] = _render_probe(template, probe, spans)
+        return kept[key][0]
+    rendered, read_clock = kept[key]
+    if read_clock:
+        with probe_clock() as clock:  # the scope of the caller (`verify`'s), which notes a template that reads it
+            clock.read = True
+    return rendered
+
+
+def _render_probe(template: str, probe: Probe, spans: bool) -> tuple[Rendered, bool]:
+    """The render, and whether it read the clock."""
+    with probe_clock() as clock:
+        earlier, clock.read = clock.read, False
+        try:
+            rendered = _rendered(template, probe, spans)
+        finally:
+            read_clock, clock.read = clock.read, earlier or clock.read
+    return rendered, read_clock
+
+
+def _rendered(template: str, probe: Probe, spans: bool) -> Rendered:
+    try:
+        texts, indices = render_chat(
+            conversations=[probe.messages],
+            chat_template=template,
+            return_assistant_tokens_mask=spans,
+            **probe.render_kwargs(),
+        )
     except TemplateLimitError:
         raise
     except Exception as error:  # any template error is a finding, not a crash
