@@ -202,11 +202,12 @@ def _probe(messages: list[dict], think: bool):
 
 @pytest.mark.parametrize("name", ["trl/qwen2_5.jinja", "trl/llama3_2.jinja", "hard/llama.cpp__Kimi-K3.jinja"])
 def test_the_truth_is_the_same_with_the_probes_prompt_renders_shared(name, monkeypatch):
-    """The probes share their first messages, so the renders of their prompts and prefixes are traced once per
-    analysis and shared (`traced._tracing`); the layouts must be those of every render traced afresh."""
+    """The probes share their first messages, and the two content shapes share some conversations, so each trace is
+    made once per analysis and shared (`traced._traced`: the probes' renders, their prompts' and prefixes'); the
+    layouts must be those of every render traced afresh."""
     template = corpus_file(name).read_text(encoding="utf-8")
     calls = {"shared": 0, "afresh": 0}
-    real_trace, real_tracing = traced.Tracer.trace, traced._tracing
+    real_trace, real_traced = traced.Tracer.trace, traced._traced
 
     def layouts(mode: str) -> dict:
         def counted(self, *args, **kwargs):
@@ -215,7 +216,7 @@ def test_the_truth_is_the_same_with_the_probes_prompt_renders_shared(name, monke
 
         monkeypatch.setattr(traced.Tracer, "trace", counted)
         if mode == "afresh":
-            monkeypatch.setattr(traced, "_tracing", lambda tracer, probe, kept: real_tracing(tracer, probe, {}))
+            monkeypatch.setattr(traced, "_traced", lambda tracer, kept, *call: real_traced(tracer, {}, *call))
         found = analyse(template, ("assistant",), False)
         return {
             t.probe.name: (t.layout.text, t.layout.turns, t.layout.forbidden, t.layout.header) for t in found.traces

