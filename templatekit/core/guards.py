@@ -10,6 +10,7 @@ that reads more than one expression, is a `PlanError` here rather than a broken 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -51,6 +52,15 @@ def _name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)  # a patch builds the same few tests thousands of times
+def _one_expression(source: str) -> bool:
+    try:
+        parsed = _PARSER.parse("{% if " + source + " %}{% endif %}")
+    except jinja2.TemplateSyntaxError:
+        return False
+    return len(parsed.body) == 1 and isinstance(parsed.body[0], nodes.If)
+
+
 @dataclass(frozen=True)
 class Guard:
     """One Jinja test. Make it with the constructors below; combine with `&` and `|`; `str()` is its source.
@@ -68,11 +78,7 @@ class Guard:
     source: str
 
     def __post_init__(self) -> None:
-        try:
-            parsed = _PARSER.parse("{% if " + self.source + " %}{% endif %}")
-        except jinja2.TemplateSyntaxError:
-            raise PlanError(f"{self.source!r} is not one Jinja expression") from None
-        if len(parsed.body) != 1 or not isinstance(parsed.body[0], nodes.If):
+        if not _one_expression(self.source):
             raise PlanError(f"{self.source!r} is not one Jinja expression")
 
     def __str__(self) -> str:
