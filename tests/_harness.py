@@ -164,6 +164,11 @@ def cli_in_child(
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tk_cli_{os.getpid()}_{threading.get_ident()}"
     paths = {name: Path(f"{out_path}.{name}") for name in ("out", "err", "peak")}
     paths["peak"].unlink(missing_ok=True)
+    # What a CLI process does once, before its first template's child process (imports, environments, probes),
+    # done here once, so that each forked run starts where a CLI process is after its first template.
+    from templatekit.cli.options import _warm_up
+
+    _warm_up()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 70
