@@ -65,12 +65,12 @@ def verdict(path: str, fallbacks: str, *, patch=None, delimiters=None) -> dict:
     return {**patched, "fallback": fallback}
 
 
-PLAIN = {"train_roles": ("assistant",), "retag": True}
+PLAIN = {"train_roles": ("assistant",), "retag": True}  # the options of the report's patches that a verdict reads
 
 
 def report_recording_patches(root: str) -> tuple[dict, dict]:
     """`templatekit report ROOT --summary` through the command line's `main`, and what each of its
-    `patch_template(text, train_roles=("assistant",), retag=True)` calls (`PLAIN`, no switch set) gave: text → result or exception.
+    `patch_template(text, **PLAIN)` calls gave (no switch set): text → result or exception.
 
     The report does each template's work in a forked child (`run_isolated`), so a call recorded there is lost with
     the child: each one is pickled to a folder this process reads back once the report is done."""
@@ -86,9 +86,9 @@ def report_recording_patches(root: str) -> tuple[dict, dict]:
 
     real = templatekit.patch_template
 
-    def wanted(options: dict) -> bool:  # the call a verdict makes: no switch set (`{}` is none), the assistant trained
-        switches = options.get("template_kwargs") or {}
-        return not switches and {**options, "template_kwargs": {}} == {**PLAIN, "template_kwargs": {}}
+    def wanted(options: dict) -> bool:  # the call a verdict makes: PLAIN, and no switch set (`{}` sets none)
+        options = dict(options)
+        return not options.pop("template_kwargs", None) and options == PLAIN
 
     def shelve(text, outcome) -> None:
         name = hashlib.sha256(text.encode()).hexdigest()
