@@ -134,18 +134,21 @@ def _tiktoken_to_fast(path: Path, pattern: str, added: tuple[tuple[str, bool], .
         return Tokenizer.from_file(str(kept))
     except Exception:  # noqa: BLE001 - not kept yet, or unreadable: converted again and kept over it
         pass
-    tokenizer = convert_tiktoken(path, pattern, added)
+    tokenizer = _convert_tiktoken(path, pattern, added)
+    partial = None
     try:
         KEPT.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=KEPT, suffix=".partial", delete=False, encoding="utf-8") as file:
+            partial = Path(file.name)
             file.write(tokenizer.to_str())
-        os.replace(file.name, kept)  # whole or absent: test workers may convert the same file at once
-    except OSError:  # a read-only checkout: converted in every process, as before
-        pass
+        os.replace(partial, kept)  # whole or absent: test workers may convert the same file at once
+    except OSError:  # a read-only checkout or a full disk: converted in every process, as before
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     return tokenizer
 
 
-def convert_tiktoken(path: Path, pattern: str, added: tuple[tuple[str, bool], ...]) -> Tokenizer:
+def _convert_tiktoken(path: Path, pattern: str, added: tuple[tuple[str, bool], ...]) -> Tokenizer:
     """The conversion itself, never kept (`_tiktoken_to_fast` keeps it)."""
     tokenizer = TikTokenConverter(vocab_file=str(path), pattern=pattern).converted()
     base_size = tokenizer.get_vocab_size(with_added_tokens=False)

@@ -54,6 +54,20 @@ class Probe:
         }
 
 
+def render_key(messages: list, options: dict) -> str | None:
+    """One string for a conversation and its render options, equal for equal renders (the key the analysis and the
+    verifier keep their renders under); None when they are not plain JSON data, to be rendered afresh.
+
+    Example:
+        >>> render_key([{"role": "user", "content": "hi"}], {"b": 1, "a": None})
+        '[[{"content": "hi", "role": "user"}], {"a": null, "b": 1}]'
+    """
+    try:
+        return json.dumps([messages, options], sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
 class _Builder:
     def __init__(self, name: str, blocks: bool):
         self.probe = Probe(name, [])

@@ -5,7 +5,6 @@ source ─parse─▶ flow ─trace probes─▶ truth (truth.py) ─▶ layouts
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ from ..errors import PatchError, TemplateSourceError
 from .analysis import Flow, Tracer, build_flow
 from .layout import Layout, TracedProbe, common_opening, generation_prompt, layout_probe, trained_messages
 from .markers import last_marker
-from .probes import ASSISTANT, Probe, build_probes, call_variants, without_content
+from .probes import ASSISTANT, Probe, build_probes, call_variants, render_key, without_content
 from .syntax import ParsedTemplate, line_column, parse_template
 from .truth import generated_turns
 
@@ -227,9 +226,8 @@ def _traced(tracer: Tracer, kept: dict, messages: list, options: dict) -> tuple[
     options, and handed out again (or what the template raised, raised again). The probes share their first
     messages, their prompts and prefixes are traced for the truth, and the two content shapes share the messages
     without content: about a sixth of the traces would repeat another. A trace is only read once made."""
-    try:
-        key = json.dumps([messages, options], sort_keys=True)
-    except (TypeError, ValueError):  # not plain data: traced afresh
+    key = render_key(messages, options)
+    if key is None:  # not plain data: traced afresh
         return tracer.trace(messages, **options)
     if key not in kept:
         try:

@@ -9,7 +9,6 @@ date gets the same verdict at any time.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,7 +17,7 @@ from dataclasses import dataclass, replace
 from ..errors import TemplateLimitError
 from .chat_render import render_chat
 from .layout import Layout, Turn
-from .probes import Probe
+from .probes import Probe, render_key
 from .report import Report
 from .syntax import PROBE_INSTANT, probe_clock
 
@@ -70,10 +69,10 @@ def render_probe(template: str, probe: Probe, *, spans: bool = False) -> Rendere
     kept = _KEPT.get()
     if kept is None:
         return _render_probe(template, probe, spans)[0]
-    try:
-        key = (template, spans, json.dumps([probe.messages, probe.render_kwargs()], sort_keys=True))
-    except (TypeError, ValueError):  # not plain data: rendered afresh
+    conversation = render_key(probe.messages, probe.render_kwargs())
+    if conversation is None:  # not plain data: rendered afresh
         return _render_probe(template, probe, spans)[0]
+    key = (template, spans, conversation)
     if key not in kept:
         kept[key] = _render_probe(template, probe, spans)
         return kept[key][0]
